@@ -1,0 +1,227 @@
+"""The audit-hook backstop (PEP 578), installed once and never removed.
+
+It sees audited operations however they are reached: functions captured before install
+(``from os import remove``), private modules (``posix``, ``_socket``, ``_io``), ``ctypes`` and
+``mmap`` held by the host. Host code pays one ContextVar read per event. The decision "is this
+the sandboxed request?" comes from the ContextVar, never from anything app code can reach.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .context import Layer, Scope, active_scope
+from .errors import ProcessRefused, SandboxViolation, SystemCallRefused, TempfileRefused
+from .filesystem import check_open, check_read, check_write
+from .imports import check_extension_file, extension_filename, trusted_import_context
+from .network import check_connect, check_lookup, check_server
+from .patches import describe_command
+
+Handler = Callable[[Scope, tuple[Any, ...]], None]
+
+_IMPORT_MACHINERY = "<frozen importlib._bootstrap_external>"
+
+
+def _caller_is_import_machinery() -> bool:
+    """Whether the audited call comes from importlib reading or caching a module; the import
+    gate governs what is imported, so its reads are not judged twice."""
+    frame: Any = sys._getframe(3)  # handler <- dispatch <- hook <- caller
+    return frame is not None and frame.f_code.co_filename == _IMPORT_MACHINERY
+
+
+def _refuse_process(layer: Layer, what: str) -> SandboxViolation:
+    return ProcessRefused(what, "sandboxed code may not start or signal processes", None)
+
+
+def _refuse_system(layer: Layer, what: str, rule: str) -> SandboxViolation:
+    return SystemCallRefused(what, rule, None)
+
+
+def _on_open(scope: Scope, args: tuple[Any, ...]) -> None:
+    path, mode, flags = args
+    if _caller_is_import_machinery():
+        if isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            # importlib caching bytecode: never on disk from a sandbox, never a violation
+            raise PermissionError(30, "gae_sandbox: no bytecode cache inside the sandbox")
+        return
+    scope.judge(check_open, path, mode, flags)
+
+
+def _on_listdir(scope: Scope, args: tuple[Any, ...]) -> None:
+    if _caller_is_import_machinery():
+        return
+    path = args[0]
+    if path is None:
+        path = "."
+    if isinstance(path, int):
+        return
+    scope.judge(check_read, path)
+
+
+def _writes(operation: str) -> Handler:
+    def on_write(scope: Scope, args: tuple[Any, ...]) -> None:
+        scope.judge(check_write, args[0] if args else "", operation)
+
+    return on_write
+
+
+def _on_rename(scope: Scope, args: tuple[Any, ...]) -> None:
+    scope.judge(check_write, f"{args[0]!s} -> {args[1]!s}", "rename")
+
+
+def _on_link(scope: Scope, args: tuple[Any, ...]) -> None:
+    scope.judge(check_write, f"{args[1]!s} -> {args[0]!s}", "link")
+
+
+def _processes(what: Callable[[tuple[Any, ...]], str]) -> Handler:
+    def on_process(scope: Scope, args: tuple[Any, ...]) -> None:
+        scope.judge(_refuse_process, what(args))
+
+    return on_process
+
+
+def _system(what: Callable[[tuple[Any, ...]], str], rule: str) -> Handler:
+    def on_system(scope: Scope, args: tuple[Any, ...]) -> None:
+        scope.judge(_refuse_system, what(args), rule)
+
+    return on_system
+
+
+def _on_connect(scope: Scope, args: tuple[Any, ...]) -> None:
+    scope.judge(check_connect, scope, args[1])
+
+
+def _on_sendmsg(scope: Scope, args: tuple[Any, ...]) -> None:
+    if args[1] is not None:
+        scope.judge(check_connect, scope, args[1])
+
+
+def _on_bind(scope: Scope, args: tuple[Any, ...]) -> None:
+    scope.judge(check_server, f"bind to {args[1]!r}")
+
+
+def _on_getaddrinfo(scope: Scope, args: tuple[Any, ...]) -> None:
+    scope.judge(check_lookup, scope, args[0], args[1])
+
+
+def _on_host_lookup(scope: Scope, args: tuple[Any, ...]) -> None:
+    host = args[0]
+    if isinstance(host, tuple):  # getnameinfo((host, port), flags)
+        scope.judge(check_lookup, scope, host[0], host[1] if len(host) > 1 else None)
+    else:
+        scope.judge(check_lookup, scope, host, None)
+
+
+def _on_import(scope: Scope, args: tuple[Any, ...]) -> None:
+    name, filename = args[0], args[1]
+    if extension_filename(filename):
+        scope.judge(check_extension_file, name, filename, trusted_import_context())
+
+
+def _on_tempfile(scope: Scope, args: tuple[Any, ...], name: str = "") -> None:
+    scope.judge(
+        lambda layer: TempfileRefused(
+            f"tempfile.{name}()", "the runtime's tempfile offers only TemporaryFile (in memory)",
+            None,
+        )
+    )
+
+
+def _command(args: tuple[Any, ...]) -> str:
+    return describe_command(args[0])
+
+
+def _exec_command(args: tuple[Any, ...]) -> str:
+    path, argv = args[0], args[1] if len(args) > 1 else ()
+    try:
+        return f"{path!s} {describe_command(argv)}".strip()
+    except TypeError:
+        return str(path)
+
+
+_NATIVE_RULE = "native code can bypass every check of the sandbox"
+
+HANDLERS: dict[str, Handler] = {
+    "open": _on_open,
+    "os.listdir": _on_listdir,
+    "os.scandir": _on_listdir,
+    "os.remove": _writes("remove"),
+    "os.rmdir": _writes("rmdir"),
+    "os.mkdir": _writes("mkdir"),
+    "os.rename": _on_rename,
+    "os.link": _on_link,
+    "os.symlink": _on_link,
+    "os.truncate": _writes("truncate"),
+    "os.chmod": _writes("chmod"),
+    "os.chown": _writes("chown"),
+    "os.utime": _writes("utime"),
+    "os.chflags": _writes("chflags"),
+    "os.lchflags": _writes("chflags"),
+    "os.setxattr": _writes("setxattr"),
+    "os.removexattr": _writes("removexattr"),
+    "shutil.rmtree": _writes("shutil.rmtree"),
+    "shutil.make_archive": lambda scope, args: scope.judge(
+        check_write, args[0], "shutil.make_archive"),
+    "shutil.unpack_archive": lambda scope, args: scope.judge(
+        check_write, args[1] if len(args) > 1 and args[1] else args[0],
+        "shutil.unpack_archive"),
+    "tempfile.mkstemp": lambda scope, args: _on_tempfile(scope, args, "mkstemp"),
+    "tempfile.mkdtemp": lambda scope, args: _on_tempfile(scope, args, "mkdtemp"),
+    "os.chdir": _system(lambda a: f"os.chdir({a[0]!s})",
+                        "the working directory is process-wide (the app runs in its root)"),
+    "os.putenv": _system(lambda a: f"os.environ[{a[0]!r}] = ...",
+                         "the process environment is shared with the host"),
+    "os.unsetenv": _system(lambda a: f"del os.environ[{a[0]!r}]",
+                           "the process environment is shared with the host"),
+    "os.system": _processes(lambda a: f"os.system({describe_command(a[0])!r})"),
+    "subprocess.Popen": _processes(lambda a: f"subprocess.Popen({describe_command(a[1])!r})"),
+    "os.exec": _processes(lambda a: f"os.exec*({_exec_command(a)!r})"),
+    "os.posix_spawn": _processes(lambda a: f"os.posix_spawn({_exec_command(a)!r})"),
+    "os.spawn": _processes(lambda a: f"os.spawn*({_exec_command(a[1:])!r})"),
+    "os.fork": _processes(lambda a: "os.fork()"),
+    "os.forkpty": _processes(lambda a: "os.forkpty()"),
+    "os.kill": _processes(lambda a: f"os.kill(pid {a[0]}, signal {a[1]})"),
+    "os.killpg": _processes(lambda a: f"os.killpg(group {a[0]}, signal {a[1]})"),
+    "signal.pthread_kill": _processes(lambda a: f"signal.pthread_kill(signal {a[1]})"),
+    "webbrowser.open": _processes(lambda a: f"webbrowser.open({a[0]!r})"),
+    "socket.connect": _on_connect,
+    "socket.sendto": _on_connect,
+    "socket.sendmsg": _on_sendmsg,
+    "socket.bind": _on_bind,
+    "socket.getaddrinfo": _on_getaddrinfo,
+    "socket.gethostbyname": _on_host_lookup,
+    "socket.gethostbyaddr": _on_host_lookup,
+    "socket.getnameinfo": _on_host_lookup,
+    "socket.sethostname": _system(lambda a: "socket.sethostname()", "the host name is the host's"),
+    "mmap.__new__": _system(lambda a: "mmap.mmap()", "memory maps write outside Python's checks"),
+    "resource.setrlimit": _system(lambda a: "resource.setrlimit()", "limits are process-wide"),
+    "resource.prlimit": _system(lambda a: "resource.prlimit()", "limits are process-wide"),
+    "sys.addaudithook": _system(lambda a: "sys.addaudithook()",
+                                "audit hooks are process-wide and outlive the request"),
+    "import": _on_import,
+}
+
+
+def audit_hook(event: str, args: tuple[Any, ...]) -> None:
+    scope = active_scope()
+    if scope is None:
+        return
+    handler = HANDLERS.get(event)
+    if handler is not None:
+        handler(scope, args)
+    elif event.startswith("ctypes."):
+        scope.judge(_refuse_system, f"{event}()", _NATIVE_RULE)
+
+
+_installed = False
+
+
+def install_audit_hook() -> None:
+    """Add the hook once per process (audit hooks cannot be removed)."""
+    global _installed
+    if not _installed:
+        sys.addaudithook(audit_hook)
+        _installed = True

@@ -1,0 +1,141 @@
+"""Which sandbox, if any, governs the running code: one ContextVar read decides.
+
+Every enforcement point starts with ``active_scope()``; ``None`` means host code, straight
+through to the original function. A :class:`Scope` is one entered ``Sandbox``; nested
+sandboxes form a stack of layers, and an operation must pass every layer, so nesting can only
+narrow what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from .errors import SandboxViolation
+from .paths import is_inside, realpath
+from .report import Report, Violation
+from .runtime import interpreter_library_folders
+
+if TYPE_CHECKING:
+    from .policy import Policy
+
+_ACTIVE: ContextVar[Scope | None] = ContextVar("gae_sandbox.active", default=None)
+#: Set while a patched function lets a reported operation through, so the audit hook does not
+#: record the same operation a second time.
+_PASSTHROUGH: ContextVar[bool] = ContextVar("gae_sandbox.passthrough", default=False)
+
+active_scope = _ACTIVE.get
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+LIBRARY_FOLDERS: tuple[str, ...] = interpreter_library_folders()
+
+
+class Layer:
+    """One entered :class:`~gae_sandbox.Sandbox`: its policy, report and readable folders."""
+
+    __slots__ = ("policy", "report", "readable_roots", "app_roots", "enforce", "_frame_kinds")
+
+    def __init__(self, policy: Policy, report: Report) -> None:
+        self.policy = policy
+        self.report = report
+        self.enforce = policy.mode == "enforce"
+        self.app_roots = (policy.app_root,)
+        self.readable_roots = (policy.app_root, *policy.readable_paths, *LIBRARY_FOLDERS)
+        self._frame_kinds: dict[str, str] = policy._cache.setdefault("frame_kinds", {})
+
+    def frame_kind(self, filename: str) -> str:
+        """``app``, ``lib`` (interpreter, site-packages), ``self`` (gae_sandbox) or ``other``."""
+        kind = self._frame_kinds.get(filename)
+        if kind is None:
+            if filename.startswith("<frozen"):
+                kind = "lib"
+            elif filename.startswith("<"):
+                kind = "other"
+            else:
+                path = realpath(filename) or filename
+                if is_inside(path, (_PACKAGE_DIR,)):
+                    kind = "self"
+                elif is_inside(path, self.app_roots):
+                    kind = "app"
+                elif is_inside(path, LIBRARY_FOLDERS):
+                    kind = "lib"
+                else:
+                    kind = "other"
+            self._frame_kinds[filename] = kind
+        return kind
+
+    def location(self) -> str:
+        """``file:line`` of the app code that caused the operation: the innermost app frame,
+        else the innermost frame that is neither the library nor the interpreter's."""
+        frame: Any = sys._getframe(1)
+        fallback = None
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            kind = self.frame_kind(filename)
+            if kind == "app":
+                return f"{filename}:{frame.f_lineno}"
+            if fallback is None and kind == "other":
+                fallback = f"{filename}:{frame.f_lineno}"
+            frame = frame.f_back
+        return fallback or "<unknown>"
+
+
+class Scope:
+    """The state of one entered sandbox in one execution context."""
+
+    __slots__ = ("layers", "parent", "owner", "resolved_hosts", "opened_fds", "extras")
+
+    def __init__(self, layer: Layer, parent: Scope | None, owner: Any) -> None:
+        self.layers: tuple[Layer, ...] = (*parent.layers, layer) if parent else (layer,)
+        self.parent = parent
+        self.owner = owner
+        #: address -> the allowed host names whose lookup returned it in this request.
+        self.resolved_hosts: dict[str, set[str]] = dict(parent.resolved_hosts) if parent else {}
+        #: fds the request opened itself (it may close them; the host's it may not).
+        self.opened_fds: set[int] = set()
+        self.extras: dict[str, Any] = {}
+
+    @property
+    def policy(self) -> Policy:
+        """The innermost policy."""
+        return self.layers[-1].policy
+
+    def judge(self, check: Callable[..., SandboxViolation | None], *args: Any) -> None:
+        """Run ``check(layer, *args)`` for every layer; refuse or record what it returns."""
+        for layer in self.layers:
+            refusal = check(layer, *args)
+            if refusal is not None:
+                self.refuse(layer, refusal)
+
+    def refuse(self, layer: Layer, refusal: SandboxViolation) -> None:
+        """Record ``refusal``; raise it when the layer enforces, return when it reports."""
+        if not (_PASSTHROUGH.get() and not layer.enforce):
+            layer.report.record(
+                Violation(
+                    kind=refusal.kind,
+                    target=refusal.target,
+                    location=layer.location(),
+                    rule=refusal.rule,
+                    setting=refusal.setting,
+                    message=refusal.message,
+                    enforced=layer.enforce,
+                )
+            )
+        if layer.enforce:
+            raise refusal
+
+    @property
+    def enforcing(self) -> bool:
+        return any(layer.enforce for layer in self.layers)
+
+
+def passthrough(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``function`` (an operation a patch already judged) without re-recording it."""
+    token = _PASSTHROUGH.set(True)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        _PASSTHROUGH.reset(token)

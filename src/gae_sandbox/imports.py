@@ -1,0 +1,306 @@
+"""The import gate.
+
+A ``sys.meta_path`` finder sees only fresh imports, so the gate also sits in
+``builtins.__import__`` (every ``import`` statement, cached modules included) and in
+``importlib``'s ``_gcd_import`` (``importlib.import_module``, ``importlib.__import__``, even
+references captured before install).
+
+Rules, for each module and each of its parent packages:
+
+1. ``Policy.blocked_modules`` are refused to every importer.
+2. C modules (built in or shared libraries): the runtime's list and
+   ``Policy.allowed_c_extensions``; a standard-library module may also use its own private C
+   modules (``socket`` imports ``_socket``), as ``os`` used ``posix`` on the runtime.
+3. Python modules: the app's own (under ``app_root``) and the standard library; third-party
+   ones when they match ``Policy.allowed_modules``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import importlib.util
+import sys
+from contextvars import ContextVar
+from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, ExtensionFileLoader
+from typing import Any
+
+from .context import Layer, Scope, active_scope
+from .errors import CExtensionRefused, ImportRefused, SandboxViolation
+from .paths import is_inside, realpath
+from .policy import module_matches
+from .runtime import RUNTIME_C_MODULES, STDLIB_C_MODULES, STDLIB_MODULE_NAMES
+
+_bootstrap: Any = sys.modules["_frozen_importlib"]
+
+original_import = builtins.__import__
+original_import_module = importlib.import_module
+original_gcd_import = _bootstrap._gcd_import
+
+#: Whether the import in progress was started by standard-library code, which may use its own
+#: private C modules. Unknown importers are strict.
+_TRUSTED_IMPORTER: ContextVar[bool] = ContextVar("gae_sandbox.trusted_importer", default=False)
+
+_SUFFIXES = tuple(EXTENSION_SUFFIXES)
+_BUILTIN_NAMES = frozenset(sys.builtin_module_names)
+
+
+# --- decisions ------------------------------------------------------------------------------
+
+
+def check_import(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
+    """Judge ``name`` and its parents by name and, where loaded already, by the module."""
+    decided: set[Any] = layer.policy._cache.setdefault("imports_allowed", set())
+    key = (name, trusted)
+    if key in decided:
+        return None
+    prefix = ""
+    for part in name.split("."):
+        prefix = f"{prefix}.{part}" if prefix else part
+        refusal = _judge_name(layer, prefix, trusted)
+        if refusal is not None:
+            return refusal
+    if name in sys.modules:
+        decided.add(key)
+    return None
+
+
+def check_spec(layer: Layer, name: str, spec: Any, trusted: bool) -> SandboxViolation | None:
+    """Judge a module about to be loaded, from the spec a finder returned."""
+    if _spec_is_c(spec):
+        return _check_c(layer, name, trusted)
+    origin = spec.origin if isinstance(spec.origin, str) and spec.origin not in (
+        "namespace", "frozen", "built-in") else None
+    if origin is None and spec.submodule_search_locations:
+        origin = next(iter(spec.submodule_search_locations), None)
+    return _check_python(layer, name, origin)
+
+
+def check_extension_file(layer: Layer, name: str, filename: str,
+                         trusted: bool) -> SandboxViolation | None:
+    """The ``import`` audit event of a C extension loaded from a file (any route)."""
+    return _check_c(layer, name, trusted)
+
+
+def _judge_name(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
+    policy = layer.policy
+    if module_matches(name, policy.blocked_modules):
+        return ImportRefused(
+            name, "the runtime does not offer this module (it is in Policy.blocked_modules)",
+            "blocked_modules",
+        )
+    module = sys.modules.get(name)
+    if module is not None:
+        if _module_is_c(module):
+            return _check_c(layer, name, trusted)
+        return _check_python(layer, name, _module_file(module))
+    if name in _BUILTIN_NAMES:
+        return _check_c(layer, name, trusted)
+    return None  # not loaded yet: the finder judges it from its spec
+
+
+def _check_c(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
+    policy = layer.policy
+    if module_matches(name, policy.blocked_modules):
+        return ImportRefused(
+            name, "the runtime does not offer this module (it is in Policy.blocked_modules)",
+            "blocked_modules",
+        )
+    if name in RUNTIME_C_MODULES or module_matches(name, policy.allowed_c_extensions):
+        return None
+    if name in STDLIB_C_MODULES:
+        if trusted:
+            return None
+        rule = ("the runtime offers this standard-library C module to app code only through "
+                "the module that wraps it")
+    else:
+        rule = "C extension modules are refused unless enabled (app.yaml libraries:)"
+    return CExtensionRefused(name, rule, "allowed_c_extensions")
+
+
+def _check_python(layer: Layer, name: str, location: str | None) -> SandboxViolation | None:
+    if location is not None and is_inside(realpath(location) or location, layer.app_roots):
+        return None
+    if name.partition(".")[0] in STDLIB_MODULE_NAMES:
+        return None
+    if module_matches(name, layer.policy.allowed_modules):
+        return None
+    return ImportRefused(
+        name, "third-party module outside the allowed modules", "allowed_modules"
+    )
+
+
+def _module_is_c(module: Any) -> bool:
+    try:
+        spec = getattr(module, "__spec__", None)
+        loader = getattr(spec, "loader", None) or getattr(module, "__loader__", None)
+        if isinstance(loader, ExtensionFileLoader) or loader is BuiltinImporter:
+            return True
+        if getattr(module, "__name__", None) in _BUILTIN_NAMES and getattr(
+            spec, "origin", "built-in"
+        ) == "built-in":
+            return True
+        filename = getattr(module, "__file__", None)
+        return isinstance(filename, str) and filename.endswith(_SUFFIXES)
+    except Exception:  # exotic objects in sys.modules: judge them as Python code
+        return False
+
+
+def _module_file(module: Any) -> str | None:
+    try:
+        filename = getattr(module, "__file__", None)
+        if isinstance(filename, str):
+            return filename
+        path = getattr(module, "__path__", None)
+        if path is not None:
+            return next(iter(path), None)
+    except Exception:
+        pass
+    return None
+
+
+def _spec_is_c(spec: Any) -> bool:
+    loader = getattr(spec, "loader", None)
+    if isinstance(loader, ExtensionFileLoader) or loader is BuiltinImporter:
+        return True
+    origin = getattr(spec, "origin", None)
+    return origin == "built-in" or (isinstance(origin, str) and origin.endswith(_SUFFIXES))
+
+
+def importer_trusted(scope: Scope, importer_globals: Any) -> bool:
+    """Whether the importing module is standard-library (or this library's) code."""
+    if not isinstance(importer_globals, dict):
+        return False
+    name = importer_globals.get("__name__")
+    if not isinstance(name, str):
+        return False
+    top = name.partition(".")[0]
+    if top not in STDLIB_MODULE_NAMES and top != "gae_sandbox":
+        return False
+    filename = importer_globals.get("__file__")
+    if not isinstance(filename, str):
+        return True
+    return all(layer.frame_kind(filename) in ("lib", "self") for layer in scope.layers)
+
+
+# --- enforcement points ---------------------------------------------------------------------
+
+
+def gated_import(name: str, globals: Any = None, locals: Any = None,
+                 fromlist: Any = (), level: int = 0) -> Any:
+    """``builtins.__import__``: one ContextVar read for host code."""
+    scope = active_scope()
+    if scope is None:
+        return original_import(name, globals, locals, fromlist, level)
+    if globals is None:  # called as a function: the importer is the calling frame
+        frame = sys._getframe(1)
+        while frame.f_back is not None and frame.f_code.co_filename.startswith("<frozen"):
+            frame = frame.f_back
+        globals = frame.f_globals
+    trusted = importer_trusted(scope, globals)
+    absolute = _absolute_name(name, globals, level)
+    if absolute:
+        scope.judge(check_import, absolute, trusted)
+    token = _TRUSTED_IMPORTER.set(trusted)
+    try:
+        module = original_import(name, globals, locals, fromlist, level)
+    finally:
+        _TRUSTED_IMPORTER.reset(token)
+    if fromlist:
+        base = getattr(module, "__name__", None)
+        if isinstance(base, str):
+            for item in fromlist:
+                if isinstance(item, str) and item != "*" and f"{base}.{item}" in sys.modules:
+                    scope.judge(check_import, f"{base}.{item}", trusted)
+    return module
+
+
+def gated_import_module(name: str, package: str | None = None) -> Any:
+    """``importlib.import_module``: records who imports; ``_gcd_import`` judges."""
+    scope = active_scope()
+    if scope is None:
+        return original_import_module(name, package)
+    token = _TRUSTED_IMPORTER.set(importer_trusted(scope, sys._getframe(1).f_globals))
+    try:
+        return original_import_module(name, package)
+    finally:
+        _TRUSTED_IMPORTER.reset(token)
+
+
+def gated_gcd_import(name: str, package: str | None = None, level: int = 0) -> Any:
+    """``importlib._bootstrap._gcd_import``: the common path of importlib's entry points."""
+    scope = active_scope()
+    if scope is not None:
+        try:
+            absolute = importlib.util.resolve_name("." * level + name, package) if level else name
+        except (ImportError, ValueError, TypeError, AttributeError):
+            absolute = None
+        if absolute:
+            scope.judge(check_import, absolute, _TRUSTED_IMPORTER.get())
+    return original_gcd_import(name, package, level)
+
+
+def _absolute_name(name: Any, importer_globals: Any, level: int) -> str | None:
+    if not isinstance(name, str):
+        return None
+    if not level:
+        return name
+    try:
+        package = importer_globals.get("__package__")
+        if not package:
+            module_name = importer_globals["__name__"]
+            package = module_name if "__path__" in importer_globals else (
+                module_name.rpartition(".")[0]
+            )
+        return importlib.util.resolve_name("." * level + name, package).rstrip(".")
+    except Exception:  # let the real import raise its own error
+        return None
+
+
+class ImportGateFinder:
+    """The ``sys.meta_path`` finder: judges fresh imports from their spec.
+
+    It asks the finders after it for the spec, judges it, and returns it, so a refused module
+    is never executed.
+    """
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        scope = active_scope()
+        if scope is None:
+            return None
+        trusted = _TRUSTED_IMPORTER.get()
+        scope.judge(check_import, fullname, trusted)
+        spec = _find_elsewhere(self, fullname, path, target)
+        if spec is not None:
+            scope.judge(check_spec, fullname, spec, trusted)
+        return spec
+
+    def invalidate_caches(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "<gae_sandbox import gate>"
+
+
+def _find_elsewhere(gate: Any, fullname: str, path: Any, target: Any) -> Any:
+    for finder in list(sys.meta_path):
+        if finder is gate:
+            continue
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is None:
+            continue
+        spec = find_spec(fullname, path, target)
+        if spec is not None:
+            return spec
+    return None
+
+
+GATE = ImportGateFinder()
+
+
+def trusted_import_context() -> bool:
+    return _TRUSTED_IMPORTER.get()
+
+
+def extension_filename(filename: Any) -> bool:
+    return isinstance(filename, str) and filename.endswith(_SUFFIXES)

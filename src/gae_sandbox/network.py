@@ -1,0 +1,96 @@
+"""Network decisions: outbound connections only to ``Policy.allowed_hosts``; never a server.
+
+Host names in the policy are matched when the app resolves them; the addresses a lookup of an
+allowed name returns are then allowed for the rest of the request, so a name that resolves to
+a new address keeps working and an address nobody looked up does not.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from .context import Layer, Scope
+from .errors import NetworkRefused, SandboxViolation
+
+_CONNECT_RULE = "destination is not in the allowed hosts"
+_SERVER_RULE = "sandboxed code may not accept connections"
+
+
+def address_parts(address: Any) -> tuple[str, int | None] | None:
+    """``(host, port)`` from a socket address; ``None`` for non-IP (unix) addresses."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        if isinstance(host, bytes):
+            host = host.decode("ascii", "replace")
+        if isinstance(host, str) and isinstance(port, int):
+            return host, port
+    return None
+
+
+def format_target(host: str, port: int | None) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{'*' if port is None else port}"
+
+
+def _rule_allows(layer: Layer, host: str, port: int | None) -> bool:
+    host = host.lower().rstrip(".")
+    return any(rule.matches(host, port) for rule in layer.policy.host_rules)
+
+
+def host_allowed(layer: Layer, scope: Scope, host: str, port: int | None) -> bool:
+    """Whether ``host:port`` matches the layer's rules, directly or as an address that a
+    lookup of an allowed name returned in this request."""
+    if not layer.policy.host_rules:
+        return False
+    if _rule_allows(layer, host, port):
+        return True
+    names = scope.resolved_hosts.get(host)
+    return bool(names) and any(_rule_allows(layer, name, port) for name in names)
+
+
+def check_connect(layer: Layer, scope: Scope, address: Any) -> SandboxViolation | None:
+    parts = address_parts(address)
+    if parts is None:
+        return NetworkRefused(
+            f"connect to {address!r}",
+            "only TCP/UDP destinations in the allowed hosts are reachable",
+            "allowed_hosts",
+        )
+    host, port = parts
+    if host_allowed(layer, scope, host, port):
+        return None
+    return NetworkRefused(f"connect to {format_target(host, port)}", _CONNECT_RULE,
+                          "allowed_hosts")
+
+
+def check_lookup(layer: Layer, scope: Scope, host: Any, port: Any) -> SandboxViolation | None:
+    """Name lookups: only for hosts the app may connect to (a lookup is itself traffic)."""
+    if host is None:
+        return None
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    host = str(host)
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    elif isinstance(port, str):
+        try:
+            port = socket.getservbyname(port)
+        except OSError:
+            port = None
+    if not isinstance(port, int) or port == 0:
+        port = None
+    name = host.lower().rstrip(".")
+    for rule in layer.policy.host_rules:
+        if (port is None or rule.port is None or rule.port == port) and rule.matches(
+            name, rule.port
+        ):
+            return None
+    if port is not None and host_allowed(layer, scope, host, port):
+        return None
+    return NetworkRefused(f"lookup of {format_target(host, port)}", _CONNECT_RULE,
+                          "allowed_hosts")
+
+
+def check_server(layer: Layer, what: str) -> SandboxViolation | None:
+    return NetworkRefused(what, _SERVER_RULE, None)

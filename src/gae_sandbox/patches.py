@@ -1,0 +1,328 @@
+"""Patched module functions for what the audit hook cannot see or cannot say well.
+
+Each replacement starts with one ContextVar read and calls the original for host code. The
+audit hook (``audit.py``) covers the audited operations, also through references captured
+before install; the patches cover the rest: ``os.stat`` and friends (no audit event),
+fd-level writes, ``tempfile``'s file makers, ``socket.listen``, name lookups, signal handlers
+and ``_posixsubprocess.fork_exec`` (spawns a process without an audit event).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from .context import Layer, Scope, active_scope, passthrough
+from .errors import (
+    NotAvailableRefused,
+    ProcessRefused,
+    SandboxViolation,
+    SystemCallRefused,
+    TempfileRefused,
+)
+from .filesystem import check_read, check_write, describe
+from .network import check_lookup, check_server
+
+Patch = tuple[Any, str, Any, Any]  # (owner, attribute, original, replacement)
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def _refuse_system(layer: Layer, what: str, rule: str) -> SandboxViolation:
+    return SystemCallRefused(what, rule, None)
+
+
+def _refuse_process(layer: Layer, what: str) -> SandboxViolation:
+    return ProcessRefused(what, "sandboxed code may not start or signal processes", None)
+
+
+def _refuse_tempfile(layer: Layer, what: str) -> SandboxViolation:
+    return TempfileRefused(
+        what, "the runtime's tempfile offers only TemporaryFile (in memory)", None
+    )
+
+
+def _refuse_signal(layer: Layer, what: str) -> SandboxViolation:
+    return NotAvailableRefused(
+        what, "signal handlers and timers are process-wide; the runtime removed them", None
+    )
+
+
+def _fd_write_allowed(scope: Scope, fd: Any) -> bool:
+    # stdout and stderr are the app's log, as on the runtime.
+    return fd in (1, 2)
+
+
+def _check_fd_write(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxViolation | None:
+    if _fd_write_allowed(scope, fd):
+        return None
+    return _refuse_system(
+        layer, f"{what} to fd {fd}", "file descriptors the host holds are not the app's to write"
+    )
+
+
+def _check_fd_close(layer: Layer, scope: Scope, fd: Any) -> SandboxViolation | None:
+    if fd in scope.opened_fds:
+        return None
+    return _refuse_system(
+        layer, f"os.close(fd {fd})", "only file descriptors the request opened may be closed"
+    )
+
+
+# --- replacements ---------------------------------------------------------------------------
+
+
+def _path_reader(original: Callable[..., Any], argument: int = 0) -> Callable[..., Any]:
+    """``os.stat``-like functions: allowed on readable paths only."""
+
+    def read_path(*args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            path = args[argument] if len(args) > argument else kwargs.get("path", ".")
+            if not isinstance(path, int):
+                scope.judge(check_read, path)
+        return original(*args, **kwargs)
+
+    return _named(read_path, original)
+
+
+def _fd_writer(original: Callable[..., Any], what: str) -> Callable[..., Any]:
+    def write_fd(fd: Any, *args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            scope.judge(_check_fd_write, scope, fd, what)
+        return original(fd, *args, **kwargs)
+
+    return _named(write_fd, original)
+
+
+def _refused_call(original: Callable[..., Any], check: Callable[..., Any],
+                  what: str, *extra: Any) -> Callable[..., Any]:
+    """A function sandboxed code may not call at all (reported and let through in report
+    mode)."""
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            scope.judge(check, what, *extra)
+            return passthrough(original, *args, **kwargs)
+        return original(*args, **kwargs)
+
+    return _named(refused, original)
+
+
+def _named(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    for attribute in ("__name__", "__qualname__", "__doc__"):
+        try:
+            setattr(wrapper, attribute, getattr(original, attribute))
+        except (AttributeError, TypeError):
+            pass
+    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _os_open(original: Callable[..., Any]) -> Callable[..., Any]:
+    def open_fd(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        scope = active_scope()
+        fd = original(path, flags, *args, **kwargs)  # judged by the 'open' audit event
+        if scope is not None:
+            scope.opened_fds.add(fd)
+        return fd
+
+    return _named(open_fd, original)
+
+
+def _os_close(original: Callable[..., Any]) -> Callable[..., Any]:
+    def close_fd(fd: Any) -> None:
+        scope = active_scope()
+        if scope is not None:
+            scope.judge(_check_fd_close, scope, fd)
+            scope.opened_fds.discard(fd)
+        return original(fd)
+
+    return _named(close_fd, original)
+
+
+def _os_closerange(original: Callable[..., Any]) -> Callable[..., Any]:
+    def closerange(low: int, high: int) -> None:
+        scope = active_scope()
+        if scope is not None:
+            scope.judge(_refuse_system, f"os.closerange({low}, {high})",
+                        "closing file descriptors the host holds")
+        return original(low, high)
+
+    return _named(closerange, original)
+
+
+class _MemoryTemporaryFile(io.BytesIO):
+    """The runtime's ``TemporaryFile``: a buffer in memory, gone when closed."""
+
+    name = "<in-memory TemporaryFile>"
+    mode = "w+b"
+
+
+def _temporary_file(original: Callable[..., Any]) -> Callable[..., Any]:
+    def TemporaryFile(mode: str = "w+b", buffering: int = -1, encoding: str | None = None,
+                      newline: str | None = None, suffix: str | None = None,
+                      prefix: str | None = None, dir: Any = None, *,
+                      errors: str | None = None) -> Any:
+        if active_scope() is None:
+            return original(mode, buffering, encoding, newline, suffix, prefix, dir,
+                            errors=errors)
+        if not isinstance(mode, str) or any(c not in "rwxab+t" for c in mode):
+            raise ValueError(f"invalid mode: {mode!r}")
+        buffer = _MemoryTemporaryFile()
+        if "b" in mode:
+            return buffer
+        return io.TextIOWrapper(buffer, encoding=encoding or "utf-8", errors=errors,
+                                newline=newline, write_through=True)
+
+    return _named(TemporaryFile, original)
+
+
+def _temporary_directory(original: type) -> type:
+    class TemporaryDirectory(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            scope = active_scope()
+            if scope is not None:
+                scope.judge(_refuse_tempfile, "tempfile.TemporaryDirectory()")
+                token_args = (args, kwargs)
+                passthrough(original.__init__, self, *token_args[0], **token_args[1])
+                return
+            original.__init__(self, *args, **kwargs)
+
+    TemporaryDirectory.__module__ = original.__module__
+    TemporaryDirectory.__qualname__ = original.__qualname__
+    TemporaryDirectory.__doc__ = original.__doc__
+    return TemporaryDirectory
+
+
+def _listen(original: Callable[..., Any]) -> Callable[..., Any]:
+    def listen(self: Any, *args: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            scope.judge(check_server, "listen on a socket")
+        return original(self, *args)
+
+    return _named(listen, original)
+
+
+def _getaddrinfo(original: Callable[..., Any]) -> Callable[..., Any]:
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is None:
+            return original(host, port, *args, **kwargs)
+        scope.judge(check_lookup, scope, host, port)  # the audit event would say the same
+        results = passthrough(original, host, port, *args, **kwargs)
+        if host is not None:
+            name = (host.decode("ascii", "replace") if isinstance(host, bytes) else str(host))
+            name = name.lower().rstrip(".")
+            for *_, sockaddr in results:
+                scope.resolved_hosts.setdefault(str(sockaddr[0]), set()).add(name)
+        return results
+
+    return _named(getaddrinfo, original)
+
+
+def _fork_exec(original: Callable[..., Any]) -> Callable[..., Any]:
+    def fork_exec(args: Any, *rest: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            scope.judge(_refuse_process, f"_posixsubprocess.fork_exec({describe_command(args)})")
+            return passthrough(original, args, *rest, **kwargs)
+        return original(args, *rest, **kwargs)
+
+    return _named(fork_exec, original)
+
+
+def describe_command(args: Any) -> str:
+    try:
+        if isinstance(args, (str, bytes, os.PathLike)):
+            return describe(args)
+        return " ".join(describe(a) for a in args)
+    except TypeError:
+        return repr(args)
+
+
+# --- the patch table ------------------------------------------------------------------------
+
+
+def build_patches() -> list[Patch]:
+    """Every (owner, attribute, original, replacement) this layer installs."""
+    patches: list[Patch] = []
+
+    def add(owner: Any, attribute: str, make: Callable[[Any], Any]) -> None:
+        original = getattr(owner, attribute, None)
+        if original is not None:
+            patches.append((owner, attribute, original, make(original)))
+
+    for name in ("stat", "lstat", "access", "readlink", "statvfs", "pathconf", "getxattr",
+                 "listxattr"):
+        add(os, name, _path_reader)
+    for name in ("write", "pwrite", "writev", "pwritev", "sendfile"):
+        add(os, name, lambda original, name=name: _fd_writer(original, f"os.{name}"))
+    add(os, "dup2", lambda original: _fd_writer(original, "os.dup2"))
+    add(os, "open", _os_open)
+    add(os, "close", _os_close)
+    add(os, "closerange", _os_closerange)
+    for name in ("mkfifo", "mknod"):
+        add(os, name, lambda original, name=name: _refused_call(
+            original, check_write_name, f"os.{name}"))
+    for name, rule in (
+        ("umask", "the file mode mask is process-wide"),
+        ("memfd_create", "anonymous files are not part of the runtime"),
+        ("register_at_fork", "fork handlers are process-wide and outlive the request"),
+        ("setsid", "the process session is the host's"),
+        ("nice", "the process priority is the host's"),
+    ):
+        add(os, name, lambda original, name=name, rule=rule: _refused_call(
+            original, _refuse_system, f"os.{name}()", rule))
+
+    add(tempfile, "TemporaryFile", _temporary_file)
+    for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "mktemp"):
+        add(tempfile, name, lambda original, name=name: _refused_call(
+            original, _refuse_tempfile, f"tempfile.{name}()"))
+    add(tempfile, "TemporaryDirectory", _temporary_directory)
+
+    add(socket.socket, "listen", _listen)
+    add(socket, "getaddrinfo", _getaddrinfo)
+
+    for name in ("signal", "alarm", "setitimer", "pthread_sigmask", "siginterrupt",
+                 "set_wakeup_fd", "pause", "sigwait", "sigwaitinfo", "sigtimedwait"):
+        add(signal, name, lambda original, name=name: _refused_call(
+            original, _refuse_signal, f"signal.{name}()"))
+
+    posixsubprocess = sys.modules.get("_posixsubprocess")
+    if posixsubprocess is None:
+        try:
+            import _posixsubprocess as posixsubprocess  # type: ignore[no-redef]
+        except ImportError:  # not POSIX
+            posixsubprocess = None
+    if posixsubprocess is not None:
+        add(posixsubprocess, "fork_exec", _fork_exec)
+    if getattr(subprocess, "_fork_exec", None) is not None:
+        add(subprocess, "_fork_exec", _fork_exec)
+    return patches
+
+
+def check_write_name(layer: Layer, what: str) -> SandboxViolation | None:
+    return check_write(layer, what, "")
+
+
+def apply(patches: list[Patch]) -> None:
+    for owner, attribute, _original, replacement in patches:
+        setattr(owner, attribute, replacement)
+
+
+def restore(patches: list[Patch]) -> None:
+    for owner, attribute, original, replacement in reversed(patches):
+        if getattr(owner, attribute, None) is replacement:
+            setattr(owner, attribute, original)

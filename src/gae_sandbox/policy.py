@@ -1,0 +1,220 @@
+"""The policy: an immutable description of what sandboxed code may do.
+
+Validated when built, so a typo fails at start-up with a message that names the field and the
+accepted values, not at the first request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .runtime import PYTHON27_BLOCKED_MODULES
+
+Mode = Literal["enforce", "report"]
+Filesystem = Literal["readonly"]
+
+MODES: tuple[str, ...] = ("enforce", "report")
+FILESYSTEMS: tuple[str, ...] = ("readonly",)
+
+
+@dataclass(frozen=True)
+class HostRule:
+    """One parsed ``allowed_hosts`` entry: a host pattern and a port (``None`` = any)."""
+
+    host: str
+    port: int | None
+
+    def matches(self, host: str, port: int | None) -> bool:
+        if self.port is not None and port != self.port:
+            return False
+        return fnmatch.fnmatchcase(host.lower().rstrip("."), self.host)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a sandboxed request may do. Build with :meth:`python27`, change with :meth:`replace`.
+
+    Module patterns (``allowed_modules``, ``blocked_modules``, ``allowed_c_extensions``) are
+    module names that also cover their submodules (``"numpy"`` covers ``numpy.linalg``), or
+    shell-style globs on the full name (``"_codecs_*"``).
+    """
+
+    app_root: str
+    #: Extra folders the app may read (never write).
+    readable_paths: tuple[str, ...] = ()
+    #: Third-party modules (outside the standard library and the app) the app may import.
+    allowed_modules: tuple[str, ...] = ("*",)
+    #: Modules refused to every importer, the standard library included.
+    blocked_modules: tuple[str, ...] = PYTHON27_BLOCKED_MODULES
+    #: C extensions beyond the runtime's list: the runtime's app.yaml ``libraries:``.
+    allowed_c_extensions: tuple[str, ...] = ()
+    #: ``"host:port"`` patterns the app may connect to; ``"host:*"`` for any port; empty = none.
+    allowed_hosts: tuple[str, ...] = ()
+    filesystem: Filesystem = "readonly"
+    #: Seconds a request may run; ``None`` for no deadline.
+    deadline: float | None = None
+    #: ``"enforce"`` refuses; ``"report"`` lets everything through and records it.
+    mode: Mode = "enforce"
+    #: Whether sandboxed code may start threads (they are joined when the request ends).
+    allow_threads: bool = True
+
+    _host_rules: tuple[HostRule, ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+    _cache: dict[Any, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "app_root", _folder("app_root", self.app_root))
+        set_(self, "readable_paths", tuple(
+            _folder("readable_paths", p) for p in _strings("readable_paths", self.readable_paths)
+        ))
+        for name in ("allowed_modules", "blocked_modules", "allowed_c_extensions"):
+            patterns = _strings(name, getattr(self, name))
+            for pattern in patterns:
+                _check_module_pattern(name, pattern)
+            set_(self, name, patterns)
+        hosts = _strings("allowed_hosts", self.allowed_hosts)
+        set_(self, "allowed_hosts", hosts)
+        set_(self, "_host_rules", tuple(parse_host_rule(h) for h in hosts))
+        if self.filesystem not in FILESYSTEMS:
+            raise ValueError(
+                f"Policy.filesystem must be one of {', '.join(map(repr, FILESYSTEMS))}, "
+                f"got {self.filesystem!r}"
+            )
+        if self.mode not in MODES:
+            raise ValueError(
+                f"Policy.mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}"
+            )
+        set_(self, "deadline", _deadline(self.deadline))
+        if not isinstance(self.allow_threads, bool):
+            raise TypeError(
+                f"Policy.allow_threads must be True or False, got {self.allow_threads!r}"
+            )
+
+    @classmethod
+    def python27(cls, app_root: str | os.PathLike[str], **changes: Any) -> Policy:
+        """The App Engine python27 runtime: read-only files, no sockets, no processes, no
+        C extensions beyond the runtime's list, a 60-second request deadline."""
+        base: dict[str, Any] = {
+            "blocked_modules": PYTHON27_BLOCKED_MODULES,
+            "deadline": 60.0,
+        }
+        base.update(changes)
+        return cls(app_root=app_root, **base)  # type: ignore[arg-type]
+
+    def replace(self, **changes: Any) -> Policy:
+        """A copy with ``changes`` applied, validated like a new policy."""
+        names = {f.name for f in dataclasses.fields(self) if f.init}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(
+                f"Policy has no field {', '.join(unknown)}; fields are {', '.join(sorted(names))}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def host_rules(self) -> tuple[HostRule, ...]:
+        return self._host_rules
+
+
+def module_matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``name`` is covered by one of the module ``patterns``."""
+    for pattern in patterns:
+        if pattern == "*" or name == pattern or name.startswith(pattern + "."):
+            return True
+        if _is_glob(pattern) and fnmatch.fnmatchcase(name, pattern):
+            return True
+    return False
+
+
+def parse_host_rule(entry: str) -> HostRule:
+    """Parse ``"host:port"``, ``"host:*"``, ``"[v6]:port"``; a clear ValueError otherwise."""
+    text = entry.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(
+            f"Policy.allowed_hosts entry {entry!r} must be 'host:port' or 'host:*' "
+            "(for example 'api.example.com:443' or '127.0.0.1:*')"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(
+            f"Policy.allowed_hosts entry {entry!r}: write IPv6 addresses in brackets, "
+            "like '[::1]:8080'"
+        )
+    if port_text == "*":
+        port = None
+    else:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(
+                f"Policy.allowed_hosts entry {entry!r}: port must be 1-65535 or '*'"
+            )
+        port = int(port_text)
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ValueError(f"Policy.allowed_hosts entry {entry!r}: {host!r} is not a host name")
+    return HostRule(host.lower().rstrip("."), port)
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _strings(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, frozenset, set)):
+        raise TypeError(
+            f"Policy.{name} must be a tuple of strings, got {type(value).__name__} {value!r}"
+        )
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(
+                f"Policy.{name} must hold strings, got {type(item).__name__} {item!r}"
+            )
+    return tuple(os.fspath(item) for item in items)
+
+
+def _folder(name: str, value: Any) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"Policy.{name} must be a folder path (str or os.PathLike), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text or "\0" in text:
+        raise ValueError(f"Policy.{name} must be a non-empty folder path, got {value!r}")
+    path = os.path.realpath(text)
+    if not os.path.isdir(path):
+        raise ValueError(f"Policy.{name}: {text!r} is not an existing folder")
+    if path == os.path.dirname(path):
+        raise ValueError(f"Policy.{name}: the filesystem root {text!r} cannot be a sandbox folder")
+    return path
+
+
+def _check_module_pattern(name: str, pattern: str) -> None:
+    text = pattern.replace("*", "x").replace("?", "x").replace("[", "").replace("]", "")
+    if not pattern or not all(part.isidentifier() for part in text.split(".")):
+        raise ValueError(
+            f"Policy.{name} entry {pattern!r} is not a module name or pattern "
+            "(like 'json', 'numpy' or '_codecs_*')"
+        )
+
+
+def _deadline(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"Policy.deadline must be seconds (a positive number) or None, got {value!r}"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"Policy.deadline must be a positive, finite number of seconds or None, got {value!r}"
+        )
+    return float(value)

@@ -15,6 +15,7 @@ from .errors import (
     DeadlineExceededError,
     FileReadRefused,
     FileWriteRefused,
+    HardDeadlineExceeded,
     ImportRefused,
     NetworkRefused,
     NotAvailableRefused,
@@ -22,10 +23,13 @@ from .errors import (
     SandboxViolation,
     SystemCallRefused,
     TempfileRefused,
+    ThreadRefused,
 )
+from .middleware import SandboxMiddleware
 from .policy import Policy
 from .report import Violation
 from .sandbox import Sandbox, current_sandbox, install, is_installed, uninstall
+from .threads import start_background_thread
 
 logging.getLogger("gae_sandbox").addHandler(logging.NullHandler())
 
@@ -34,18 +38,22 @@ __all__ = [
     "DeadlineExceededError",
     "FileReadRefused",
     "FileWriteRefused",
+    "HardDeadlineExceeded",
     "ImportRefused",
     "NetworkRefused",
     "NotAvailableRefused",
     "Policy",
     "ProcessRefused",
     "Sandbox",
+    "SandboxMiddleware",
     "SandboxViolation",
     "SystemCallRefused",
     "TempfileRefused",
+    "ThreadRefused",
     "Violation",
     "current_sandbox",
     "install",
     "is_installed",
+    "start_background_thread",
     "uninstall",
 ]

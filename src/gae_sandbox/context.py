@@ -86,7 +86,8 @@ class Layer:
 class Scope:
     """The state of one entered sandbox in one execution context."""
 
-    __slots__ = ("layers", "parent", "owner", "resolved_hosts", "opened_fds", "extras")
+    __slots__ = ("layers", "parent", "owner", "resolved_hosts", "opened_fds", "extras",
+                 "deadline", "threads", "token", "closed")
 
     def __init__(self, layer: Layer, parent: Scope | None, owner: Any) -> None:
         self.layers: tuple[Layer, ...] = (*parent.layers, layer) if parent else (layer,)
@@ -97,6 +98,12 @@ class Scope:
         #: fds the request opened itself (it may close them; the host's it may not).
         self.opened_fds: set[int] = set()
         self.extras: dict[str, Any] = {}
+        #: The request's Deadline (deadline.py), the nearest of this scope's and its parent's.
+        self.deadline: Any = parent.deadline if parent else None
+        #: The ThreadRegistry (threads.py) of threads started in this scope.
+        self.threads: Any = None
+        self.token: Any = None
+        self.closed = False
 
     @property
     def policy(self) -> Policy:
@@ -139,3 +146,16 @@ def passthrough(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return function(*args, **kwargs)
     finally:
         _PASSTHROUGH.reset(token)
+
+
+class unsandboxed:
+    """``with unsandboxed():`` runs host code (a server's ``start_response`` or ``write``)
+    from inside a sandboxed call without the sandbox."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _ACTIVE.set(None)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _ACTIVE.reset(self._token)

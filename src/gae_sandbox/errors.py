@@ -124,3 +124,18 @@ class DeadlineExceededError(BaseException):
     A ``BaseException``, as in the runtime, so a bare ``except Exception:`` in the app does not
     swallow it.
     """
+
+
+class HardDeadlineExceeded(BaseException):
+    """The request carried on past its deadline plus the grace period.
+
+    Deliberately *not* a subclass of :class:`DeadlineExceededError`, so code that catches
+    that error and carries on is interrupted again. Raised repeatedly until the request ends.
+    """
+
+
+class ThreadRefused(SandboxViolation, RuntimeError):
+    """Starting a thread when ``Policy.allow_threads`` is False (the runtime raised
+    ``thread.error``, a RuntimeError)."""
+
+    kind = "thread"

@@ -317,12 +317,22 @@ def check_write_name(layer: Layer, what: str) -> SandboxViolation | None:
     return check_write(layer, what, "")
 
 
+#: (owner, attribute) pairs whose attribute was inherited, not the owner's own, before patching.
+_inherited: set[tuple[int, str]] = set()
+
+
 def apply(patches: list[Patch]) -> None:
     for owner, attribute, _original, replacement in patches:
+        if isinstance(owner, type) and attribute not in vars(owner):
+            _inherited.add((id(owner), attribute))
         setattr(owner, attribute, replacement)
 
 
 def restore(patches: list[Patch]) -> None:
     for owner, attribute, original, replacement in reversed(patches):
         if getattr(owner, attribute, None) is replacement:
-            setattr(owner, attribute, original)
+            if (id(owner), attribute) in _inherited:
+                delattr(owner, attribute)
+                _inherited.discard((id(owner), attribute))
+            else:
+                setattr(owner, attribute, original)

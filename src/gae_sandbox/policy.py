@@ -60,8 +60,12 @@ class Policy:
     deadline: float | None = None
     #: ``"enforce"`` refuses; ``"report"`` lets everything through and records it.
     mode: Mode = "enforce"
+    #: Seconds after the deadline before ``HardDeadlineExceeded`` and the host's callback.
+    hard_deadline_grace: float = 2.0
     #: Whether sandboxed code may start threads (they are joined when the request ends).
     allow_threads: bool = True
+    #: Whether ``start_background_thread`` may start threads that outlive the request.
+    allow_background_threads: bool = False
 
     _host_rules: tuple[HostRule, ...] = field(
         init=False, repr=False, compare=False, default=()
@@ -91,11 +95,16 @@ class Policy:
             raise ValueError(
                 f"Policy.mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}"
             )
-        set_(self, "deadline", _deadline(self.deadline))
-        if not isinstance(self.allow_threads, bool):
-            raise TypeError(
-                f"Policy.allow_threads must be True or False, got {self.allow_threads!r}"
-            )
+        set_(self, "deadline", _deadline("deadline", self.deadline))
+        grace = _deadline("hard_deadline_grace", self.hard_deadline_grace)
+        if grace is None:
+            raise TypeError("Policy.hard_deadline_grace must be a positive number of seconds")
+        set_(self, "hard_deadline_grace", grace)
+        for name in ("allow_threads", "allow_background_threads"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(
+                    f"Policy.{name} must be True or False, got {getattr(self, name)!r}"
+                )
 
     @classmethod
     def python27(cls, app_root: str | os.PathLike[str], **changes: Any) -> Policy:
@@ -206,15 +215,15 @@ def _check_module_pattern(name: str, pattern: str) -> None:
         )
 
 
-def _deadline(value: Any) -> float | None:
+def _deadline(name: str, value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"Policy.deadline must be seconds (a positive number) or None, got {value!r}"
+            f"Policy.{name} must be seconds (a positive number) or None, got {value!r}"
         )
     if not math.isfinite(value) or value <= 0:
         raise ValueError(
-            f"Policy.deadline must be a positive, finite number of seconds or None, got {value!r}"
+            f"Policy.{name} must be a positive, finite number of seconds or None, got {value!r}"
         )
     return float(value)

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import logging
 import sys
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from . import imports, patches
+from . import deadline as deadline_layer
+from . import imports, patches, threads
 from .audit import install_audit_hook
 from .context import _ACTIVE, Layer, Scope
+from .deadline import Deadline, start_deadline
 from .policy import Policy
 from .report import Report, Violation
+from .threads import join_scope_threads
+
+logger = logging.getLogger("gae_sandbox")
 
 _install_lock = threading.RLock()
 _patches: list[patches.Patch] = []
@@ -36,6 +43,8 @@ def install() -> None:
             return
         install_audit_hook()
         _patches[:] = patches.build_patches()
+        _patches.extend(deadline_layer.build_patches())
+        _patches.extend(threads.build_patches())
         _patches.extend([
             (builtins, "__import__", imports.original_import, imports.gated_import),
             (importlib, "import_module", imports.original_import_module,
@@ -83,44 +92,80 @@ def _count(delta: int) -> None:
         _active_count += delta
 
 
+HardDeadlineHandler = Callable[["Sandbox", int], None]
+
+
 class Sandbox:
     """``with Sandbox(policy):`` runs the body under the policy.
 
     One ``Sandbox`` may be entered by many threads at once (each entry is its own scope in
     its own context); ``violations`` collects what all its entries did. Entering inside
     another sandbox adds a layer: the operation must pass both, so nesting only narrows.
+
+    ``on_hard_deadline(sandbox, thread_ident)`` is called (from the timer thread) when a
+    request carries on past its deadline plus ``Policy.hard_deadline_grace``: the host should
+    recycle the worker, as a Python thread cannot be killed.
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, *,
+                 on_hard_deadline: HardDeadlineHandler | None = None) -> None:
         if not isinstance(policy, Policy):
             raise TypeError(
                 f"Sandbox(policy) needs a gae_sandbox.Policy, got {type(policy).__name__}; "
                 "build one with Policy.python27(app_root=...)"
             )
+        if on_hard_deadline is not None and not callable(on_hard_deadline):
+            raise TypeError("Sandbox(on_hard_deadline=...) must be callable")
         self.policy = policy
+        self.on_hard_deadline = on_hard_deadline
         self._report = Report()
         self._layer = Layer(policy, self._report)
 
+    # -- the with statement ----------------------------------------------------------------
+
     def __enter__(self) -> Sandbox:
-        if not _installed or sys.meta_path[0] is not imports.GATE or (
-            builtins.__import__ is not imports.gated_import
-        ):
-            install()
-        scope = Scope(self._layer, _ACTIVE.get(), self)
-        scope.extras["token"] = _ACTIVE.set(scope)
-        _count(1)
+        scope = self.open_scope()
+        try:
+            attach(scope)
+        except BaseException:
+            close_scope(scope)
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         scope = _ACTIVE.get()
-        if scope is None or scope.owner is not self:
+        if scope is None or scope.owner is not self or scope.token is None:
             raise RuntimeError(
                 "Sandbox exited out of order: leave nested sandboxes innermost first, "
                 "in the thread or task that entered them"
             )
-        _ACTIVE.reset(scope.extras["token"])
-        _count(-1)
+        try:
+            close_scope(scope)
+        finally:
+            detach(scope)
+
+    # -- scopes for servers (the WSGI middleware) ------------------------------------------
+
+    def open_scope(self) -> Scope:
+        """Start a request scope (deadline running) without entering it; ``attach`` it
+        around each call into the app, ``close_scope`` it once at the end."""
+        if not _installed or sys.meta_path[0] is not imports.GATE or (
+            builtins.__import__ is not imports.gated_import
+        ):
+            install()
+        scope = Scope(self._layer, _ACTIVE.get(), self)
+        seconds = self.policy.deadline
+        if seconds is not None:
+            scope.deadline = start_deadline(
+                seconds, self.policy.hard_deadline_grace, scope, self._hard_deadline
+            )
+        _count(1)
+        return scope
+
+    def _hard_deadline(self, deadline: Deadline) -> None:
+        if self.on_hard_deadline is not None:
+            self.on_hard_deadline(self, deadline.thread or 0)
 
     @property
     def violations(self) -> list[Violation]:
@@ -133,6 +178,61 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"Sandbox({self.policy!r})"
+
+
+def _own_deadline(scope: Scope) -> Deadline | None:
+    deadline = scope.deadline
+    return deadline if deadline is not None and deadline.owner is scope else None
+
+
+def attach(scope: Scope) -> None:
+    """Make ``scope`` the active sandbox of the current context (and aim its deadline at the
+    current thread). Raises ``DeadlineExceededError`` if the deadline has already passed."""
+    if scope.closed:
+        raise RuntimeError("this sandbox scope has already ended")
+    scope.token = _ACTIVE.set(scope)
+    deadline = _own_deadline(scope)
+    if deadline is not None:
+        try:
+            deadline.attach()
+        except BaseException:
+            detach(scope)
+            raise
+
+
+def detach(scope: Scope) -> None:
+    """Leave ``scope`` in the current context; its deadline no longer fires into this
+    thread (a pending one is withdrawn)."""
+    token, scope.token = scope.token, None
+    try:
+        deadline = _own_deadline(scope)
+        if deadline is not None:
+            deadline.detach()
+    finally:
+        if token is not None:
+            _ACTIVE.reset(token)
+
+
+def close_scope(scope: Scope) -> None:
+    """End a request scope exactly once: join its threads within what is left of the
+    deadline, then cancel the deadline."""
+    if scope.closed:
+        return
+    scope.closed = True
+    deadline = _own_deadline(scope)
+    try:
+        if deadline is not None:
+            deadline.detach()  # no asynchronous error while this thread waits and cleans up
+        outlived = join_scope_threads(scope, scope.policy.hard_deadline_grace)
+        for tracked in outlived:
+            logger.warning(
+                "thread %r (ident %s) outlived its request; it stays sandboxed",
+                tracked.name, tracked.ident,
+            )
+    finally:
+        if deadline is not None:
+            deadline.cancel()
+        _count(-1)
 
 
 def current_sandbox() -> Any:

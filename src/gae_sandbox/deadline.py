@@ -1,0 +1,350 @@
+"""Request deadlines: one timer thread for every request (a heap), not a thread per request.
+
+At the soft deadline the timer raises :class:`DeadlineExceededError` in the request's thread
+(``PyThreadState_SetAsyncExc``). An asynchronous exception is only seen when the thread runs
+Python code, so the blocking calls that would hide it (``time.sleep``, socket operations,
+``threading`` waits, ``queue.Queue.get``) are bounded by the time left instead, and raise the
+error themselves. If the app catches the error and carries on, a :class:`HardDeadlineExceeded`
+follows after ``Policy.hard_deadline_grace`` seconds, again and again until the scope ends,
+and the host is told (a callback and the ``gae_sandbox`` logger): a Python thread cannot be
+killed, so the host should recycle the worker.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ctypes
+import heapq
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .context import Scope, active_scope
+from .errors import DeadlineExceededError, HardDeadlineExceeded
+
+logger = logging.getLogger("gae_sandbox")
+
+# Two prototypes of PyThreadState_SetAsyncExc: one takes an exception class, the other NULL
+# (which withdraws a pending exception; py_object(None) would schedule None instead).
+_set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
+_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
+_HOST = contextvars.Context()  # an empty context: no sandbox, for calls the hook would refuse
+
+_original_sleep = time.sleep
+_monotonic = time.monotonic
+_get_ident = threading.get_ident
+
+
+def raise_in_thread(ident: int, error: type[BaseException]) -> bool:
+    """Schedule ``error`` in thread ``ident``; it is raised at its next Python instruction."""
+    return _HOST.run(_set_async_exc, ident, error) == 1
+
+
+def clear_pending(ident: int) -> None:
+    """Withdraw an asynchronous exception not yet raised in thread ``ident``."""
+    _HOST.run(_clear_async_exc, ident, None)
+
+
+HardDeadlineCallback = Callable[["Deadline"], None]
+
+
+class Deadline:
+    """One request's deadline, aimed at the thread that runs the request.
+
+    The timer injects only while the scope is attached to that thread (between the server's
+    calls into a WSGI app it is not), and never after :meth:`cancel`.
+    """
+
+    def __init__(self, seconds: float, grace: float, owner: Any,
+                 on_hard: HardDeadlineCallback | None) -> None:
+        self.started = _monotonic()
+        self.when = self.started + seconds
+        self.grace = grace
+        self.owner = owner
+        self.on_hard = on_hard
+        self.lock = threading.Lock()
+        self.thread: int | None = None
+        self.attached = False
+        self.active = True
+        self.soft_fired = False  # DeadlineExceededError raised or delivered
+        self.hard_fired = False
+        self.pending = False  # an injected exception may not have been raised yet
+        self.fired_at: float | None = None
+
+    # -- the request thread ----------------------------------------------------------------
+
+    def attach(self) -> None:
+        with self.lock:
+            self.thread = _get_ident()
+            self.attached = True
+            due = self.active and not self.soft_fired and _monotonic() >= self.when
+        if due:  # the deadline passed while the server held the thread
+            raise self.error_from_call()
+
+    def detach(self) -> None:
+        with self.lock:
+            self.attached = False
+            if self.pending and self.thread is not None:
+                clear_pending(self.thread)
+                self.pending = False
+
+    def cancel(self) -> None:
+        """End the deadline: nothing fires into the thread after this returns."""
+        with self.lock:
+            self.active = False
+            self.attached = False
+            if self.pending and self.thread is not None:
+                clear_pending(self.thread)
+                self.pending = False
+
+    def remaining(self) -> float:
+        """Seconds until the next event: the soft deadline, or the hard one after it."""
+        limit = self.when + self.grace if self.soft_fired else self.when
+        return limit - _monotonic()
+
+    def error_from_call(self) -> BaseException:
+        """The error a bounded blocking call raises itself when time is up."""
+        if _get_ident() != self.thread:
+            return DeadlineExceededError(self._message())  # a thread the request started
+        with self.lock:
+            if self.pending and self.thread is not None:
+                clear_pending(self.thread)  # raise it here, not at a random later point
+                self.pending = False
+            if self.soft_fired and _monotonic() >= self.when + self.grace:
+                self.hard_fired = True
+                return HardDeadlineExceeded(self._hard_message())
+            self.soft_fired = True
+            self.fired_at = self.fired_at or _monotonic()
+        return DeadlineExceededError(self._message())
+
+    def _message(self) -> str:
+        return (f"the request ran past its deadline of {self.when - self.started:g} s "
+                "(Policy.deadline)")
+
+    def _hard_message(self) -> str:
+        return (f"the request carried on {self.grace:g} s past its deadline "
+                "(Policy.hard_deadline_grace); the worker should be recycled")
+
+    # -- the timer thread ------------------------------------------------------------------
+
+    def fire(self, now: float) -> float | None:
+        """Called by the timer at ``when`` (soft) and after; returns the next time or None."""
+        hard = False
+        with self.lock:
+            if not self.active:
+                return None
+            if not self.soft_fired:
+                if now < self.when:
+                    return self.when
+                if self.attached and self.thread is not None:
+                    raise_in_thread(self.thread, DeadlineExceededError)
+                    self.pending = True
+                self.soft_fired = True
+                self.fired_at = now
+                return self.when + self.grace
+            if now < self.when + self.grace:
+                return self.when + self.grace
+            if self.attached and self.thread is not None:
+                raise_in_thread(self.thread, HardDeadlineExceeded)
+                self.pending = True
+            hard = not self.hard_fired
+            self.hard_fired = True
+        if hard:
+            self._tell_host()
+        return now + max(self.grace, 0.25)
+
+    def _tell_host(self) -> None:
+        logger.critical(
+            "request in thread %s is %.1f s past its deadline and still running; a Python "
+            "thread cannot be killed: recycle this worker process", self.thread,
+            _monotonic() - self.when,
+        )
+        if self.on_hard is not None:
+            try:
+                self.on_hard(self)
+            except Exception:
+                logger.exception("gae_sandbox: the hard-deadline callback failed")
+
+
+class DeadlineTimer:
+    """The one timer thread: a heap of (time, sequence, deadline)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._sequence = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def schedule(self, deadline: Deadline, when: float) -> None:
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                self._start()
+            heapq.heappush(self._heap, (when, next(self._sequence), deadline))
+            if self._heap[0][2] is deadline:
+                self._wakeup.notify()
+            if len(self._heap) > 4096:
+                self._heap = [item for item in self._heap if item[2].active]
+                heapq.heapify(self._heap)
+
+    def _start(self) -> None:
+        # Started in an empty context: the timer must never run inside a sandbox.
+        self._pid = os.getpid()
+        self._heap = [item for item in self._heap if item[2].active]
+        heapq.heapify(self._heap)
+        thread = threading.Thread(target=self._run, name="gae_sandbox-deadline", daemon=True)
+        _HOST.run(thread.start)
+        self._thread = thread
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    now = _monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        _, _, deadline = heapq.heappop(self._heap)
+                        break
+                    timeout = self._heap[0][0] - now if self._heap else None
+                    self._wakeup.wait(timeout)
+            try:
+                next_time = deadline.fire(_monotonic())
+            except Exception:  # never let the one timer die
+                logger.exception("gae_sandbox: deadline timer error")
+                next_time = None
+            if next_time is not None:
+                with self._lock:
+                    heapq.heappush(self._heap, (next_time, next(self._sequence), deadline))
+
+
+TIMER = DeadlineTimer()
+
+
+def start_deadline(seconds: float, grace: float, owner: Any,
+                   on_hard: HardDeadlineCallback | None) -> Deadline:
+    deadline = Deadline(seconds, grace, owner, on_hard)
+    TIMER.schedule(deadline, deadline.when)
+    return deadline
+
+
+# --- bounded blocking calls -----------------------------------------------------------------
+
+
+def _deadline_of(scope: Scope | None) -> Deadline | None:
+    if scope is None:
+        return None
+    deadline = scope.deadline
+    if deadline is None or not deadline.active:
+        return None
+    return deadline
+
+
+def bounded_sleep(seconds: float) -> None:
+    """``time.sleep`` that ends at the deadline with ``DeadlineExceededError``."""
+    deadline = _deadline_of(active_scope())
+    if deadline is None:
+        return _original_sleep(seconds)
+    remaining = deadline.remaining()
+    if seconds < remaining:
+        return _original_sleep(seconds)
+    if remaining > 0:
+        _original_sleep(remaining)
+    raise deadline.error_from_call()
+
+
+def _bounded_wait(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``Condition.wait``-like: a timeout no longer than the time left (covers
+    ``Event.wait``, ``queue.Queue.get``, ``Semaphore.acquire``, ``Barrier.wait``)."""
+
+    def wait(self: Any, timeout: float | None = None) -> Any:
+        deadline = _deadline_of(active_scope())
+        if deadline is None:
+            return original(self, timeout)
+        remaining = deadline.remaining()
+        if timeout is not None and timeout < remaining:
+            return original(self, timeout)
+        result = original(self, max(remaining, 0.0))
+        if result or deadline.remaining() > 0:
+            return result
+        raise deadline.error_from_call()
+
+    wait.__wrapped__ = original  # type: ignore[attr-defined]
+    wait.__doc__ = original.__doc__
+    return wait
+
+
+def _bounded_join(original: Callable[..., Any]) -> Callable[..., Any]:
+    def join(self: Any, timeout: float | None = None) -> None:
+        deadline = _deadline_of(active_scope())
+        if deadline is None:
+            return original(self, timeout)
+        remaining = deadline.remaining()
+        if timeout is not None and timeout < remaining:
+            return original(self, timeout)
+        original(self, max(remaining, 0.0))
+        if self.is_alive() and deadline.remaining() <= 0:
+            raise deadline.error_from_call()
+        return None
+
+    join.__wrapped__ = original  # type: ignore[attr-defined]
+    join.__doc__ = original.__doc__
+    return join
+
+
+def _bounded_socket_call(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Socket operations: the socket's timeout is lowered to the time left for the call."""
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline = _deadline_of(active_scope())
+        if deadline is None:
+            return original(self, *args, **kwargs)
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise deadline.error_from_call()
+        previous = self.gettimeout()
+        if previous is not None and previous <= remaining:
+            return original(self, *args, **kwargs)
+        self.settimeout(remaining)
+        try:
+            return original(self, *args, **kwargs)
+        except (TimeoutError, BlockingIOError):
+            if deadline.remaining() <= 0:
+                raise deadline.error_from_call() from None
+            raise
+        finally:
+            try:
+                self.settimeout(previous)
+            except OSError:  # closed meanwhile
+                pass
+
+    call.__wrapped__ = original  # type: ignore[attr-defined]
+    call.__name__ = getattr(original, "__name__", "call")
+    call.__doc__ = original.__doc__
+    return call
+
+
+_SOCKET_CALLS = ("connect", "connect_ex", "accept", "recv", "recv_into", "recvfrom",
+                 "recvfrom_into", "recvmsg", "send", "sendall", "sendto", "sendmsg")
+
+
+def build_patches() -> list[tuple[Any, str, Any, Any]]:
+    patches: list[tuple[Any, str, Any, Any]] = [
+        (time, "sleep", _original_sleep, bounded_sleep),
+        (threading.Condition, "wait", threading.Condition.wait,
+         _bounded_wait(threading.Condition.wait)),
+        (threading.Thread, "join", threading.Thread.join, _bounded_join(threading.Thread.join)),
+    ]
+    for name in _SOCKET_CALLS:
+        original = getattr(socket.socket, name, None)
+        if original is not None:
+            patches.append((socket.socket, name, original, _bounded_socket_call(original)))
+    return patches

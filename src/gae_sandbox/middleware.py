@@ -1,0 +1,241 @@
+"""WSGI middleware: every request of the wrapped app runs in its own sandbox scope.
+
+PEP 3333: app code also runs while the server iterates the response and in ``close()``, so
+the scope stays open until ``close()`` and is entered around each of those calls (the server's
+own code between them runs unsandboxed). The scope is closed exactly once, whatever happens.
+An error from the app, a refusal in enforce mode or a deadline becomes a 500 with a short
+generic body (the traceback goes to the ``gae_sandbox`` logger, never to the client); once
+the headers are on the wire the error is re-raised to the server instead, as PEP 3333 says.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .context import Scope, unsandboxed
+from .errors import DeadlineExceededError, HardDeadlineExceeded
+from .policy import Policy
+from .sandbox import Sandbox, attach, close_scope, detach
+
+logger = logging.getLogger("gae_sandbox")
+
+ERROR_STATUS = "500 Internal Server Error"
+ERROR_BODY = b"500 Internal Server Error\n"
+
+#: Exceptions from app code that become a 500 (others, like KeyboardInterrupt, propagate).
+_APP_ERRORS = (Exception, DeadlineExceededError, HardDeadlineExceeded, SystemExit)
+
+StartResponse = Callable[..., Callable[[bytes], Any]]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+HardDeadlineHandler = Callable[[Sandbox, int], None]
+
+
+class SandboxMiddleware:
+    """Wrap a WSGI ``app`` so each request runs in a sandbox under ``policy``.
+
+    ``threadsafe=False`` serves one request at a time (app.yaml ``threadsafe: false``).
+    ``on_hard_deadline(sandbox, thread_ident)`` is called when a request carries on past its
+    deadline and grace period; with ``recycle_worker=True`` a gunicorn worker is also asked
+    to exit gracefully (SIGTERM to itself), and gunicorn starts a fresh one.
+    """
+
+    def __init__(self, app: WSGIApp, policy: Policy, *, threadsafe: bool = True,
+                 on_hard_deadline: HardDeadlineHandler | None = None,
+                 recycle_worker: bool = True) -> None:
+        if not callable(app):
+            raise TypeError(f"SandboxMiddleware(app, ...) needs a WSGI callable, got {app!r}")
+        self.app = app
+        self.policy = policy
+        self.on_hard_deadline = on_hard_deadline
+        self.recycle_worker = recycle_worker
+        self.sandbox = Sandbox(policy, on_hard_deadline=self._hard_deadline)
+        self._serial = None if threadsafe else threading.Lock()
+        self._server_software = ""
+
+    @property
+    def violations(self) -> list[Any]:
+        return self.sandbox.violations
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: StartResponse) -> Iterable[bytes]:
+        self._server_software = str(environ.get("SERVER_SOFTWARE", ""))
+        if self._serial is not None:
+            self._serial.acquire()
+        try:
+            scope = self.sandbox.open_scope()
+        except BaseException:
+            if self._serial is not None:
+                self._serial.release()
+            raise
+        request = _Request(self, scope, environ, start_response)
+        return request.run()
+
+    def _hard_deadline(self, sandbox: Sandbox, thread_ident: int) -> None:
+        if self.on_hard_deadline is not None:
+            self.on_hard_deadline(sandbox, thread_ident)
+        if self.recycle_worker and self._server_software.startswith("gunicorn"):
+            logger.critical("gae_sandbox: asking gunicorn worker %s to exit (hard deadline)",
+                            os.getpid())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _Request:
+    """One request: the scope, what the server was told, and the app's response."""
+
+    def __init__(self, middleware: SandboxMiddleware, scope: Scope,
+                 environ: dict[str, Any], start_response: StartResponse) -> None:
+        self.middleware = middleware
+        self.scope = scope
+        self.environ = environ
+        self.server_start_response = start_response
+        self.server_write: Callable[[bytes], Any] | None = None
+        self.headers_started = False  # start_response called
+        self.body_started = False  # bytes handed to the server: headers are on the wire
+        self.closed = False
+        self.iterable: Any = None
+        self.iterator: Iterator[bytes] | None = None
+        self.error_body: list[bytes] | None = None
+
+    # -- calls the app makes into the server (run unsandboxed) -----------------------------
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], Any]:
+        with unsandboxed():
+            self.server_write = self.server_start_response(status, headers, exc_info) if (
+                exc_info is not None
+            ) else self.server_start_response(status, headers)
+        self.headers_started = True
+        return self.write
+
+    def write(self, data: bytes) -> Any:
+        if data:
+            self.body_started = True
+        assert self.server_write is not None, "write() called before start_response()"
+        with unsandboxed():
+            return self.server_write(data)
+
+    # -- the request -----------------------------------------------------------------------
+
+    def run(self) -> Iterable[bytes]:
+        try:
+            attach(self.scope)
+            try:
+                self.iterable = self.middleware.app(self.environ, self.start_response)
+            finally:
+                detach(self.scope)
+        except _APP_ERRORS as error:
+            return self.fail(error, closing=True)
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(self.iterable, (list, tuple)):
+            # Nothing of the app's runs while a list is sent: end the scope now (its threads
+            # are joined before the response goes out, as on the runtime).
+            self.close()
+            return self.iterable
+        if hasattr(self.iterable, "__len__"):
+            return _SizedResponse(self)
+        return _Response(self)
+
+    def next_chunk(self) -> bytes:
+        if self.error_body is not None:
+            if self.error_body:
+                return self.error_body.pop(0)
+            raise StopIteration
+        try:
+            attach(self.scope)
+            try:
+                if self.iterator is None:
+                    self.iterator = iter(self.iterable)
+                chunk = next(self.iterator)
+            finally:
+                detach(self.scope)
+        except StopIteration:
+            raise
+        except _APP_ERRORS as error:
+            body = self.fail(error, closing=False)
+            self.error_body = list(body)
+            return self.next_chunk()
+        if chunk:
+            self.body_started = True
+        return chunk
+
+    def fail(self, error: BaseException, *, closing: bool) -> list[bytes]:
+        """Turn an app error into a 500, or re-raise it when the headers were sent."""
+        logger.error("gae_sandbox: request %s %s failed: %s", self.environ.get("REQUEST_METHOD"),
+                     self.environ.get("PATH_INFO"), error, exc_info=error)
+        if self.body_started:
+            if closing:
+                self.close()
+            raise error
+        headers = [("Content-Type", "text/plain; charset=utf-8"),
+                   ("Content-Length", str(len(ERROR_BODY)))]
+        try:
+            with unsandboxed():
+                self.server_start_response(
+                    ERROR_STATUS, headers, (type(error), error, error.__traceback__)
+                )
+        except BaseException:
+            if closing:
+                self.close()
+            raise
+        self.headers_started = True
+        if closing:
+            self.close()
+        return [ERROR_BODY]
+
+    def close(self) -> None:
+        """Close the app's iterable (in the sandbox) and end the scope, exactly once."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            close = getattr(self.iterable, "close", None)
+            if close is not None:
+                attach(self.scope)
+                try:
+                    close()
+                finally:
+                    detach(self.scope)
+        except BaseException as error:  # the response is out; log, never break the server
+            logger.error("gae_sandbox: the app's close() failed: %s", error, exc_info=error)
+        finally:
+            try:
+                close_scope(self.scope)
+            finally:
+                serial = self.middleware._serial
+                if serial is not None:
+                    serial.release()
+
+
+class _Response:
+    """The iterable handed to the server."""
+
+    def __init__(self, request: _Request) -> None:
+        self._request = request
+
+    def __iter__(self) -> _Response:
+        return self
+
+    def __next__(self) -> bytes:
+        return self._request.next_chunk()
+
+    def close(self) -> None:
+        self._request.close()
+
+    def __del__(self) -> None:  # a server that never calls close() must not leak the scope
+        try:
+            if not self._request.closed:
+                self._request.close()
+        except Exception:
+            pass
+
+
+class _SizedResponse(_Response):
+    def __len__(self) -> int:
+        return len(self._request.iterable)

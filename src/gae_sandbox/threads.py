@@ -1,0 +1,246 @@
+"""Threads started by a request: they carry its sandbox, and the request waits for them.
+
+Before Python 3.14 a new thread starts with an empty context, which would be an unsandboxed
+thread; so every thread start inside a sandbox copies the starter's context into the new
+thread. Threads are tracked by the scope itself, not through ``threading.enumerate()``
+(``_thread.start_new_thread`` threads are not listed there), and joined when the scope ends
+within what is left of the deadline; one still running then gets ``DeadlineExceededError``.
+A daemon flag does not skip the join. A thread that outlives its request keeps the
+request's sandbox: it stays restricted.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .context import _ACTIVE, Layer, Scope, active_scope
+from .deadline import raise_in_thread
+from .errors import DeadlineExceededError, SandboxViolation, ThreadRefused
+
+_allocate_lock = _thread.allocate_lock
+_get_ident = _thread.get_ident
+
+
+class TrackedThread:
+    """One thread a request started: its ident and a lock held while it runs."""
+
+    __slots__ = ("ident", "name", "running")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ident: int | None = None
+        self.running = _allocate_lock()
+        self.running.acquire()
+
+    def finished(self) -> None:
+        if self.running.locked():
+            self.running.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Whether the thread finished within ``timeout`` seconds (None: wait for ever)."""
+        if self.running.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
+            self.running.release()
+            return True
+        return False
+
+    @property
+    def alive(self) -> bool:
+        return self.running.locked()
+
+
+class ThreadRegistry:
+    """The threads of one scope, in start order."""
+
+    def __init__(self) -> None:
+        self._lock = _allocate_lock()
+        self._threads: list[TrackedThread] = []
+
+    def add(self, tracked: TrackedThread) -> None:
+        with self._lock:
+            self._threads.append(tracked)
+
+    def running(self) -> list[TrackedThread]:
+        with self._lock:
+            self._threads = [t for t in self._threads if t.alive]
+            return list(self._threads)
+
+
+def _check_thread(layer: Layer, what: str) -> SandboxViolation | None:
+    if layer.policy.allow_threads:
+        return None
+    return ThreadRefused(what, "this policy does not let the request start threads",
+                         "allow_threads")
+
+
+def _track(scope: Scope, name: str) -> TrackedThread:
+    scope.judge(_check_thread, f"start of thread {name!r}")
+    if scope.threads is None:
+        scope.threads = ThreadRegistry()
+    tracked = TrackedThread(name)
+    scope.threads.add(tracked)
+    return tracked
+
+
+def _carried(tracked: TrackedThread, context: contextvars.Context,
+             function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` run in the starter's context, marking the thread finished at the end."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        tracked.ident = _get_ident()
+        try:
+            return context.run(function, *args, **kwargs)
+        except DeadlineExceededError:
+            return None  # the request ended it; not an error of the thread
+        finally:
+            tracked.finished()
+
+    return run
+
+
+def _thread_start(original: Callable[..., Any]) -> Callable[..., Any]:
+    def start(self: threading.Thread) -> None:
+        scope = active_scope()
+        if scope is None:
+            return original(self)
+        tracked = _track(scope, self.name)
+        self.run = _carried(tracked, contextvars.copy_context(), self.run)  # type: ignore
+        try:
+            return original(self)
+        except BaseException:
+            tracked.finished()
+            raise
+
+    start.__wrapped__ = original  # type: ignore[attr-defined]
+    start.__doc__ = original.__doc__
+    return start
+
+
+def _low_level_start(original: Callable[..., Any]) -> Callable[..., Any]:
+    def start_new_thread(function: Callable[..., Any], args: Any = (), kwargs: Any = None,
+                         *rest: Any, **options: Any) -> Any:
+        scope = active_scope()
+        if scope is None:
+            if kwargs is None:
+                return original(function, args, *rest, **options)
+            return original(function, args, kwargs, *rest, **options)
+        tracked = _track(scope, getattr(function, "__name__", "thread"))
+        runner = _carried(tracked, contextvars.copy_context(), function)
+        try:
+            if kwargs is None:
+                return original(runner, args, *rest, **options)
+            return original(runner, args, kwargs, *rest, **options)
+        except BaseException:
+            tracked.finished()
+            raise
+
+    start_new_thread.__wrapped__ = original  # type: ignore[attr-defined]
+    start_new_thread.__doc__ = original.__doc__
+    return start_new_thread
+
+
+def _joinable_start(original: Callable[..., Any]) -> Callable[..., Any]:
+    """3.13's ``_thread.start_joinable_thread(function, handle=None, daemon=True)``."""
+
+    def start_joinable_thread(function: Callable[..., Any], *rest: Any, **options: Any) -> Any:
+        scope = active_scope()
+        if scope is None:
+            return original(function, *rest, **options)
+        tracked = _track(scope, getattr(function, "__name__", "thread"))
+        try:
+            return original(_carried(tracked, contextvars.copy_context(), function),
+                            *rest, **options)
+        except BaseException:
+            tracked.finished()
+            raise
+
+    start_joinable_thread.__wrapped__ = original  # type: ignore[attr-defined]
+    start_joinable_thread.__doc__ = original.__doc__
+    return start_joinable_thread
+
+
+def join_scope_threads(scope: Scope, grace: float) -> list[TrackedThread]:
+    """Wait for the scope's threads within what is left of its deadline; raise
+    ``DeadlineExceededError`` in those still running then and wait ``grace`` more.
+    Returns the threads that outlived the request (they stay sandboxed)."""
+    registry = scope.threads
+    if registry is None:
+        return []
+    deadline = scope.deadline
+    current = _get_ident()
+    while True:
+        running = [t for t in registry.running() if t.ident != current]
+        if not running:
+            return []
+        timed_out = False
+        for tracked in running:
+            timeout = None if deadline is None else deadline.when - deadline_clock()
+            if not tracked.wait(timeout):
+                timed_out = True
+                break
+        if timed_out:
+            break
+    stragglers = [t for t in registry.running() if t.ident != current]
+    for tracked in stragglers:
+        if tracked.ident is not None:
+            raise_in_thread(tracked.ident, DeadlineExceededError)
+    end = deadline_clock() + grace
+    for tracked in stragglers:
+        tracked.wait(end - deadline_clock())
+    return [t for t in stragglers if t.alive]
+
+
+deadline_clock = time.monotonic
+
+
+def start_background_thread(target: Callable[..., Any], *args: Any,
+                            **kwargs: Any) -> threading.Thread:
+    """Start a thread that may outlive the request (the runtime's background threads).
+
+    Allowed only when ``Policy.allow_background_threads`` is True. The thread keeps the
+    request's restrictions but not its deadline, and the request does not wait for it.
+    """
+    scope = active_scope()
+    if scope is None:
+        raise RuntimeError("start_background_thread() is for code inside a Sandbox")
+    scope.judge(_check_background, getattr(target, "__name__", "thread"))
+    background = Scope(scope.layers[-1], scope.parent, scope.owner)
+    background.layers = scope.layers
+    background.deadline = None
+    context = contextvars.copy_context()
+    context.run(_set_scope, background)
+    thread = threading.Thread(target=context.run, args=(target, *args), kwargs=kwargs,
+                              name=f"background-{getattr(target, '__name__', 'thread')}",
+                              daemon=True)
+    contextvars.Context().run(thread.start)  # untracked: the request does not wait for it
+    return thread
+
+
+def _set_scope(scope: Scope) -> None:
+    _ACTIVE.set(scope)
+
+
+def _check_background(layer: Layer, what: str) -> SandboxViolation | None:
+    if layer.policy.allow_background_threads:
+        return None
+    return ThreadRefused(f"background thread {what!r}",
+                         "background threads outlive the request", "allow_background_threads")
+
+
+def build_patches() -> list[tuple[Any, str, Any, Any]]:
+    patches: list[tuple[Any, str, Any, Any]] = [
+        (threading.Thread, "start", threading.Thread.start,
+         _thread_start(threading.Thread.start)),
+    ]
+    for name in ("start_new_thread", "start_new"):
+        original = getattr(_thread, name, None)
+        if original is not None:
+            patches.append((_thread, name, original, _low_level_start(original)))
+    original = getattr(_thread, "start_joinable_thread", None)
+    if original is not None:
+        patches.append((_thread, "start_joinable_thread", original, _joinable_start(original)))
+    return patches

@@ -1,0 +1,13 @@
+"""check: (not yet built)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def main(args: argparse.Namespace) -> int:
+    raise SystemExit("gae-sandbox check: not built yet")

@@ -1,0 +1,1 @@
+"""pytest plugin (not yet built)."""

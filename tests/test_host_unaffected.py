@@ -266,11 +266,6 @@ def test_exiting_in_a_thread_that_never_entered_raises(policy: Policy) -> None:
     assert current_sandbox() is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a thread started inside the sandbox (it carries the "
-                   "scope) that calls box.__exit__() gets ValueError (token from another "
-                   "Context) instead of RuntimeError, after close_scope/detach already closed "
-                   "the scope and cleared scope.token: the entering thread's own __exit__ then "
-                   "raises 'out of order' and that thread stays sandboxed for good")
 def test_exit_from_a_thread_that_inherited_the_scope(policy: Policy) -> None:
     def scenario() -> tuple[list[BaseException], bool]:
         box = Sandbox(policy)
@@ -329,9 +324,6 @@ def test_report_mode_lets_a_connection_through_and_records_it(policy: Policy,
     assert violation.location.endswith(f":{line}")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: report mode records one create_connection to an IP "
-                   "literal twice: a 'lookup of 127.0.0.1:port' (getaddrinfo of an address, no "
-                   "traffic) and a 'connect to 127.0.0.1:port'")
 def test_report_mode_create_connection_is_one_record(policy: Policy, listener) -> None:
     box = Sandbox(policy.replace(mode="report"))
     with box:
@@ -356,10 +348,6 @@ def test_report_mode_lets_a_process_run_and_records_it(policy: Policy, tmp_path:
     assert violation.location.endswith(f":{line}")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: report mode records one subprocess.run as several "
-                   "violations: 'subprocess.Popen' (audit) and '_posixsubprocess.fork_exec' "
-                   "(patch) for the same process, and 'system' records for subprocess closing "
-                   "its own pipe fds with os.close")
 def test_report_mode_subprocess_is_one_record(policy: Policy, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     box = Sandbox(policy.replace(mode="report"))

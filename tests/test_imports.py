@@ -258,8 +258,6 @@ def test_refused_fresh_import_executes_nothing(policy: Policy, site_dir: Path,
     assert executed == [by_name, third_party]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: importer trust is read from the globals the "
-                   "caller passes to __import__, so app code can claim to be stdlib code")
 def test_private_c_module_with_forged_globals_dict_is_refused(policy: Policy) -> None:
     with Sandbox(policy):
         with pytest.raises(CExtensionRefused):
@@ -623,8 +621,6 @@ def test_report_mode_c_extension_host_imported(policy: Policy, site_dir: Path,
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in report mode one fresh import of a blocked "
-                   "module is recorded by both __import__ and the meta-path finder (count 2)")
 def test_report_mode_fresh_blocked_import_counts_once(policy: Policy, site_dir: Path) -> None:
     name = unique("gae_blocked")
     write_module(site_dir, name)
@@ -635,8 +631,6 @@ def test_report_mode_fresh_blocked_import_counts_once(policy: Policy, site_dir: 
     assert [(v.target, v.count) for v in sb.violations] == [(name, 1)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in report mode one fresh import of a C extension "
-                   "is recorded by both the finder and the 'import' audit event (count 2)")
 def test_report_mode_fresh_c_extension_counts_once(policy: Policy, site_dir: Path,
                                                    build_extension: Callable[[Path], str]
                                                    ) -> None:

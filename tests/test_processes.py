@@ -144,9 +144,6 @@ def test_refused_process_message_names_the_command(policy: Policy, tmp_path: Pat
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a refused subprocess.check_output leaks the host's "
-                   "pipe fd: Popen's cleanup closes it with the patched os.close, which refuses "
-                   "fds the request did not open (the OSError is swallowed by Popen)")
 def test_refused_subprocess_leaks_no_file_descriptors(policy: Policy, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     before = set(os.listdir("/proc/self/fd"))
@@ -334,9 +331,6 @@ def test_control_fork_exec_outside_sandbox(name: str, tmp_path: Path) -> None:
     assert marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the patched fork_exec exposes the original as "
-                   "__wrapped__ (patches._named), and fork_exec has no audit event, so app code "
-                   "starts any process with subprocess._fork_exec.__wrapped__(...)")
 @pytest.mark.parametrize("name", list(fork_exec_functions()))
 def test_fork_exec_original_not_reachable_through_wrapped(name: str, policy: Policy,
                                                           tmp_path: Path) -> None:

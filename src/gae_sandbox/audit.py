@@ -17,7 +17,7 @@ from .context import Layer, Scope, active_scope
 from .errors import ProcessRefused, SandboxViolation, SystemCallRefused, TempfileRefused
 from .filesystem import check_open, check_read, check_write
 from .imports import check_extension_file, extension_filename, trusted_import_context
-from .network import check_connect, check_lookup, check_server
+from .network import check_connect, check_lookup, check_raw_socket, check_server
 from .patches import describe_command
 
 Handler = Callable[[Scope, tuple[Any, ...]], None]
@@ -47,7 +47,7 @@ def _on_open(scope: Scope, args: tuple[Any, ...]) -> None:
             # importlib caching bytecode: never on disk from a sandbox, never a violation
             raise PermissionError(30, "gae_sandbox: no bytecode cache inside the sandbox")
         return
-    scope.judge(check_open, path, mode, flags)
+    scope.judge(check_open, scope, path, mode, flags)
 
 
 def _on_listdir(scope: Scope, args: tuple[Any, ...]) -> None:
@@ -118,6 +118,8 @@ def _on_host_lookup(scope: Scope, args: tuple[Any, ...]) -> None:
 def _on_import(scope: Scope, args: tuple[Any, ...]) -> None:
     name, filename = args[0], args[1]
     if extension_filename(filename):
+        if name in scope.reported_imports:  # report mode: the import gate recorded it
+            return
         scope.judge(check_extension_file, name, filename, trusted_import_context())
 
 
@@ -191,6 +193,7 @@ HANDLERS: dict[str, Handler] = {
     "socket.sendto": _on_connect,
     "socket.sendmsg": _on_sendmsg,
     "socket.bind": _on_bind,
+    "socket.__new__": lambda scope, args: scope.judge(check_raw_socket, args[0]),
     "socket.getaddrinfo": _on_getaddrinfo,
     "socket.gethostbyname": _on_host_lookup,
     "socket.gethostbyaddr": _on_host_lookup,

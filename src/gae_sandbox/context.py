@@ -87,7 +87,7 @@ class Scope:
     """The state of one entered sandbox in one execution context."""
 
     __slots__ = ("layers", "parent", "owner", "resolved_hosts", "opened_fds", "extras",
-                 "deadline", "threads", "token", "closed")
+                 "deadline", "threads", "token", "closed", "reported_imports", "thread")
 
     def __init__(self, layer: Layer, parent: Scope | None, owner: Any) -> None:
         self.layers: tuple[Layer, ...] = (*parent.layers, layer) if parent else (layer,)
@@ -104,33 +104,42 @@ class Scope:
         self.threads: Any = None
         self.token: Any = None
         self.closed = False
+        #: Report mode: modules whose import is being let through after being recorded.
+        self.reported_imports: set[str] = set()
+        #: The thread the scope was entered in.
+        self.thread: int | None = None
 
     @property
     def policy(self) -> Policy:
         """The innermost policy."""
         return self.layers[-1].policy
 
-    def judge(self, check: Callable[..., SandboxViolation | None], *args: Any) -> None:
-        """Run ``check(layer, *args)`` for every layer; refuse or record what it returns."""
+    def judge(self, check: Callable[..., SandboxViolation | None], *args: Any) -> bool:
+        """Run ``check(layer, *args)`` for every layer; refuse or record what it returns.
+        Returns whether a violation was recorded and let through (report mode)."""
+        reported = False
         for layer in self.layers:
             refusal = check(layer, *args)
             if refusal is not None:
                 self.refuse(layer, refusal)
+                reported = True
+        return reported
 
     def refuse(self, layer: Layer, refusal: SandboxViolation) -> None:
         """Record ``refusal``; raise it when the layer enforces, return when it reports."""
         if not (_PASSTHROUGH.get() and not layer.enforce):
-            layer.report.record(
-                Violation(
-                    kind=refusal.kind,
-                    target=refusal.target,
-                    location=layer.location(),
-                    rule=refusal.rule,
-                    setting=refusal.setting,
-                    message=refusal.message,
-                    enforced=layer.enforce,
+            with unsandboxed():  # the host's log handlers are not the app's
+                layer.report.record(
+                    Violation(
+                        kind=refusal.kind,
+                        target=refusal.target,
+                        location=layer.location(),
+                        rule=refusal.rule,
+                        setting=refusal.setting,
+                        message=refusal.message,
+                        enforced=layer.enforce,
+                    )
                 )
-            )
         if layer.enforce:
             raise refusal
 

@@ -277,7 +277,6 @@ def _bounded_wait(original: Callable[..., Any]) -> Callable[..., Any]:
             return result
         raise deadline.error_from_call()
 
-    wait.__wrapped__ = original  # type: ignore[attr-defined]
     wait.__doc__ = original.__doc__
     return wait
 
@@ -295,7 +294,6 @@ def _bounded_join(original: Callable[..., Any]) -> Callable[..., Any]:
             raise deadline.error_from_call()
         return None
 
-    join.__wrapped__ = original  # type: ignore[attr-defined]
     join.__doc__ = original.__doc__
     return join
 
@@ -326,7 +324,6 @@ def _bounded_socket_call(original: Callable[..., Any]) -> Callable[..., Any]:
             except OSError:  # closed meanwhile
                 pass
 
-    call.__wrapped__ = original  # type: ignore[attr-defined]
     call.__name__ = getattr(original, "__name__", "call")
     call.__doc__ = original.__doc__
     return call

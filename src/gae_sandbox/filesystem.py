@@ -9,10 +9,11 @@ string-prefix sibling (``/app/root2``), nor ``..``, nor a symlink leaves the rea
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import Any
 
-from .context import Layer
-from .errors import FileReadRefused, FileWriteRefused, SandboxViolation
+from .context import Layer, Scope
+from .errors import FileReadRefused, FileWriteRefused, SandboxViolation, SystemCallRefused
 from .paths import is_inside, realpath
 
 #: os.open flags that change the filesystem.
@@ -22,13 +23,37 @@ if hasattr(os, "O_TMPFILE"):
 
 _READ_RULE = "path is outside the readable folders (the app root, the interpreter's library)"
 _WRITE_RULE = "the filesystem is read-only"
+_HIDDEN_RULE = ("the app does not see this file (skip_files, or a static file without "
+                "application_readable)")
+
+
+#: Path objects whose value cannot change between the check and the use.
+_STABLE_PATH_TYPES = frozenset({pathlib.PurePosixPath, pathlib.PosixPath, os.DirEntry})
+
+
+def stable_path(path: Any) -> str | bytes | None:
+    """``path`` as the exact ``str`` or ``bytes`` the kernel will see, or ``None``.
+
+    A ``str`` subclass can override the methods a check uses, and a custom ``__fspath__``
+    can answer differently at each call; so the check and the call both use this one value,
+    read from the object's own data, and unknown path objects are not accepted.
+    """
+    if isinstance(path, str):
+        return path if type(path) is str else str.__add__(path, "")
+    if isinstance(path, bytes):
+        return path if type(path) is bytes else bytes.__add__(path, b"")
+    if type(path) in _STABLE_PATH_TYPES:
+        return os.fspath(path)
+    return None
 
 
 def resolve(path: Any) -> str | None:
     """The absolute, symlink-free form of ``path``; ``None`` if it cannot be resolved."""
+    value = stable_path(path)
+    if value is None:
+        return None
     try:
-        text = os.fsdecode(os.fspath(path))
-        return realpath(text)
+        return realpath(os.fsdecode(value))
     except (TypeError, ValueError, OSError):
         return None
 
@@ -37,19 +62,21 @@ def describe(path: Any) -> str:
     """A readable name for a path argument in messages and reports."""
     if isinstance(path, int):
         return f"fd {path}"
-    try:
-        return os.fsdecode(os.fspath(path))
-    except (TypeError, ValueError):
-        return repr(path)
+    value = stable_path(path)
+    if value is None:
+        return f"<path object of type {type(path).__name__}>"
+    return os.fsdecode(value)
 
 
 def check_read(layer: Layer, path: Any) -> SandboxViolation | None:
     """Refuse reading ``path`` unless it resolves inside the layer's readable folders."""
     if isinstance(path, int):
-        return None  # an fd the request already holds; opening it again reads nothing new
+        return None  # fstat-like calls on a descriptor: its metadata only
     resolved = resolve(path)
     if resolved is not None and is_inside(resolved, layer.readable_roots):
-        return None
+        if not layer.policy.is_hidden(resolved):
+            return None
+        return FileReadRefused(describe(path), _HIDDEN_RULE, "skip_files")
     target = describe(path)
     if resolved is not None and resolved != target:
         target = f"{target} (resolves to {resolved})"
@@ -64,8 +91,16 @@ def check_write(layer: Layer, path: Any, operation: str) -> SandboxViolation | N
     return FileWriteRefused(target, _WRITE_RULE, None)
 
 
-def check_open(layer: Layer, path: Any, mode: Any, flags: Any) -> SandboxViolation | None:
-    """The ``open`` audit event: writes refused, reads limited to the readable folders."""
+def check_open(layer: Layer, scope: Scope, path: Any, mode: Any,
+               flags: Any) -> SandboxViolation | None:
+    """The ``open`` audit event: writes refused, reads limited to the readable folders, and
+    file descriptors only those the request opened itself (``open(fd)`` can close it)."""
+    if isinstance(path, int):
+        if path in scope.opened_fds:
+            return None
+        return SystemCallRefused(
+            f"open(fd {path})", "only file descriptors the request opened are its own", None
+        )
     writes = isinstance(flags, int) and bool(flags & WRITE_FLAGS)
     if isinstance(mode, str) and any(c in mode for c in "wax+"):
         writes = True

@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import importlib.util
+import os
 import sys
 from contextvars import ContextVar
 from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, ExtensionFileLoader
@@ -29,7 +30,12 @@ from .context import Layer, Scope, active_scope
 from .errors import CExtensionRefused, ImportRefused, SandboxViolation
 from .paths import is_inside, realpath
 from .policy import module_matches
-from .runtime import RUNTIME_C_MODULES, STDLIB_C_MODULES, STDLIB_MODULE_NAMES
+from .runtime import (
+    RUNTIME_C_MODULES,
+    STDLIB_C_MODULES,
+    STDLIB_MODULE_NAMES,
+    stdlib_folders,
+)
 
 _bootstrap: Any = sys.modules["_frozen_importlib"]
 
@@ -119,8 +125,13 @@ def _check_c(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
 
 
 def _check_python(layer: Layer, name: str, location: str | None) -> SandboxViolation | None:
-    if location is not None and is_inside(realpath(location) or location, layer.app_roots):
-        return None
+    if location is not None:
+        resolved = realpath(location) or location
+        if is_inside(resolved, layer.app_roots):
+            if layer.policy.is_hidden(resolved):
+                return ImportRefused(name, "the module's file is listed in skip_files",
+                                     "skip_files")
+            return None
     if name.partition(".")[0] in STDLIB_MODULE_NAMES:
         return None
     if module_matches(name, layer.policy.allowed_modules):
@@ -167,20 +178,41 @@ def _spec_is_c(spec: Any) -> bool:
     return origin == "built-in" or (isinstance(origin, str) and origin.endswith(_SUFFIXES))
 
 
-def importer_trusted(scope: Scope, importer_globals: Any) -> bool:
-    """Whether the importing module is standard-library (or this library's) code."""
-    if not isinstance(importer_globals, dict):
+_STDLIB_FOLDERS = stdlib_folders()
+_PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+_stdlib_code: dict[str, bool] = {}
+
+
+def is_stdlib_code(filename: str) -> bool:
+    """Whether a code object's file is the standard library's (or this library's) own.
+
+    Judged from the code that runs, not from the ``globals`` an importer passes, which app
+    code can forge (``__import__("_socket", {"__name__": "socket"})``).
+    """
+    known = _stdlib_code.get(filename)
+    if known is None:
+        if filename.startswith("<frozen "):
+            known = True
+        elif filename.startswith("<"):
+            known = False
+        else:
+            path = realpath(filename) or filename
+            known = (is_inside(path, _STDLIB_FOLDERS) and "site-packages" not in path) or (
+                is_inside(path, (_PACKAGE_FOLDER,)))
+        _stdlib_code[filename] = known
+    return known
+
+
+def importer_trusted(scope: Scope, frame: Any) -> bool:
+    """Whether the import runs in standard-library code (the frame that imports)."""
+    while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+        frame = frame.f_back
+    if frame is None:
         return False
-    name = importer_globals.get("__name__")
-    if not isinstance(name, str):
+    filename = frame.f_code.co_filename
+    if not is_stdlib_code(filename):
         return False
-    top = name.partition(".")[0]
-    if top not in STDLIB_MODULE_NAMES and top != "gae_sandbox":
-        return False
-    filename = importer_globals.get("__file__")
-    if not isinstance(filename, str):
-        return True
-    return all(layer.frame_kind(filename) in ("lib", "self") for layer in scope.layers)
+    return all(layer.frame_kind(filename) != "app" for layer in scope.layers)
 
 
 # --- enforcement points ---------------------------------------------------------------------
@@ -192,20 +224,20 @@ def gated_import(name: str, globals: Any = None, locals: Any = None,
     scope = active_scope()
     if scope is None:
         return original_import(name, globals, locals, fromlist, level)
-    if globals is None:  # called as a function: the importer is the calling frame
-        frame = sys._getframe(1)
-        while frame.f_back is not None and frame.f_code.co_filename.startswith("<frozen"):
-            frame = frame.f_back
-        globals = frame.f_globals
-    trusted = importer_trusted(scope, globals)
+    trusted = importer_trusted(scope, sys._getframe(1))
+    if globals is None:  # called as a function: relative names resolve in the caller
+        globals = sys._getframe(1).f_globals
     absolute = _absolute_name(name, globals, level)
-    if absolute:
-        scope.judge(check_import, absolute, trusted)
+    reported = bool(absolute) and scope.judge(check_import, absolute, trusted)
+    if reported:  # report mode: the finder and the audit hook need not record it again
+        scope.reported_imports.add(absolute)
     token = _TRUSTED_IMPORTER.set(trusted)
     try:
         module = original_import(name, globals, locals, fromlist, level)
     finally:
         _TRUSTED_IMPORTER.reset(token)
+        if reported:
+            scope.reported_imports.discard(absolute)
     if fromlist:
         base = getattr(module, "__name__", None)
         if isinstance(base, str):
@@ -220,7 +252,7 @@ def gated_import_module(name: str, package: str | None = None) -> Any:
     scope = active_scope()
     if scope is None:
         return original_import_module(name, package)
-    token = _TRUSTED_IMPORTER.set(importer_trusted(scope, sys._getframe(1).f_globals))
+    token = _TRUSTED_IMPORTER.set(importer_trusted(scope, sys._getframe(1)))
     try:
         return original_import_module(name, package)
     finally:
@@ -235,8 +267,14 @@ def gated_gcd_import(name: str, package: str | None = None, level: int = 0) -> A
             absolute = importlib.util.resolve_name("." * level + name, package) if level else name
         except (ImportError, ValueError, TypeError, AttributeError):
             absolute = None
-        if absolute:
-            scope.judge(check_import, absolute, _TRUSTED_IMPORTER.get())
+        if absolute and absolute not in scope.reported_imports and scope.judge(
+            check_import, absolute, _TRUSTED_IMPORTER.get()
+        ):
+            scope.reported_imports.add(absolute)
+            try:
+                return original_gcd_import(name, package, level)
+            finally:
+                scope.reported_imports.discard(absolute)
     return original_gcd_import(name, package, level)
 
 
@@ -268,11 +306,16 @@ class ImportGateFinder:
         scope = active_scope()
         if scope is None:
             return None
+        if fullname in scope.reported_imports:  # report mode: recorded once already
+            return _find_elsewhere(self, fullname, path, target)
         trusted = _TRUSTED_IMPORTER.get()
-        scope.judge(check_import, fullname, trusted)
+        if scope.judge(check_import, fullname, trusted):
+            scope.reported_imports.add(fullname)
+            return _find_elsewhere(self, fullname, path, target)
         spec = _find_elsewhere(self, fullname, path, target)
-        if spec is not None:
-            scope.judge(check_spec, fullname, spec, trusted)
+        if spec is not None and scope.judge(check_spec, fullname, spec, trusted):
+            # the audit hook sees the extension load next: one record is enough
+            scope.reported_imports.add(fullname)
         return spec
 
     def invalidate_caches(self) -> None:

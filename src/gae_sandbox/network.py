@@ -7,6 +7,7 @@ a new address keeps working and an address nobody looked up does not.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Any
 
@@ -71,6 +72,11 @@ def check_lookup(layer: Layer, scope: Scope, host: Any, port: Any) -> SandboxVio
     if isinstance(host, bytes):
         host = host.decode("ascii", "replace")
     host = str(host)
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+        return None  # an address, not a name: no lookup traffic; connect() is judged
+    except ValueError:
+        pass
     if isinstance(port, str) and port.isdigit():
         port = int(port)
     elif isinstance(port, str):
@@ -90,6 +96,16 @@ def check_lookup(layer: Layer, scope: Scope, host: Any, port: Any) -> SandboxVio
         return None
     return NetworkRefused(f"lookup of {format_target(host, port)}", _CONNECT_RULE,
                           "allowed_hosts")
+
+
+def check_raw_socket(layer: Layer, sock: Any) -> SandboxViolation | None:
+    """``_socket.socket`` objects bypass the socket module's checks (``listen`` has no audit
+    event); app code gets ``socket.socket``."""
+    if isinstance(sock, socket.socket):
+        return None
+    return NetworkRefused(f"creation of a raw {type(sock).__module__}.{type(sock).__name__}",
+                          "sandboxed code uses socket.socket, not the private _socket module",
+                          None)
 
 
 def check_server(layer: Layer, what: str) -> SandboxViolation | None:

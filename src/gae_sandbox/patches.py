@@ -21,13 +21,14 @@ from typing import Any
 
 from .context import Layer, Scope, active_scope, passthrough
 from .errors import (
+    FileReadRefused,
     NotAvailableRefused,
     ProcessRefused,
     SandboxViolation,
     SystemCallRefused,
     TempfileRefused,
 )
-from .filesystem import check_read, check_write, describe
+from .filesystem import check_read, check_write, describe, stable_path
 from .network import check_lookup, check_server
 
 Patch = tuple[Any, str, Any, Any]  # (owner, attribute, original, replacement)
@@ -57,8 +58,8 @@ def _refuse_signal(layer: Layer, what: str) -> SandboxViolation:
 
 
 def _fd_write_allowed(scope: Scope, fd: Any) -> bool:
-    # stdout and stderr are the app's log, as on the runtime.
-    return fd in (1, 2)
+    # stdout and stderr are the app's log, as on the runtime; its own pipes are its own.
+    return fd in (1, 2) or fd in scope.opened_fds
 
 
 def _check_fd_write(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxViolation | None:
@@ -80,28 +81,81 @@ def _check_fd_close(layer: Layer, scope: Scope, fd: Any) -> SandboxViolation | N
 # --- replacements ---------------------------------------------------------------------------
 
 
+def _check_path_object(layer: Layer, path: Any) -> SandboxViolation | None:
+    return FileReadRefused(
+        describe(path), "only str, bytes and pathlib paths are accepted inside the sandbox "
+        "(another path object could name a different file at each call)", None)
+
+
+def _check_dir_fd(layer: Layer, what: str) -> SandboxViolation | None:
+    return FileReadRefused(what, "paths relative to a directory descriptor (dir_fd) are not "
+                           "checked by the sandbox", None)
+
+
+def _judged_path(scope: Scope, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 argument: int, what: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Judge the path argument once and pass the same, stable value on to the call."""
+    if len(args) > argument:
+        path = args[argument]
+    elif "path" in kwargs:
+        path = kwargs["path"]
+    else:
+        return args, kwargs
+    if isinstance(path, int):
+        return args, kwargs  # an fd: metadata of something already open
+    value = stable_path(path)
+    if value is None:
+        scope.judge(_check_path_object, path)
+        return args, kwargs
+    if kwargs.get("dir_fd") is not None and not os.fsdecode(value).startswith("/"):
+        scope.judge(_check_dir_fd, f"{what}({os.fsdecode(value)!r}, dir_fd=...)")
+    scope.judge(check_read, value)
+    if len(args) > argument:
+        args = (*args[:argument], value, *args[argument + 1:])
+    else:
+        kwargs = {**kwargs, "path": value}
+    return args, kwargs
+
+
 def _path_reader(original: Callable[..., Any], argument: int = 0) -> Callable[..., Any]:
     """``os.stat``-like functions: allowed on readable paths only."""
+    what = f"os.{getattr(original, '__name__', 'call')}"
 
     def read_path(*args: Any, **kwargs: Any) -> Any:
         scope = active_scope()
         if scope is not None:
-            path = args[argument] if len(args) > argument else kwargs.get("path", ".")
-            if not isinstance(path, int):
-                scope.judge(check_read, path)
+            args, kwargs = _judged_path(scope, args, kwargs, argument, what)
         return original(*args, **kwargs)
 
     return _named(read_path, original)
 
 
-def _fd_writer(original: Callable[..., Any], what: str) -> Callable[..., Any]:
-    def write_fd(fd: Any, *args: Any, **kwargs: Any) -> Any:
+def _fd_writer(original: Callable[..., Any], what: str, argument: int = 0) -> Callable[..., Any]:
+    """Functions that write to the descriptor in position ``argument``."""
+
+    def write_fd(*args: Any, **kwargs: Any) -> Any:
         scope = active_scope()
-        if scope is not None:
-            scope.judge(_check_fd_write, scope, fd, what)
-        return original(fd, *args, **kwargs)
+        if scope is not None and len(args) > argument:
+            scope.judge(_check_fd_write, scope, args[argument], what)
+        return original(*args, **kwargs)
 
     return _named(write_fd, original)
+
+
+def _fd_maker(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``os.pipe``, ``os.dup``: the new descriptors belong to the request."""
+
+    def make_fds(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        scope = active_scope()
+        if scope is not None:
+            if isinstance(result, tuple):
+                scope.opened_fds.update(fd for fd in result if isinstance(fd, int))
+            elif isinstance(result, int):
+                scope.opened_fds.add(result)
+        return result
+
+    return _named(make_fds, original)
 
 
 def _refused_call(original: Callable[..., Any], check: Callable[..., Any],
@@ -125,16 +179,24 @@ def _named(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callabl
             setattr(wrapper, attribute, getattr(original, attribute))
         except (AttributeError, TypeError):
             pass
-    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
     return wrapper
 
 
 def _os_open(original: Callable[..., Any]) -> Callable[..., Any]:
     def open_fd(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
         scope = active_scope()
+        if scope is None:
+            return original(path, flags, *args, **kwargs)
+        if not isinstance(path, int):
+            value = stable_path(path)
+            if value is None:
+                scope.judge(_check_path_object, path)
+            else:
+                path = value
+                if kwargs.get("dir_fd") is not None and not os.fsdecode(value).startswith("/"):
+                    scope.judge(_check_dir_fd, f"os.open({os.fsdecode(value)!r}, dir_fd=...)")
         fd = original(path, flags, *args, **kwargs)  # judged by the 'open' audit event
-        if scope is not None:
-            scope.opened_fds.add(fd)
+        scope.opened_fds.add(fd)
         return fd
 
     return _named(open_fd, original)
@@ -235,7 +297,8 @@ def _getaddrinfo(original: Callable[..., Any]) -> Callable[..., Any]:
 def _fork_exec(original: Callable[..., Any]) -> Callable[..., Any]:
     def fork_exec(args: Any, *rest: Any, **kwargs: Any) -> Any:
         scope = active_scope()
-        if scope is not None:
+        if scope is not None and sys._getframe(1).f_code.co_filename != subprocess.__file__:
+            # subprocess.Popen was judged by its audit event; anything else is judged here
             scope.judge(_refuse_process, f"_posixsubprocess.fork_exec({describe_command(args)})")
             return passthrough(original, args, *rest, **kwargs)
         return original(args, *rest, **kwargs)
@@ -267,15 +330,19 @@ def build_patches() -> list[Patch]:
     for name in ("stat", "lstat", "access", "readlink", "statvfs", "pathconf", "getxattr",
                  "listxattr"):
         add(os, name, _path_reader)
-    for name in ("write", "pwrite", "writev", "pwritev", "sendfile"):
+    for name in ("write", "pwrite", "writev", "pwritev", "sendfile", "posix_fallocate",
+                 "posix_fadvise", "fsync", "fdatasync", "lockf"):
         add(os, name, lambda original, name=name: _fd_writer(original, f"os.{name}"))
-    add(os, "dup2", lambda original: _fd_writer(original, "os.dup2"))
+    add(os, "dup2", lambda original: _fd_writer(original, "os.dup2", argument=1))
+    for name in ("copy_file_range", "splice"):
+        add(os, name, lambda original, name=name: _fd_writer(original, f"os.{name}", 1))
+    for name in ("pipe", "pipe2", "dup"):
+        add(os, name, _fd_maker)
     add(os, "open", _os_open)
     add(os, "close", _os_close)
     add(os, "closerange", _os_closerange)
     for name in ("mkfifo", "mknod"):
-        add(os, name, lambda original, name=name: _refused_call(
-            original, check_write_name, f"os.{name}"))
+        add(os, name, lambda original, name=name: _path_writer(original, name))
     for name, rule in (
         ("umask", "the file mode mask is process-wide"),
         ("memfd_create", "anonymous files are not part of the runtime"),
@@ -313,8 +380,17 @@ def build_patches() -> list[Patch]:
     return patches
 
 
-def check_write_name(layer: Layer, what: str) -> SandboxViolation | None:
-    return check_write(layer, what, "")
+def _path_writer(original: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """Unaudited functions that create files (``os.mkfifo``, ``os.mknod``)."""
+
+    def write_path(path: Any, *args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            scope.judge(check_write, path, f"os.{name}")
+            return passthrough(original, path, *args, **kwargs)
+        return original(path, *args, **kwargs)
+
+    return _named(write_path, original)
 
 
 #: (owner, attribute) pairs whose attribute was inherited, not the owner's own, before patching.

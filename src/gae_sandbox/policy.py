@@ -10,9 +10,12 @@ import dataclasses
 import fnmatch
 import math
 import os
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .context import unsandboxed
 from .runtime import PYTHON27_BLOCKED_MODULES
 
 Mode = Literal["enforce", "report"]
@@ -47,6 +50,14 @@ class Policy:
     app_root: str
     #: Extra folders the app may read (never write).
     readable_paths: tuple[str, ...] = ()
+    #: Regular expressions on paths relative to ``app_root`` (app.yaml ``skip_files``): such
+    #: files are neither readable nor importable.
+    skip_files: tuple[str, ...] = ()
+    #: Files and folders under ``app_root`` the app may not read (app.yaml static handlers
+    #: without ``application_readable``).
+    unreadable_paths: tuple[str, ...] = ()
+    #: Environment variables the app sees in ``os.environ`` during its requests only.
+    env_variables: tuple[tuple[str, str], ...] = ()
     #: Third-party modules (outside the standard library and the app) the app may import.
     allowed_modules: tuple[str, ...] = ("*",)
     #: Modules refused to every importer, the standard library included.
@@ -73,11 +84,21 @@ class Policy:
     _cache: dict[Any, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        with unsandboxed():  # built inside a request, its path checks are not the app's
+            self._validate()
+
+    def _validate(self) -> None:
         set_ = object.__setattr__
         set_(self, "app_root", _folder("app_root", self.app_root))
         set_(self, "readable_paths", tuple(
             _folder("readable_paths", p) for p in _strings("readable_paths", self.readable_paths)
         ))
+        set_(self, "skip_files", _regexes("skip_files", self.skip_files))
+        set_(self, "unreadable_paths", tuple(
+            _inside_root(self.app_root, p) for p in _strings("unreadable_paths",
+                                                             self.unreadable_paths)
+        ))
+        set_(self, "env_variables", _environment(self.env_variables))
         for name in ("allowed_modules", "blocked_modules", "allowed_c_extensions"):
             patterns = _strings(name, getattr(self, name))
             for pattern in patterns:
@@ -127,9 +148,38 @@ class Policy:
             )
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_app_yaml(cls, path: str | os.PathLike[str], **changes: Any) -> Policy:
+        """The policy an App Engine ``app.yaml`` describes (see :mod:`gae_sandbox.appyaml`)."""
+        from .appyaml import load_app_yaml
+
+        return load_app_yaml(path).policy(**changes)
+
     @property
     def host_rules(self) -> tuple[HostRule, ...]:
         return self._host_rules
+
+    @property
+    def skip_pattern(self) -> re.Pattern[str] | None:
+        """``skip_files`` as one compiled expression (``None`` when empty)."""
+        if not self.skip_files:
+            return None
+        pattern = self._cache.get("skip_pattern")
+        if pattern is None:
+            pattern = re.compile("|".join(f"(?:{p})" for p in self.skip_files))
+            self._cache["skip_pattern"] = pattern
+        return pattern
+
+    def is_hidden(self, resolved: str) -> bool:
+        """Whether a resolved path under ``app_root`` is skipped or unreadable to the app."""
+        root = self.app_root
+        if not resolved.startswith(root + "/"):
+            return False
+        for hidden in self.unreadable_paths:
+            if resolved == hidden or resolved.startswith(hidden + "/"):
+                return True
+        pattern = self.skip_pattern
+        return pattern is not None and pattern.match(resolved[len(root) + 1:]) is not None
 
 
 def module_matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -153,6 +203,8 @@ def parse_host_rule(entry: str) -> HostRule:
         )
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        if not host:
+            raise ValueError(f"Policy.allowed_hosts entry {entry!r} has an empty host")
     elif ":" in host:
         raise ValueError(
             f"Policy.allowed_hosts entry {entry!r}: write IPv6 addresses in brackets, "
@@ -169,6 +221,43 @@ def parse_host_rule(entry: str) -> HostRule:
     if any(c.isspace() for c in host) or "/" in host:
         raise ValueError(f"Policy.allowed_hosts entry {entry!r}: {host!r} is not a host name")
     return HostRule(host.lower().rstrip("."), port)
+
+
+def _regexes(name: str, value: Any) -> tuple[str, ...]:
+    patterns = _strings(name, value)
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"Policy.{name} entry {pattern!r} is not a regular expression: "
+                             f"{error}") from None
+    return patterns
+
+
+def _inside_root(root: str, path: str) -> str:
+    resolved = os.path.realpath(os.path.join(root, path))
+    if resolved != root and not resolved.startswith(root + "/"):
+        raise ValueError(f"Policy.unreadable_paths entry {path!r} is not inside app_root {root}")
+    return resolved
+
+
+def _environment(value: Any) -> tuple[tuple[str, str], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise TypeError("Policy.env_variables must be a mapping of names to strings, "
+                        f"got {type(value).__name__}")
+    pairs = []
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise TypeError(f"Policy.env_variables entry {item!r} must be a (name, value) pair")
+        key, text = item
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise ValueError(f"Policy.env_variables name {key!r} must be a non-empty string "
+                             "without '=' or NUL")
+        if not isinstance(text, str) or "\0" in text:
+            raise TypeError(f"Policy.env_variables[{key!r}] must be a string, got {text!r}")
+        pairs.append((key, text))
+    return tuple(sorted(dict(pairs).items()))
 
 
 def _is_glob(pattern: str) -> bool:
@@ -222,7 +311,11 @@ def _deadline(name: str, value: Any) -> float | None:
         raise TypeError(
             f"Policy.{name} must be seconds (a positive number) or None, got {value!r}"
         )
-    if not math.isfinite(value) or value <= 0:
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if not finite or value <= 0:
         raise ValueError(
             f"Policy.{name} must be a positive, finite number of seconds or None, got {value!r}"
         )

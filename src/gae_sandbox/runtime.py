@@ -83,6 +83,19 @@ def _dynload_names() -> set[str]:
 STDLIB_C_MODULES: frozenset[str] = frozenset(set(sys.builtin_module_names) | _dynload_names())
 
 
+def stdlib_folders() -> tuple[str, ...]:
+    """The standard library's own folders (site-packages excluded)."""
+    base = _base_paths()
+    folders = [base["stdlib"], base["platstdlib"], sysconfig.get_path("stdlib"),
+               sysconfig.get_path("platstdlib")]
+    folders += [p for p in sys.path if os.path.basename(p) == "lib-dynload"]
+    seen: dict[str, None] = {}
+    for folder in folders:
+        if folder:
+            seen.setdefault(os.path.realpath(folder), None)
+    return tuple(seen)
+
+
 def interpreter_library_folders() -> tuple[str, ...]:
     """The interpreter's own library folders: readable by the app, like on the runtime.
 

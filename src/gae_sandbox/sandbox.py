@@ -135,15 +135,15 @@ class Sandbox:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         scope = _ACTIVE.get()
-        if scope is None or scope.owner is not self or scope.token is None:
+        if (scope is None or scope.owner is not self or scope.token is None
+                or scope.thread != threading.get_ident()):
             raise RuntimeError(
                 "Sandbox exited out of order: leave nested sandboxes innermost first, "
                 "in the thread or task that entered them"
             )
-        try:
-            close_scope(scope)
-        finally:
-            detach(scope)
+        # Leave the context first: whatever happens next runs as host code.
+        detach(scope)
+        close_scope(scope)
 
     # -- scopes for servers (the WSGI middleware) ------------------------------------------
 
@@ -191,6 +191,7 @@ def attach(scope: Scope) -> None:
     if scope.closed:
         raise RuntimeError("this sandbox scope has already ended")
     scope.token = _ACTIVE.set(scope)
+    scope.thread = threading.get_ident()
     deadline = _own_deadline(scope)
     if deadline is not None:
         try:
@@ -203,14 +204,18 @@ def attach(scope: Scope) -> None:
 def detach(scope: Scope) -> None:
     """Leave ``scope`` in the current context; its deadline no longer fires into this
     thread (a pending one is withdrawn)."""
-    token, scope.token = scope.token, None
-    try:
-        deadline = _own_deadline(scope)
-        if deadline is not None:
-            deadline.detach()
-    finally:
-        if token is not None:
+    token = scope.token
+    if token is not None:
+        try:
             _ACTIVE.reset(token)
+        except ValueError:
+            raise RuntimeError(
+                "a sandbox scope must be left in the context (thread or task) that entered it"
+            ) from None
+        scope.token = None
+    deadline = _own_deadline(scope)
+    if deadline is not None:
+        deadline.detach()
 
 
 def close_scope(scope: Scope) -> None:

@@ -115,7 +115,6 @@ def _thread_start(original: Callable[..., Any]) -> Callable[..., Any]:
             tracked.finished()
             raise
 
-    start.__wrapped__ = original  # type: ignore[attr-defined]
     start.__doc__ = original.__doc__
     return start
 
@@ -138,7 +137,6 @@ def _low_level_start(original: Callable[..., Any]) -> Callable[..., Any]:
             tracked.finished()
             raise
 
-    start_new_thread.__wrapped__ = original  # type: ignore[attr-defined]
     start_new_thread.__doc__ = original.__doc__
     return start_new_thread
 
@@ -158,7 +156,6 @@ def _joinable_start(original: Callable[..., Any]) -> Callable[..., Any]:
             tracked.finished()
             raise
 
-    start_joinable_thread.__wrapped__ = original  # type: ignore[attr-defined]
     start_joinable_thread.__doc__ = original.__doc__
     return start_joinable_thread
 

@@ -68,7 +68,8 @@ def _foreign_calls_audited() -> bool:
 FOREIGN_CALLS_AUDITED = _foreign_calls_audited()
 xfail_unaudited_foreign_calls = pytest.mark.xfail(
     not FOREIGN_CALLS_AUDITED, strict=True,
-    reason="known gap (CPython 3.11 has no audit event; OS layer covers it): calling a ctypes function the host looked up before the sandbox is not "
+    reason="known gap, the OS layer covers it: calling a ctypes function the host looked "
+    "up before the sandbox is not "
     "refused: this interpreter raises no ctypes.call_function audit event for foreign calls "
     "(CPython gh-115322) and nothing else guards them, so host-held libc.system and "
     "ctypes.memmove run",

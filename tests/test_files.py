@@ -744,7 +744,8 @@ def test_captured_functions_are_still_refused(
     assert snapshot(app_root) != before
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (OS layer covers it): os.mkfifo/os.mknod have no audit event and only "
+@pytest.mark.xfail(strict=True, reason="known gap (OS layer covers it): os.mkfifo/os.mknod "
+                   "have no audit event and only "
                    "the os attribute is patched; posix.mkfifo (or an earlier "
                    "`from os import mkfifo`) creates the FIFO")
 def test_captured_mkfifo_is_refused(policy: Policy, app_root: Path) -> None:
@@ -757,7 +758,8 @@ def test_captured_mkfifo_is_refused(policy: Policy, app_root: Path) -> None:
     assert snapshot(app_root) == before
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (OS layer covers it): os.stat/lstat/access have no audit event and only "
+@pytest.mark.xfail(strict=True, reason="known gap (OS layer covers it): os.stat/lstat/access "
+                   "have no audit event and only "
                    "the os attributes are patched; posix.stat (or an earlier `from os import "
                    "stat`) reveals the metadata of files outside the readable set")
 @pytest.mark.parametrize("name", ["posix.stat", "posix.lstat", "posix.access"])

@@ -23,8 +23,11 @@ if hasattr(os, "O_TMPFILE"):
 
 _READ_RULE = "path is outside the readable folders (the app root, the interpreter's library)"
 _WRITE_RULE = "the filesystem is read-only"
-_HIDDEN_RULE = ("the app does not see this file (skip_files, or a static file without "
-                "application_readable)")
+_HIDDEN_RULES = {
+    "skip_files": "the file matches skip_files, so the app does not see it",
+    "unreadable_paths": "static files are served, not readable by the app (app.yaml "
+                        "application_readable: true allows it)",
+}
 
 
 #: Path objects whose value cannot change between the check and the use.
@@ -74,9 +77,10 @@ def check_read(layer: Layer, path: Any) -> SandboxViolation | None:
         return None  # fstat-like calls on a descriptor: its metadata only
     resolved = resolve(path)
     if resolved is not None and is_inside(resolved, layer.readable_roots):
-        if not layer.policy.is_hidden(resolved):
+        hidden_by = layer.policy.hidden_by(resolved)
+        if hidden_by is None:
             return None
-        return FileReadRefused(describe(path), _HIDDEN_RULE, "skip_files")
+        return FileReadRefused(describe(path), _HIDDEN_RULES[hidden_by], hidden_by)
     target = describe(path)
     if resolved is not None and resolved != target:
         target = f"{target} (resolves to {resolved})"

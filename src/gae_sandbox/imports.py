@@ -128,7 +128,7 @@ def _check_python(layer: Layer, name: str, location: str | None) -> SandboxViola
     if location is not None:
         resolved = realpath(location) or location
         if is_inside(resolved, layer.app_roots):
-            if layer.policy.is_hidden(resolved):
+            if layer.policy.hidden_by(resolved):
                 return ImportRefused(name, "the module's file is listed in skip_files",
                                      "skip_files")
             return None

@@ -315,6 +315,53 @@ def describe_command(args: Any) -> str:
         return repr(args)
 
 
+class ScopedEnviron(type(os.environ)):  # type: ignore[misc]
+    """``os.environ`` that also shows a request its ``Policy.env_variables``.
+
+    It shares the real environment's storage, so host code sees no difference; inside a
+    sandbox the policy's variables are laid over it, for that request only.
+    """
+
+    def _overlay(self) -> dict[str, str] | None:
+        scope = active_scope()
+        if scope is None:
+            return None
+        overlay = scope.extras.get("env")
+        if overlay is None:
+            overlay = {}
+            for layer in scope.layers:
+                overlay.update(layer.policy.env_variables)
+            scope.extras["env"] = overlay
+        return overlay or None
+
+    def __getitem__(self, key: str) -> str:
+        overlay = self._overlay()
+        if overlay is not None and key in overlay:
+            return overlay[key]
+        return super().__getitem__(key)
+
+    def __iter__(self) -> Any:
+        overlay = self._overlay()
+        keys = list(super().__iter__())
+        if overlay is not None:
+            keys += [key for key in overlay if key not in self._data]
+        return iter(keys)
+
+    def __len__(self) -> int:
+        overlay = self._overlay()
+        if overlay is None:
+            return super().__len__()
+        return len(set(super().__iter__()) | set(overlay))
+
+    def copy(self) -> dict[str, str]:
+        return dict(self)
+
+
+def _scoped_environ(original: Any) -> Any:
+    return ScopedEnviron(original._data, original.encodekey, original.decodekey,
+                         original.encodevalue, original.decodevalue)
+
+
 # --- the patch table ------------------------------------------------------------------------
 
 
@@ -353,6 +400,7 @@ def build_patches() -> list[Patch]:
         add(os, name, lambda original, name=name, rule=rule: _refused_call(
             original, _refuse_system, f"os.{name}()", rule))
 
+    add(os, "environ", _scoped_environ)
     add(tempfile, "TemporaryFile", _temporary_file)
     for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "mktemp"):
         add(tempfile, name, lambda original, name=name: _refused_call(

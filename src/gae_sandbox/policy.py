@@ -170,16 +170,19 @@ class Policy:
             self._cache["skip_pattern"] = pattern
         return pattern
 
-    def is_hidden(self, resolved: str) -> bool:
-        """Whether a resolved path under ``app_root`` is skipped or unreadable to the app."""
+    def hidden_by(self, resolved: str) -> str | None:
+        """The setting that hides a resolved path under ``app_root`` from the app
+        (``"skip_files"`` or ``"unreadable_paths"``), or ``None``."""
         root = self.app_root
         if not resolved.startswith(root + "/"):
-            return False
+            return None
         for hidden in self.unreadable_paths:
             if resolved == hidden or resolved.startswith(hidden + "/"):
-                return True
+                return "unreadable_paths"
         pattern = self.skip_pattern
-        return pattern is not None and pattern.match(resolved[len(root) + 1:]) is not None
+        if pattern is not None and pattern.match(resolved[len(root) + 1:]) is not None:
+            return "skip_files"
+        return None
 
 
 def module_matches(name: str, patterns: tuple[str, ...]) -> bool:

@@ -1,0 +1,430 @@
+"""App Engine ``app.yaml``: the runtime's own description of an app, read into a policy.
+
+Parsed with PyYAML's safe loader, YAML 1.1 as the SDK did (``threadsafe: yes`` is a boolean).
+Every error names the file and the line; unknown keys warn; nothing an ``app.yaml`` says can
+crash the loader or widen the sandbox beyond what the keys mean.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .policy import Policy
+
+#: The SDK's default ``skip_files`` (used when app.yaml has none).
+DEFAULT_SKIP_FILES: tuple[str, ...] = (
+    r"^(.*/)?#.*#$",
+    r"^(.*/)?.*~$",
+    r"^(.*/)?.*\.py[co]$",
+    r"^(.*/)?.*/RCS/.*$",
+    r"^(.*/)?\..*$",
+)
+
+#: app.yaml ``libraries:`` -> (C extension modules it enables). Pure-Python libraries enable
+#: nothing beyond what the policy's ``allowed_modules`` already allows.
+LIBRARIES: dict[str, tuple[str, ...]] = {
+    "numpy": ("numpy",),
+    "lxml": ("lxml",),
+    "PIL": ("PIL", "_imaging*"),
+    "pycrypto": ("Crypto",),
+    "ssl": ("_ssl",),
+    "MySQLdb": ("_mysql", "MySQLdb"),
+    "matplotlib": ("matplotlib",),
+    "yaml": ("_yaml", "yaml"),
+    "grpcio": ("grpc",),
+    "cv": ("cv", "cv2"),
+    "markupsafe": ("markupsafe",),
+    "django": (),
+    "jinja2": (),
+    "webapp2": (),
+    "webob": ("webob",),
+    "protorpc": (),
+    "pytz": (),
+    "setuptools": (),
+    "six": (),
+    "endpoints": (),
+    "futures": (),
+    "enum": (),
+    "flask": (),
+    "werkzeug": (),
+    "click": (),
+    "itsdangerous": (),
+}
+
+TOP_LEVEL_KEYS = {
+    "application", "version", "runtime", "api_version", "threadsafe", "handlers",
+    "libraries", "skip_files", "env_variables", "builtins", "includes", "inbound_services",
+    "default_expiration", "error_handlers", "instance_class", "automatic_scaling",
+    "basic_scaling", "manual_scaling", "service", "module", "derived_file_type",
+    "admin_console", "pagespeed", "beta_settings", "resources", "health_check", "network",
+    "entrypoint", "vm", "runtime_config", "readiness_check", "liveness_check",
+    "vpc_access_connector",
+}
+HANDLER_KEYS = {
+    "url", "script", "static_dir", "static_files", "upload", "application_readable", "login",
+    "secure", "mime_type", "expiration", "http_headers", "auth_fail_action",
+    "require_matching_file", "position", "redirect_http_response_code",
+}
+SUPPORTED_RUNTIMES = ("python27",)
+
+
+class AppYamlError(ValueError):
+    """A broken app.yaml: the message names the file, the line and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Handler:
+    """One ``handlers:`` entry: a URL regex routed to a WSGI script or to static files."""
+
+    url: str
+    script: str | None = None
+    static_dir: str | None = None
+    static_files: str | None = None
+    upload: str | None = None
+    application_readable: bool = False
+    mime_type: str | None = None
+    http_headers: tuple[tuple[str, str], ...] = ()
+    line: int = 0
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        if self.static_dir is not None:
+            return re.compile(re.escape(self.url.rstrip("/")) + r"/(.*)")
+        return re.compile(self.url)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """What an app.yaml says, validated."""
+
+    path: str
+    app_root: str
+    runtime: str
+    api_version: str | None
+    threadsafe: bool
+    handlers: tuple[Handler, ...]
+    libraries: tuple[tuple[str, str], ...]
+    skip_files: tuple[str, ...]
+    env_variables: tuple[tuple[str, str], ...]
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def policy(self, **changes: Any) -> Policy:
+        """The python27 policy for this app (``changes`` override any field)."""
+        c_extensions: list[str] = []
+        for name, _version in self.libraries:
+            c_extensions.extend(LIBRARIES.get(name, (name,)))
+        settings: dict[str, Any] = {
+            "allowed_c_extensions": tuple(dict.fromkeys(c_extensions)),
+            "skip_files": self.skip_files,
+            "unreadable_paths": self.unreadable_paths(),
+            "env_variables": self.env_variables,
+        }
+        settings.update(changes)
+        return Policy.python27(app_root=self.app_root, **settings)
+
+    def unreadable_paths(self) -> tuple[str, ...]:
+        """Static files and folders the app may not read (no ``application_readable``)."""
+        paths: list[str] = []
+        for handler in self.handlers:
+            if handler.application_readable:
+                continue
+            if handler.static_dir is not None:
+                paths.append(handler.static_dir)
+            elif handler.static_files is not None:
+                paths.extend(_static_files_matching(self.app_root, handler))
+        return tuple(dict.fromkeys(paths))
+
+    def scripts(self) -> list[str]:
+        return [h.script for h in self.handlers if h.script]
+
+
+def _static_files_matching(app_root: str, handler: Handler) -> list[str]:
+    """Files under the app root that a ``static_files`` handler's ``upload`` regex covers."""
+    if not handler.upload:
+        return []
+    try:
+        upload = re.compile(handler.upload)
+    except re.error:
+        return []
+    found: list[str] = []
+    for folder, dirs, files in os.walk(app_root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            relative = os.path.relpath(os.path.join(folder, name), app_root)
+            if upload.fullmatch(relative) or upload.match(relative):
+                found.append(relative)
+    return found
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader that remembers the line of every mapping and sequence."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping = _LineDict()
+    mapping.line = node.start_mark.line + 1
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark
+            ) from None
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.key_lines[key] = key_node.start_mark.line + 1
+    return mapping
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> list[Any]:
+    items = _LineList(loader.construct_object(child, deep=True) for child in node.value)
+    items.line = node.start_mark.line + 1
+    return items
+
+
+class _LineDict(dict):  # type: ignore[type-arg]
+    line = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_lines: dict[Any, int] = {}
+
+
+class _LineList(list):  # type: ignore[type-arg]
+    line = 0
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+_MAX_SIZE = 1 << 20  # an app.yaml is small; a huge one is a mistake, not a config
+
+
+def load_app_yaml(path: str | os.PathLike[str]) -> AppConfig:
+    """Read and validate ``path`` (an ``app.yaml`` file, or a folder holding one)."""
+    location = os.fspath(path)
+    if os.path.isdir(location):
+        for name in ("app.yaml", "app.yml"):
+            candidate = os.path.join(location, name)
+            if os.path.isfile(candidate):
+                location = candidate
+                break
+        else:
+            raise AppYamlError(f"{location}: no app.yaml in this folder")
+    try:
+        with open(location, "rb") as file:
+            raw = file.read(_MAX_SIZE + 1)
+    except OSError as error:
+        raise AppYamlError(f"{location}: cannot read app.yaml: {error.strerror or error}") from None
+    if len(raw) > _MAX_SIZE:
+        raise AppYamlError(f"{location}: larger than {_MAX_SIZE} bytes; not an app.yaml")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise AppYamlError(f"{location}: not UTF-8 text ({error.reason} at byte "
+                           f"{error.start})") from None
+    try:
+        document = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a safe loader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise AppYamlError(f"{location}{line}: invalid YAML: {error.problem or error}") from None
+    except (yaml.YAMLError, RecursionError) as error:
+        raise AppYamlError(f"{location}: invalid YAML: {error}") from None
+    return _parse(location, document)
+
+
+def _parse(location: str, document: Any) -> AppConfig:
+    def fail(message: str, line: int = 0) -> AppYamlError:
+        return AppYamlError(f"{location}{f':{line}' if line else ''}: {message}")
+
+    if not isinstance(document, dict):
+        raise fail("app.yaml must be a mapping of keys (runtime:, handlers:, ...)")
+    lines: dict[Any, int] = getattr(document, "key_lines", {})
+
+    for key in document:
+        if key not in TOP_LEVEL_KEYS:
+            warnings.warn(f"{location}:{lines.get(key, 0)}: unknown app.yaml key {key!r} "
+                          "ignored", stacklevel=3)
+
+    runtime = document.get("runtime")
+    if runtime not in SUPPORTED_RUNTIMES:
+        raise fail(f"runtime: {runtime!r} is not supported; gae_sandbox emulates "
+                   f"{', '.join(SUPPORTED_RUNTIMES)}", lines.get("runtime", 0))
+    api_version = document.get("api_version")
+    if api_version is not None and not isinstance(api_version, (str, int, float)):
+        raise fail("api_version must be a plain value like 1", lines.get("api_version", 0))
+    threadsafe = document.get("threadsafe", False)
+    if not isinstance(threadsafe, bool):
+        raise fail(f"threadsafe must be true or false, got {threadsafe!r}",
+                   lines.get("threadsafe", 0))
+
+    app_root = os.path.dirname(os.path.abspath(location))
+    handlers = _handlers(document.get("handlers"), lines.get("handlers", 0), app_root,
+                         location, fail)
+    libraries = _libraries(document.get("libraries"), lines.get("libraries", 0), location, fail)
+    skip_files = _skip_files(document.get("skip_files"), lines.get("skip_files", 0), fail)
+    env_variables = _env_variables(document.get("env_variables"),
+                                   lines.get("env_variables", 0), fail)
+    extra = {k: v for k, v in document.items() if k not in {
+        "runtime", "api_version", "threadsafe", "handlers", "libraries", "skip_files",
+        "env_variables"}}
+    return AppConfig(
+        path=os.path.abspath(location), app_root=app_root, runtime=runtime,
+        api_version=None if api_version is None else str(api_version), threadsafe=threadsafe,
+        handlers=handlers, libraries=libraries, skip_files=skip_files,
+        env_variables=env_variables, extra=extra,
+    )
+
+
+def _line(value: Any, default: int) -> int:
+    return getattr(value, "line", 0) or default
+
+
+def _handlers(value: Any, line: int, app_root: str, location: str,
+              fail: Any) -> tuple[Handler, ...]:
+    if value is None:
+        raise fail("handlers: is required (a list of url: ... entries)", line)
+    if not isinstance(value, list):
+        raise fail("handlers must be a list of mappings", line)
+    handlers = []
+    for entry in value:
+        entry_line = _line(entry, line)
+        if not isinstance(entry, dict):
+            raise fail("each handler must be a mapping with url: and script: or static_*:",
+                       entry_line)
+        key_lines = getattr(entry, "key_lines", {})
+        for key in entry:
+            if key not in HANDLER_KEYS:
+                warnings.warn(f"{location}:{key_lines.get(key, entry_line)}: unknown handler "
+                              f"key {key!r} ignored", stacklevel=4)
+        url = entry.get("url")
+        if not isinstance(url, str) or not url:
+            raise fail("handler needs url: (a regular expression)", entry_line)
+        try:
+            re.compile(url)
+        except re.error as error:
+            raise fail(f"handler url {url!r} is not a regular expression: {error}",
+                       key_lines.get("url", entry_line)) from None
+        kinds = [k for k in ("script", "static_dir", "static_files") if k in entry]
+        if len(kinds) != 1:
+            raise fail(f"handler for {url!r} needs exactly one of script:, static_dir:, "
+                       f"static_files: (got {', '.join(kinds) or 'none'})", entry_line)
+        strings = {}
+        for key in ("script", "static_dir", "static_files", "upload", "mime_type"):
+            item = entry.get(key)
+            if item is not None and (not isinstance(item, str) or not item):
+                raise fail(f"handler {key} must be a non-empty string, got {item!r}",
+                           key_lines.get(key, entry_line))
+            strings[key] = item
+        script = strings["script"]
+        if script is not None:
+            module, _, attribute = script.rpartition(".")
+            if not module or not attribute or not all(
+                part.isidentifier() for part in script.split(".")
+            ):
+                raise fail(f"script {script!r} must name a WSGI app as package.module.app "
+                           "(python27 scripts are WSGI references, not .py files)",
+                           key_lines.get("script", entry_line))
+        for key in ("static_dir", "static_files"):
+            if strings[key] is not None:
+                _check_inside(app_root, strings[key], key, key_lines.get(key, entry_line), fail)
+        if strings["static_files"] is not None and strings["upload"] is not None:
+            try:
+                re.compile(strings["upload"])
+            except re.error as error:
+                raise fail(f"upload {strings['upload']!r} is not a regular expression: {error}",
+                           key_lines.get("upload", entry_line)) from None
+        readable = entry.get("application_readable", False)
+        if not isinstance(readable, bool):
+            raise fail("application_readable must be true or false",
+                       key_lines.get("application_readable", entry_line))
+        headers = entry.get("http_headers") or {}
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int)) for k, v in headers.items()
+        ):
+            raise fail("http_headers must map header names to values",
+                       key_lines.get("http_headers", entry_line))
+        handlers.append(Handler(
+            url=url, script=script, static_dir=strings["static_dir"],
+            static_files=strings["static_files"], upload=strings["upload"],
+            application_readable=readable, mime_type=strings["mime_type"],
+            http_headers=tuple((k, str(v)) for k, v in headers.items()), line=entry_line,
+        ))
+    return tuple(handlers)
+
+
+def _check_inside(app_root: str, relative: str, key: str, line: int, fail: Any) -> None:
+    if "\0" in relative or os.path.isabs(relative):
+        raise fail(f"{key} {relative!r} must be a path relative to the app folder", line)
+    # static_files may hold \1-style group references; judge the fixed part
+    fixed = re.split(r"\\\d", relative)[0]
+    resolved = os.path.realpath(os.path.join(app_root, fixed))
+    if resolved != app_root and not resolved.startswith(app_root + os.sep):
+        raise fail(f"{key} {relative!r} leaves the app folder", line)
+
+
+def _libraries(value: Any, line: int, location: str, fail: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise fail("libraries must be a list of name:/version: entries", line)
+    result = []
+    for entry in value:
+        entry_line = _line(entry, line)
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise fail("each library needs name: (and version:)", entry_line)
+        name = entry["name"]
+        version = entry.get("version", "latest")
+        if not isinstance(version, (str, int, float)):
+            raise fail(f"library {name!r} version must be a string like \"1.2\" or latest",
+                       entry_line)
+        if name not in LIBRARIES:
+            warnings.warn(f"{location}:{entry_line}: library {name!r} is not one the runtime "
+                          f"offered; its C extensions ({name}.*) are allowed anyway",
+                          stacklevel=4)
+        result.append((name, str(version)))
+    return tuple(result)
+
+
+def _skip_files(value: Any, line: int, fail: Any) -> tuple[str, ...]:
+    if value is None:
+        return DEFAULT_SKIP_FILES
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise fail("skip_files must be a regular expression or a list of them", line)
+    for item in items:
+        try:
+            re.compile(item)
+        except re.error as error:
+            raise fail(f"skip_files entry {item!r} is not a regular expression: {error}",
+                       line) from None
+    return tuple(items)
+
+
+def _env_variables(value: Any, line: int, fail: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise fail("env_variables must map names to values", line)
+    pairs = []
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise fail(f"env_variables name {key!r} is not a valid variable name", line)
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise fail(f"env_variables {key} must be a string, got {item!r}", line)
+        text = str(item)
+        if "\0" in text:
+            raise fail(f"env_variables {key} contains a NUL byte", line)
+        pairs.append((key, text))
+    return tuple(pairs)

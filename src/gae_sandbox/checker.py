@@ -15,10 +15,12 @@ import os
 import re
 import stat
 import tokenize
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .appyaml import DEFAULT_SKIP_FILES, LIBRARIES, AppYamlError, load_app_yaml
 from .policy import module_matches
 from .runtime import PYTHON27_BLOCKED_MODULES, RUNTIME_C_MODULES, STDLIB_C_MODULES
 
@@ -28,28 +30,18 @@ KINDS: tuple[str, ...] = (
     "process", "network", "system",
 )
 
-#: app.yaml's default ``skip_files`` (python27): such files are never deployed.
-DEFAULT_SKIP_FILES: tuple[str, ...] = (
-    r"^(.*/)?#.*#$",
-    r"^(.*/)?.*~$",
-    r"^(.*/)?.*\.py[co]$",
-    r"^(.*/)?.*/RCS/.*$",
-    r"^(.*/)?\..*$",
-)
-
 #: Folders that are tooling, not the app: never deployed in practice, never scanned.
 SKIPPED_FOLDERS: frozenset[str] = frozenset(
     {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", "venv", ".tox", ".nox"}
 )
 
 #: Third-party C libraries the runtime offered through app.yaml ``libraries:``: the library
-#: name and the top-level modules (or globs) it provides.
+#: name and the top-level modules (or globs) it provides, as the app.yaml reader maps them.
 C_LIBRARIES: dict[str, tuple[str, ...]] = {
-    "numpy": ("numpy",),
-    "lxml": ("lxml",),
-    "PIL": ("PIL", "_imaging*"),
-    "pycrypto": ("Crypto",),
-    "ssl": ("_ssl",),
+    name: LIBRARIES[name]
+    for name in ("numpy", "lxml", "PIL", "pycrypto", "ssl", "MySQLdb", "matplotlib", "cv",
+                 "grpcio")
+    if LIBRARIES.get(name)
 }
 
 #: Source files larger than this are reported, not parsed (generated or hostile input).
@@ -194,46 +186,24 @@ class _AppYaml:
 
 
 def _read_app_yaml(root: str, findings: list[Finding]) -> _AppYaml:
-    """The two app.yaml keys the scan needs; a broken file is a finding, not an error."""
-    for name in ("app.yaml", "app.yml"):
-        path = os.path.join(root, name)
-        if os.path.isfile(path):
-            break
-    else:
+    """The app.yaml keys the scan needs, read as the dev server reads them; a broken
+    app.yaml is a finding (the scan goes on with the defaults), never an error."""
+    if not any(os.path.isfile(os.path.join(root, n)) for n in ("app.yaml", "app.yml")):
         return _AppYaml()
-    import yaml
-
-    def problem(line: int, what: str) -> None:
-        findings.append(Finding("app_yaml", name, line, what, "app.yaml cannot be used as is",
-                                "fix app.yaml"))
-
     try:
-        with open(path, "rb") as file:
-            data = yaml.safe_load(file.read(MAX_SOURCE_BYTES))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        problem(mark.line + 1 if mark is not None else 1, "not valid YAML")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unknown keys are not portability problems
+            config = load_app_yaml(root)
+    except AppYamlError as error:
+        message = str(error)
+        match = re.match(r"(.*?app\.ya?ml)(?::(\d+))?: (.*)", message, re.DOTALL)
+        name, line, what = (os.path.basename(match[1]), int(match[2] or 1), match[3]) if (
+            match) else ("app.yaml", 1, message)
+        findings.append(Finding("app_yaml", _display(name), line, _display(name),
+                                f"app.yaml is not valid: {what}",
+                                "fix app.yaml; the scan used the default skip_files"))
         return _AppYaml()
-    except (OSError, ValueError, RecursionError) as error:
-        problem(1, f"unreadable ({error.__class__.__name__})")
-        return _AppYaml()
-    if not isinstance(data, dict):
-        return _AppYaml()
-    libraries = tuple(
-        str(entry["name"]) for entry in data.get("libraries") or ()
-        if isinstance(entry, dict) and entry.get("name")
-    ) if isinstance(data.get("libraries"), list) else ()
-    raw = data.get("skip_files") or ()
-    patterns = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
-    skip_files = []
-    for pattern in patterns:
-        try:
-            re.compile(str(pattern))
-        except re.error:
-            problem(1, f"skip_files entry {pattern!r} is not a regular expression")
-            continue
-        skip_files.append(str(pattern))
-    return _AppYaml(libraries, tuple(skip_files))
+    return _AppYaml(tuple(name for name, _version in config.libraries), config.skip_files)
 
 
 # --- the tree -------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class SandboxMiddleware:
     """Wrap a WSGI ``app`` so each request runs in a sandbox under ``policy``.
 
     ``threadsafe=False`` serves one request at a time (app.yaml ``threadsafe: false``).
+    ``sandbox`` shares an existing :class:`Sandbox` (and its violation report).
     ``on_hard_deadline(sandbox, thread_ident)`` is called when a request carries on past its
     deadline and grace period; with ``recycle_worker=True`` a gunicorn worker is also asked
     to exit gracefully (SIGTERM to itself), and gunicorn starts a fresh one.
@@ -46,14 +47,20 @@ class SandboxMiddleware:
 
     def __init__(self, app: WSGIApp, policy: Policy, *, threadsafe: bool = True,
                  on_hard_deadline: HardDeadlineHandler | None = None,
-                 recycle_worker: bool = True) -> None:
+                 recycle_worker: bool = True, sandbox: Sandbox | None = None) -> None:
         if not callable(app):
             raise TypeError(f"SandboxMiddleware(app, ...) needs a WSGI callable, got {app!r}")
         self.app = app
         self.policy = policy
         self.on_hard_deadline = on_hard_deadline
         self.recycle_worker = recycle_worker
-        self.sandbox = Sandbox(policy, on_hard_deadline=self._hard_deadline)
+        if sandbox is None:
+            sandbox = Sandbox(policy, on_hard_deadline=self._hard_deadline)
+        elif sandbox.policy is not policy:
+            raise ValueError("SandboxMiddleware(sandbox=...) must use the same policy")
+        elif sandbox.on_hard_deadline is None:
+            sandbox.on_hard_deadline = self._hard_deadline
+        self.sandbox = sandbox
         self._serial = None if threadsafe else threading.Lock()
         self._server_software = ""
 

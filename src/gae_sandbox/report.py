@@ -58,3 +58,61 @@ class Report:
     def clear(self) -> None:
         with self._lock:
             self._by_key.clear()
+
+
+def merge(*groups: list[Violation]) -> list[Violation]:
+    """One list from several reports (worker processes, sandboxes): counts added up."""
+    merged: dict[tuple[str, str, str], Violation] = {}
+    for group in groups:
+        for violation in group:
+            key = (violation.kind, violation.target, violation.location)
+            known = merged.get(key)
+            if known is None:
+                merged[key] = Violation(**violation.to_dict())  # type: ignore[arg-type]
+            else:
+                known.count += violation.count
+    return list(merged.values())
+
+
+def to_json_document(violations: list[Violation]) -> dict[str, object]:
+    """The ``--report FILE`` document: every violation, and counts per kind."""
+    ordered = sorted(violations, key=lambda v: (v.kind, v.location, v.target))
+    summary: dict[str, int] = {}
+    for violation in ordered:
+        summary[violation.kind] = summary.get(violation.kind, 0) + violation.count
+    return {"violations": [v.to_dict() for v in ordered], "summary": summary}
+
+
+def from_json_document(document: object) -> list[Violation]:
+    """Violations back from :func:`to_json_document` output (malformed entries skipped)."""
+    if not isinstance(document, dict) or not isinstance(document.get("violations"), list):
+        return []
+    names = set(Violation.__dataclass_fields__)
+    result = []
+    for entry in document["violations"]:
+        if isinstance(entry, dict) and names <= set(entry):
+            try:
+                result.append(Violation(**{k: entry[k] for k in names}))
+            except TypeError:
+                continue
+    return result
+
+
+def format_summary(violations: list[Violation]) -> str:
+    """A short text summary grouped by kind: counts, and the first location of each target."""
+    if not violations:
+        return "gae_sandbox: no violations"
+    by_kind: dict[str, list[Violation]] = {}
+    for violation in sorted(violations, key=lambda v: (v.kind, v.location)):
+        by_kind.setdefault(violation.kind, []).append(violation)
+    total = sum(v.count for v in violations)
+    lines = [f"gae_sandbox: {total} violation(s), {len(violations)} distinct"]
+    for kind, items in sorted(by_kind.items()):
+        lines.append(f"  {kind}: {sum(v.count for v in items)}")
+        firsts: dict[str, Violation] = {}
+        for item in items:
+            firsts.setdefault(item.target, item)
+        for target, item in firsts.items():
+            how = f"Policy.{item.setting}" if item.setting else "no setting allows it"
+            lines.append(f"    {target}  (first at {item.location}; {how})")
+    return "\n".join(lines)

@@ -16,7 +16,7 @@ import re
 import stat
 import tokenize
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -142,7 +142,7 @@ def scan(app_dir: str | os.PathLike[str], *,
     findings: list[Finding] = []
     config = _read_app_yaml(root, findings)
     enabled = set(config.libraries if enabled_libraries is None else enabled_libraries)
-    skip = re.compile("|".join(f"(?:{p})" for p in DEFAULT_SKIP_FILES + config.skip_files))
+    skip = _skipper(DEFAULT_SKIP_FILES + config.skip_files)
     files = list(_walk(root, skip, findings))
     own = _own_top_modules(root)
     for path, rel in files:
@@ -218,7 +218,20 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def _walk(root: str, skip: re.Pattern[str], findings: list[Finding]) -> Iterator[tuple[str, str]]:
+def _skipper(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """``skip_files`` as a test on relative paths; each pattern compiled on its own, so one
+    with inline flags cannot break the others."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error:
+            continue
+    return lambda rel: any(p.match(rel) for p in compiled)
+
+
+def _walk(root: str, skip: Callable[[str], bool],
+          findings: list[Finding]) -> Iterator[tuple[str, str]]:
     """``(path, relative path)`` of each Python source and shared library the app deploys.
 
     Iterative, in name order. Symlinks are followed only when they point inside the app, and
@@ -264,13 +277,13 @@ def _walk(root: str, skip: re.Pattern[str], findings: list[Finding]) -> Iterator
                 continue  # broken link, loop, vanished entry
             key = (info.st_dev, info.st_ino)
             if stat.S_ISDIR(info.st_mode):
-                if (name in SKIPPED_FOLDERS or skip.match(rel) or skip.match(rel + "/")
+                if (name in SKIPPED_FOLDERS or skip(rel) or skip(rel + "/")
                         or key in seen or os.path.exists(os.path.join(path, "pyvenv.cfg"))):
                     continue
                 seen.add(key)
                 folders.append((path, rel))
             elif (stat.S_ISREG(info.st_mode) and name.endswith((".py", *_EXTENSION_ENDINGS))
-                  and not skip.match(rel) and key not in seen):
+                  and not skip(rel) and key not in seen):
                 seen.add(key)
                 yield path, rel
         pending.extend(reversed(folders))

@@ -43,7 +43,9 @@ class Layer:
         self.report = report
         self.enforce = policy.mode == "enforce"
         self.app_roots = (policy.app_root,)
-        self.readable_roots = (policy.app_root, *policy.readable_paths, *LIBRARY_FOLDERS)
+        # this library's own files too: tracebacks formatted inside a request read them
+        self.readable_roots = (policy.app_root, *policy.readable_paths, *LIBRARY_FOLDERS,
+                               _PACKAGE_DIR)
         self._frame_kinds: dict[str, str] = policy._cache.setdefault("frame_kinds", {})
 
     def frame_kind(self, filename: str) -> str:

@@ -29,6 +29,7 @@ from .errors import (
     TempfileRefused,
 )
 from .filesystem import check_read, check_write, describe, stable_path
+from .imports import is_stdlib_code
 from .network import check_lookup, check_server
 
 Patch = tuple[Any, str, Any, Any]  # (owner, attribute, original, replacement)
@@ -306,6 +307,21 @@ def _fork_exec(original: Callable[..., Any]) -> Callable[..., Any]:
     return _named(fork_exec, original)
 
 
+def _register_at_fork(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Fork handlers outlive the request: refused to app code; the standard library registers
+    its own at import time (``concurrent.futures``, ``random``, ``threading``)."""
+
+    def register_at_fork(**kwargs: Any) -> None:
+        scope = active_scope()
+        if scope is not None and not is_stdlib_code(sys._getframe(1).f_code.co_filename):
+            scope.judge(_refuse_system, "os.register_at_fork()",
+                        "fork handlers are process-wide and outlive the request")
+            return passthrough(original, **kwargs)
+        return original(**kwargs)
+
+    return _named(register_at_fork, original)
+
+
 def describe_command(args: Any) -> str:
     try:
         if isinstance(args, (str, bytes, os.PathLike)):
@@ -315,14 +331,19 @@ def describe_command(args: Any) -> str:
         return repr(args)
 
 
-class ScopedEnviron(type(os.environ)):  # type: ignore[misc]
-    """``os.environ`` that also shows a request its ``Policy.env_variables``.
+_UNSET = object()  # a variable the request deleted
 
-    It shares the real environment's storage, so host code sees no difference; inside a
-    sandbox the policy's variables are laid over it, for that request only.
+
+class ScopedEnviron(type(os.environ)):  # type: ignore[misc]
+    """``os.environ`` as the runtime had it: per request.
+
+    It shares the real environment's storage, so host code sees no difference. Inside a
+    sandbox the request sees the process environment with ``Policy.env_variables`` laid over
+    it, and its own changes go into that overlay: they last for the request (and its
+    threads) and never reach the process (``os.putenv`` itself stays refused).
     """
 
-    def _overlay(self) -> dict[str, str] | None:
+    def _overlay(self) -> dict[str, Any] | None:
         scope = active_scope()
         if scope is None:
             return None
@@ -332,26 +353,46 @@ class ScopedEnviron(type(os.environ)):  # type: ignore[misc]
             for layer in scope.layers:
                 overlay.update(layer.policy.env_variables)
             scope.extras["env"] = overlay
-        return overlay or None
+        return overlay
 
     def __getitem__(self, key: str) -> str:
         overlay = self._overlay()
         if overlay is not None and key in overlay:
-            return overlay[key]
+            value = overlay[key]
+            if value is _UNSET:
+                raise KeyError(key)
+            return value  # type: ignore[no-any-return]
         return super().__getitem__(key)
+
+    def __setitem__(self, key: str, value: str) -> None:
+        overlay = self._overlay()
+        if overlay is None:
+            return super().__setitem__(key, value)
+        self.encodekey(key)  # the same type and NUL checks as the real environment
+        self.encodevalue(value)
+        overlay[key] = value
+        return None
+
+    def __delitem__(self, key: str) -> None:
+        overlay = self._overlay()
+        if overlay is None:
+            return super().__delitem__(key)
+        self[key]  # KeyError if absent  # noqa: B018
+        overlay[key] = _UNSET
+        return None
 
     def __iter__(self) -> Any:
         overlay = self._overlay()
         keys = list(super().__iter__())
-        if overlay is not None:
-            keys += [key for key in overlay if key not in self._data]
+        if overlay:
+            keys = [k for k in keys if overlay.get(k) is not _UNSET]
+            keys += [k for k, v in overlay.items() if v is not _UNSET and k not in keys]
         return iter(keys)
 
     def __len__(self) -> int:
-        overlay = self._overlay()
-        if overlay is None:
+        if not self._overlay():
             return super().__len__()
-        return len(set(super().__iter__()) | set(overlay))
+        return sum(1 for _ in self)
 
     def copy(self) -> dict[str, str]:
         return dict(self)
@@ -393,7 +434,6 @@ def build_patches() -> list[Patch]:
     for name, rule in (
         ("umask", "the file mode mask is process-wide"),
         ("memfd_create", "anonymous files are not part of the runtime"),
-        ("register_at_fork", "fork handlers are process-wide and outlive the request"),
         ("setsid", "the process session is the host's"),
         ("nice", "the process priority is the host's"),
     ):
@@ -401,6 +441,7 @@ def build_patches() -> list[Patch]:
             original, _refuse_system, f"os.{name}()", rule))
 
     add(os, "environ", _scoped_environ)
+    add(os, "register_at_fork", _register_at_fork)
     add(tempfile, "TemporaryFile", _temporary_file)
     for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "mktemp"):
         add(tempfile, name, lambda original, name=name: _refused_call(

@@ -118,6 +118,9 @@ def interpreter_library_folders() -> tuple[str, ...]:
             folders.append(site.getusersitepackages())
     except (AttributeError, ImportError):  # virtualenv's old site.py lacks these
         pass
+    # gettext's default catalogues (sys.base_prefix/share/locale)
+    folders += [os.path.join(prefix, "share", "locale") for prefix in (sys.base_prefix,
+                                                                        sys.prefix)]
     tzpath = sysconfig.get_config_var("TZPATH") or ""
     folders += [p for p in tzpath.split(os.pathsep) if p]
     seen: dict[str, None] = {}

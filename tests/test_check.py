@@ -1,0 +1,537 @@
+"""``gae-sandbox check``: the static portability scan.
+
+Sources under test carry ``# expect: KIND TARGET`` comments on the lines that must be
+reported, so each test asserts the exact set of (file, line, kind, target) the scan returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+import pytest
+
+from gae_sandbox.checker import Finding, libraries_needed, libraries_yaml, scan
+from gae_sandbox.cli import main as cli_main
+
+Key = tuple[str, int, str, str]
+
+
+def write(root: Path, rel: str, source: str) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def expected(root: Path, *rels: str) -> set[Key]:
+    """The findings the ``# expect:`` comments of the given files announce."""
+    keys: set[Key] = set()
+    for rel in rels:
+        for number, line in enumerate((root / rel).read_text().splitlines(), 1):
+            _, marker, wanted = line.partition("# expect: ")
+            for item in filter(None, (w.strip() for w in wanted.split(";") if marker)):
+                kind, target = item.split(" ", 1)
+                keys.add((rel, number, kind, target))
+    return keys
+
+
+def keys(findings: list[Finding]) -> set[Key]:
+    return {(f.file, f.line, f.kind, f.target) for f in findings}
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli_main(["check", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def compile_shared_library(source: str, target: Path) -> Path:
+    """Build a real shared library with gcc (skip the test without it)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is not installed: cannot build a real shared library")
+    c_file = target.parent / "_build_src.c"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    c_file.write_text(source)
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(target), str(c_file)], check=True,
+                   capture_output=True, timeout=60)
+    c_file.unlink()
+    assert target.read_bytes()[:4] == b"\x7fELF"
+    return target
+
+
+APP_YAML = ("runtime: python27\napi_version: 1\nthreadsafe: true\n"
+            "handlers:\n- url: /.*\n  script: main.application\n")
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / "app.yaml").write_text(APP_YAML)
+    return root
+
+
+# --- what is found --------------------------------------------------------------------------
+
+
+def test_clean_app_has_no_findings_and_exits_0(app: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    write(app, "main.py", """\
+        import io, json, os, re, tempfile, logging, threading, _json, math
+        from . import helpers
+        from .pkg import thing
+
+        def application(environ, start_response):
+            with open(os.path.join(os.path.dirname(__file__), "data.txt")) as f:
+                data = f.read()
+            with open("data.bin", "rb") as f:
+                f.read()
+            scratch = tempfile.TemporaryFile()
+            scratch.write(b"x")
+            io.BytesIO().write(b"y")
+            text = "a-b".replace("-", "+")
+            start_response("200 OK", [])
+            return [json.dumps({"d": data, "t": text, "m": os.environ.get("MODE")}).encode()]
+        """)
+    write(app, "helpers.py", "def double(x):\n    return 2 * x\n")
+    write(app, "pkg/__init__.py", "")
+    assert scan(app) == []
+    code, out, err = run_cli(capsys, str(app))
+    assert (code, err) == (0, "")
+    assert "no portability problems found" in out
+
+
+def test_shipped_shared_libraries_are_reported(app: Path, tmp_path: Path) -> None:
+    suffix = EXTENSION_SUFFIXES[0]
+    marker = tmp_path / "loaded-marker"
+    source = textwrap.dedent(f"""\
+        #include <stdio.h>
+        __attribute__((constructor)) static void on_load(void) {{
+            FILE *f = fopen("{marker}", "w"); if (f) fclose(f);
+        }}
+        int answer(void) {{ return 42; }}
+        """)
+    compile_shared_library(source, app / "pkg" / f"mod{suffix}")
+    compile_shared_library(source, app / "lib" / "numpy" / "core" / f"_fast{suffix}")
+    (app / "win.pyd").write_bytes(b"MZ not really")
+
+    findings = scan(app)
+
+    assert keys(findings) == {
+        (f"lib/numpy/core/_fast{suffix}", 1, "c_extension", "lib.numpy.core._fast"),
+        (f"pkg/mod{suffix}", 1, "c_extension", "pkg.mod"),
+        ("win.pyd", 1, "c_extension", "win"),
+    }
+    by_target = {f.target: f for f in findings}
+    assert by_target["lib.numpy.core._fast"].library == "numpy"
+    assert "add to app.yaml libraries: - name: numpy" in by_target["lib.numpy.core._fast"].fix
+    assert by_target["pkg.mod"].library is None
+    assert "pure Python" in by_target["pkg.mod"].fix
+    assert "libraries:" in by_target["pkg.mod"].rule
+    assert libraries_needed(findings) == ["numpy"]
+    assert not marker.exists(), "the scan loaded a shared library"
+
+
+def test_enabled_library_is_not_asked_for_again(app: Path) -> None:
+    (app / "app.yaml").write_text(APP_YAML + "libraries:\n- name: numpy\n  version: latest\n")
+    write(app, "main.py", """\
+        import numpy
+        import lxml.etree  # expect: c_extension lxml.etree
+        """)
+    (app / "numpy_copy").mkdir()
+    (app / "numpy_copy" / "numpy").mkdir()
+    (app / "numpy_copy" / "numpy" / "_core.so").write_bytes(b"\x7fELF")
+    findings = scan(app)
+    assert keys(findings) == expected(app, "main.py") | {
+        ("numpy_copy/numpy/_core.so", 1, "c_extension", "numpy_copy.numpy._core")}
+    assert libraries_needed(findings) == ["lxml"]
+    shipped = next(f for f in findings if f.file.endswith(".so"))
+    assert shipped.library is None and "already provides numpy" in shipped.fix
+
+
+def test_imports_follow_the_runtime_gate(app: Path) -> None:
+    write(app, "main.py", """\
+        import importlib
+        import os as o
+        import os.path
+        import ctypes  # expect: import ctypes
+        import multiprocessing.pool  # expect: import multiprocessing.pool
+        import sqlite3  # expect: import sqlite3
+        import numpy  # expect: c_extension numpy
+        from lxml import etree  # expect: c_extension lxml
+        from PIL import Image  # expect: c_extension PIL
+        import Crypto.Cipher.AES  # expect: c_extension Crypto.Cipher.AES
+        import select, _socket  # expect: c_extension select; c_extension _socket
+        from posix import unlink  # expect: c_extension posix
+        import json, re, _json, math, time, socket, subprocess, signal
+        import webapp2, jinja2
+        from . import helpers
+        from .pkg import thing
+        from .. import up
+        __import__("mmap")  # expect: import mmap
+        importlib.import_module("fcntl")  # expect: import fcntl
+        importlib.import_module(".sibling", "pkg")
+        __import__(o.environ["NAME"])
+        try:
+            import termios
+        except ImportError:
+            termios = None
+        """)
+    findings = scan(app)
+    assert keys(findings) == expected(app, "main.py")
+    assert libraries_needed(findings) == ["PIL", "lxml", "numpy", "pycrypto"]
+    crypto = next(f for f in findings if f.target.startswith("Crypto"))
+    assert crypto.fix == "add to app.yaml libraries: - name: pycrypto"
+    select = next(f for f in findings if f.target == "select")
+    assert "only through the module that wraps it" in select.rule
+
+
+def test_app_modules_shadow_library_names(app: Path) -> None:
+    write(app, "PIL/__init__.py", "")
+    write(app, "main.py", "import PIL\nfrom .PIL import thing\n")
+    assert scan(app) == []
+
+
+def test_file_writes_and_tempfile(app: Path) -> None:
+    write(app, "store.py", """\
+        import io, os, shutil, tempfile
+        import os as o
+        from os import remove as rm, makedirs
+        from pathlib import Path
+        from shutil import copytree
+
+        def save(p, data):
+            open("out.txt", "w")  # expect: file_write open
+            open("in.txt")
+            open("in.txt", "rb")
+            open("log.txt", mode="a")  # expect: file_write open
+            open("new.txt", "x")  # expect: file_write open
+            io.open("x", "r+")  # expect: file_write io.open
+            Path("p.txt").open("w")  # expect: file_write pathlib.Path(...).open
+            Path("p.txt").open()
+            Path("p.txt").write_text(data)  # expect: file_write pathlib.Path(...).write_text
+            p.write_bytes(data)  # expect: file_write p.write_bytes
+            o.unlink("a")  # expect: file_write os.unlink
+            rm("b")  # expect: file_write os.remove
+            makedirs("c")  # expect: file_write os.makedirs
+            os.rename("a", "b")  # expect: file_write os.rename
+            os.chmod("a", 0o644)  # expect: file_write os.chmod
+            os.symlink("a", "b")  # expect: file_write os.symlink
+            os.utime("a")  # expect: file_write os.utime
+            shutil.copy("a", "b")  # expect: file_write shutil.copy
+            copytree("a", "b")  # expect: file_write shutil.copytree
+            shutil.rmtree("a")  # expect: file_write shutil.rmtree
+            shutil.move("a", "b")  # expect: file_write shutil.move
+            shutil.copyfileobj(data, data)
+            os.open("f", os.O_WRONLY | os.O_CREAT)  # expect: file_write os.open
+            os.open("f", os.O_RDONLY)
+            os.path.join("a", "b")
+            tempfile.mkstemp()  # expect: tempfile tempfile.mkstemp
+            tempfile.NamedTemporaryFile()  # expect: tempfile tempfile.NamedTemporaryFile
+            tempfile.TemporaryDirectory()  # expect: tempfile tempfile.TemporaryDirectory
+            tempfile.TemporaryFile()
+            tempfile.SpooledTemporaryFile()
+            "a,b".replace(",", ";")
+        """)
+    findings = scan(app)
+    assert keys(findings) == expected(app, "store.py")
+    first = findings[0]
+    assert (first.line, first.rule) == (8, "files are read-only on the runtime (mode 'w')")
+    assert "Datastore" in first.fix
+
+
+def test_processes_sockets_signals_environment(app: Path) -> None:
+    write(app, "jobs.py", """\
+        import os, signal, socket, subprocess
+        from subprocess import Popen as P, check_output
+        from socket import create_connection
+        from os import environ
+
+        def run():
+            subprocess.run(["ls"])  # expect: process subprocess.run
+            P(["ls"])  # expect: process subprocess.Popen
+            check_output("ls")  # expect: process subprocess.check_output
+            os.system("ls")  # expect: process os.system
+            os.popen("ls")  # expect: process os.popen
+            os.fork()  # expect: process os.fork
+            os.execvp("ls", ["ls"])  # expect: process os.execvp
+            os.spawnl(os.P_WAIT, "/bin/ls")  # expect: process os.spawnl
+            os.posix_spawn("/bin/ls", [], {})  # expect: process os.posix_spawn
+            os.kill(1, signal.SIGTERM)  # expect: process os.kill
+            socket.socket()  # expect: network socket.socket
+            create_connection(("h", 80))  # expect: network socket.create_connection
+            socket.create_server(("", 0))  # expect: network socket.create_server
+            socket.gethostname()
+            signal.signal(signal.SIGALRM, None)  # expect: system signal.signal
+            signal.alarm(5)  # expect: system signal.alarm
+            os.environ["MODE"] = "x"  # expect: system os.environ['MODE']
+            environ["OTHER"] = "y"  # expect: system os.environ['OTHER']
+            os.environ.get("MODE")
+            os.getpid()
+        """)
+    findings = scan(app)
+    assert keys(findings) == expected(app, "jobs.py")
+    environ_fix = {f.fix for f in findings if f.target.startswith("os.environ")}
+    assert environ_fix == {"set the variable in app.yaml env_variables:"}
+
+
+def test_shadowed_names_are_not_the_builtins(app: Path) -> None:
+    write(app, "local.py", """\
+        def open(path, mode="r"):
+            return path
+
+        class system:
+            pass
+
+        open("x", "w")
+        system()
+        """)
+    assert scan(app) == []
+
+
+def test_skip_files_and_tool_folders_are_not_scanned(app: Path) -> None:
+    bad = "import subprocess\nsubprocess.run(['ls'])\n"
+    for rel in (".git/hooks/hook.py", "__pycache__/x.py", "node_modules/pkg/y.py",
+                ".venv/lib/z.py", "venv/lib/z.py", "env/lib/z.py", ".hidden.py",
+                "#autosave.py#", "backup.py~", "pkg/.secret/s.py", "pkg/RCS/old.py"):
+        write(app, rel, bad)
+    (app / "env" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (app / "junk.pyc").write_bytes(b"\0\1\2 not python")
+    (app / ".git" / "objects.so").write_bytes(b"\x7fELF")
+    write(app, "pkg/real.py", "import subprocess\n"
+                              "subprocess.call(['ls'])  # expect: process subprocess.call\n")
+    assert keys(scan(app)) == expected(app, "pkg/real.py") == {
+        ("pkg/real.py", 2, "process", "subprocess.call")}
+
+
+def test_app_yaml_skip_files_are_honoured(app: Path) -> None:
+    (app / "app.yaml").write_text(APP_YAML + "skip_files:\n- ^tests/.*$\n- (?i)^BUILD/.*$\n")
+    write(app, "tests/test_x.py", "import subprocess\nsubprocess.run(['ls'])\n")
+    write(app, "build/tool.py", "import subprocess\nsubprocess.run(['ls'])\n")
+    assert scan(app) == []
+
+
+def test_broken_app_yaml_is_a_finding(app: Path) -> None:
+    write(app, "main.py", "import os\nos.system('ls')\n")
+    write(app, ".hidden/x.py", "import os\nos.system('ls')\n")
+    (app / "app.yaml").write_text("runtime: python27\nlibraries: [\n  {name: numpy\n")
+    findings = scan(app)
+    assert keys(findings) == {("app.yaml", 4, "app_yaml", "app.yaml"),
+                              ("main.py", 2, "process", "os.system")}
+    assert findings[0].rule.startswith("app.yaml is not valid: invalid YAML")
+    (app / "app.yaml").write_text("runtime: python25\nhandlers: []\n")
+    assert [(f.file, f.line, f.rule) for f in scan(app) if f.kind == "app_yaml"] == [
+        ("app.yaml", 1, "app.yaml is not valid: runtime: 'python25' is not supported; "
+         "gae_sandbox emulates python27")]
+
+
+# --- broken input ---------------------------------------------------------------------------
+
+
+def test_syntax_error_is_a_finding(app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(app, "ok.py", "import os\nos.system('ls')\n")
+    write(app, "py2.py", "import os\n\nprint 'hello'\n")
+    findings = scan(app)
+    assert keys(findings) == {("ok.py", 2, "process", "os.system"),
+                              ("py2.py", 3, "syntax", "py2.py")}
+    code, out, err = run_cli(capsys, str(app))
+    assert code == 1 and err == ""
+    assert out.startswith("ok.py:2: process: os.system \u2014 ")
+    assert "py2.py:3: syntax: py2.py \u2014 does not parse as Python 3" in out
+
+
+def test_binary_and_undecodable_files_are_findings(app: Path) -> None:
+    (app / "blob.py").write_bytes(b"x = 1\n\x00\x01\x02\xff" * 10)
+    (app / "latin.py").write_bytes(b"# comment\ns = '\xe9t\xe9'\n")
+    (app / "declared.py").write_bytes(b"# -*- coding: latin-1 -*-\ns = '\xe9t\xe9'\n")
+    (app / "cookie.py").write_bytes(b"# -*- coding: no-such-codec -*-\nx = 1\n")
+    findings = scan(app)
+    assert {(f.file, f.line, f.kind) for f in findings} == {
+        ("blob.py", 2, "unreadable"), ("latin.py", 2, "unreadable"), ("cookie.py", 1, "syntax"),
+    }
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root reads files whatever their mode")
+def test_unreadable_file_and_folder_are_findings(app: Path) -> None:
+    locked = write(app, "locked.py", "x = 1\n")
+    closed = app / "closed"
+    closed.mkdir()
+    locked.chmod(0)
+    closed.chmod(0)
+    try:
+        findings = scan(app)
+    finally:
+        locked.chmod(0o644)
+        closed.chmod(0o755)
+    assert {(f.file, f.kind) for f in findings} == {("locked.py", "unreadable"),
+                                                     ("closed", "unreadable")}
+
+
+def test_hostile_tree_does_not_crash_or_hang(app: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (app / "loop").symlink_to(app)  # a folder that contains itself
+    (app / "a").symlink_to(app / "b")
+    (app / "b").symlink_to(app / "a")  # a two-link loop
+    (app / "etc").symlink_to("/etc")
+    (app / "passwd.py").symlink_to("/etc/passwd")
+    outside = tmp_path / "outside.py"
+    outside.write_text("import os\nos.system('ls')\n")
+    (app / "outside_link.py").symlink_to(outside)
+    (app / "dangling.py").symlink_to(app / "nowhere.py")
+    write(app, "real.py", "import os\nos.fork()\n")
+    (app / "alias.py").symlink_to(app / "real.py")  # the same file, reported once
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(app / "pipe.py")  # opening it would block
+    (app / "empty.py").write_bytes(b"")
+    weird = os.fsencode(app) + b"/bad\xff\xfename.py"
+    with open(weird, "wb") as file:
+        file.write(b"open('x', 'w')\n")
+    deep = app.joinpath(*(["d"] * 150))
+    deep.mkdir(parents=True)
+    (deep / "bottom.py").write_text("import ctypes\n")
+
+    findings = scan(app)
+
+    assert keys(findings) == {
+        ("bad\\xff\\xfename.py", 1, "file_write", "open"),
+        ("/".join(["d"] * 150) + "/bottom.py", 1, "import", "ctypes"),
+        ("real.py", 2, "process", "os.fork"),
+    }
+    code, out, _ = run_cli(capsys, str(app))
+    assert code == 1 and "bad\\xff\\xfename.py:1: file_write: open" in out
+    result = subprocess.run([sys.executable, "-m", "gae_sandbox", "check", str(app),
+                             "--format", "json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert len(json.loads(result.stdout)["findings"]) == 3
+
+
+def test_scan_never_runs_app_code(app: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "ran"
+    write(app, "main.py", f"""\
+        open({str(marker)!r}, "w").close()  # expect: file_write open
+        import os
+        os.system("touch " + {str(marker)!r})  # expect: process os.system
+        raise SystemExit(3)
+        """)
+    write(app, "sitecustomize.py", f"open({str(marker)!r}, 'w')  # expect: file_write open\n")
+    write(app, "conftest.py", f"open({str(marker)!r}, 'w')  # expect: file_write open\n")
+    write(app, "pkg/__init__.py", f"__import__('os').system('touch {marker}')\n")
+    (app / "pkg" / "__main__.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    findings = scan(app)
+    assert keys(findings) >= expected(app, "main.py", "sitecustomize.py", "conftest.py")
+    assert run_cli(capsys, str(app))[0] == 1
+    assert run_cli(capsys, "--format", "json", str(app))[0] == 1
+    assert not marker.exists()
+
+
+# --- output and the command line ------------------------------------------------------------
+
+
+def test_text_output_lists_findings_summary_and_libraries(
+        app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(app, "main.py", """\
+        import numpy
+        import os
+        os.remove("x")
+        os.unlink("y")
+        """)
+    code, out, err = run_cli(capsys, str(app))
+    assert (code, err) == (1, "")
+    lines = out.splitlines()
+    assert lines[0] == ("main.py:1: c_extension: numpy \u2014 C extension libraries are refused "
+                        "unless enabled in app.yaml libraries: (add to app.yaml libraries: - "
+                        "name: numpy)")
+    assert lines[1].startswith("main.py:3: file_write: os.remove \u2014 files are read-only")
+    assert lines[2].startswith("main.py:4: file_write: os.unlink")
+    summary = out.split("\n\n")[1].splitlines()
+    assert summary[0] == f"3 findings in {os.path.realpath(app)}:"
+    assert [line.split() for line in summary[1:]] == [["c_extension", "1"], ["file_write", "2"]]
+    assert out.rstrip().endswith(libraries_yaml(["numpy"]).rstrip())
+    assert libraries_yaml(["numpy"]) == "libraries:\n- name: numpy\n  version: latest\n"
+
+
+def test_json_output_matches_the_scan(app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(app, "main.py", "from Crypto.Cipher import AES\nimport os\nos.popen('ls')\n")
+    write(app, "broken.py", "def f(:\n")
+    code, out, err = run_cli(capsys, "--format", "json", str(app))
+    assert (code, err) == (1, "")
+    report = json.loads(out)
+    assert report["app"] == os.path.realpath(app)
+    assert report["findings"] == [f.as_dict() for f in scan(app)]
+    assert [(f["file"], f["line"], f["kind"], f["target"]) for f in report["findings"]] == [
+        ("broken.py", 1, "syntax", "broken.py"),
+        ("main.py", 1, "c_extension", "Crypto.Cipher"),
+        ("main.py", 3, "process", "os.popen"),
+    ]
+    assert report["summary"] == {"syntax": 1, "c_extension": 1, "process": 1}
+    assert report["libraries"] == [{"name": "pycrypto", "version": "latest"}]
+    assert set(report["findings"][0]) == {"kind", "file", "line", "target", "rule", "fix",
+                                          "library"}
+
+
+def test_clean_json_output(app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, str(app), "--format=json")
+    assert code == 0
+    assert json.loads(out) == {"app": os.path.realpath(app), "findings": [], "summary": {},
+                               "libraries": []}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: str(tmp / "missing"), "does not exist"),
+    (lambda tmp: str(write(tmp, "file.txt", "x")), "is not a folder"),
+])
+def test_bad_app_dir_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      make, message: str) -> None:
+    code, out, err = run_cli(capsys, make(tmp_path))
+    assert (code, out) == (2, "")
+    assert err.startswith("gae-sandbox check: error: APP_DIR ") and message in err
+
+
+def test_unknown_format_is_a_usage_error(app: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, str(app), "--format", "xml")
+    assert (code, out) == (2, "")
+    assert "unknown format 'xml'" in err and "text, json" in err
+
+
+def test_missing_argument_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["check"])
+    assert exit_info.value.code == 2
+    assert "APP_DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["check", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "APP_DIR" in out and "--format" in out and "Exit status" in out
+
+
+def test_python_dash_m_runs_the_check(app: Path) -> None:
+    write(app, "main.py", "import os\nos.system('ls')\n")
+    command = [sys.executable, "-m", "gae_sandbox", "check"]
+    result = subprocess.run([*command, str(app)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("main.py:2: process: os.system \u2014 ")
+    (app / "main.py").write_text("import os\nprint(os.getcwd())\n")
+    result = subprocess.run([*command, "--format", "json", str(app)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["findings"] == []
+    result = subprocess.run([*command, str(app / "nope")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_scan_refuses_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError):
+        scan(tmp_path / "missing")

@@ -362,15 +362,19 @@ def test_harmless_os_reads_work_inside(policy: Policy, app_root: Path) -> None:
     assert checks == (True, True, True, str(app_root / "data.txt"))
 
 
-def test_environ_change_refused_and_environment_unchanged(policy: Policy) -> None:
+def test_environ_change_stays_in_the_request(policy: Policy) -> None:
+    """As on the runtime, os.environ is per request: the change is seen by the request only,
+    never by the process, the host, or a child process."""
     assert ENV_NAME not in os.environ
     before = dict(os.environ)
+    with Sandbox(policy) as box:
+        os.environ[ENV_NAME] = "1"
+        assert os.environ.get(ENV_NAME) == "1"
+        assert os.getenv(ENV_NAME) == "1"
+        assert ENV_NAME in dict(os.environ)
     with Sandbox(policy):
-        with pytest.raises(SystemCallRefused) as info:
-            os.environ[ENV_NAME] = "1"
-        assert os.environ.get(ENV_NAME) is None
-    assert isinstance(info.value, PermissionError)
-    assert ENV_NAME in str(info.value)
+        assert ENV_NAME not in os.environ  # the next request starts clean
+    assert box.violations == []
     assert ENV_NAME not in os.environ
     assert dict(os.environ) == before
     # the C-level environment a child process inherits is unchanged too
@@ -379,10 +383,24 @@ def test_environ_change_refused_and_environment_unchanged(policy: Policy) -> Non
     assert child.stdout == "unset"
 
 
-def test_environ_delete_refused(policy: Policy, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_putenv_refused(policy: Policy) -> None:
+    with Sandbox(policy):
+        with pytest.raises(SystemCallRefused) as info:
+            os.putenv(ENV_NAME, "1")
+    assert isinstance(info.value, PermissionError)
+    assert ENV_NAME in str(info.value)
+    child = subprocess.run([SH, "-c", f'printf %s "${{{ENV_NAME}-unset}}"'],
+                           capture_output=True, text=True, timeout=10, env=None)
+    assert child.stdout == "unset"
+
+
+def test_environ_delete_stays_in_the_request(policy: Policy,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_NAME, "host")
     with Sandbox(policy):
-        with pytest.raises(SystemCallRefused):
+        del os.environ[ENV_NAME]
+        assert ENV_NAME not in os.environ
+        with pytest.raises(KeyError):
             del os.environ[ENV_NAME]
     assert os.environ[ENV_NAME] == "host"
 

@@ -77,6 +77,7 @@ class Deadline:
         self.active = True
         self.soft_fired = False  # DeadlineExceededError raised or delivered
         self.hard_fired = False
+        self.told_host = False
         self.pending = False  # an injected exception may not have been raised yet
         self.fired_at: float | None = None
 
@@ -156,8 +157,9 @@ class Deadline:
             if self.attached and self.thread is not None:
                 raise_in_thread(self.thread, HardDeadlineExceeded)
                 self.pending = True
-            hard = not self.hard_fired
+            hard = not self.told_host
             self.hard_fired = True
+            self.told_host = True
         if hard:
             self._tell_host()
         return now + max(self.grace, 0.25)

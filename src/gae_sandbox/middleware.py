@@ -20,7 +20,7 @@ from typing import Any
 from .context import Scope, unsandboxed
 from .errors import DeadlineExceededError, HardDeadlineExceeded
 from .policy import Policy
-from .sandbox import Sandbox, attach, close_scope, detach
+from .sandbox import Sandbox, call_in_scope, close_scope
 
 logger = logging.getLogger("gae_sandbox")
 
@@ -130,11 +130,8 @@ class _Request:
 
     def run(self) -> Iterable[bytes]:
         try:
-            attach(self.scope)
-            try:
-                self.iterable = self.middleware.app(self.environ, self.start_response)
-            finally:
-                detach(self.scope)
+            self.iterable = call_in_scope(self.scope, self.middleware.app, self.environ,
+                                          self.start_response)
         except _APP_ERRORS as error:
             return self.fail(error, closing=True)
         except BaseException:
@@ -155,13 +152,7 @@ class _Request:
                 return self.error_body.pop(0)
             raise StopIteration
         try:
-            attach(self.scope)
-            try:
-                if self.iterator is None:
-                    self.iterator = iter(self.iterable)
-                chunk = next(self.iterator)
-            finally:
-                detach(self.scope)
+            chunk = call_in_scope(self.scope, self._next_from_app)
         except StopIteration:
             raise
         except _APP_ERRORS as error:
@@ -171,6 +162,11 @@ class _Request:
         if chunk:
             self.body_started = True
         return chunk
+
+    def _next_from_app(self) -> bytes:
+        if self.iterator is None:
+            self.iterator = iter(self.iterable)
+        return next(self.iterator)
 
     def fail(self, error: BaseException, *, closing: bool) -> list[bytes]:
         """Turn an app error into a 500, or re-raise it when the headers were sent."""
@@ -204,11 +200,7 @@ class _Request:
         try:
             close = getattr(self.iterable, "close", None)
             if close is not None:
-                attach(self.scope)
-                try:
-                    close()
-                finally:
-                    detach(self.scope)
+                call_in_scope(self.scope, close)
         except BaseException as error:  # the response is out; log, never break the server
             logger.error("gae_sandbox: the app's close() failed: %s", error, exc_info=error)
         finally:

@@ -8,6 +8,7 @@ other threads are never restricted.
 from __future__ import annotations
 
 import builtins
+import contextvars
 import importlib
 import logging
 import sys
@@ -145,6 +146,18 @@ class Sandbox:
         detach(scope)
         close_scope(scope)
 
+    def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``function(*args, **kwargs)`` in a scope of its own and end the scope.
+
+        Like ``with sandbox: function()``, but the caller's context is restored by C code
+        even when the deadline's asynchronous error lands while the scope is being left.
+        """
+        scope = self.open_scope()
+        try:
+            return call_in_scope(scope, function, *args, **kwargs)
+        finally:
+            close_scope(scope)
+
     # -- scopes for servers (the WSGI middleware) ------------------------------------------
 
     def open_scope(self) -> Scope:
@@ -156,7 +169,10 @@ class Sandbox:
             install()
         scope = Scope(self._layer, _ACTIVE.get(), self)
         seconds = self.policy.deadline
-        if seconds is not None:
+        inherited = scope.deadline  # the enclosing sandbox's, if any
+        if seconds is not None and (
+            inherited is None or not inherited.active or inherited.remaining() > seconds
+        ):
             scope.deadline = start_deadline(
                 seconds, self.policy.hard_deadline_grace, scope, self._hard_deadline
             )
@@ -178,6 +194,41 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"Sandbox({self.policy!r})"
+
+
+def call_in_scope(scope: Scope, function: Callable[..., Any], *args: Any,
+                  **kwargs: Any) -> Any:
+    """Run ``function`` inside ``scope`` (its deadline aimed at this thread).
+
+    The scope lives in a ``contextvars.Context`` of its own, entered with ``Context.run``:
+    however the call ends, an asynchronous deadline error included, C code restores the
+    caller's context, which a ``with`` statement cannot promise.
+    """
+    if scope.closed:
+        raise RuntimeError("this sandbox scope has already ended")
+    context = scope.extras.get("context")
+    if context is None:
+        context = contextvars.copy_context()
+        context.run(_ACTIVE.set, scope)
+        scope.extras["context"] = context
+    deadline = _own_deadline(scope)
+    try:
+        return context.run(_attached_call, scope, deadline, function, args, kwargs)
+    finally:
+        if deadline is not None:
+            deadline.detach()  # again, from host code: idempotent
+
+
+def _attached_call(scope: Scope, deadline: Deadline | None, function: Callable[..., Any],
+                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    scope.thread = threading.get_ident()
+    if deadline is not None:
+        deadline.attach()
+    try:
+        return function(*args, **kwargs)
+    finally:
+        if deadline is not None:
+            deadline.detach()
 
 
 def _own_deadline(scope: Scope) -> Deadline | None:

@@ -94,8 +94,6 @@ _SOCKET_CALLS = frozenset({"socket", "create_connection", "create_server", "sock
 _SIGNAL_CALLS = frozenset({"signal", "alarm", "setitimer", "pthread_sigmask", "siginterrupt",
                            "set_wakeup_fd", "pause", "sigwait", "sigwaitinfo", "sigtimedwait"})
 _TEMPFILE_ALLOWED = frozenset({"TemporaryFile", "SpooledTemporaryFile"})
-_ENVIRON_METHODS = frozenset({"update", "setdefault", "pop", "popitem", "clear", "__setitem__",
-                              "__delitem__"})
 #: Methods that write whatever their receiver is (pathlib paths, in practice).
 _PATH_WRITE_METHODS = frozenset({"write_text", "write_bytes", "touch", "mkdir", "rmdir",
                                  "unlink", "symlink_to", "hardlink_to", "link_to", "chmod",
@@ -404,17 +402,8 @@ class _ModuleScan:
                     self._check_import(node, node.module)
             elif isinstance(node, ast.Call):
                 self._check_call(node)
-            elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-                targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [
-                    node.target]
-                for target in targets:
-                    if isinstance(target, ast.Subscript) and self._name(
-                            target.value) == "os.environ":
-                        key = _constant_str(target.slice)
-                        self._add(node, "system",
-                                  f"os.environ[{key!r}]" if key else "os.environ[...]",
-                                  "the process environment is shared with the host",
-                                  _ENVIRON_FIX)
+        # os.environ[...] = ... is fine: on the runtime, as in the sandbox, os.environ is
+        # per request; only os.putenv/unsetenv reach the process environment.
         return self.findings
 
     # -- pass 1: names ---------------------------------------------------------------------
@@ -571,8 +560,7 @@ class _ModuleScan:
             self._add(node, "system", name,
                       "signal handlers and timers are process-wide; the runtime removed them",
                       _SIGNAL_FIX)
-        elif name in ("os.putenv", "os.unsetenv") or (
-                module == "os.environ" and attr in _ENVIRON_METHODS):
+        elif name in ("os.putenv", "os.unsetenv"):
             self._add(node, "system", name, "the process environment is shared with the host",
                       _ENVIRON_FIX)
         else:

@@ -210,6 +210,7 @@ HANDLERS: dict[str, Handler] = {
 
 def audit_hook(event: str, args: tuple[Any, ...]) -> None:
     scope = active_scope()
+    __tracebackhide__ = True
     if scope is None:
         return
     handler = HANDLERS.get(event)

@@ -119,6 +119,7 @@ class Scope:
     def judge(self, check: Callable[..., SandboxViolation | None], *args: Any) -> bool:
         """Run ``check(layer, *args)`` for every layer; refuse or record what it returns.
         Returns whether a violation was recorded and let through (report mode)."""
+        __tracebackhide__ = True  # pytest: show the app's line, not the sandbox's frames
         reported = False
         for layer in self.layers:
             refusal = check(layer, *args)
@@ -129,6 +130,7 @@ class Scope:
 
     def refuse(self, layer: Layer, refusal: SandboxViolation) -> None:
         """Record ``refusal``; raise it when the layer enforces, return when it reports."""
+        __tracebackhide__ = True
         if not (_PASSTHROUGH.get() and not layer.enforce):
             with unsandboxed():  # the host's log handlers are not the app's
                 layer.report.record(

@@ -37,7 +37,13 @@ _set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_objec
 _clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
     ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
 )
-_HOST = contextvars.Context()  # an empty context: no sandbox, for calls the hook would refuse
+
+
+def _host_call(function: Callable[..., Any], *args: Any) -> Any:
+    """Call ``function`` in a new, empty context: no sandbox, so the audit hook lets this
+    library's own ctypes calls through. (A Context can be entered by one thread at a time,
+    hence a new one each call.)"""
+    return contextvars.Context().run(function, *args)
 
 _original_sleep = time.sleep
 _monotonic = time.monotonic
@@ -46,12 +52,12 @@ _get_ident = threading.get_ident
 
 def raise_in_thread(ident: int, error: type[BaseException]) -> bool:
     """Schedule ``error`` in thread ``ident``; it is raised at its next Python instruction."""
-    return _HOST.run(_set_async_exc, ident, error) == 1
+    return _host_call(_set_async_exc, ident, error) == 1
 
 
 def clear_pending(ident: int) -> None:
     """Withdraw an asynchronous exception not yet raised in thread ``ident``."""
-    _HOST.run(_clear_async_exc, ident, None)
+    _host_call(_clear_async_exc, ident, None)
 
 
 HardDeadlineCallback = Callable[["Deadline"], None]
@@ -116,16 +122,22 @@ class Deadline:
         """The error a bounded blocking call raises itself when time is up."""
         if _get_ident() != self.thread:
             return DeadlineExceededError(self._message())  # a thread the request started
+        tell = False
         with self.lock:
             if self.pending and self.thread is not None:
                 clear_pending(self.thread)  # raise it here, not at a random later point
                 self.pending = False
             if self.soft_fired and _monotonic() >= self.when + self.grace:
                 self.hard_fired = True
-                return HardDeadlineExceeded(self._hard_message())
-            self.soft_fired = True
-            self.fired_at = self.fired_at or _monotonic()
-        return DeadlineExceededError(self._message())
+                tell, self.told_host = not self.told_host, True
+                error: BaseException = HardDeadlineExceeded(self._hard_message())
+            else:
+                self.soft_fired = True
+                self.fired_at = self.fired_at or _monotonic()
+                error = DeadlineExceededError(self._message())
+        if tell:
+            _host_call(self._tell_host)
+        return error
 
     def _message(self) -> str:
         return (f"the request ran past its deadline of {self.when - self.started:g} s "
@@ -205,7 +217,7 @@ class DeadlineTimer:
         self._heap = [item for item in self._heap if item[2].active]
         heapq.heapify(self._heap)
         thread = threading.Thread(target=self._run, name="gae_sandbox-deadline", daemon=True)
-        _HOST.run(thread.start)
+        _host_call(thread.start)
         self._thread = thread
 
     def _run(self) -> None:

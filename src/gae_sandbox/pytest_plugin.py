@@ -29,13 +29,12 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-if TYPE_CHECKING:
-    from .policy import Policy
-    from .sandbox import Sandbox
+from .policy import Policy
+from .sandbox import Sandbox
 
 MARKER = "gae_sandbox"
 #: The user property that carries a sandboxed test's violations (a JSON list of dicts).
@@ -71,8 +70,8 @@ class _Results:
 
 _SETTINGS = pytest.StashKey[_Settings]()
 _RESULTS = pytest.StashKey[_Results]()
-_POLICY = pytest.StashKey["Policy | None"]()  # per item: None = body not sandboxed
-_SANDBOX = pytest.StashKey["Sandbox"]()  # per item, from the first setup to its teardown
+_POLICY = pytest.StashKey[Policy | None]()  # per item: None = body not sandboxed
+_SANDBOX = pytest.StashKey[Sandbox]()  # per item, from the first setup to its teardown
 
 
 # --- options --------------------------------------------------------------------------------
@@ -171,8 +170,6 @@ def _ini_changes(config: pytest.Config) -> dict[str, Any]:
 
 
 def _policy_from_app_yaml(config: pytest.Config, option: str, changes: dict[str, Any]) -> Policy:
-    from .policy import Policy
-
     from_app_yaml = getattr(Policy, "from_app_yaml", None)
     if from_app_yaml is None:
         raise pytest.UsageError(
@@ -197,8 +194,6 @@ def _base_policy(config: pytest.Config) -> Policy:
     settings = config.stash[_SETTINGS]
     if settings.base is not None:
         return settings.base
-    from .policy import Policy
-
     changes = _ini_changes(config)
     if settings.mode is not None:
         changes["mode"] = settings.mode
@@ -259,8 +254,6 @@ def _make_sandbox(item: pytest.Item, policy: Policy,
                   get_fixture: Callable[[str], Any]) -> Sandbox:
     """The test's sandbox, with pytest's temporary folders readable if the test asked for
     them (``get_fixture`` returns a set-up fixture's value)."""
-    from .sandbox import Sandbox
-
     names = getattr(item, "fixturenames", ())
     if any(name in names for name in _TMP_FIXTURES):
         factory = get_fixture("tmp_path_factory")
@@ -305,6 +298,7 @@ def _sandboxed(sandbox: Sandbox, runtest: Callable[[], None]) -> Callable[[], No
     writes are not the test's."""
 
     def runtest_in_sandbox() -> None:
+        __tracebackhide__ = True
         dont_write_bytecode = sys.dont_write_bytecode
         sys.dont_write_bytecode = True
         try:

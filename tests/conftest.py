@@ -75,7 +75,7 @@ class Listener:
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
                 conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self.accepted += 1
             conn.close()

@@ -29,12 +29,7 @@ from .errors import DeadlineExceededError, HardDeadlineExceeded
 
 logger = logging.getLogger("gae_sandbox")
 
-# Two prototypes of PyThreadState_SetAsyncExc: one takes an exception class, the other NULL
-# (which withdraws a pending exception; py_object(None) would schedule None instead).
 _set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
-    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
-)
-_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
     ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
 )
 
@@ -55,9 +50,23 @@ def raise_in_thread(ident: int, error: type[BaseException]) -> bool:
     return _host_call(_set_async_exc, ident, error) == 1
 
 
-def clear_pending(ident: int) -> None:
-    """Withdraw an asynchronous exception not yet raised in thread ``ident``."""
-    _host_call(_clear_async_exc, ident, None)
+def _noop() -> None:
+    pass
+
+
+def absorb_pending() -> None:
+    """Take delivery, here, of a deadline error scheduled for the current thread but not yet
+    raised, so it cannot surface later in host code.
+
+    (Withdrawing it with ``PyThreadState_SetAsyncExc(ident, NULL)`` would be simpler, but on
+    CPython 3.11 that leaves the interpreter's pending-work flag set for good, and a trace
+    function then never returns.)
+    """
+    try:
+        for _ in range(64):  # each call is a check point where the error is raised
+            _noop()
+    except (DeadlineExceededError, HardDeadlineExceeded):
+        pass
 
 
 HardDeadlineCallback = Callable[["Deadline"], None]
@@ -98,20 +107,21 @@ class Deadline:
             raise self.error_from_call()
 
     def detach(self) -> None:
+        """Called by the request thread: no deadline error reaches it after this returns."""
         with self.lock:
             self.attached = False
-            if self.pending and self.thread is not None:
-                clear_pending(self.thread)
-                self.pending = False
+            pending, self.pending = self.pending, False
+        if pending and self.thread == _get_ident():
+            absorb_pending()
 
     def cancel(self) -> None:
         """End the deadline: nothing fires into the thread after this returns."""
         with self.lock:
             self.active = False
             self.attached = False
-            if self.pending and self.thread is not None:
-                clear_pending(self.thread)
-                self.pending = False
+            pending, self.pending = self.pending, False
+        if pending and self.thread == _get_ident():
+            absorb_pending()
 
     def remaining(self) -> float:
         """Seconds until the next event: the soft deadline, or the hard one after it."""
@@ -124,9 +134,10 @@ class Deadline:
             return DeadlineExceededError(self._message())  # a thread the request started
         tell = False
         with self.lock:
-            if self.pending and self.thread is not None:
-                clear_pending(self.thread)  # raise it here, not at a random later point
-                self.pending = False
+            pending, self.pending = self.pending, False
+        if pending:
+            absorb_pending()  # raise it here, not at a random later point
+        with self.lock:
             if self.soft_fired and _monotonic() >= self.when + self.grace:
                 self.hard_fired = True
                 tell, self.told_host = not self.told_host, True

@@ -236,5 +236,8 @@ class _Response:
 
 
 class _SizedResponse(_Response):
-    def __len__(self) -> int:
-        return len(self._request.iterable)
+    def __len__(self) -> int:  # the app's own __len__ is app code: run it sandboxed
+        request = self._request
+        if request.closed:
+            return len(request.iterable)
+        return int(call_in_scope(request.scope, len, request.iterable))

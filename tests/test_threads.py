@@ -1,0 +1,414 @@
+"""Threads a request starts: they carry its sandbox, the scope end waits for them (within the
+deadline), they stay restricted if they outlive it, and the host's own threads are never
+affected.
+
+Every refusal is checked on disk (no file appears) and in the sandbox's violation report.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gae_sandbox import (
+    DeadlineExceededError,
+    FileWriteRefused,
+    Policy,
+    Sandbox,
+    SandboxViolation,
+    ThreadRefused,
+    current_sandbox,
+    start_background_thread,
+)
+
+Starter = Callable[[Callable[[], None]], None]
+
+
+def spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.monotonic()
+
+
+def via_thread(target: Callable[[], None]) -> None:
+    threading.Thread(target=target, name="request-thread").start()
+
+
+def via_daemon_thread(target: Callable[[], None]) -> None:
+    threading.Thread(target=target, name="request-daemon", daemon=True).start()
+
+
+def via_start_new_thread(target: Callable[[], None]) -> None:
+    _thread.start_new_thread(target, ())
+
+
+def via_executor_no_wait(target: Callable[[], None]) -> None:
+    executor = ThreadPoolExecutor(max_workers=1)
+    executor.submit(target)
+    executor.shutdown(wait=False)  # the request does not wait; the scope end must
+
+
+STARTERS: dict[str, Starter] = {
+    "threading.Thread": via_thread,
+    "threading.Thread(daemon=True)": via_daemon_thread,
+    "_thread.start_new_thread": via_start_new_thread,
+    "ThreadPoolExecutor.submit": via_executor_no_wait,
+}
+
+
+def write_attempt(path: Path, outcome: dict[str, Any]) -> None:
+    """Try to write ``path``; record what happened and in which sandbox."""
+    outcome["sandbox"] = current_sandbox()
+    try:
+        with open(path, "w") as file:
+            file.write("written by a thread\n")
+        outcome["result"] = "wrote"
+    except FileWriteRefused as error:
+        outcome["result"] = error
+
+
+def write_violations(box: Sandbox, path: Path) -> list[Any]:
+    return [v for v in box.violations if v.kind == "file_write" and str(path) in v.target]
+
+
+# --- threads carry the request's sandbox ----------------------------------------------------
+
+
+def test_control_the_thread_writes_outside_a_sandbox(tmp_path: Path) -> None:
+    target = tmp_path / "control.txt"
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(target=write_attempt, args=(target, outcome))
+    thread.start()
+    thread.join(5)
+    assert outcome == {"sandbox": None, "result": "wrote"}
+    assert target.read_text() == "written by a thread\n"
+
+
+@pytest.mark.parametrize("starter", list(STARTERS))
+def test_thread_runs_in_the_request_sandbox(starter: str, policy: Policy,
+                                            app_root: Path) -> None:
+    target = app_root / "from-thread.txt"
+    outcome: dict[str, Any] = {}
+    box = Sandbox(policy)
+    with box:
+        STARTERS[starter](lambda: write_attempt(target, outcome))
+    # the scope end joined the thread: its outcome is there
+    assert outcome.get("sandbox") is box
+    assert isinstance(outcome.get("result"), FileWriteRefused), outcome
+    assert not target.exists()
+    violations = write_violations(box, target)
+    assert len(violations) == 1 and violations[0].enforced
+
+
+def test_executor_future_sees_the_refusal(policy: Policy, app_root: Path) -> None:
+    target = app_root / "from-executor.txt"
+    box = Sandbox(policy)
+    with box:
+        with ThreadPoolExecutor(max_workers=2) as executor:
+            futures = [executor.submit(target.write_text, "x") for _ in range(3)]
+            errors = [future.exception(timeout=5) for future in futures]
+    assert all(isinstance(error, FileWriteRefused) for error in errors), errors
+    assert not target.exists()
+    assert write_violations(box, target)
+
+
+# --- the scope end waits for them -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("starter", list(STARTERS))
+def test_scope_end_joins_threads(starter: str, policy: Policy) -> None:
+    finished: list[float] = []
+
+    def slow() -> None:
+        time.sleep(0.2)
+        finished.append(time.monotonic())
+
+    start = time.monotonic()
+    with Sandbox(policy):  # no deadline
+        STARTERS[starter](slow)
+    exited = time.monotonic()
+    assert len(finished) == 1, "the with exited before the thread finished"
+    assert finished[0] <= exited
+    assert exited - start >= 0.15
+
+
+def test_start_new_thread_is_joined_though_enumerate_misses_it(policy: Policy) -> None:
+    finished = threading.Event()
+    release = threading.Event()
+
+    def slow() -> None:
+        release.wait(2)
+        time.sleep(0.1)
+        finished.set()
+
+    with Sandbox(policy):
+        ident = _thread.start_new_thread(slow, ())
+        assert ident not in {t.ident for t in threading.enumerate()}
+        release.set()
+    assert finished.is_set()
+
+
+def test_threads_started_by_threads_are_joined(policy: Policy) -> None:
+    finished: list[str] = []
+
+    def grandchild() -> None:
+        time.sleep(0.2)
+        finished.append("grandchild")
+
+    def child() -> None:
+        threading.Thread(target=grandchild, daemon=True).start()
+        finished.append("child")
+
+    with Sandbox(policy):
+        threading.Thread(target=child).start()
+    assert sorted(finished) == ["child", "grandchild"]
+
+
+@pytest.mark.parametrize("starter", ["threading.Thread", "threading.Thread(daemon=True)",
+                                     "_thread.start_new_thread"])
+def test_thread_that_never_ends_gets_the_deadline(starter: str, policy: Policy) -> None:
+    ended = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def forever() -> None:
+        try:
+            spin(10)  # bounded, so a broken deadline cannot hang the test run
+            outcome["how"] = "ran to the end"
+        except DeadlineExceededError:
+            outcome["how"] = "deadline"
+            raise
+        finally:
+            ended.set()
+
+    box = Sandbox(policy.replace(deadline=0.3, hard_deadline_grace=0.3))
+    start = time.monotonic()
+    with box:
+        STARTERS[starter](forever)
+    elapsed = time.monotonic() - start
+    assert ended.wait(15)
+    assert outcome == {"how": "deadline"}
+    assert 0.25 <= elapsed <= 0.3 + 0.3 + 1.2, elapsed
+
+
+def test_thread_that_outlives_its_request_stays_restricted(
+        policy: Policy, app_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="gae_sandbox")
+    target = app_root / "late.txt"
+    attempts: list[tuple[str, float]] = []
+    done = threading.Event()
+
+    def stubborn() -> None:
+        try:
+            spin(10)
+        except DeadlineExceededError:
+            attempts.append(("deadline", time.monotonic()))
+        end = time.monotonic() + 0.6  # carries on, well past the scope end
+        while time.monotonic() < end:
+            try:
+                with open(target, "w") as file:
+                    file.write("late\n")
+                attempts.append(("wrote", time.monotonic()))
+            except FileWriteRefused:
+                attempts.append(("refused", time.monotonic()))
+            except DeadlineExceededError:
+                attempts.append(("deadline again", time.monotonic()))
+            spin(0.02)
+        done.set()
+
+    box = Sandbox(policy.replace(deadline=0.3, hard_deadline_grace=0.2))
+    start = time.monotonic()
+    with box:
+        thread = threading.Thread(target=stubborn, name="stubborn")
+        thread.start()
+    exited = time.monotonic()
+    assert done.wait(10)
+    thread.join(5)
+    assert 0.45 <= exited - start <= 0.5 + 1.5, exited - start
+    kinds = [kind for kind, _ in attempts]
+    assert kinds[0] == "deadline"
+    assert "wrote" not in kinds and "deadline again" not in kinds
+    assert any(kind == "refused" and when > exited for kind, when in attempts), \
+        "no write attempt after the request ended"
+    assert not target.exists()
+    assert write_violations(box, target)
+    assert any("outlived its request" in r.getMessage() for r in caplog.records)
+
+
+# --- allow_threads=False --------------------------------------------------------------------
+
+
+def refused_start_thread(target: Callable[[], None]) -> None:
+    threading.Thread(target=target).start()
+
+
+def refused_start_new_thread(target: Callable[[], None]) -> None:
+    _thread.start_new_thread(target, ())
+
+
+def refused_executor(target: Callable[[], None]) -> None:
+    executor = ThreadPoolExecutor(max_workers=1)
+    try:
+        executor.submit(target)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.mark.parametrize("start", [refused_start_thread, refused_start_new_thread,
+                                   refused_executor],
+                         ids=["threading.Thread", "_thread.start_new_thread",
+                              "ThreadPoolExecutor"])
+def test_threads_refused_when_not_allowed(start: Starter, policy: Policy) -> None:
+    ran = threading.Event()
+    box = Sandbox(policy.replace(allow_threads=False))
+    with box:
+        with pytest.raises(ThreadRefused) as info:
+            start(ran.set)
+    assert isinstance(info.value, RuntimeError)
+    assert isinstance(info.value, SandboxViolation)
+    assert "allow_threads" in str(info.value)
+    assert not ran.wait(0.2), "the refused thread's target ran"
+    assert [(v.kind, v.setting, v.enforced) for v in box.violations] == [
+        ("thread", "allow_threads", True)]
+
+
+def test_threads_allowed_by_default_control(policy: Policy) -> None:
+    assert policy.allow_threads is True
+    ran = threading.Event()
+    with Sandbox(policy):
+        refused_start_thread(ran.set)
+    assert ran.is_set()
+
+
+# --- background threads ---------------------------------------------------------------------
+
+
+def test_background_thread_refused_by_default(policy: Policy) -> None:
+    assert policy.allow_background_threads is False
+    ran = threading.Event()
+    box = Sandbox(policy)
+    with box:
+        with pytest.raises(ThreadRefused) as info:
+            start_background_thread(ran.set)
+    assert "allow_background_threads" in str(info.value)
+    assert not ran.wait(0.2)
+    assert [(v.kind, v.setting) for v in box.violations] == [
+        ("thread", "allow_background_threads")]
+
+
+def test_background_thread_outside_a_sandbox_is_an_error() -> None:
+    ran = threading.Event()
+    with pytest.raises(RuntimeError):
+        start_background_thread(ran.set)
+    assert not ran.wait(0.1)
+
+
+def test_background_thread_outlives_the_request(policy: Policy, app_root: Path) -> None:
+    target = app_root / "from-background.txt"
+    release = threading.Event()
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def background() -> None:
+        try:
+            time.sleep(0.6)  # past the request's deadline: it has none
+            outcome["slept"] = True
+        except DeadlineExceededError:
+            outcome["slept"] = "deadline"
+        release.wait(5)
+        write_attempt(target, outcome)
+        done.set()
+
+    box = Sandbox(policy.replace(deadline=0.3, allow_background_threads=True))
+    start = time.monotonic()
+    with box:
+        thread = start_background_thread(background)
+        try:
+            time.sleep(10)
+        except DeadlineExceededError:
+            pass  # the request ends at its deadline
+    exited = time.monotonic()
+    try:
+        assert exited - start < 0.6 - 0.05, "the scope end waited for the background thread"
+        assert thread.is_alive() and not done.is_set()
+    finally:
+        release.set()
+        thread.join(5)
+    assert done.is_set()
+    assert outcome["slept"] is True
+    assert outcome["sandbox"] is box
+    assert isinstance(outcome["result"], FileWriteRefused), outcome
+    assert not target.exists()
+    assert write_violations(box, target)
+
+
+# --- the host's threads ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["threading.Thread", "_thread.start_new_thread"])
+def test_host_threads_are_not_sandboxed_while_a_request_runs(how: str, policy: Policy,
+                                                             tmp_path: Path) -> None:
+    inside = threading.Event()
+    release = threading.Event()
+
+    def request() -> None:
+        with Sandbox(policy):
+            inside.set()
+            release.wait(5)
+
+    requester = threading.Thread(target=request, name="request")
+    requester.start()
+    try:
+        assert inside.wait(5)
+        host_file = tmp_path / "host.txt"
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def host_work() -> None:
+            write_attempt(host_file, outcome)
+            done.set()
+
+        if how == "threading.Thread":
+            threading.Thread(target=host_work, name="host-work").start()
+        else:
+            _thread.start_new_thread(host_work, ())
+        assert done.wait(5)
+    finally:
+        release.set()
+        requester.join(5)
+    assert outcome == {"sandbox": None, "result": "wrote"}
+    assert host_file.read_text() == "written by a thread\n"
+
+
+def test_request_does_not_wait_for_host_threads(policy: Policy) -> None:
+    inside = threading.Event()
+    release = threading.Event()
+    gate = threading.Event()
+
+    def request() -> None:
+        with Sandbox(policy):
+            inside.set()
+            release.wait(5)
+
+    requester = threading.Thread(target=request, name="request")
+    requester.start()
+    host = threading.Thread(target=gate.wait, args=(5,), name="host-waiter")
+    try:
+        assert inside.wait(5)
+        host.start()  # started by the host while the request runs
+        release.set()
+        requester.join(2)
+        assert not requester.is_alive(), "the request waited for a host thread"
+        assert host.is_alive()
+    finally:
+        release.set()
+        gate.set()
+        requester.join(5)
+        host.join(5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,15 @@ HANDLER_KEYS = {
 SUPPORTED_RUNTIMES = ("python27",)
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 2, 4, 4, 60, 60
+
+
+def _show(value: Any) -> str:
+    """A short, bounded repr for messages (an alias bomb must not become the message)."""
+    return _SHOW.repr(value)
+
+
 class AppYamlError(ValueError):
     """A broken app.yaml: the message names the file, the line and what is wrong."""
 
@@ -126,7 +136,10 @@ class AppConfig:
             "env_variables": self.env_variables,
         }
         settings.update(changes)
-        return Policy.python27(app_root=self.app_root, **settings)
+        try:
+            return Policy.python27(app_root=self.app_root, **settings)
+        except ValueError as error:  # what app.yaml said (a bad override is a TypeError)
+            raise AppYamlError(f"{self.path}: {error}") from None
 
     def unreadable_paths(self) -> tuple[str, ...]:
         """Static files and folders the app may not read (no ``application_readable``)."""
@@ -156,7 +169,11 @@ def _static_files_matching(app_root: str, handler: Handler) -> list[str]:
     for folder, dirs, files in os.walk(app_root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
-            relative = os.path.relpath(os.path.join(folder, name), app_root)
+            path = os.path.join(folder, name)
+            relative = os.path.relpath(path, app_root)
+            resolved = os.path.realpath(path)
+            if not resolved.startswith(app_root + os.sep):
+                continue  # a link out of the app: outside the readable set anyway
             if upload.fullmatch(relative) or upload.match(relative):
                 found.append(relative)
     return found
@@ -181,6 +198,10 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
             raise yaml.constructor.ConstructorError(
                 None, None, "a mapping key must be a plain value", key_node.start_mark
             ) from None
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {_show(key)} (first on line "
+                f"{mapping.key_lines[key]})", key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.key_lines[key] = key_node.start_mark.line + 1
     return mapping
@@ -213,6 +234,8 @@ _MAX_SIZE = 1 << 20  # an app.yaml is small; a huge one is a mistake, not a conf
 def load_app_yaml(path: str | os.PathLike[str]) -> AppConfig:
     """Read and validate ``path`` (an ``app.yaml`` file, or a folder holding one)."""
     location = os.fspath(path)
+    if not isinstance(location, str) or "\0" in location:
+        raise AppYamlError(f"{location!r}: not a usable path")
     if os.path.isdir(location):
         for name in ("app.yaml", "app.yml"):
             candidate = os.path.join(location, name)
@@ -254,19 +277,19 @@ def _parse(location: str, document: Any) -> AppConfig:
 
     for key in document:
         if key not in TOP_LEVEL_KEYS:
-            warnings.warn(f"{location}:{lines.get(key, 0)}: unknown app.yaml key {key!r} "
+            warnings.warn(f"{location}:{lines.get(key, 0)}: unknown app.yaml key {_show(key)} "
                           "ignored", stacklevel=3)
 
     runtime = document.get("runtime")
     if runtime not in SUPPORTED_RUNTIMES:
-        raise fail(f"runtime: {runtime!r} is not supported; gae_sandbox emulates "
+        raise fail(f"runtime: {_show(runtime)} is not supported; gae_sandbox emulates "
                    f"{', '.join(SUPPORTED_RUNTIMES)}", lines.get("runtime", 0))
     api_version = document.get("api_version")
     if api_version is not None and not isinstance(api_version, (str, int, float)):
         raise fail("api_version must be a plain value like 1", lines.get("api_version", 0))
     threadsafe = document.get("threadsafe", False)
     if not isinstance(threadsafe, bool):
-        raise fail(f"threadsafe must be true or false, got {threadsafe!r}",
+        raise fail(f"threadsafe must be true or false, got {_show(threadsafe)}",
                    lines.get("threadsafe", 0))
 
     app_root = os.path.dirname(os.path.abspath(location))
@@ -307,7 +330,7 @@ def _handlers(value: Any, line: int, app_root: str, location: str,
         for key in entry:
             if key not in HANDLER_KEYS:
                 warnings.warn(f"{location}:{key_lines.get(key, entry_line)}: unknown handler "
-                              f"key {key!r} ignored", stacklevel=4)
+                              f"key {_show(key)} ignored", stacklevel=4)
         url = entry.get("url")
         if not isinstance(url, str) or not url:
             raise fail("handler needs url: (a regular expression)", entry_line)
@@ -324,13 +347,13 @@ def _handlers(value: Any, line: int, app_root: str, location: str,
         for key in ("script", "static_dir", "static_files", "upload", "mime_type"):
             item = entry.get(key)
             if item is not None and (not isinstance(item, str) or not item):
-                raise fail(f"handler {key} must be a non-empty string, got {item!r}",
+                raise fail(f"handler {key} must be a non-empty string, got {_show(item)}",
                            key_lines.get(key, entry_line))
             strings[key] = item
         script = strings["script"]
         if script is not None:
             module, _, attribute = script.rpartition(".")
-            if not module or not attribute or not all(
+            if script.endswith(".py") or not module or not attribute or not all(
                 part.isidentifier() for part in script.split(".")
             ):
                 raise fail(f"script {script!r} must name a WSGI app as package.module.app "
@@ -420,9 +443,9 @@ def _env_variables(value: Any, line: int, fail: Any) -> tuple[tuple[str, str], .
     pairs = []
     for key, item in value.items():
         if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            raise fail(f"env_variables name {key!r} is not a valid variable name", line)
+            raise fail(f"env_variables name {_show(key)} is not a valid variable name", line)
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise fail(f"env_variables {key} must be a string, got {item!r}", line)
+            raise fail(f"env_variables {key} must be a string, got {_show(item)}", line)
         text = str(item)
         if "\0" in text:
             raise fail(f"env_variables {key} contains a NUL byte", line)

@@ -180,8 +180,16 @@ class Policy:
             if resolved == hidden or resolved.startswith(hidden + "/"):
                 return "unreadable_paths"
         pattern = self.skip_pattern
-        if pattern is not None and pattern.match(resolved[len(root) + 1:]) is not None:
-            return "skip_files"
+        if pattern is not None:
+            relative = resolved[len(root) + 1:]
+            # a skipped folder hides what is inside it (the SDK never deployed it)
+            end = relative.find("/")
+            while end != -1:
+                if pattern.match(relative[:end]) is not None:
+                    return "skip_files"
+                end = relative.find("/", end + 1)
+            if pattern.match(relative) is not None:
+                return "skip_files"
         return None
 
 

@@ -15,6 +15,15 @@ import pytest
 from gae_sandbox import Policy
 
 
+@pytest.fixture(autouse=True)
+def no_scope_left_behind() -> Iterator[None]:
+    """Every test must leave the main thread unsandboxed, whatever it did."""
+    yield
+    from gae_sandbox.context import active_scope
+
+    assert active_scope() is None, "the test left a sandbox scope active"
+
+
 @pytest.fixture
 def app_root(tmp_path: Path) -> Path:
     """An app folder with a module, a package, a data file and a subfolder."""

@@ -275,8 +275,8 @@ def fork_exec_args(argv: list[str]) -> tuple[list, int, int]:
     if sys.version_info >= (3, 11):
         args.append(-1)  # process_group
     args += [None, None, None, -1, None]  # gid, extra_groups, uid, child_umask, preexec_fn
-    if hasattr(subprocess, "_USE_VFORK"):
-        args.append(True)  # allow_vfork
+    if sys.version_info >= (3, 11) and hasattr(subprocess, "_USE_VFORK"):
+        args.append(True)  # allow_vfork (3.10 has _USE_VFORK but not the parameter)
     return args, errpipe_read, errpipe_write
 
 

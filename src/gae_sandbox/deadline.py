@@ -93,6 +93,7 @@ class Deadline:
         self.soft_fired = False  # DeadlineExceededError raised or delivered
         self.hard_fired = False
         self.told_host = False
+        self.raised_at: float | None = None  # when a bounded call last raised the error
         self.pending = False  # an injected exception may not have been raised yet
         self.fired_at: float | None = None
 
@@ -120,6 +121,9 @@ class Deadline:
             self.active = False
             self.attached = False
             pending, self.pending = self.pending, False
+            # the timer's heap keeps a cancelled deadline a while: let it hold nothing else
+            self.owner = None
+            self.on_hard = None
         if pending and self.thread == _get_ident():
             absorb_pending()
 
@@ -138,7 +142,8 @@ class Deadline:
         if pending:
             absorb_pending()  # raise it here, not at a random later point
         with self.lock:
-            if self.soft_fired and _monotonic() >= self.when + self.grace:
+            self.raised_at = _monotonic()
+            if self.soft_fired and self.raised_at >= self.when + self.grace:
                 self.hard_fired = True
                 tell, self.told_host = not self.told_host, True
                 error: BaseException = HardDeadlineExceeded(self._hard_message())
@@ -177,7 +182,9 @@ class Deadline:
                 return self.when + self.grace
             if now < self.when + self.grace:
                 return self.when + self.grace
-            if self.attached and self.thread is not None:
+            recently = self.raised_at is not None and now - self.raised_at < self.grace
+            if self.attached and self.thread is not None and not recently:
+                # (a bounded call that just raised the error itself is not interrupted again)
                 raise_in_thread(self.thread, HardDeadlineExceeded)
                 self.pending = True
             hard = not self.told_host

@@ -20,6 +20,7 @@ from .errors import (
     NetworkRefused,
     NotAvailableRefused,
     ProcessRefused,
+    RestrictedCodeError,
     SandboxViolation,
     SystemCallRefused,
     TempfileRefused,
@@ -28,12 +29,15 @@ from .errors import (
 from .middleware import SandboxMiddleware
 from .policy import Policy
 from .report import Violation
+from .restricted import AttributeRefused, BuiltinRefused
 from .sandbox import Sandbox, current_sandbox, install, is_installed, uninstall
 from .threads import start_background_thread
 
 logging.getLogger("gae_sandbox").addHandler(logging.NullHandler())
 
 __all__ = [
+    "AttributeRefused",
+    "BuiltinRefused",
     "CExtensionRefused",
     "DeadlineExceededError",
     "FileReadRefused",
@@ -44,6 +48,7 @@ __all__ = [
     "NotAvailableRefused",
     "Policy",
     "ProcessRefused",
+    "RestrictedCodeError",
     "Sandbox",
     "SandboxMiddleware",
     "SandboxViolation",

@@ -139,3 +139,23 @@ class ThreadRefused(SandboxViolation, RuntimeError):
     ``thread.error``, a RuntimeError)."""
 
     kind = "thread"
+
+
+class RestrictedCodeError(SandboxViolation, SyntaxError):
+    """Code that restricted mode (RestrictedPython) rejects when compiling it: one error that
+    lists every rejected construct with its line, so the author fixes them all at once."""
+
+    kind = "restricted"
+
+    def _init_builtin(self) -> None:
+        SyntaxError.__init__(self, self.message)
+        self.msg = self.message
+        self.filename = self.target.removeprefix("code in ")
+        first = self.errors[0] if self.errors else ""
+        number = first[5:].partition(":")[0] if first.startswith("Line ") else ""
+        self.lineno = int(number) if number.isdigit() else None
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """The rejected constructs, one ``"Line N: ..."`` string each."""
+        return tuple(line.strip() for line in self.rule.splitlines()[1:] if line.strip())

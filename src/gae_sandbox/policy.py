@@ -77,6 +77,8 @@ class Policy:
     allow_threads: bool = True
     #: Whether ``start_background_thread`` may start threads that outlive the request.
     allow_background_threads: bool = False
+    #: App modules compiled with RestrictedPython (restricted mode) when imported in a sandbox.
+    restricted_modules: tuple[str, ...] = ()
 
     _host_rules: tuple[HostRule, ...] = field(
         init=False, repr=False, compare=False, default=()
@@ -99,7 +101,8 @@ class Policy:
                                                              self.unreadable_paths)
         ))
         set_(self, "env_variables", _environment(self.env_variables))
-        for name in ("allowed_modules", "blocked_modules", "allowed_c_extensions"):
+        for name in ("allowed_modules", "blocked_modules", "allowed_c_extensions",
+                     "restricted_modules"):
             patterns = _strings(name, getattr(self, name))
             for pattern in patterns:
                 _check_module_pattern(name, pattern)
@@ -117,6 +120,10 @@ class Policy:
                 f"Policy.mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}"
             )
         set_(self, "deadline", _deadline("deadline", self.deadline))
+        if self.restricted_modules:  # the finder that compiles them, installed on first use
+            from .restricted import install_finder
+
+            install_finder()
         grace = _deadline("hard_deadline_grace", self.hard_deadline_grace)
         if grace is None:
             raise TypeError("Policy.hard_deadline_grace must be a positive number of seconds")

@@ -158,6 +158,19 @@ class Sandbox:
         finally:
             close_scope(scope)
 
+    def exec(self, source: str | bytes, globals: dict[str, Any] | None = None, *,
+             filename: str = "<sandboxed>") -> dict[str, Any]:
+        """Run untrusted ``source`` in restricted mode (RestrictedPython, guarded attribute,
+        item, write and import access) inside this sandbox; returns its globals, printed
+        output under ``"__printed__"``. Rejected code raises ``RestrictedCodeError``."""
+        from . import restricted
+
+        code = restricted.compile_restricted(source, filename)  # reject before any scope
+        scope = _ACTIVE.get()
+        if scope is not None and self._layer in scope.layers:
+            return restricted.run_code(code, globals)
+        return self.call(restricted.run_code, code, globals)
+
     # -- scopes for servers (the WSGI middleware) ------------------------------------------
 
     def open_scope(self) -> Scope:

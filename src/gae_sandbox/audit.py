@@ -9,6 +9,7 @@ the sandboxed request?" comes from the ContextVar, never from anything app code 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -76,8 +77,13 @@ def _on_link(scope: Scope, args: tuple[Any, ...]) -> None:
     scope.judge(check_write, f"{args[1]!s} -> {args[0]!s}", "link")
 
 
-def _processes(what: Callable[[tuple[Any, ...]], str]) -> Handler:
+_SUBPROCESS_FILE = subprocess.__file__
+
+
+def _processes(what: Callable[[tuple[Any, ...]], str], *, after_popen: bool = False) -> Handler:
     def on_process(scope: Scope, args: tuple[Any, ...]) -> None:
+        if after_popen and sys._getframe(2).f_code.co_filename == _SUBPROCESS_FILE:
+            return  # subprocess.Popen's own spawn: its audit event was judged already
         scope.judge(_refuse_process, what(args))
 
     return on_process
@@ -181,9 +187,10 @@ HANDLERS: dict[str, Handler] = {
     "os.system": _processes(lambda a: f"os.system({describe_command(a[0])!r})"),
     "subprocess.Popen": _processes(lambda a: f"subprocess.Popen({describe_command(a[1])!r})"),
     "os.exec": _processes(lambda a: f"os.exec*({_exec_command(a)!r})"),
-    "os.posix_spawn": _processes(lambda a: f"os.posix_spawn({_exec_command(a)!r})"),
+    "os.posix_spawn": _processes(lambda a: f"os.posix_spawn({_exec_command(a)!r})",
+                                 after_popen=True),
     "os.spawn": _processes(lambda a: f"os.spawn*({_exec_command(a[1:])!r})"),
-    "os.fork": _processes(lambda a: "os.fork()"),
+    "os.fork": _processes(lambda a: "os.fork()", after_popen=True),
     "os.forkpty": _processes(lambda a: "os.forkpty()"),
     "os.kill": _processes(lambda a: f"os.kill(pid {a[0]}, signal {a[1]})"),
     "os.killpg": _processes(lambda a: f"os.killpg(group {a[0]}, signal {a[1]})"),

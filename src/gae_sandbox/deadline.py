@@ -146,13 +146,14 @@ class Deadline:
             if self.soft_fired and self.raised_at >= self.when + self.grace:
                 self.hard_fired = True
                 tell, self.told_host = not self.told_host, True
+                on_hard = self.on_hard
                 error: BaseException = HardDeadlineExceeded(self._hard_message())
             else:
                 self.soft_fired = True
                 self.fired_at = self.fired_at or _monotonic()
                 error = DeadlineExceededError(self._message())
         if tell:
-            _host_call(self._tell_host)
+            _host_call(self._tell_host, on_hard)
         return error
 
     def _message(self) -> str:
@@ -190,19 +191,20 @@ class Deadline:
             hard = not self.told_host
             self.hard_fired = True
             self.told_host = True
+            on_hard = self.on_hard  # cancel() may clear it once the lock is released
         if hard:
-            self._tell_host()
+            self._tell_host(on_hard)
         return now + max(self.grace, 0.25)
 
-    def _tell_host(self) -> None:
+    def _tell_host(self, on_hard: HardDeadlineCallback | None) -> None:
         logger.critical(
             "request in thread %s is %.1f s past its deadline and still running; a Python "
             "thread cannot be killed: recycle this worker process", self.thread,
             _monotonic() - self.when,
         )
-        if self.on_hard is not None:
+        if on_hard is not None:
             try:
-                self.on_hard(self)
+                on_hard(self)
             except Exception:
                 logger.exception("gae_sandbox: the hard-deadline callback failed")
 

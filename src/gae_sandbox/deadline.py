@@ -12,6 +12,7 @@ killed, so the host should recycle the worker.
 
 from __future__ import annotations
 
+import _thread
 import contextvars
 import ctypes
 import heapq
@@ -43,6 +44,7 @@ def _host_call(function: Callable[..., Any], *args: Any) -> Any:
 _original_sleep = time.sleep
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
+_allocate_lock = _thread.allocate_lock
 
 
 def raise_in_thread(ident: int, error: type[BaseException]) -> bool:
@@ -86,7 +88,7 @@ class Deadline:
         self.grace = grace
         self.owner = owner
         self.on_hard = on_hard
-        self.lock = threading.Lock()
+        self.lock = _allocate_lock()
         self.thread: int | None = None
         self.attached = False
         self.active = True
@@ -218,11 +220,20 @@ class DeadlineTimer:
         self._heap: list[tuple[float, int, Deadline]] = []
         self._sequence = itertools.count()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        """A forked child (a gunicorn worker) has no timer thread and none of the parent's
+        requests; its lock may have been held by another thread at the fork."""
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._heap = []
+        self._thread = None
 
     def schedule(self, deadline: Deadline, when: float) -> None:
         with self._lock:
-            if self._thread is None or self._pid != os.getpid():
+            if self._thread is None:
                 self._start()
             heapq.heappush(self._heap, (when, next(self._sequence), deadline))
             if self._heap[0][2] is deadline:
@@ -233,7 +244,6 @@ class DeadlineTimer:
 
     def _start(self) -> None:
         # Started in an empty context: the timer must never run inside a sandbox.
-        self._pid = os.getpid()
         self._heap = [item for item in self._heap if item[2].active]
         heapq.heapify(self._heap)
         thread = threading.Thread(target=self._run, name="gae_sandbox-deadline", daemon=True)

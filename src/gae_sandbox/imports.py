@@ -68,7 +68,29 @@ def check_import(layer: Layer, name: str, trusted: bool) -> SandboxViolation | N
             return refusal
     if name in sys.modules:
         decided.add(key)
+        if _python_only(name):  # allowed whoever imports it: the fast path may skip judging
+            layer.policy._cache.setdefault("imports_any", set()).add(name)
     return None
+
+
+def _python_only(name: str) -> bool:
+    prefix = ""
+    for part in name.split("."):
+        prefix = f"{prefix}.{part}" if prefix else part
+        module = sys.modules.get(prefix)
+        if module is None or _module_is_c(module):
+            return False
+    return True
+
+
+def _known_everywhere(scope: Scope, name: str) -> bool:
+    """Whether every layer already allowed the cached Python module ``name`` (for any
+    importer): a repeated ``import json`` then costs a few set lookups."""
+    for layer in scope.layers:
+        known = layer.policy._cache.get("imports_any")
+        if known is None or name not in known:
+            return False
+    return True
 
 
 def check_spec(layer: Layer, name: str, spec: Any, trusted: bool) -> SandboxViolation | None:
@@ -223,6 +245,8 @@ def gated_import(name: str, globals: Any = None, locals: Any = None,
     """``builtins.__import__``: one ContextVar read for host code."""
     scope = active_scope()
     if scope is None:
+        return original_import(name, globals, locals, fromlist, level)
+    if not level and not fromlist and name in sys.modules and _known_everywhere(scope, name):
         return original_import(name, globals, locals, fromlist, level)
     trusted = importer_trusted(scope, sys._getframe(1))
     if globals is None:  # called as a function: relative names resolve in the caller

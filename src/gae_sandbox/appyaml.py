@@ -20,6 +20,7 @@ from .policy import Policy
 
 #: The SDK's default ``skip_files`` (used when app.yaml has none).
 DEFAULT_SKIP_FILES: tuple[str, ...] = (
+    r"^(.*/)?app\.ya?ml$",
     r"^(.*/)?#.*#$",
     r"^(.*/)?.*~$",
     r"^(.*/)?.*\.py[co]$",

@@ -28,7 +28,7 @@ from .errors import (
     SystemCallRefused,
     TempfileRefused,
 )
-from .filesystem import check_read, check_write, describe, stable_path
+from .filesystem import check_read, check_write, describe, resolve, stable_path
 from .imports import is_stdlib_code
 from .network import check_lookup, check_server
 
@@ -129,6 +129,79 @@ def _path_reader(original: Callable[..., Any], argument: int = 0) -> Callable[..
         return original(*args, **kwargs)
 
     return _named(read_path, original)
+
+
+def _hidden_names(scope: Scope, folder: Any) -> Callable[[str], bool] | None:
+    """A predicate for entries of ``folder`` the app must not see (skip_files, static
+    files), or ``None`` when nothing in that folder can be hidden."""
+    if isinstance(folder, int):
+        return None
+    resolved = resolve(folder if folder is not None else ".")
+    if resolved is None:
+        return None
+    policies = [layer.policy for layer in scope.layers
+                if (layer.policy.skip_files or layer.policy.unreadable_paths)
+                and (resolved + "/").startswith(layer.policy.app_root + "/")]
+    if not policies:
+        return None
+
+    def hidden(name: str) -> bool:
+        path = f"{resolved}/{os.fsdecode(name)}"
+        return any(policy.hidden_by(path) for policy in policies)
+
+    return hidden
+
+
+def _listdir(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``os.listdir`` that leaves out what the app does not see (it was never deployed)."""
+
+    def listdir(path: Any = None) -> list[Any]:
+        scope = active_scope()
+        names = original(path) if path is not None else original()
+        if scope is None:
+            return names  # type: ignore[no-any-return]
+        hidden = _hidden_names(scope, path)
+        return names if hidden is None else [n for n in names if not hidden(n)]
+
+    return _named(listdir, original)
+
+
+class _FilteredScandir:
+    """``os.scandir``'s iterator without the entries the app does not see."""
+
+    def __init__(self, iterator: Any, hidden: Callable[[str], bool]) -> None:
+        self._iterator = iterator
+        self._hidden = hidden
+
+    def __iter__(self) -> _FilteredScandir:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            entry = next(self._iterator)
+            if not self._hidden(entry.name):
+                return entry
+
+    def close(self) -> None:
+        self._iterator.close()
+
+    def __enter__(self) -> _FilteredScandir:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _scandir(original: Callable[..., Any]) -> Callable[..., Any]:
+    def scandir(path: Any = None) -> Any:
+        scope = active_scope()
+        iterator = original(path) if path is not None else original()
+        if scope is None:
+            return iterator
+        hidden = _hidden_names(scope, path)
+        return iterator if hidden is None else _FilteredScandir(iterator, hidden)
+
+    return _named(scandir, original)
 
 
 def _fd_writer(original: Callable[..., Any], what: str, argument: int = 0) -> Callable[..., Any]:
@@ -441,6 +514,8 @@ def build_patches() -> list[Patch]:
             original, _refuse_system, f"os.{name}()", rule))
 
     add(os, "environ", _scoped_environ)
+    add(os, "listdir", _listdir)
+    add(os, "scandir", _scandir)
     add(os, "register_at_fork", _register_at_fork)
     add(tempfile, "TemporaryFile", _temporary_file)
     for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "mktemp"):

@@ -96,6 +96,21 @@ def _system(what: Callable[[tuple[Any, ...]], str], rule: str) -> Handler:
     return on_system
 
 
+def _on_tracer(event: str) -> Handler:
+    """``sys.settrace``/``setprofile`` from app code: the tracer would outlive the request
+    on this thread. Debuggers (``pdb``, standard-library code) may still set one."""
+
+    def on_tracer(scope: Scope, args: tuple[Any, ...]) -> None:
+        from .imports import is_stdlib_code
+
+        caller = sys._getframe(2).f_code.co_filename
+        if not is_stdlib_code(caller):
+            scope.judge(_refuse_system, f"{event}()",
+                        "a trace or profile function stays on the thread after the request")
+
+    return on_tracer
+
+
 def _on_connect(scope: Scope, args: tuple[Any, ...]) -> None:
     scope.judge(check_connect, scope, args[1])
 
@@ -212,6 +227,8 @@ HANDLERS: dict[str, Handler] = {
     "sys.addaudithook": _system(lambda a: "sys.addaudithook()",
                                 "audit hooks are process-wide and outlive the request"),
     "import": _on_import,
+    "sys.settrace": _on_tracer("sys.settrace"),
+    "sys.setprofile": _on_tracer("sys.setprofile"),
 }
 
 

@@ -9,6 +9,7 @@ and ``_posixsubprocess.fork_exec`` (spawns a process without an audit event).
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import signal
@@ -395,6 +396,21 @@ def _register_at_fork(original: Callable[..., Any]) -> Callable[..., Any]:
     return _named(register_at_fork, original)
 
 
+def _atexit_register(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Exit handlers run in the host after every request: refused to app code; the standard
+    library registers its own at import time (``logging``, ``concurrent.futures``)."""
+
+    def register(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None and not is_stdlib_code(sys._getframe(1).f_code.co_filename):
+            scope.judge(_refuse_system, "atexit.register()",
+                        "exit handlers are process-wide and run after the request")
+            return passthrough(original, function, *args, **kwargs)
+        return original(function, *args, **kwargs)
+
+    return _named(register, original)
+
+
 def describe_command(args: Any) -> str:
     try:
         if isinstance(args, (str, bytes, os.PathLike)):
@@ -517,6 +533,7 @@ def build_patches() -> list[Patch]:
     add(os, "listdir", _listdir)
     add(os, "scandir", _scandir)
     add(os, "register_at_fork", _register_at_fork)
+    add(atexit, "register", _atexit_register)
     add(tempfile, "TemporaryFile", _temporary_file)
     for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "mktemp"):
         add(tempfile, name, lambda original, name=name: _refused_call(

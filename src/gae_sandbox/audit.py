@@ -14,12 +14,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .context import Layer, Scope, active_scope
-from .errors import ProcessRefused, SandboxViolation, SystemCallRefused, TempfileRefused
+from .context import Scope, active_scope
+from .errors import TempfileRefused
 from .filesystem import check_open, check_read, check_write
-from .imports import check_extension_file, extension_filename, trusted_import_context
+from .imports import (
+    check_extension_file,
+    extension_filename,
+    is_stdlib_code,
+    trusted_import_context,
+)
 from .network import check_connect, check_lookup, check_raw_socket, check_server
-from .patches import describe_command
+from .patches import _refuse_process, _refuse_system, describe_command
 
 Handler = Callable[[Scope, tuple[Any, ...]], None]
 
@@ -31,14 +36,6 @@ def _caller_is_import_machinery() -> bool:
     gate governs what is imported, so its reads are not judged twice."""
     frame: Any = sys._getframe(3)  # handler <- dispatch <- hook <- caller
     return frame is not None and frame.f_code.co_filename == _IMPORT_MACHINERY
-
-
-def _refuse_process(layer: Layer, what: str) -> SandboxViolation:
-    return ProcessRefused(what, "sandboxed code may not start or signal processes", None)
-
-
-def _refuse_system(layer: Layer, what: str, rule: str) -> SandboxViolation:
-    return SystemCallRefused(what, rule, None)
 
 
 def _on_open(scope: Scope, args: tuple[Any, ...]) -> None:
@@ -101,8 +98,6 @@ def _on_tracer(event: str) -> Handler:
     on this thread. Debuggers (``pdb``, standard-library code) may still set one."""
 
     def on_tracer(scope: Scope, args: tuple[Any, ...]) -> None:
-        from .imports import is_stdlib_code
-
         caller = sys._getframe(2).f_code.co_filename
         if not is_stdlib_code(caller):
             scope.judge(_refuse_system, f"{event}()",

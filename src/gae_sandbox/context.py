@@ -147,10 +147,6 @@ class Scope:
         if layer.enforce:
             raise refusal
 
-    @property
-    def enforcing(self) -> bool:
-        return any(layer.enforce for layer in self.layers)
-
 
 def passthrough(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``function`` (an operation a patch already judged) without re-recording it."""

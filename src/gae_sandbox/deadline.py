@@ -97,7 +97,6 @@ class Deadline:
         self.told_host = False
         self.raised_at: float | None = None  # when a bounded call last raised the error
         self.pending = False  # an injected exception may not have been raised yet
-        self.fired_at: float | None = None
 
     # -- the request thread ----------------------------------------------------------------
 
@@ -152,7 +151,6 @@ class Deadline:
                 error: BaseException = HardDeadlineExceeded(self._hard_message())
             else:
                 self.soft_fired = True
-                self.fired_at = self.fired_at or _monotonic()
                 error = DeadlineExceededError(self._message())
         if tell:
             _host_call(self._tell_host, on_hard)
@@ -181,7 +179,6 @@ class Deadline:
                     raise_in_thread(self.thread, DeadlineExceededError)
                     self.pending = True
                 self.soft_fired = True
-                self.fired_at = now
                 return self.when + self.grace
             if now < self.when + self.grace:
                 return self.when + self.grace

@@ -381,32 +381,18 @@ def _fork_exec(original: Callable[..., Any]) -> Callable[..., Any]:
     return _named(fork_exec, original)
 
 
-def _register_at_fork(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Fork handlers outlive the request: refused to app code; the standard library registers
-    its own at import time (``concurrent.futures``, ``random``, ``threading``)."""
+def _refused_to_app_code(original: Callable[..., Any], what: str,
+                         rule: str) -> Callable[..., Any]:
+    """Process-wide registrations (fork and exit handlers) that outlive the request: refused
+    to app code; the standard library makes its own at import time (``logging``,
+    ``concurrent.futures``, ``random``)."""
 
-    def register_at_fork(**kwargs: Any) -> None:
+    def register(*args: Any, **kwargs: Any) -> Any:
         scope = active_scope()
         if scope is not None and not is_stdlib_code(sys._getframe(1).f_code.co_filename):
-            scope.judge(_refuse_system, "os.register_at_fork()",
-                        "fork handlers are process-wide and outlive the request")
-            return passthrough(original, **kwargs)
-        return original(**kwargs)
-
-    return _named(register_at_fork, original)
-
-
-def _atexit_register(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Exit handlers run in the host after every request: refused to app code; the standard
-    library registers its own at import time (``logging``, ``concurrent.futures``)."""
-
-    def register(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        scope = active_scope()
-        if scope is not None and not is_stdlib_code(sys._getframe(1).f_code.co_filename):
-            scope.judge(_refuse_system, "atexit.register()",
-                        "exit handlers are process-wide and run after the request")
-            return passthrough(original, function, *args, **kwargs)
-        return original(function, *args, **kwargs)
+            scope.judge(_refuse_system, what, rule)
+            return passthrough(original, *args, **kwargs)
+        return original(*args, **kwargs)
 
     return _named(register, original)
 
@@ -532,8 +518,12 @@ def build_patches() -> list[Patch]:
     add(os, "environ", _scoped_environ)
     add(os, "listdir", _listdir)
     add(os, "scandir", _scandir)
-    add(os, "register_at_fork", _register_at_fork)
-    add(atexit, "register", _atexit_register)
+    add(os, "register_at_fork", lambda original: _refused_to_app_code(
+        original, "os.register_at_fork()", "fork handlers are process-wide and outlive the "
+        "request"))
+    add(atexit, "register", lambda original: _refused_to_app_code(
+        original, "atexit.register()", "exit handlers are process-wide and run after the "
+        "request"))
     add(tempfile, "TemporaryFile", _temporary_file)
     for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "mktemp"):
         add(tempfile, name, lambda original, name=name: _refused_call(

@@ -308,7 +308,3 @@ def current_sandbox() -> Any:
     """The innermost active ``Sandbox`` in this context, or ``None``."""
     scope = _ACTIVE.get()
     return scope.owner if scope is not None else None
-
-
-def active_scope() -> Scope | None:
-    return _ACTIVE.get()

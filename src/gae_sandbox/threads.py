@@ -119,32 +119,12 @@ def _thread_start(original: Callable[..., Any]) -> Callable[..., Any]:
     return start
 
 
-def _low_level_start(original: Callable[..., Any]) -> Callable[..., Any]:
-    def start_new_thread(function: Callable[..., Any], args: Any = (), kwargs: Any = None,
-                         *rest: Any, **options: Any) -> Any:
-        scope = active_scope()
-        if scope is None:
-            if kwargs is None:
-                return original(function, args, *rest, **options)
-            return original(function, args, kwargs, *rest, **options)
-        tracked = _track(scope, getattr(function, "__name__", "thread"))
-        runner = _carried(tracked, contextvars.copy_context(), function)
-        try:
-            if kwargs is None:
-                return original(runner, args, *rest, **options)
-            return original(runner, args, kwargs, *rest, **options)
-        except BaseException:
-            tracked.finished()
-            raise
+def _function_start(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``_thread.start_new_thread(function, args, kwargs)`` and 3.13's
+    ``start_joinable_thread(function, handle, daemon)``: the function comes first, the rest
+    passes through unchanged."""
 
-    start_new_thread.__doc__ = original.__doc__
-    return start_new_thread
-
-
-def _joinable_start(original: Callable[..., Any]) -> Callable[..., Any]:
-    """3.13's ``_thread.start_joinable_thread(function, handle=None, daemon=True)``."""
-
-    def start_joinable_thread(function: Callable[..., Any], *rest: Any, **options: Any) -> Any:
+    def start_thread(function: Callable[..., Any], *rest: Any, **options: Any) -> Any:
         scope = active_scope()
         if scope is None:
             return original(function, *rest, **options)
@@ -156,8 +136,9 @@ def _joinable_start(original: Callable[..., Any]) -> Callable[..., Any]:
             tracked.finished()
             raise
 
-    start_joinable_thread.__doc__ = original.__doc__
-    return start_joinable_thread
+    start_thread.__name__ = getattr(original, "__name__", "start_thread")
+    start_thread.__doc__ = original.__doc__
+    return start_thread
 
 
 def join_scope_threads(scope: Scope, grace: float) -> list[TrackedThread]:
@@ -233,11 +214,8 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
         (threading.Thread, "start", threading.Thread.start,
          _thread_start(threading.Thread.start)),
     ]
-    for name in ("start_new_thread", "start_new"):
+    for name in ("start_new_thread", "start_new", "start_joinable_thread"):
         original = getattr(_thread, name, None)
         if original is not None:
-            patches.append((_thread, name, original, _low_level_start(original)))
-    original = getattr(_thread, "start_joinable_thread", None)
-    if original is not None:
-        patches.append((_thread, "start_joinable_thread", original, _joinable_start(original)))
+            patches.append((_thread, name, original, _function_start(original)))
     return patches

@@ -302,9 +302,12 @@ def bounded_sleep(seconds: float) -> None:
     raise deadline.error_from_call()
 
 
-def _bounded_wait(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``Condition.wait``-like: a timeout no longer than the time left (covers
-    ``Event.wait``, ``queue.Queue.get``, ``Semaphore.acquire``, ``Barrier.wait``)."""
+def _bounded_wait(original: Callable[..., Any],
+                  done: Callable[[Any, Any], bool]) -> Callable[..., Any]:
+    """A ``wait(timeout)`` method whose timeout is no longer than the time left; when the
+    time is up and ``done(self, result)`` is false, it raises the deadline error.
+    ``Condition.wait`` covers ``Event.wait``, ``queue.Queue.get``, ``Semaphore.acquire``
+    and ``Barrier.wait``; ``Thread.join`` is the other."""
 
     def wait(self: Any, timeout: float | None = None) -> Any:
         deadline = _deadline_of(active_scope())
@@ -314,29 +317,13 @@ def _bounded_wait(original: Callable[..., Any]) -> Callable[..., Any]:
         if timeout is not None and timeout < remaining:
             return original(self, timeout)
         result = original(self, max(remaining, 0.0))
-        if result or deadline.remaining() > 0:
+        if done(self, result) or deadline.remaining() > 0:
             return result
         raise deadline.error_from_call()
 
+    wait.__name__ = original.__name__
     wait.__doc__ = original.__doc__
     return wait
-
-
-def _bounded_join(original: Callable[..., Any]) -> Callable[..., Any]:
-    def join(self: Any, timeout: float | None = None) -> None:
-        deadline = _deadline_of(active_scope())
-        if deadline is None:
-            return original(self, timeout)
-        remaining = deadline.remaining()
-        if timeout is not None and timeout < remaining:
-            return original(self, timeout)
-        original(self, max(remaining, 0.0))
-        if self.is_alive() and deadline.remaining() <= 0:
-            raise deadline.error_from_call()
-        return None
-
-    join.__doc__ = original.__doc__
-    return join
 
 
 def _bounded_socket_call(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -378,8 +365,9 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
     patches: list[tuple[Any, str, Any, Any]] = [
         (time, "sleep", _original_sleep, bounded_sleep),
         (threading.Condition, "wait", threading.Condition.wait,
-         _bounded_wait(threading.Condition.wait)),
-        (threading.Thread, "join", threading.Thread.join, _bounded_join(threading.Thread.join)),
+         _bounded_wait(threading.Condition.wait, lambda cond, notified: bool(notified))),
+        (threading.Thread, "join", threading.Thread.join,
+         _bounded_wait(threading.Thread.join, lambda thread, _: not thread.is_alive())),
     ]
     for name in _SOCKET_CALLS:
         original = getattr(socket.socket, name, None)

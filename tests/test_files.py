@@ -962,7 +962,7 @@ def test_report_mode_lets_a_write_through_and_records_it(
     assert violation.location == f"{__file__}:{line}"
     assert violation.count == 1
     assert violation.enforced is False
-    assert violation.setting is None
+    assert violation.setting == "filesystem"
 
 
 def test_report_mode_counts_a_repeated_write_once(report_policy: Policy, app_root: Path) -> None:

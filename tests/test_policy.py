@@ -265,13 +265,18 @@ def test_good_mode(app_root: Path, mode: str) -> None:
     assert Policy.python27(app_root, mode=mode).mode == mode
 
 
-@pytest.mark.parametrize("filesystem", ["readwrite", "memory", "", "READONLY", None])
+@pytest.mark.parametrize("filesystem", ["readwrite", "Memory", "", "READONLY", None])
 def test_bad_filesystem(app_root: Path, filesystem: object) -> None:
     with pytest.raises(ValueError) as info:
         Policy.python27(app_root, filesystem=filesystem)
     assert str(info.value) == (
-        f"Policy.filesystem must be one of 'readonly', got {filesystem!r}"
+        f"Policy.filesystem must be one of 'readonly', 'memory', got {filesystem!r}"
     )
+
+
+@pytest.mark.parametrize("filesystem", ["readonly", "memory"])
+def test_good_filesystem(app_root: Path, filesystem: str) -> None:
+    assert Policy.python27(app_root, filesystem=filesystem).filesystem == filesystem
 
 
 @pytest.mark.parametrize("deadline", [-1, 0, 0.0, -0.5, math.inf, -math.inf, math.nan])

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from .context import Scope, active_scope
-from .errors import TempfileRefused
 from .filesystem import check_open, check_read, check_write
 from .imports import (
     check_extension_file,
@@ -140,12 +139,9 @@ def _on_import(scope: Scope, args: tuple[Any, ...]) -> None:
 
 
 def _on_tempfile(scope: Scope, args: tuple[Any, ...], name: str = "") -> None:
-    scope.judge(
-        lambda layer: TempfileRefused(
-            f"tempfile.{name}()", "the runtime's tempfile offers only TemporaryFile (in memory)",
-            None,
-        )
-    )
+    from .patches import _refuse_tempfile  # filesystem="memory" makes them in memory
+
+    scope.judge(_refuse_tempfile, f"tempfile.{name}()")
 
 
 def _command(args: tuple[Any, ...]) -> str:

@@ -89,7 +89,8 @@ class Scope:
     """The state of one entered sandbox in one execution context."""
 
     __slots__ = ("layers", "parent", "owner", "resolved_hosts", "opened_fds", "extras",
-                 "deadline", "threads", "token", "closed", "reported_imports", "thread")
+                 "deadline", "threads", "token", "closed", "reported_imports", "thread",
+                 "memory")
 
     def __init__(self, layer: Layer, parent: Scope | None, owner: Any) -> None:
         self.layers: tuple[Layer, ...] = (*parent.layers, layer) if parent else (layer,)
@@ -110,6 +111,8 @@ class Scope:
         self.reported_imports: set[str] = set()
         #: The thread the scope was entered in.
         self.thread: int | None = None
+        #: The MemoryFilesystem (memoryfs.py) when every layer has filesystem="memory".
+        self.memory: Any = None
 
     @property
     def policy(self) -> Policy:

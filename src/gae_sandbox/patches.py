@@ -47,9 +47,11 @@ def _refuse_process(layer: Layer, what: str) -> SandboxViolation:
     return ProcessRefused(what, "sandboxed code may not start or signal processes", None)
 
 
-def _refuse_tempfile(layer: Layer, what: str) -> SandboxViolation:
+def _refuse_tempfile(layer: Layer, what: str) -> SandboxViolation | None:
+    if layer.policy.filesystem == "memory":
+        return None  # made in the request's in-memory filesystem (memoryfs.py)
     return TempfileRefused(
-        what, "the runtime's tempfile offers only TemporaryFile (in memory)", None
+        what, "the runtime's tempfile offers only TemporaryFile (in memory)", "filesystem"
     )
 
 

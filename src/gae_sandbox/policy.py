@@ -19,10 +19,12 @@ from .context import unsandboxed
 from .runtime import PYTHON27_BLOCKED_MODULES
 
 Mode = Literal["enforce", "report"]
-Filesystem = Literal["readonly"]
+Filesystem = Literal["readonly", "memory"]
 
 MODES: tuple[str, ...] = ("enforce", "report")
-FILESYSTEMS: tuple[str, ...] = ("readonly",)
+OsConfinement = Literal["required", "best_effort"]
+OS_CONFINEMENTS: tuple[str, ...] = ("required", "best_effort")
+FILESYSTEMS: tuple[str, ...] = ("readonly", "memory")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class Policy:
     allowed_c_extensions: tuple[str, ...] = ()
     #: ``"host:port"`` patterns the app may connect to; ``"host:*"`` for any port; empty = none.
     allowed_hosts: tuple[str, ...] = ()
+    #: ``"readonly"`` (the runtime) or ``"memory"``: writes succeed in an in-memory
+    #: filesystem private to the request, laid over the readable folders; nothing reaches disk.
     filesystem: Filesystem = "readonly"
     #: Seconds a request may run; ``None`` for no deadline.
     deadline: float | None = None
@@ -79,6 +83,9 @@ class Policy:
     allow_background_threads: bool = False
     #: App modules compiled with RestrictedPython (restricted mode) when imported in a sandbox.
     restricted_modules: tuple[str, ...] = ()
+    #: What ``confine_process`` does when the kernel lacks a layer (Landlock, its TCP rules,
+    #: seccomp): ``"required"`` raises ``ConfinementUnavailable``, ``"best_effort"`` warns.
+    os_confinement: OsConfinement = "required"
 
     _host_rules: tuple[HostRule, ...] = field(
         init=False, repr=False, compare=False, default=()
@@ -128,6 +135,11 @@ class Policy:
         if grace is None:
             raise TypeError("Policy.hard_deadline_grace must be a positive number of seconds")
         set_(self, "hard_deadline_grace", grace)
+        if self.os_confinement not in OS_CONFINEMENTS:
+            raise ValueError(
+                f"Policy.os_confinement must be one of {', '.join(map(repr, OS_CONFINEMENTS))}, "
+                f"got {self.os_confinement!r}"
+            )
         for name in ("allow_threads", "allow_background_threads"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from . import deadline as deadline_layer
-from . import imports, patches, threads
+from . import imports, memoryfs, patches, threads
 from .audit import install_audit_hook
 from .context import _ACTIVE, Layer, Scope
 from .deadline import Deadline, start_deadline
@@ -30,6 +30,9 @@ logger = logging.getLogger("gae_sandbox")
 
 _install_lock = threading.RLock()
 _patches: list[patches.Patch] = []
+#: The in-memory filesystem's routers (memoryfs.py), installed on the first memory-mode scope
+#: so that hosts that never use it pay nothing for them.
+_memory_patches: list[patches.Patch] = []
 _installed = False
 _active_count = 0
 
@@ -67,6 +70,8 @@ def uninstall() -> None:
             raise RuntimeError(
                 f"gae_sandbox.uninstall(): {_active_count} sandbox scope(s) are still active"
             )
+        memoryfs.restore(_memory_patches)
+        _memory_patches.clear()
         patches.restore(_patches)
         _patches.clear()
         while imports.GATE in sys.meta_path:
@@ -76,6 +81,15 @@ def uninstall() -> None:
 
 def is_installed() -> bool:
     return _installed
+
+
+def _install_memory_routers() -> None:
+    with _install_lock:
+        if not _memory_patches:
+            install()
+            originals = {(id(owner), name): original for owner, name, original, _ in _patches}
+            _memory_patches.extend(memoryfs.build_patches(originals))
+            memoryfs.apply(_memory_patches)
 
 
 def _ensure_gate_first() -> None:
@@ -109,7 +123,8 @@ class Sandbox:
     """
 
     def __init__(self, policy: Policy, *,
-                 on_hard_deadline: HardDeadlineHandler | None = None) -> None:
+                 on_hard_deadline: HardDeadlineHandler | None = None,
+                 keep_memory_filesystem: bool = False) -> None:
         if not isinstance(policy, Policy):
             raise TypeError(
                 f"Sandbox(policy) needs a gae_sandbox.Policy, got {type(policy).__name__}; "
@@ -121,6 +136,10 @@ class Sandbox:
         self.on_hard_deadline = on_hard_deadline
         self._report = Report()
         self._layer = Layer(policy, self._report)
+        #: filesystem="memory": one filesystem shared by this Sandbox's requests (kept across
+        #: them) instead of a private one per request.
+        self.keep_memory_filesystem = bool(keep_memory_filesystem)
+        self._kept_memory: memoryfs.MemoryFilesystem | None = None
 
     # -- the with statement ----------------------------------------------------------------
 
@@ -181,6 +200,8 @@ class Sandbox:
         ):
             install()
         scope = Scope(self._layer, _ACTIVE.get(), self)
+        if self.policy.filesystem == "memory":
+            self._attach_memory(scope)
         seconds = self.policy.deadline
         inherited = scope.deadline  # the enclosing sandbox's, if any
         if seconds is not None and (
@@ -191,6 +212,17 @@ class Sandbox:
             )
         _count(1)
         return scope
+
+    def _attach_memory(self, scope: Scope) -> None:
+        if not _memory_patches:
+            _install_memory_routers()
+        if self.keep_memory_filesystem:
+            if self._kept_memory is None:
+                self._kept_memory = memoryfs.scope_memory(scope.layers)
+            if memoryfs.scope_memory(scope.layers) is not None:
+                scope.memory = self._kept_memory
+        else:
+            scope.memory = memoryfs.scope_memory(scope.layers)
 
     def _hard_deadline(self, deadline: Deadline) -> None:
         if self.on_hard_deadline is not None:
@@ -301,6 +333,9 @@ def close_scope(scope: Scope) -> None:
     finally:
         if deadline is not None:
             deadline.cancel()
+        if scope.memory is not None and not getattr(scope.owner, "keep_memory_filesystem",
+                                                    False):
+            scope.memory.discard()  # the request's files are gone with it
         _count(-1)
 
 

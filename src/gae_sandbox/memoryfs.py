@@ -1,0 +1,388 @@
+"""``filesystem="memory"``: a private in-memory filesystem per request (pyfakefs).
+
+Writes succeed into a pyfakefs ``FakeFilesystem`` that lies over the app's read-only folders;
+nothing reaches the disk. It is per context, not pyfakefs's process-wide ``Patcher``: the
+``os``/``open`` functions are replaced once (on the first memory-mode scope) by routers that
+read the active scope, so two concurrent requests each see their own files and the host, in
+the same threads, keeps the real disk.
+
+The readable folders (the app root, the interpreter's library, ``readable_paths``) are mapped
+lazily with ``add_real_directory``: pyfakefs reads a real file or folder only when the app
+first touches it, and it does so through the read-only layer's own checks (the router hands
+pyfakefs's own calls to the real functions), so ``skip_files`` and static files stay hidden
+and nothing outside the readable set is ever mapped. Imports keep reading the real disk:
+modules the app writes are not importable (the runtime could not write them at all).
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import os
+import pathlib
+import posix
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .context import Layer, Scope, active_scope, unsandboxed
+from .filesystem import check_read
+from .paths import is_inside
+
+#: pyfakefs numbers its descriptors from 0; ours start here so that they are told apart from
+#: the process's real descriptors (below the usual 1024 open-files limit).
+FD_BASE = 1024
+
+#: ``os`` functions whose first argument is a path (or ``None``/``"."`` for the cwd).
+PATH_FUNCTIONS = (
+    "stat", "lstat", "access", "listdir", "scandir", "mkdir", "remove", "unlink", "rmdir",
+    "rename", "replace", "chmod", "utime", "truncate", "readlink", "symlink", "link",
+    "getxattr", "listxattr", "setxattr", "removexattr",
+)
+#: ``os`` functions whose first argument is a file descriptor.
+FD_FUNCTIONS = ("read", "write", "close", "fstat", "lseek", "ftruncate", "fsync", "fdatasync")
+
+
+class MemoryFilesystem:
+    """One scope's (or one ``Sandbox``'s) in-memory filesystem, built on first use."""
+
+    def __init__(self, roots: tuple[str, ...]) -> None:
+        self.roots = roots
+        self._lock = threading.RLock()
+        self._owner: int | None = None  # the thread inside pyfakefs right now
+        self._fake: Any = None
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def _build(self) -> Any:
+        from pyfakefs.fake_filesystem import FakeFilesystem  # imported by build_patches
+        from pyfakefs.fake_open import FakeFileOpen
+        from pyfakefs.fake_os import FakeOsModule
+
+        with unsandboxed():  # FakeFilesystem() reads the umask (set and reset)
+            fs = FakeFilesystem()
+        fs.open_files.extend([None] * (FD_BASE - len(fs.open_files)))
+        fs.shuffle_listdir_results = False
+        fs.cwd = os.getcwd()
+        mapped: list[str] = []
+        for root in sorted(set(self.roots), key=len):
+            if any(is_inside(root, (outer,)) for outer in mapped) or not os.path.isdir(root):
+                continue
+            fs.add_real_directory(root, read_only=False, lazy_read=True)
+            mapped.append(root)
+        for folder in (tempfile.gettempdir(), "/tmp"):
+            if not fs.exists(folder):
+                fs.create_dir(folder)
+        self._fake = (fs, FakeOsModule(fs), FakeFileOpen(fs))
+        return self._fake
+
+    def discard(self) -> None:
+        """Drop every file (the scope ended); a later use starts an empty filesystem."""
+        with self._lock:
+            self._fake = None
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def inside(self) -> bool:
+        """Whether this thread is inside pyfakefs (its own reads go to the real disk)."""
+        return self._owner == threading.get_ident()
+
+    def run(self, scope: Scope, call: Callable[[Any, Any, Any], Any], path: Any = None) -> Any:
+        """Run ``call(fs, fake_os, fake_open)`` under the lock, pyfakefs's own calls marked."""
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                fake = self._fake or self._build()
+                try:
+                    return call(*fake)
+                except FileNotFoundError:
+                    if path is not None:
+                        _refuse_unmapped(scope, fake[0], path)
+                    raise
+            finally:
+                self._owner = None
+
+    def as_app_code(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` (the app's, called back by pyfakefs: an ``open`` opener) with its own
+        calls routed to memory again."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            owner, self._owner = self._owner, None
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._owner = owner
+
+        return call
+
+    def owns_fd(self, fd: Any) -> bool:
+        fake = self._fake
+        if fake is None or type(fd) is not int or fd < FD_BASE:
+            return False
+        open_files = fake[0].open_files
+        return fd < len(open_files) and bool(open_files[fd])
+
+
+def _refuse_unmapped(scope: Scope, fs: Any, path: Any) -> None:
+    """A path missing from memory that exists on the real disk but is not readable (outside
+    the readable folders, or hidden by skip_files): refuse it as the read-only mode does,
+    rather than call it missing."""
+    try:
+        absolute = fs.absnormpath(os.fsdecode(path))
+        posix.lstat(absolute)
+    except (TypeError, ValueError, OSError):
+        return
+    scope.judge(check_read, absolute)
+
+
+def scope_memory(layers: tuple[Layer, ...]) -> MemoryFilesystem | None:
+    """A fresh memory filesystem when every layer asks for one (nesting only narrows: a
+    read-only layer anywhere keeps the filesystem read-only)."""
+    if all(layer.policy.filesystem == "memory" for layer in layers):
+        return MemoryFilesystem(layers[-1].readable_roots)
+    return None
+
+
+# --- routers: installed once, on the first memory-mode scope ---------------------------------
+
+
+def _memory_of(scope: Scope | None) -> MemoryFilesystem | None:
+    if scope is None:
+        return None
+    memory = scope.memory
+    if memory is None or memory.inside():
+        return None
+    return memory
+
+
+#: Metadata calls pyfakefs makes while it maps a readable folder: answered by the real
+#: functions, so that a symlink to outside the readable set becomes a dangling link in memory
+#: instead of failing the whole folder. Listings stay judged (hidden files are left out), and
+#: contents are read with ``open``, which the audit hook judges.
+_MAPPING_CALLS = frozenset({"stat", "lstat", "readlink", "access"})
+
+
+def _path_router(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+    real = getattr(posix, name, inner) if name in _MAPPING_CALLS else inner
+
+    def routed(*args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        memory = scope.memory if scope is not None else None
+        if memory is None:
+            return inner(*args, **kwargs)
+        if memory.inside():
+            return real(*args, **kwargs)
+        if args and type(args[0]) is int and name in ("stat", "listdir", "scandir", "chmod",
+                                                      "utime", "truncate") \
+                and not memory.owns_fd(args[0]):
+            return inner(*args, **kwargs)  # a real descriptor the app holds (fstat-like)
+        path = args[0] if args else kwargs.get("path")
+        if name in ("listdir", "scandir") and path is None:
+            args = (".",) if name == "scandir" else (os.getcwd(),)
+        result = memory.run(scope, lambda fs, fake_os, fake_open: getattr(fake_os, name)(
+            *args, **kwargs), path)
+        if name in ("listdir", "scandir"):
+            result = _filter_listing(scope, name, args[0] if args else ".", result)
+        return result
+
+    return _named(routed, inner)
+
+
+def _filter_listing(scope: Scope, name: str, folder: Any, result: Any) -> Any:
+    from .patches import _hidden_names  # the read-only layer's own rule for listings
+
+    if isinstance(folder, int):
+        return result
+    hidden = _hidden_names(scope, folder)
+    if hidden is None:
+        return result
+    if name == "listdir":
+        return [entry for entry in result if not hidden(os.fsdecode(entry))]
+    return iter([entry for entry in result if not hidden(os.fsdecode(entry.name))])
+
+
+def _fd_router(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+    def routed(fd: Any, *args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        memory = _memory_of(scope)
+        if memory is None or not memory.owns_fd(fd):
+            return inner(fd, *args, **kwargs)
+        if name == "lseek":
+            return memory.run(scope, lambda fs, fake_os, fake_open: _lseek(fs, fd, *args))
+        return memory.run(scope, lambda fs, fake_os, fake_open: getattr(fake_os, name)(
+            fd, *args, **kwargs))
+
+    return _named(routed, inner)
+
+
+def _lseek(fs: Any, fd: int, position: int, whence: int) -> int:
+    """pyfakefs's ``lseek`` returns nothing; ``os.lseek`` returns the new offset."""
+    handle = fs.get_open_file(fd)
+    handle.seek(position, whence)
+    return int(handle.tell())
+
+
+def _open_router(inner: Callable[..., Any]) -> Callable[..., Any]:
+    """``builtins.open`` / ``io.open``."""
+
+    def open(file: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A001
+        scope = active_scope()
+        memory = _memory_of(scope)
+        if memory is None or (type(file) is int and not memory.owns_fd(file)):
+            return inner(file, *args, **kwargs)
+        if kwargs.get("opener") is not None:
+            kwargs["opener"] = memory.as_app_code(kwargs["opener"])
+        return memory.run(scope, lambda fs, fake_os, fake_open: _loaded(
+            fake_open(file, *args, **kwargs)), file)
+
+    return _named(open, inner)
+
+
+def _os_open_router(inner: Callable[..., Any]) -> Callable[..., Any]:
+    def open_fd(path: Any, flags: int, mode: int = 0o777, *, dir_fd: Any = None) -> int:
+        scope = active_scope()
+        memory = _memory_of(scope)
+        if memory is None:
+            return inner(path, flags, mode, dir_fd=dir_fd)
+        return memory.run(scope, lambda fs, fake_os, fake_open: fake_os.open(
+            path, flags, mode, dir_fd=dir_fd), path)
+
+    return _named(open_fd, inner)
+
+
+def _loaded(file: Any) -> Any:
+    """Read a mapped real file's content now, while pyfakefs's own reads are marked as such
+    (later, from the file object's methods, they would not be)."""
+    contents = getattr(file, "file_object", None)
+    if contents is not None and hasattr(contents, "contents_read"):
+        contents.byte_contents  # noqa: B018 - the property loads the content
+    return file
+
+
+def _sendfile_router(inner: Callable[..., Any]) -> Callable[..., Any]:
+    def sendfile(out_fd: Any, in_fd: Any, *args: Any, **kwargs: Any) -> Any:
+        memory = _memory_of(active_scope())
+        if memory is not None and (memory.owns_fd(out_fd) or memory.owns_fd(in_fd)):
+            # shutil then falls back to read/write copying, which is routed
+            raise OSError(errno.EINVAL, "sendfile() between in-memory files")
+        return inner(out_fd, in_fd, *args, **kwargs)
+
+    return _named(sendfile, inner)
+
+
+def _named_temporary_file(inner: Callable[..., Any]) -> Callable[..., Any]:
+    def NamedTemporaryFile(mode: str = "w+b", buffering: int = -1,  # noqa: N802
+                           encoding: str | None = None, newline: str | None = None,
+                           suffix: str | None = None, prefix: str | None = None,
+                           dir: str | None = None, delete: bool = True,  # noqa: A002
+                           **kwargs: Any) -> Any:
+        if _memory_of(active_scope()) is None:
+            return inner(mode, buffering, encoding, newline, suffix, prefix, dir, delete,
+                         **kwargs)
+        fd, name = tempfile.mkstemp(suffix, prefix, dir, isinstance(suffix, bytes))
+        try:
+            file = builtins.open(fd, mode, buffering=buffering, encoding=encoding,
+                                 newline=newline)
+        except BaseException:
+            os.unlink(name)
+            os.close(fd)
+            raise
+        return _NamedMemoryFile(file, name, delete)
+
+    return _named(NamedTemporaryFile, inner)
+
+
+class _NamedMemoryFile:
+    """What ``NamedTemporaryFile`` returns, for a file in memory (tempfile's own wrapper
+    deletes with an ``os.unlink`` it captured at import, which would reach the disk)."""
+
+    def __init__(self, file: Any, name: str, delete: bool) -> None:
+        self.file = file
+        self.name = name
+        self.delete = delete
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.__dict__["file"], attribute)
+
+    def __enter__(self) -> _NamedMemoryFile:
+        self.file.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Any:
+        return iter(self.file)
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            if self.delete:
+                self.delete = False
+                try:
+                    os.unlink(self.name)
+                except FileNotFoundError:
+                    pass
+
+
+def _named(wrapper: Callable[..., Any], inner: Callable[..., Any]) -> Callable[..., Any]:
+    for attribute in ("__name__", "__qualname__", "__doc__"):
+        try:
+            setattr(wrapper, attribute, getattr(inner, attribute))
+        except (AttributeError, TypeError):
+            pass
+    return wrapper
+
+
+def build_patches(originals: dict[tuple[int, str], Any]) -> list[tuple[Any, str, Any, Any]]:
+    """The routers, each wrapping what is installed now (the read-only layer's wrappers).
+    ``originals`` maps (id(owner), name) to the unpatched function, for the ``tempfile``
+    makers the read-only layer refuses."""
+    import pyfakefs.fake_filesystem  # noqa: F401 - as host code: it imports ctypes
+    import pyfakefs.fake_open  # noqa: F401
+    import pyfakefs.fake_os  # noqa: F401
+
+    tempfile.gettempdir()  # found (and cached) on the real disk, as host code
+
+    patches: list[tuple[Any, str, Any, Any]] = []
+
+    def add(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        current = getattr(owner, name, None)
+        if current is not None:
+            patches.append((owner, name, current, make(current)))
+
+    for name in PATH_FUNCTIONS:
+        add(os, name, lambda inner, name=name: _path_router(name, inner))
+    for name in FD_FUNCTIONS:
+        add(os, name, lambda inner, name=name: _fd_router(name, inner))
+    add(os, "open", _os_open_router)
+    add(os, "sendfile", _sendfile_router)
+    add(builtins, "open", _open_router)
+    add(io, "open", _open_router)
+    accessor = getattr(pathlib, "_NormalAccessor", None)  # 3.10 captured os functions here
+    if accessor is not None:
+        for name in PATH_FUNCTIONS:
+            if name in vars(accessor):
+                add(accessor, name, lambda inner, name=name: _path_router(name, inner))
+        if "open" in vars(accessor):
+            add(accessor, "open", _open_router)
+    add(tempfile, "NamedTemporaryFile", _named_temporary_file)
+    return patches
+
+
+def apply(patches: list[tuple[Any, str, Any, Any]]) -> None:
+    for owner, name, _current, replacement in patches:
+        if isinstance(owner, type):  # 3.10's pathlib accessor: plain functions, not methods
+            replacement = staticmethod(replacement)
+        setattr(owner, name, replacement)
+
+
+def restore(patches: list[tuple[Any, str, Any, Any]]) -> None:
+    for owner, name, current, replacement in reversed(patches):
+        installed = vars(owner).get(name) if isinstance(owner, type) else getattr(owner, name,
+                                                                                   None)
+        if getattr(installed, "__func__", installed) is replacement:
+            setattr(owner, name, current)

@@ -1,0 +1,324 @@
+"""``filesystem="memory"``: writes succeed in a filesystem private to the request, laid over
+the app's read-only files; nothing reaches the disk, and the host keeps the real disk.
+
+Every test checks the disk itself: a snapshot of the app folder (names and contents) before
+and after, and the exact paths the app wrote, which must not exist on disk.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from gae_sandbox import FileReadRefused, FileWriteRefused, Policy, Sandbox, SandboxViolation
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file and folder under ``folder`` with its content (None for a folder)."""
+    found: dict[str, bytes | None] = {}
+    for base, dirs, files in os.walk(folder):
+        for name in dirs:
+            found[os.path.relpath(os.path.join(base, name), folder)] = None
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, folder)] = f.read()
+    return found
+
+
+@pytest.fixture
+def memory(app_root: Path) -> Policy:
+    return Policy.python27(app_root=app_root, deadline=None, filesystem="memory")
+
+
+@pytest.fixture
+def tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private ``tempfile.gettempdir()`` (outside the app) for this test."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_writes_succeed_in_memory_and_nothing_reaches_disk(memory: Policy,
+                                                           app_root: Path) -> None:
+    before = snapshot(app_root)
+    new = app_root / "cache" / "entry.txt"
+    with Sandbox(memory):
+        os.makedirs(app_root / "cache")
+        with open(new, "w") as f:
+            f.write("in memory")
+        with open(new) as f:
+            assert f.read() == "in memory"
+        assert os.path.isfile(new)
+        assert sorted(os.listdir(app_root / "cache")) == ["entry.txt"]
+    assert not new.exists()
+    assert not (app_root / "cache").exists()
+    assert snapshot(app_root) == before
+
+
+def test_app_files_are_seen_and_changed_only_in_memory(memory: Policy, app_root: Path) -> None:
+    before = snapshot(app_root)
+    with Sandbox(memory):
+        with open(app_root / "data.txt") as f:
+            assert f.read() == "app data\n"
+        with open(app_root / "data.txt", "a") as f:
+            f.write("more\n")
+        with open(app_root / "data.txt") as f:
+            assert f.read() == "app data\nmore\n"
+        os.remove(app_root / "pkg" / "helpers.py")
+        os.rename(app_root / "static", app_root / "assets")
+        assert not os.path.exists(app_root / "pkg" / "helpers.py")
+        assert sorted(os.listdir(app_root)) == ["assets", "data.txt", "pkg"]
+    assert snapshot(app_root) == before
+
+
+def test_pathlib_shutil_glob_and_walk(memory: Policy, app_root: Path) -> None:
+    before = snapshot(app_root)
+    with Sandbox(memory):
+        out = app_root / "out"
+        out.mkdir()
+        (out / "a.txt").write_text("A")
+        (out / "b.bin").write_bytes(b"B")
+        shutil.copy(app_root / "data.txt", out / "copy.txt")
+        shutil.copytree(app_root / "pkg", out / "pkg2")
+        assert (out / "copy.txt").read_text() == "app data\n"
+        assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.bin", "copy.txt", "pkg2"]
+        assert sorted(os.path.basename(p) for p in glob.glob(str(out / "*.txt"))) == [
+            "a.txt", "copy.txt"]
+        walked = sorted(name for _, _, files in os.walk(out) for name in files)
+        assert walked == ["__init__.py", "a.txt", "b.bin", "copy.txt", "helpers.py"]
+        shutil.rmtree(out)
+        assert not out.exists()
+    assert snapshot(app_root) == before
+
+
+def test_descriptor_level_calls(memory: Policy, app_root: Path) -> None:
+    path = app_root / "fd.bin"
+    with Sandbox(memory):
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+        assert os.write(fd, b"hello world") == 11
+        assert os.fstat(fd).st_size == 11
+        os.close(fd)
+        fd = os.open(path, os.O_RDWR)
+        assert os.lseek(fd, 6, os.SEEK_SET) == 6
+        assert os.read(fd, 5) == b"world"
+        os.ftruncate(fd, 5)
+        os.close(fd)
+        with open(path, "rb") as f:
+            assert f.read() == b"hello"
+            assert os.fstat(f.fileno()).st_size == 5
+    assert not path.exists()
+
+
+def test_open_with_an_opener(memory: Policy, app_root: Path) -> None:
+    target = app_root / "opened.txt"
+    with Sandbox(memory):
+        def opener(path: str, flags: int) -> int:
+            return os.open(path, flags, 0o600)
+
+        with open(target, "w", opener=opener) as f:
+            f.write("through the opener")
+        with open(target) as f:
+            assert f.read() == "through the opener"
+    assert not target.exists()
+
+
+def test_real_descriptors_the_app_makes_still_work(memory: Policy) -> None:
+    with Sandbox(memory):
+        read_end, write_end = os.pipe()
+        try:
+            assert os.write(write_end, b"through the pipe") == 16
+            assert os.read(read_end, 64) == b"through the pipe"
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+
+
+def test_tempfile_makers_work_in_memory(memory: Policy, tempdir: Path) -> None:
+    with Sandbox(memory):
+        fd, name = tempfile.mkstemp(suffix=".txt")
+        os.write(fd, b"stemp")
+        os.close(fd)
+        with open(name) as f:
+            assert f.read() == "stemp"
+        folder = tempfile.mkdtemp()
+        assert os.path.isdir(folder)
+        with tempfile.TemporaryDirectory() as scratch:
+            with open(os.path.join(scratch, "x"), "w") as f:
+                f.write("x")
+            assert os.listdir(scratch) == ["x"]
+        assert not os.path.exists(scratch)
+        with tempfile.NamedTemporaryFile("w+") as named:
+            named.write("named")
+            named.flush()
+            with open(named.name) as f:
+                assert f.read() == "named"
+        assert not os.path.exists(named.name)
+    assert os.listdir(tempdir) == []
+    for made in (name, folder, scratch, named.name):
+        assert not os.path.exists(made)
+
+
+def test_each_request_has_its_own_files(memory: Policy, app_root: Path) -> None:
+    sandbox = Sandbox(memory)
+    with sandbox:
+        with open(app_root / "first.txt", "w") as f:
+            f.write("1")
+    with sandbox:
+        assert not os.path.exists(app_root / "first.txt")
+        with pytest.raises(FileNotFoundError):
+            open(app_root / "first.txt")
+    assert not (app_root / "first.txt").exists()
+
+
+def test_keep_memory_filesystem_shares_files_across_one_sandboxs_requests(
+        memory: Policy, app_root: Path) -> None:
+    kept = Sandbox(memory, keep_memory_filesystem=True)
+    with kept:
+        with open(app_root / "session.txt", "w") as f:
+            f.write("kept")
+    with kept:
+        with open(app_root / "session.txt") as f:
+            assert f.read() == "kept"
+    with Sandbox(memory):  # another sandbox does not see them
+        assert not os.path.exists(app_root / "session.txt")
+    assert not (app_root / "session.txt").exists()
+
+
+def test_concurrent_requests_do_not_see_each_other_and_the_host_keeps_the_disk(
+        memory: Policy, app_root: Path, tmp_path: Path) -> None:
+    before = snapshot(app_root)
+    barrier = threading.Barrier(3, timeout=10)
+    seen: dict[str, object] = {}
+    host_file = tmp_path / "host.txt"
+
+    def request(name: str) -> None:
+        try:
+            with Sandbox(memory):
+                with open(app_root / "shared.txt", "w") as f:
+                    f.write(name)
+                with open(app_root / f"only-{name}.txt", "w") as f:
+                    f.write(name)
+                barrier.wait()  # both have written; the host writes now
+                barrier.wait()
+                with open(app_root / "shared.txt") as f:
+                    seen[name] = (f.read(), sorted(os.listdir(app_root)))
+        except BaseException as error:  # pragma: no cover - reported below
+            seen[name] = error
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    host_file.write_text("host")  # the host, while both requests are open
+    barrier.wait()
+    for thread in threads:
+        thread.join(10)
+    assert seen["a"] == ("a", ["data.txt", "only-a.txt", "pkg", "shared.txt", "static"])
+    assert seen["b"] == ("b", ["data.txt", "only-b.txt", "pkg", "shared.txt", "static"])
+    assert host_file.read_text() == "host"
+    assert snapshot(app_root) == before
+
+
+def test_threads_of_a_request_share_its_files(memory: Policy, app_root: Path) -> None:
+    with Sandbox(memory):
+        with open(app_root / "parent.txt", "w") as f:
+            f.write("from the request")
+        result: list[str] = []
+
+        def worker() -> None:
+            with open(app_root / "parent.txt") as f:
+                result.append(f.read())
+            with open(app_root / "child.txt", "w") as f:
+                f.write("from the thread")
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert result == ["from the request"]
+        with open(app_root / "child.txt") as f:
+            assert f.read() == "from the thread"
+    assert not (app_root / "child.txt").exists()
+
+
+def test_host_code_inside_the_request_uses_the_real_disk(memory: Policy, app_root: Path,
+                                                         tmp_path: Path) -> None:
+    from gae_sandbox.context import unsandboxed
+
+    real = tmp_path / "real.txt"
+    with Sandbox(memory):
+        with unsandboxed():
+            real.write_text("host write")
+    assert real.read_text() == "host write"
+
+
+def test_hidden_and_outside_files_stay_refused(app_root: Path, outside: Path) -> None:
+    (app_root / "app.yaml").write_text("runtime: python27\n")
+    (app_root / "escape").symlink_to(outside / "secret.txt")
+    policy = Policy.python27(app_root=app_root, deadline=None, filesystem="memory",
+                             skip_files=(r"^app\.yaml$",))
+    with Sandbox(policy):
+        with pytest.raises(FileReadRefused) as hidden:
+            open(app_root / "app.yaml")
+        assert hidden.value.setting == "skip_files"
+        assert "app.yaml" not in os.listdir(app_root)
+        with pytest.raises(FileReadRefused) as beyond:
+            open(outside / "secret.txt")
+        assert beyond.value.setting == "readable_paths"
+        with pytest.raises(OSError):  # the link's target is not in the memory filesystem
+            open(app_root / "escape")
+        with pytest.raises(FileNotFoundError):  # missing everywhere: just missing
+            open(app_root / "nothing.txt")
+
+
+def test_functions_that_bypass_the_routers_are_still_refused(memory: Policy,
+                                                             app_root: Path) -> None:
+    import _io
+    import posix
+
+    target = app_root / "direct.txt"
+    with Sandbox(memory):
+        with pytest.raises(FileWriteRefused):
+            _io.FileIO(str(target), "w")
+        with pytest.raises(FileWriteRefused):
+            posix.mkdir(str(app_root / "direct"))
+    assert not target.exists()
+    assert not (app_root / "direct").exists()
+
+
+@pytest.mark.parametrize("outer, inner", [("readonly", "memory"), ("memory", "readonly")])
+def test_nesting_with_a_readonly_layer_stays_readonly(app_root: Path, outer: str,
+                                                      inner: str) -> None:
+    target = app_root / "nested.txt"
+    with Sandbox(Policy.python27(app_root=app_root, deadline=None, filesystem=outer)):
+        with Sandbox(Policy.python27(app_root=app_root, deadline=None, filesystem=inner)):
+            with pytest.raises(FileWriteRefused) as info:
+                open(target, "w")
+    assert info.value.setting == "filesystem"
+    assert not target.exists()
+
+
+def test_readonly_refusal_names_the_memory_setting(policy: Policy, app_root: Path) -> None:
+    with Sandbox(policy):
+        with pytest.raises(SandboxViolation) as info:
+            open(app_root / "x.txt", "w")
+    assert "filesystem='memory'" in str(info.value)
+    assert info.value.setting == "filesystem"
+    assert not (app_root / "x.txt").exists()
+
+
+def test_report_mode_records_no_violation_for_memory_writes(app_root: Path) -> None:
+    policy = Policy.python27(app_root=app_root, deadline=None, filesystem="memory",
+                             mode="report")
+    with Sandbox(policy) as sandbox:
+        with open(app_root / "report.txt", "w") as f:
+            f.write("x")
+    assert sandbox.violations == []
+    assert not (app_root / "report.txt").exists()

@@ -83,6 +83,17 @@ def _python_only(name: str) -> bool:
     return True
 
 
+def _all_attributes(module: Any, fromlist: Any) -> bool:
+    """Whether ``from module import ...`` only reads attributes (imports nothing more)."""
+    names = getattr(module, "__dict__", None)
+    if names is None or isinstance(fromlist, str):
+        return False
+    for item in fromlist:
+        if item == "*" or type(item) is not str or item not in names:
+            return False
+    return True
+
+
 def _known_everywhere(scope: Scope, name: str) -> bool:
     """Whether every layer already allowed the cached Python module ``name`` (for any
     importer): a repeated ``import json`` then costs a few set lookups."""
@@ -246,7 +257,8 @@ def gated_import(name: str, globals: Any = None, locals: Any = None,
     scope = active_scope()
     if scope is None:
         return original_import(name, globals, locals, fromlist, level)
-    if not level and not fromlist and name in sys.modules and _known_everywhere(scope, name):
+    if not level and name in sys.modules and _known_everywhere(scope, name) and (
+            not fromlist or _all_attributes(sys.modules[name], fromlist)):
         return original_import(name, globals, locals, fromlist, level)
     trusted = importer_trusted(scope, sys._getframe(1))
     if globals is None:  # called as a function: relative names resolve in the caller

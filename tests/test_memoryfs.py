@@ -322,3 +322,41 @@ def test_report_mode_records_no_violation_for_memory_writes(app_root: Path) -> N
             f.write("x")
     assert sandbox.violations == []
     assert not (app_root / "report.txt").exists()
+
+
+def test_links_made_in_memory_do_not_reach_real_files(memory: Policy, app_root: Path,
+                                                     outside: Path) -> None:
+    before = snapshot(app_root)
+    secret = outside / "secret.txt"
+    with Sandbox(memory):
+        os.symlink(secret, app_root / "to-secret")
+        with pytest.raises(FileReadRefused):
+            open(app_root / "to-secret")
+        with pytest.raises(OSError):  # the real file is not in memory to be written through
+            with open(app_root / "to-secret", "w") as f:
+                f.write("through a link")
+        os.link(app_root / "data.txt", app_root / "hard")
+        with open(app_root / "hard", "w") as f:
+            f.write("changed through a hard link")
+        with open(app_root / "data.txt") as f:
+            assert f.read() == "changed through a hard link"
+        with pytest.raises(OSError):
+            with open("/proc/self/mem", "wb") as f:
+                f.write(b"x")
+    assert secret.read_text() == "host secret\n"
+    assert snapshot(app_root) == before
+
+
+def test_the_request_cannot_reach_real_descriptors_through_memory_paths(
+        memory: Policy, app_root: Path, tmp_path: Path) -> None:
+    before = snapshot(app_root)
+    with Sandbox(memory):
+        folder = os.open(app_root, os.O_RDONLY)  # a descriptor of the in-memory folder
+        try:
+            fd = os.open("via-dir-fd.txt", os.O_CREAT | os.O_WRONLY, dir_fd=folder)
+            os.write(fd, b"x")
+            os.close(fd)
+            assert "via-dir-fd.txt" in os.listdir(app_root)
+        finally:
+            os.close(folder)
+    assert snapshot(app_root) == before

@@ -130,7 +130,7 @@ def _refuse_unmapped(scope: Scope, fs: Any, path: Any) -> None:
     the readable folders, or hidden by skip_files): refuse it as the read-only mode does,
     rather than call it missing."""
     try:
-        absolute = fs.absnormpath(os.fsdecode(path))
+        absolute = fs.resolve_path(os.fsdecode(path))  # symlinks made in memory followed
         posix.lstat(absolute)
     except (TypeError, ValueError, OSError):
         return

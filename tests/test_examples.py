@@ -239,6 +239,20 @@ def test_run_script(tmp_path: Path) -> None:
         ("file_write", f"{script}:3")]
 
 
+def test_run_script_with_an_in_memory_filesystem(tmp_path: Path) -> None:
+    script = tmp_path / "tool.py"
+    script.write_text(
+        "with open('out.txt', 'w') as f:\n"
+        "    f.write('kept in memory')\n"
+        "print(open('out.txt').read())\n"
+    )
+    result = subprocess.run([*CLI, "run", "--filesystem", "memory", str(script)],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "kept in memory" in result.stdout
+    assert not (tmp_path / "out.txt").exists()
+
+
 def test_help_on_every_command() -> None:
     for command in ([], ["serve"], ["check"], ["run"]):
         result = subprocess.run([*CLI, *command, "--help"], capture_output=True, text=True,

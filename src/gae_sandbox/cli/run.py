@@ -4,6 +4,7 @@ The script's folder is the app root (or --app-root); an app.yaml there sets the 
 Examples:
   gae-sandbox run myscript.py arg1 arg2
   gae-sandbox run --mode report --report violations.json tools/migrate.py
+  gae-sandbox run --filesystem memory tools/build_cache.py   # writes stay in memory
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse violations, or let them through and report them")
     parser.add_argument("--report", metavar="FILE",
                         help="write every violation as JSON to FILE at exit")
+    parser.add_argument("--filesystem", choices=("readonly", "memory"), default="readonly",
+                        help="refuse writes (the runtime), or let them succeed in memory "
+                             "(nothing reaches the disk)")
     parser.add_argument("--deadline", type=float, default=0,
                         help="seconds the script may run (default 0: no deadline)")
     parser.add_argument("script", metavar="SCRIPT.py", help="the script to run")
@@ -70,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _policy(app_root: str, args: argparse.Namespace) -> Policy:
-    changes: dict[str, Any] = {"mode": args.mode, "deadline": args.deadline or None}
+    changes: dict[str, Any] = {"mode": args.mode, "deadline": args.deadline or None,
+                               "filesystem": args.filesystem}
     try:
         if any(os.path.isfile(os.path.join(app_root, n)) for n in ("app.yaml", "app.yml")):
             return load_app_yaml(app_root).policy(**changes)

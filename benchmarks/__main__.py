@@ -24,6 +24,7 @@ FIGURES = {
     "5": ("fig5_wsgi", "WSGI throughput under waitress"),
     "6": ("fig6_deadline", "deadline lateness, 16 concurrent requests"),
     "7": ("fig7_memory", "RSS growth over many requests"),
+    "8": ("fig8_isolation", "OS-level confinement (--isolation os) vs in-process"),
 }
 
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = [f.strip() for f in args.only.split(",") if f.strip()] or list(FIGURES)
     unknown = [f for f in selected if f not in FIGURES]
     if unknown:
-        parser.error(f"unknown figure(s) {', '.join(unknown)}; choose from 1-7")
+        parser.error(f"unknown figure(s) {', '.join(unknown)}; choose from 1-8")
 
     info = machine()
     print(f"machine: nproc={info['nproc']}  cpu={info['cpu']}  python={info['python']}  "

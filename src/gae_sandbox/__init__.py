@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 
+from .confine import Confinement, confine_process
 from .errors import (
     CExtensionRefused,
+    ConfinementUnavailable,
     DeadlineExceededError,
     FileReadRefused,
     FileWriteRefused,
@@ -39,6 +41,8 @@ __all__ = [
     "AttributeRefused",
     "BuiltinRefused",
     "CExtensionRefused",
+    "Confinement",
+    "ConfinementUnavailable",
     "DeadlineExceededError",
     "FileReadRefused",
     "FileWriteRefused",
@@ -56,6 +60,7 @@ __all__ = [
     "TempfileRefused",
     "ThreadRefused",
     "Violation",
+    "confine_process",
     "current_sandbox",
     "install",
     "is_installed",

@@ -118,6 +118,14 @@ class NotAvailableRefused(SandboxViolation, NotImplementedError):
     kind = "system"
 
 
+class ConfinementUnavailable(SandboxViolation, RuntimeError):
+    """The kernel lacks an OS-level layer :func:`~gae_sandbox.confine_process` needs (Landlock,
+    its TCP rules, seccomp). Raised before anything is applied, so a host fails closed instead
+    of serving unconfined; ``Policy.os_confinement="best_effort"`` warns and degrades."""
+
+    kind = "os_confinement"
+
+
 class DeadlineExceededError(BaseException):
     """The request ran past its deadline.
 

@@ -4,6 +4,7 @@ Examples:
   gae-sandbox serve examples/guestbook
   gae-sandbox serve path/to/app.yaml --port 8080 --mode report --report violations.json
   gae-sandbox serve examples/flask_app --server gunicorn --workers 2
+  gae-sandbox serve examples/guestbook --isolation os --max-requests 1000
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import mimetypes
 import os
 import signal
 import socket
+import stat
 import sys
+import threading
+import warnings
 from typing import Any
 
 from ..appyaml import AppYamlError, load_app_yaml
@@ -28,8 +34,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the app's folder (holding app.yaml) or its app.yaml")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
-    parser.add_argument("--server", choices=("waitress", "gunicorn"), default="waitress",
-                        help="waitress (threaded, in this process) or gunicorn (processes)")
+    parser.add_argument("--server", choices=("waitress", "gunicorn"), default=None,
+                        help="waitress (threaded, in this process; the default) or gunicorn "
+                             "(processes; the only choice with --isolation os)")
+    parser.add_argument("--isolation", choices=("none", "os"), default="none",
+                        help="none: the in-process sandbox only; os: also confine each "
+                             "gunicorn worker with Landlock, seccomp and rlimits")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="gunicorn worker timeout in seconds, the hard deadline that kills "
+                             "a stuck worker (default: deadline + grace + 5)")
+    parser.add_argument("--max-requests", type=int, default=0,
+                        help="gunicorn: replace a worker after this many requests (0: never)")
+    parser.add_argument("--memory-limit", type=int, default=2048, metavar="MB",
+                        help="--isolation os: address space limit per worker (RLIMIT_AS)")
+    parser.add_argument("--cpu-limit", type=int, default=None, metavar="SECONDS",
+                        help="--isolation os: CPU seconds a worker may use in its lifetime "
+                             "(RLIMIT_CPU; it is then replaced); default: no limit")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per process")
     parser.add_argument("--mode", choices=("enforce", "report"), default="enforce",
@@ -47,6 +67,18 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--workers and --threads must be at least 1")
     if args.deadline is not None and args.deadline <= 0:
         raise UsageError("--deadline must be a positive number of seconds")
+    if args.isolation == "os":
+        if args.server == "waitress":
+            raise UsageError("--isolation os runs gunicorn worker processes; it cannot be used "
+                             "with --server waitress")
+        args.server = "gunicorn"
+    args.server = args.server or "waitress"
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    if args.max_requests < 0:
+        raise UsageError("--max-requests must be 0 (never) or more")
+    if args.memory_limit < 64 or (args.cpu_limit is not None and args.cpu_limit < 1):
+        raise UsageError("--memory-limit must be at least 64 (MB), --cpu-limit at least 1")
     try:
         config = load_app_yaml(args.app)
     except AppYamlError as error:
@@ -58,6 +90,12 @@ def main(args: argparse.Namespace) -> int:
         policy = config.policy(**changes)
     except (TypeError, ValueError) as error:
         raise UsageError(f"{config.path}: {error}") from None
+    if args.isolation == "os":
+        from ..confine import missing_layers, unavailable_error
+
+        missing = missing_layers(policy)
+        if missing and policy.os_confinement == "required":
+            raise UsageError(f"--isolation os: {unavailable_error(missing)}")
     if args.report:
         args.report = os.path.abspath(args.report)  # before the chdir below
     _configure_logging()
@@ -112,10 +150,38 @@ def _serve_gunicorn(config: Any, policy: Any, args: argparse.Namespace) -> list[
     port = args.port or _free_port(args.host)
     spool = f"{args.report or os.path.join(os.getcwd(), '.gae-sandbox-report')}.workers"
     state: dict[str, Any] = {}
+    isolated = args.isolation == "os"
+    relays: list[tuple[int, int, int, threading.Thread]] = []
+    # A confined worker writes no file data (RLIMIT_FSIZE=0) and only beneath writable_paths
+    # (Landlock); the violations of report mode are the exception, in their own folder.
+    keep_violations = not isolated or args.report is not None or policy.mode == "report"
+    if isolated:
+        if keep_violations:
+            os.makedirs(spool, exist_ok=True)  # Landlock rules name existing paths
+        relays = _relay_file_output()
+
+    def post_fork(server: Any, worker: Any) -> None:
+        if not isolated:
+            return
+        from ..confine import confine_process
+
+        mimetypes.init()  # reads /etc/mime.types, outside what the worker may read afterwards
+        for _, target, reader, _ in relays:  # the log files and the other workers' output
+            os.close(target)
+            os.close(reader)
+        confinement = confine_process(
+            policy,
+            writable_paths=(spool,) if keep_violations else (),
+            address_space_mb=args.memory_limit,
+            cpu_seconds=args.cpu_limit,
+            max_file_size=None if keep_violations else 0,
+        )
+        server.log.info("worker %s confined: %s (Landlock ABI %s)", os.getpid(),
+                        ", ".join(confinement.applied), confinement.landlock_abi)
 
     def worker_exit(server: Any, worker: Any) -> None:
         app = state.get("app")
-        if app is not None and app.violations:
+        if app is not None and app.violations and keep_violations:
             os.makedirs(spool, exist_ok=True)
             with open(os.path.join(spool, f"{os.getpid()}.json"), "w") as file:
                 json.dump(to_json_document(app.violations), file)
@@ -127,9 +193,13 @@ def _serve_gunicorn(config: Any, policy: Any, args: argparse.Namespace) -> list[
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", args.threads)
             self.cfg.set("worker_exit", worker_exit)
+            self.cfg.set("post_fork", post_fork)
             self.cfg.set("graceful_timeout", 5)
-            if policy.deadline:
-                # the worker timeout is the hard deadline that kills
+            self.cfg.set("max_requests", args.max_requests)
+            # the worker timeout is the hard deadline that kills
+            if args.timeout is not None:
+                self.cfg.set("timeout", max(1, math.ceil(args.timeout)))
+            elif policy.deadline:
                 self.cfg.set("timeout", int(policy.deadline + policy.hard_deadline_grace + 5))
 
         def load(self) -> Any:
@@ -137,9 +207,20 @@ def _serve_gunicorn(config: Any, policy: Any, args: argparse.Namespace) -> list[
             return state["app"]
 
     print(f"gae-sandbox: serving {config.path} ({policy.mode} mode) at "
-          f"http://{args.host}:{port}/ with gunicorn, {args.workers} worker(s) - Ctrl-C to stop",
+          f"http://{args.host}:{port}/ with gunicorn, {args.workers} worker(s)"
+          f"{', each confined (--isolation os)' if isolated else ''} - Ctrl-C to stop",
           flush=True)
-    Server().run()
+    arbiter = os.getpid()
+    try:
+        Server().run()
+    except SystemExit as stop:
+        # a worker leaves through here too (it was forked inside run()): only the arbiter,
+        # whose halt() exits, goes on to merge the workers' reports
+        if os.getpid() != arbiter or stop.code not in (0, None):
+            raise
+    finally:
+        if isolated and os.getpid() == arbiter:
+            _end_relays(relays)
     violations: list[list[Violation]] = []
     if os.path.isdir(spool):
         for name in sorted(os.listdir(spool)):
@@ -152,6 +233,56 @@ def _serve_gunicorn(config: Any, policy: Any, args: argparse.Namespace) -> list[
             os.remove(path)
         os.rmdir(spool)
     return merge(*violations)
+
+
+def _relay_file_output() -> list[tuple[int, int, int, threading.Thread]]:
+    """Point stdout and stderr at pipes when they are regular files, copied by a thread of
+    this (unconfined) process: confined workers may write no file data (RLIMIT_FSIZE=0), but
+    they must still log."""
+    relays: list[tuple[int, int, int, threading.Thread]] = []
+    for fd in (1, 2):
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            continue
+        if not regular:
+            continue
+        target = os.dup(fd)
+        reader, writer = os.pipe()
+        os.dup2(writer, fd)
+        os.close(writer)
+        thread = threading.Thread(target=_copy, args=(reader, target), daemon=True,
+                                  name=f"gae_sandbox-relay-{fd}")
+        thread.start()
+        relays.append((fd, target, reader, thread))
+    # gunicorn forks workers from this now multi-threaded process: the relay threads hold no
+    # lock a worker needs
+    warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks",
+                            category=DeprecationWarning)
+    return relays
+
+
+def _end_relays(relays: list[tuple[int, int, int, threading.Thread]]) -> None:
+    """Give stdout and stderr their files back, once the relays copied what is left."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for fd, target, _, _ in relays:
+        os.dup2(target, fd)  # closes this process's end of the pipe: the relay sees EOF
+    for _, target, _, thread in relays:
+        thread.join(timeout=5)
+        os.close(target)
+
+
+def _copy(reader: int, target: int) -> None:
+    try:
+        while True:
+            data = os.read(reader, 65536)
+            if not data:
+                return
+            while data:
+                data = data[os.write(target, data):]
+    finally:
+        os.close(reader)
 
 
 def _free_port(host: str) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .context import Layer, Scope
 from .errors import FileReadRefused, FileWriteRefused, SandboxViolation, SystemCallRefused
-from .paths import is_inside, realpath
+from .paths import is_inside, realpath, walk
 
 #: os.open flags that change the filesystem.
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
@@ -57,7 +57,16 @@ def resolve(path: Any) -> str | None:
     if value is None:
         return None
     try:
-        return realpath(os.fsdecode(value))
+        return realpath(value if type(value) is str else os.fsdecode(value))
+    except (TypeError, ValueError, OSError):
+        return None
+
+
+def resolve_walk(value: str | bytes) -> tuple[str, os.stat_result | None, bool] | None:
+    """:func:`paths.walk` of a :func:`stable_path` value: the resolved path and the
+    ``lstat`` of its target, for ``os.stat`` to answer from the very file it checked."""
+    try:
+        return walk(value if type(value) is str else os.fsdecode(value))
     except (TypeError, ValueError, OSError):
         return None
 
@@ -76,9 +85,16 @@ def check_read(layer: Layer, path: Any) -> SandboxViolation | None:
     """Refuse reading ``path`` unless it resolves inside the layer's readable folders."""
     if isinstance(path, int):
         return None  # fstat-like calls on a descriptor: its metadata only
-    resolved = resolve(path)
+    return check_resolved(layer, path, resolve(path))
+
+
+def check_resolved(layer: Layer, path: Any, resolved: str | None) -> SandboxViolation | None:
+    """:func:`check_read` of ``path`` once resolved (``None``: it could not be)."""
     if resolved is not None and is_inside(resolved, layer.readable_roots):
-        hidden_by = layer.policy.hidden_by(resolved)
+        policy = layer.policy
+        if not (policy.unreadable_paths or policy.skip_files):
+            return None  # the two settings Policy.hidden_by looks at
+        hidden_by = policy.hidden_by(resolved)
         if hidden_by is None:
             return None
         return FileReadRefused(describe(path), _HIDDEN_RULES[hidden_by], hidden_by)

@@ -171,7 +171,7 @@ class _Request:
     def fail(self, error: BaseException, *, closing: bool) -> list[bytes]:
         """Turn an app error into a 500, or re-raise it when the headers were sent."""
         logger.error("gae_sandbox: request %s %s failed: %s", self.environ.get("REQUEST_METHOD"),
-                     self.environ.get("PATH_INFO"), error, exc_info=error)
+                     self.environ.get("PATH_INFO"), self.reason(error), exc_info=error)
         if self.body_started:
             if closing:
                 self.close()
@@ -191,6 +191,19 @@ class _Request:
         if closing:
             self.close()
         return [ERROR_BODY]
+
+    def reason(self, error: BaseException) -> str:
+        """The error's message; a deadline error raised asynchronously has none of its own
+        (it is raised as a bare class), so say which deadline it was."""
+        text = str(error)
+        if text:
+            return text
+        deadline = self.scope.deadline
+        if deadline is not None and isinstance(error, HardDeadlineExceeded):
+            return f"HardDeadlineExceeded: {deadline._hard_message()}"
+        if deadline is not None and isinstance(error, DeadlineExceededError):
+            return f"DeadlineExceededError: {deadline._message()}"
+        return type(error).__name__
 
     def close(self) -> None:
         """Close the app's iterable (in the sandbox) and end the scope, exactly once."""

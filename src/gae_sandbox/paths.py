@@ -3,47 +3,76 @@
 ``os.path.realpath`` calls ``os.lstat``, which the sandbox patches; the checks must not judge
 themselves. Resolution follows what the kernel will do: relative to the working directory,
 ``..`` after a symlink applies to the symlink's target, loops are unresolvable.
+
+It costs one ``lstat`` per component; nothing is cached, because a cached answer goes stale
+when the host (or another process) swaps a folder for a symlink. What the walk does give for
+free is the ``lstat`` of the final target, which ``os.stat`` inside the sandbox returns instead
+of asking the kernel again: the answer is then about the very file that was checked.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 
 _lstat = os.lstat
 _readlink = os.readlink
 _getcwd = os.getcwd
 _MAX_LINKS = 40
+_S_IFMT = 0o170000
+_S_IFLNK = 0o120000
 
 
 def realpath(path: str) -> str | None:
     """The absolute, symlink-free form of ``path``, or ``None`` (symlink loop, bad input)."""
+    walked = walk(path)
+    return None if walked is None else walked[0]
+
+
+def walk(path: str) -> tuple[str, os.stat_result | None, bool] | None:
+    """``(realpath, final, direct)``, or ``None`` (symlink loop, bad input).
+
+    ``final`` is the ``lstat`` of the resolved path when every component existed, none was
+    ``..`` and the last one named an existing non-symlink: then it is what ``stat(path)``
+    sees. It is ``None`` otherwise (a missing component, ``..``, a trailing ``/`` or ``.``:
+    the kernel may answer ENOENT or ENOTDIR where the lexical walk goes on). ``direct`` is
+    whether no symlink was followed, so that ``final`` is also what ``lstat(path)`` sees.
+    """
     if not path or "\0" in path:
         return None
-    if not path.startswith("/"):
+    if path[0] != "/":
         try:
             path = _getcwd() + "/" + path
         except OSError:
             return None
-    pending = [part for part in reversed(path.split("/")) if part]
+    pending = path.split("/")
+    pending.reverse()
     resolved = ""  # "" is the root
+    final = None
+    exact = True  # no missing component and no "..": the kernel walks the same way
     links = 0
+    lstat = _lstat
     while pending:
         part = pending.pop()
-        if part == ".":
+        if not part or part == ".":
+            final = None  # "name/" and "name/." may not be what lstat(name) says
             continue
         if part == "..":
             resolved = resolved.rpartition("/")[0]
+            final = None
+            exact = False  # the kernel refuses ".." after a file; the walk does not check
             continue
-        candidate = f"{resolved}/{part}"
+        candidate = resolved + "/" + part
         try:
-            mode = _lstat(candidate).st_mode
+            final = lstat(candidate)
         except (OSError, ValueError):
             resolved = candidate  # does not exist (yet): the rest resolves lexically
+            final = None
+            exact = False
             continue
-        if not stat.S_ISLNK(mode):
+        if final.st_mode & _S_IFMT != _S_IFLNK:
             resolved = candidate
             continue
+        final = None
         links += 1
         if links > _MAX_LINKS:
             return None
@@ -53,8 +82,10 @@ def realpath(path: str) -> str | None:
             return None
         if target.startswith("/"):
             resolved = ""
-        pending.extend(part for part in reversed(target.split("/")) if part)
-    return resolved or "/"
+        parts = target.split("/")
+        parts.reverse()
+        pending.extend(parts)
+    return resolved or "/", final if exact else None, links == 0
 
 
 def is_inside(path: str, roots: tuple[str, ...]) -> bool:

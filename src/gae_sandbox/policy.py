@@ -243,7 +243,8 @@ def parse_host_rule(entry: str) -> HostRule:
     if port_text == "*":
         port = None
     else:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        digits = port_text.isascii() and port_text.isdigit()  # int() refuses '²'
+        if not digits or not 0 < int(port_text) < 65536:
             raise ValueError(
                 f"Policy.allowed_hosts entry {entry!r}: port must be 1-65535 or '*'"
             )

@@ -329,3 +329,87 @@ def test_control_mmap_outside() -> None:
         assert mapped[:4] == b"host"
     finally:
         mapped.close()
+
+
+# --- code that claims a trusted file name (escape suite, issue 5) ----------------------------
+
+
+def test_compile_under_a_stdlib_file_name_refused(policy: Policy, tmp_path: Path) -> None:
+    """The sandbox trusts code by its file (``atexit.register``, private C modules,
+    ``subprocess``'s own spawn): app code may not compile code under such a name."""
+    import atexit
+    import json
+    import modulefinder
+    import types
+    from importlib.machinery import SourceFileLoader
+
+    loader = SourceFileLoader("json", json.__file__)
+    before = atexit._ncallbacks()
+    with Sandbox(policy):
+        for make in (
+            lambda: compile("x = 1", json.__file__, "exec"),
+            lambda: exec(compile("x = 1", subprocess.__file__, "exec"), {}),  # noqa: S102
+            lambda: compile("x = 1", "<frozen importlib._bootstrap>", "exec"),
+            lambda: loader.source_to_code(b"x = 1", json.__file__),
+            lambda: (lambda: None).__code__.replace(co_filename=json.__file__),
+            lambda: modulefinder.ModuleFinder(replace_paths=[(__file__, json.__file__)])
+            .replace_paths_in_code(compile("x = 1", __file__, "exec")),
+        ):
+            with pytest.raises(SystemCallRefused, match="may not claim"):
+                make()
+        # allowed: the app's own names, the file's own source, the standard library's own
+        # code.replace (types.coroutine)
+        compile("x = 1", str(tmp_path / "app.py"), "exec")
+        loader.source_to_code(Path(json.__file__).read_bytes(), json.__file__)
+        types.coroutine(lambda: None)
+    assert atexit._ncallbacks() == before
+
+
+def test_sqlite_file_database_refused(policy: Policy, tmp_path: Path) -> None:
+    """``_sqlite3`` the host loaded (sqlite3 is blocked for the app, but a module loaded by
+    the host is reachable): SQLite creates its file in C, with no ``open`` event."""
+    sqlite = pytest.importorskip("_sqlite3")
+    database = tmp_path / "app.db"
+    with Sandbox(policy):
+        with pytest.raises(SystemCallRefused, match="sqlite3.connect"):
+            sqlite.connect(str(database))
+        sqlite.connect(":memory:").close()  # nothing on disk
+    assert not database.exists()
+    sqlite.connect(str(database)).close()  # control: the host may
+    assert database.exists()
+
+
+@pytest.mark.parametrize("how", ["codecs.register", "_codecs.register", "copyreg.pickle"])
+def test_registries_run_later_in_host_code_refused(policy: Policy, how: str) -> None:
+    """A codec search function or a pickling reducer registered by app code would run later
+    in host code, outside any sandbox (no audit event for registering)."""
+    import _codecs
+    import codecs
+    import copyreg
+
+    def search(name: str) -> codecs.CodecInfo | None:
+        return codecs.lookup("utf-8") if name == "gae_backstop_codec" else None
+
+    register = {
+        "codecs.register": lambda: codecs.register(search),
+        "_codecs.register": lambda: _codecs.register(search),
+        "copyreg.pickle": lambda: copyreg.pickle(complex, lambda value: (complex, (0, 0))),
+    }[how]
+    table = dict(copyreg.dispatch_table)
+    with Sandbox(policy):
+        with pytest.raises(SystemCallRefused, match="runs later in host code"):
+            register()
+    assert copyreg.dispatch_table == table
+    with pytest.raises(LookupError):
+        codecs.lookup("gae_backstop_codec")
+    # control: the host may register
+    try:
+        register()
+        if how == "copyreg.pickle":
+            assert copyreg.dispatch_table != table
+        else:
+            assert codecs.lookup("gae_backstop_codec").name == "utf-8"
+    finally:
+        codecs.unregister(search)
+        copyreg.dispatch_table.clear()
+        copyreg.dispatch_table.update(table)

@@ -584,3 +584,37 @@ def test_tracing_still_works_after_a_deadline(app_root: Path) -> None:
         raise AssertionError("the process hung in sys.settrace after a deadline") from None
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["deadline", "traced"]
+
+
+
+# --- signal's C module (escape suite, issue 5) -----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["signal", "setitimer", "alarm", "pthread_sigmask"])
+def test_signal_c_module_refused(policy: Policy, name: str) -> None:
+    """``signal.py`` wraps ``_signal``: reached as ``signal._signal`` (or by a fresh copy or a
+    reload of ``signal.py``, whose functions call ``_signal``'s), it is refused as well."""
+    import signal
+
+    from gae_sandbox import NotAvailableRefused
+
+    c_signal: Any = signal._signal  # type: ignore[attr-defined]
+    arguments = {
+        "signal": (signal.SIGALRM, lambda signum, frame: None),
+        "setitimer": (signal.ITIMER_REAL, 100),
+        "alarm": (100,),
+        "pthread_sigmask": (signal.SIG_BLOCK, [signal.SIGALRM]),
+    }[name]
+    state = (signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL),
+             signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    with Sandbox(policy):
+        with pytest.raises(NotAvailableRefused, match=f"signal.{name}"):
+            getattr(c_signal, name)(*arguments)
+    assert (signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL),
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])) == state
+    # control: the host may set a handler through _signal
+    previous = c_signal.signal(signal.SIGALRM, int(signal.SIG_IGN))  # exact ints only
+    try:
+        assert signal.getsignal(signal.SIGALRM) == signal.SIG_IGN
+    finally:
+        c_signal.signal(signal.SIGALRM, int(signal.SIG_DFL) if previous is None else previous)

@@ -711,3 +711,37 @@ def test_outside_sandbox_third_party_and_c_extension(policy: Policy, site_dir: P
     assert importlib.import_module(pure).VALUE == 42
     assert importlib.import_module(name).answer() == 42
     assert executed == [pure]
+
+
+# --- the sandbox's own modules and reloads (escape suite, issue 5) ---------------------------
+
+
+@pytest.mark.parametrize("statement", [
+    "import gae_sandbox.audit",
+    "from gae_sandbox.context import _ACTIVE",
+    "importlib.import_module('gae_sandbox.patches')",
+])
+def test_sandbox_internals_refused_to_app_code(policy: Policy, statement: str) -> None:
+    """Their state (the audit handlers, the ContextVar) is the sandbox's: not importable by
+    the app; the package (the public API) and its errors are."""
+    with Sandbox(policy):
+        with pytest.raises(ImportRefused, match="the sandbox's own modules"):
+            exec(statement, {"importlib": importlib})  # noqa: S102
+        exec("import gae_sandbox\nimport gae_sandbox.errors\n"  # noqa: S102
+             "from gae_sandbox import start_background_thread\n", {})
+
+
+def test_reload_of_a_shared_module_refused(policy: Policy, app_on_path: Path) -> None:
+    """Reloading ``signal`` or ``os`` would re-run it for the whole process and undo the
+    sandbox's patches in it; the app's own modules may be reloaded."""
+    import json
+    import signal
+
+    dumps, handler = json.dumps, signal.signal
+    with Sandbox(policy):
+        for module in (json, signal):
+            with pytest.raises(ImportRefused, match="reload"):
+                importlib.reload(module)
+        helpers = importlib.import_module("pkg.helpers")
+        assert importlib.reload(helpers) is helpers
+    assert json.dumps is dumps and signal.signal is handler

@@ -493,3 +493,77 @@ def test_restricted_code_error_points_at_the_first_line(sandbox: Sandbox) -> Non
     assert (caught.value.filename, caught.value.lineno) == ("plugin.py", 3)
     copy = pickle.loads(pickle.dumps(caught.value))
     assert copy.errors == caught.value.errors
+
+
+# --- escape suite (issue 5): modules whose registrations or contexts run code outside --------
+
+
+@pytest.mark.parametrize("source", [
+    "import contextvars\ncontextvars.Context().run(len, 'x')\n",  # an empty context
+    "import codecs\ncodecs.register(len)\n",  # a search function called later by the host
+    "import copyreg\ncopyreg.pickle(complex, len)\n",  # called when the host pickles
+    "from contextvars import Context\n",
+])
+def test_modules_that_run_code_outside_the_sandbox_are_refused(sandbox: Sandbox,
+                                                               source: str) -> None:
+    import codecs
+    import copyreg
+
+    before = dict(copyreg.dispatch_table)
+    with pytest.raises(ImportRefused, match="restricted mode does not offer"):
+        sandbox.exec(source)
+    assert copyreg.dispatch_table == before
+    with pytest.raises(LookupError):
+        codecs.lookup("x")
+
+
+def test_functions_of_restricted_code_run_only_inside_a_sandbox(sandbox: Sandbox,
+                                                                tmp_path: Path) -> None:
+    """A function the code leaves with the host (a logging handler, a hook) would otherwise
+    run later in host code, with a default argument bound to a host callable: it is
+    refused there, and runs with ``sandbox.call``."""
+    import logging
+
+    from gae_sandbox.restricted import OutsideSandboxRefused
+
+    target = tmp_path / "written.txt"
+    namespace = sandbox.exec(
+        "import logging\n"
+        "def double(x):\n"
+        "    'a docstring stays the docstring'\n"
+        "    return 2 * x\n"
+        "triple = lambda x: 3 * x\n"
+        "class Handler(logging.Handler):\n"
+        "    def emit(self, record, make=logging.FileHandler):\n"
+        "        make(target)\n"
+        "handler = Handler()\n",
+        {"target": str(target)})
+    assert namespace["double"].__doc__ == "a docstring stays the docstring"
+    for function in (namespace["double"], namespace["triple"]):
+        with pytest.raises(OutsideSandboxRefused):
+            function(1)
+    assert sandbox.call(namespace["double"], 2) == 4
+    assert sandbox.call(namespace["triple"], 2) == 6
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "m", None, None)
+    with pytest.raises(OutsideSandboxRefused):
+        namespace["handler"].emit(record)
+    assert not target.exists()
+
+
+def test_generator_of_restricted_code_resumed_outside_is_refused(sandbox: Sandbox) -> None:
+    """A generator started in the request and resumed by host code after it: the code after
+    the ``yield`` would run outside any sandbox; ``yield`` and ``yield from`` still work."""
+    from gae_sandbox.restricted import OutsideSandboxRefused
+
+    namespace = sandbox.exec(
+        "def steps():\n"
+        "    received = yield 1\n"
+        "    yield received\n"
+        "    yield from [3, 4]\n"
+        "started = steps()\n"
+        "first = next(started)\n"
+        "second = started.send(2)\n"
+        "rest = list(steps())\n")
+    assert (namespace["first"], namespace["second"], namespace["rest"]) == (1, 2, [1, None, 3, 4])
+    with pytest.raises(OutsideSandboxRefused):
+        next(namespace["started"])

@@ -412,3 +412,36 @@ def test_request_does_not_wait_for_host_threads(policy: Policy) -> None:
         gate.set()
         requester.join(5)
         host.join(5)
+
+
+# --- threading.settrace and friends (escape suite, issue 5) ----------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n in ("settrace", "setprofile", "settrace_all_threads",
+                                              "setprofile_all_threads")
+                                  if hasattr(threading, n)])
+def test_thread_trace_hooks_refused_to_app_code(policy: Policy, name: str) -> None:
+    """The hook would run in every thread the host starts after the request (no audit
+    event: ``threading`` stores it, or calls ``sys.settrace`` from the standard library)."""
+    import sys
+
+    def tracer(frame: Any, event: str, arg: Any) -> None:
+        return None
+
+    before = (threading._trace_hook, threading._profile_hook,  # type: ignore[attr-defined]
+              sys.gettrace(), sys.getprofile())
+    with Sandbox(policy):
+        with pytest.raises(SandboxViolation, match=f"threading.{name}"):
+            getattr(threading, name)(tracer)
+    after = (threading._trace_hook, threading._profile_hook,  # type: ignore[attr-defined]
+             sys.gettrace(), sys.getprofile())
+    assert after == before
+    # control: the host may set one
+    getattr(threading, name)(tracer)
+    try:
+        hook = "_profile_hook" if "profile" in name else "_trace_hook"
+        assert getattr(threading, hook) is tracer
+    finally:
+        getattr(threading, name)(None)
+        sys.settrace(before[2])
+        sys.setprofile(before[3])

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
-from .context import Scope, active_scope
+from .context import Scope, active_scope, unsandboxed
 from .filesystem import check_open, check_read, check_write
 from .imports import (
     check_extension_file,
@@ -103,6 +104,64 @@ def _on_tracer(event: str) -> Handler:
                         "a trace or profile function stays on the thread after the request")
 
     return on_tracer
+
+
+_COROUTINE_CODE = types.coroutine.__code__
+_CLAIM_RULE = ("code made in a request may not claim a standard-library or sandbox file name "
+               "(the sandbox trusts code by its file)")
+
+
+def _claimed_trusted_file(filename: Any) -> str | None:
+    """``filename`` if it names code the sandbox trusts (the standard library, ``<frozen
+    ...>`` machinery, this library), else None."""
+    if isinstance(filename, bytes):
+        filename = os.fsdecode(filename)
+    if isinstance(filename, str) and is_stdlib_code(filename):
+        return filename
+    return None
+
+
+def _is_file_source(source: Any, filename: str) -> bool:
+    """Whether ``source`` is the file's own text: the import system compiling it."""
+    if filename.startswith("<") or not isinstance(source, (str, bytes, bytearray, memoryview)):
+        return False
+    try:
+        with unsandboxed(), open(filename, "rb") as file:  # noqa: PTH123
+            text = file.read()
+    except OSError:
+        return False
+    if isinstance(source, str):
+        return source.encode("utf-8") == text
+    return bytes(source) == text
+
+
+def _on_compile(scope: Scope, args: tuple[Any, ...]) -> None:
+    """``compile`` (also ``exec``/``eval`` of a string) under a trusted file name: the
+    code would pass the checks that trust standard-library code (``atexit.register``,
+    private C modules, ``subprocess``'s own spawn). The import system compiling the file's
+    own source is let through."""
+    claimed = _claimed_trusted_file(args[1])
+    if claimed is not None and not _is_file_source(args[0], claimed):
+        scope.judge(_refuse_system, f"compile(..., {claimed!r})", _CLAIM_RULE)
+
+
+def _on_code_new(scope: Scope, args: tuple[Any, ...]) -> None:
+    """``types.CodeType(...)`` and ``code.replace(...)`` with a trusted file name, unless
+    ``types.coroutine`` makes it (it replaces the flags of a code object and keeps its file
+    name; other standard-library callers, such as ``modulefinder``, rename files)."""
+    claimed = _claimed_trusted_file(args[1])
+    if claimed is not None and sys._getframe(2).f_code is not _COROUTINE_CODE:
+        scope.judge(_refuse_system, f"code object for {claimed!r}", _CLAIM_RULE)
+
+
+def _on_sqlite_connect(scope: Scope, args: tuple[Any, ...]) -> None:
+    """SQLite opens (and creates) its database file in C, past the ``open`` event: only an
+    in-memory database is let through (reached when a policy unblocks ``sqlite3``, or
+    through an already loaded ``_sqlite3``)."""
+    database = args[0] if args else None
+    if database not in (":memory:", "", b":memory:", b""):
+        scope.judge(_refuse_system, f"sqlite3.connect({database!r})",
+                    "SQLite opens its database file in C, past the sandbox's file checks")
 
 
 def _on_connect(scope: Scope, args: tuple[Any, ...]) -> None:
@@ -218,6 +277,12 @@ HANDLERS: dict[str, Handler] = {
     "sys.addaudithook": _system(lambda a: "sys.addaudithook()",
                                 "audit hooks are process-wide and outlive the request"),
     "import": _on_import,
+    "sqlite3.connect": _on_sqlite_connect,
+    "sqlite3.enable_load_extension": _system(lambda a: "sqlite3.enable_load_extension()",
+                                             _NATIVE_RULE),
+    "sqlite3.load_extension": _system(lambda a: "sqlite3.load_extension()", _NATIVE_RULE),
+    "compile": _on_compile,
+    "code.__new__": _on_code_new,
     "sys.settrace": _on_tracer("sys.settrace"),
     "sys.setprofile": _on_tracer("sys.setprofile"),
 }

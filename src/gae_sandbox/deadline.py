@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -373,4 +374,29 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
         original = getattr(socket.socket, name, None)
         if original is not None:
             patches.append((socket.socket, name, original, _bounded_socket_call(original)))
+    patches.extend(_c_signal_patches())
     return patches
+
+
+#: ``signal`` functions that set handlers and timers (the patches layer refuses them on
+#: ``signal`` itself).
+SIGNAL_FUNCTIONS = ("signal", "alarm", "setitimer", "pthread_sigmask", "siginterrupt",
+                    "set_wakeup_fd", "pause", "sigwait", "sigwaitinfo", "sigtimedwait")
+
+
+def _c_signal_patches() -> list[tuple[Any, str, Any, Any]]:
+    """The same refusals on ``_signal``, the C module ``signal.py`` wraps: reached as
+    ``signal._signal``, or by a fresh copy or a reload of ``signal.py`` (its functions call
+    ``_signal``'s), a handler or timer would cancel or outlive the request."""
+    from .patches import _refuse_signal, _refused_call
+
+    c_signal = sys.modules.get("_signal")
+    if c_signal is None:
+        return []
+    found = []
+    for name in SIGNAL_FUNCTIONS:
+        original = getattr(c_signal, name, None)
+        if original is not None:
+            found.append((c_signal, name, original,
+                          _refused_call(original, _refuse_signal, f"signal.{name}()")))
+    return found

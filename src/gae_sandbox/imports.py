@@ -68,7 +68,9 @@ def check_import(layer: Layer, name: str, trusted: bool) -> SandboxViolation | N
             return refusal
     if name in sys.modules:
         decided.add(key)
-        if _python_only(name):  # allowed whoever imports it: the fast path may skip judging
+        if _python_only(name) and (not name.startswith("gae_sandbox.")
+                                   or name in PUBLIC_SANDBOX_MODULES):
+            # allowed whoever imports it: the fast path may skip judging
             layer.policy._cache.setdefault("imports_any", set()).add(name)
     return None
 
@@ -121,8 +123,32 @@ def check_extension_file(layer: Layer, name: str, filename: str,
     return _check_c(layer, name, trusted)
 
 
+#: This library's modules app code may import: the package (its public API) and the errors.
+PUBLIC_SANDBOX_MODULES = frozenset(("gae_sandbox", "gae_sandbox.errors"))
+
+
+def check_reload(layer: Layer, module: Any, trusted: bool) -> SandboxViolation | None:
+    """``importlib.reload`` of a module outside the app: it would re-run a module the host
+    and every request share, replacing what the sandbox patched in it (``os``, ``signal``)."""
+    if trusted:
+        return None
+    location = _module_file(module)
+    if location is not None and is_inside(realpath(location) or location, layer.app_roots):
+        return None
+    return ImportRefused(
+        f"{getattr(module, '__name__', module)!s} (reload)",
+        "reloading a module outside the app re-runs it for the whole process (the host and "
+        "every request share it)", None,
+    )
+
+
 def _judge_name(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
     policy = layer.policy
+    if name.startswith("gae_sandbox.") and not trusted and name not in PUBLIC_SANDBOX_MODULES:
+        return ImportRefused(
+            name, "the sandbox's own modules hold its state and are not the app's to import "
+            "(the package gae_sandbox is its public API)", None,
+        )
     if module_matches(name, policy.blocked_modules):
         return ImportRefused(
             name, "the runtime does not offer this module (it is in Policy.blocked_modules)",
@@ -345,6 +371,8 @@ class ImportGateFinder:
         if fullname in scope.reported_imports:  # report mode: recorded once already
             return _find_elsewhere(self, fullname, path, target)
         trusted = _TRUSTED_IMPORTER.get()
+        if target is not None and sys.modules.get(fullname) is target:  # importlib.reload
+            scope.judge(check_reload, target, trusted)
         if scope.judge(check_import, fullname, trusted):
             scope.reported_imports.add(fullname)
             return _find_elsewhere(self, fullname, path, target)

@@ -29,7 +29,15 @@ from .errors import (
     SystemCallRefused,
     TempfileRefused,
 )
-from .filesystem import check_read, check_write, describe, resolve, stable_path
+from .filesystem import (
+    check_read,
+    check_resolved,
+    check_write,
+    describe,
+    resolve,
+    resolve_walk,
+    stable_path,
+)
 from .imports import is_stdlib_code
 from .network import check_lookup, check_server
 
@@ -122,15 +130,51 @@ def _judged_path(scope: Scope, args: tuple[Any, ...], kwargs: dict[str, Any],
 
 
 def _path_reader(original: Callable[..., Any], argument: int = 0) -> Callable[..., Any]:
-    """``os.stat``-like functions: allowed on readable paths only."""
+    """``os.stat``-like functions: allowed on readable paths only.
+
+    ``os.stat`` and ``os.lstat`` are the hot ones: they get their real signatures, so host
+    code pays one call and one ContextVar read (no ``*args`` packing), and inside a sandbox
+    they answer from the check's own walk when it ended on the file itself (one ``lstat``
+    fewer, and the answer is about the very file that was checked)."""
     what = f"os.{getattr(original, '__name__', 'call')}"
+    get = active_scope  # a closure cell, not a default argument the caller could override
 
     def read_path(*args: Any, **kwargs: Any) -> Any:
-        scope = active_scope()
+        scope = get()
         if scope is not None:
             args, kwargs = _judged_path(scope, args, kwargs, argument, what)
         return original(*args, **kwargs)
 
+    def checked_stat(scope: Scope, path: Any, lstat: bool) -> Any:
+        value = None if isinstance(path, int) else stable_path(path)
+        if value is None:  # an fd or an unknown path object: the general way
+            return read_path(path)
+        walked = resolve_walk(value)
+        scope.judge(check_resolved, value, None if walked is None else walked[0])
+        if walked is not None and walked[1] is not None and (walked[2] or not lstat):
+            return walked[1]
+        return original(value)
+
+    if what == "os.stat":
+        def stat(path: Any, *, dir_fd: Any = None, follow_symlinks: Any = True) -> Any:
+            if dir_fd is None and follow_symlinks is True:
+                scope = get()
+                if scope is None:
+                    return original(path)
+                return checked_stat(scope, path, False)
+            return read_path(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+
+        return _named(stat, original)
+    if what == "os.lstat":
+        def lstat(path: Any, *, dir_fd: Any = None) -> Any:
+            if dir_fd is None:
+                scope = get()
+                if scope is None:
+                    return original(path)
+                return checked_stat(scope, path, True)
+            return read_path(path, dir_fd=dir_fd)
+
+        return _named(lstat, original)
     return _named(read_path, original)
 
 
@@ -526,6 +570,15 @@ def build_patches() -> list[Patch]:
     add(atexit, "register", lambda original: _refused_to_app_code(
         original, "atexit.register()", "exit handlers are process-wide and run after the "
         "request"))
+    import codecs
+    import copyreg
+
+    for owner, name in ((codecs, "register"), (sys.modules.get("_codecs"), "register"),
+                        (copyreg, "pickle")):
+        if owner is not None:  # registries of functions that run later in host code
+            add(owner, name, lambda original, what=f"{owner.__name__}.{name}()": (
+                _refused_to_app_code(original, what, "the registration is process-wide and "
+                                     "its function runs later in host code")))
     add(tempfile, "TemporaryFile", _temporary_file)
     for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "mktemp"):
         add(tempfile, name, lambda original, name=name: _refused_call(
@@ -550,6 +603,17 @@ def build_patches() -> list[Patch]:
         add(posixsubprocess, "fork_exec", _fork_exec)
     if getattr(subprocess, "_fork_exec", None) is not None:
         add(subprocess, "_fork_exec", _fork_exec)
+    # os's C module holds the same functions, reached as sys.modules["posix"] or by a fresh
+    # copy of os.py: the same replacements there for fd writes and closes, file makers and
+    # process-wide calls (path readers stay: memoryfs maps folders with posix's own)
+    posix = sys.modules.get(os.name)
+    kept = ("stat", "lstat", "access", "readlink", "statvfs", "pathconf", "getxattr",
+            "listxattr", "listdir", "scandir")
+    if posix is not None:
+        patches += [(posix, attribute, original, replacement)
+                    for owner, attribute, original, replacement in list(patches)
+                    if owner is os and getattr(posix, attribute, None) is original
+                    and attribute not in kept]
     return patches
 
 

@@ -18,12 +18,16 @@ Guards, on top of RestrictedPython's own:
 * imports: the sandbox's import gate (as an app import, never as a trusted standard-library
   one), and :data:`GADGET_MODULES` refused unless ``Policy.allowed_modules`` names them.
 * writes: ``full_write_guard`` (only ``dict``, ``list`` and the code's own classes).
+* functions: every ``def`` and ``lambda`` of the code, and every resumption of its
+  generators, first checks that a sandbox is active: a callback the code leaves with the
+  host (a logging handler, a hook, a generator) raises instead of running in host code.
 
 This raises the cost of an escape; it is not a security boundary (see the README).
 """
 
 from __future__ import annotations
 
+import ast
 import builtins
 import importlib.util
 import operator
@@ -47,6 +51,7 @@ from RestrictedPython.Guards import (
     guarded_unpack_sequence,
     safer_getattr,
 )
+from RestrictedPython.transformer import RestrictingNodeTransformer
 
 from .context import active_scope
 from .errors import ImportRefused, RestrictedCodeError, SandboxViolation
@@ -80,6 +85,9 @@ GADGET_MODULES: dict[str, str] = {
     "signal": "handlers that run later in host code",
     "subprocess": "processes",
     "shutil": "file operations",
+    "contextvars": "Context().run runs a function outside the sandbox (an empty context)",
+    "codecs": "register adds a search function that runs later in host code",
+    "copyreg": "registrations run later when the host pickles",
 }
 # Judged safe and left to the normal rules: functools (partial and reduce call only what the
 # code already holds), json, math, re, string (its Formatter is refused by safer_getattr),
@@ -125,6 +133,66 @@ class BuiltinRefused(SandboxViolation, NameError):
 
     def _init_builtin(self) -> None:
         NameError.__init__(self, self.message, name=self.target)
+
+
+class OutsideSandboxRefused(SandboxViolation, RuntimeError):
+    """A function of restricted code called where no sandbox is active (a callback the code
+    left with the host: a logging handler, a codec or pickling hook, a finalizer)."""
+
+    kind = "restricted_outside"
+
+    def _init_builtin(self) -> None:
+        RuntimeError.__init__(self, self.message)
+
+
+def _require_sandbox(value: Any = None) -> Any:
+    """``_sandboxed_()``, the first statement of every function of restricted code, and
+    ``_sandboxed_((yield x))`` where a generator resumes; returns ``value``."""
+    __tracebackhide__ = True
+    if active_scope() is None:
+        raise OutsideSandboxRefused(
+            "a function of restricted code", "restricted code runs only inside a sandbox; "
+            "call it with sandbox.call(function)")
+    return value
+
+
+class _SandboxedFunctions(RestrictingNodeTransformer):
+    """RestrictedPython's transformer, plus a ``_sandboxed_()`` check at the start of every
+    ``def`` and ``lambda``: a function handed to host code (a handler, a hook, a default
+    argument bound to a host callable, a generator resumed later) does nothing once the
+    request's sandbox is gone."""
+
+    @staticmethod
+    def _check(at: ast.AST, *args: ast.expr) -> ast.Call:
+        call = ast.Call(func=ast.Name(id="_sandboxed_", ctx=ast.Load()), args=list(args),
+                        keywords=[])
+        return ast.fix_missing_locations(ast.copy_location(call, at))
+
+    def visit_Yield(self, node: ast.Yield) -> Any:
+        """A generator resumed by host code after the request ends stops there."""
+        return self._check(node, super().visit_Yield(node))
+
+    def visit_YieldFrom(self, node: ast.YieldFrom) -> Any:
+        return self._check(node, super().visit_YieldFrom(node))
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
+        node = super().visit_FunctionDef(node)
+        if isinstance(node, ast.FunctionDef) and node.body:
+            first = node.body[0]
+            docstring = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                         and isinstance(first.value.value, str))
+            statement = ast.copy_location(ast.Expr(self._check(first)), first)
+            node.body.insert(1 if docstring else 0, statement)
+            ast.fix_missing_locations(node)
+        return node
+
+    def visit_Lambda(self, node: ast.Lambda) -> Any:
+        node = super().visit_Lambda(node)
+        if isinstance(node, ast.Lambda):  # (_sandboxed_() or body): the check returns None
+            node.body = ast.copy_location(
+                ast.BoolOp(op=ast.Or(), values=[self._check(node.body), node.body]), node.body)
+            ast.fix_missing_locations(node)
+        return node
 
 
 def _raise(refusal: SandboxViolation) -> None:
@@ -378,6 +446,7 @@ def restricted_builtins(printed: list[str]) -> dict[str, Any]:
         "_inplacevar_": guarded_inplacevar,
         "_apply_": guarded_apply,
         "_print_": lambda _getattr_=None: _SharedPrint(printed, _getattr_),
+        "_sandboxed_": _require_sandbox,
     })
     return names
 
@@ -387,7 +456,7 @@ def compile_restricted(source: str | bytes, filename: str) -> types.CodeType:
     rejected construct with its line."""
     if not isinstance(source, (str, bytes)):
         raise TypeError(f"restricted source must be str or bytes, got {type(source).__name__}")
-    result = compile_restricted_exec(source, filename=filename)
+    result = compile_restricted_exec(source, filename=filename, policy=_SandboxedFunctions)
     if result.errors or result.code is None:
         errors = list(result.errors) or ["Line ?: RestrictedPython produced no code"]
         rule = (f"RestrictedPython rejected {len(errors)} construct"

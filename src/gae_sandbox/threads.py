@@ -218,4 +218,26 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
         original = getattr(_thread, name, None)
         if original is not None:
             patches.append((_thread, name, original, _function_start(original)))
+    patches.extend(_hook_patches())
     return patches
+
+
+#: ``threading`` functions that store a trace or profile function for every thread started
+#: later (``*_all_threads``, 3.12+, also set it on every running thread).
+THREAD_HOOKS = ("settrace", "setprofile", "settrace_all_threads", "setprofile_all_threads")
+
+
+def _hook_patches() -> list[tuple[Any, str, Any, Any]]:
+    """``threading.settrace`` and friends from app code: the hook would run in the host's
+    threads after the request (``sys.settrace`` raises an audit event; these store the hook
+    without one, or call ``sys.settrace`` from the standard library)."""
+    from .patches import _refused_to_app_code
+
+    found = []
+    for name in THREAD_HOOKS:
+        original = getattr(threading, name, None)
+        if original is not None:
+            found.append((threading, name, original, _refused_to_app_code(
+                original, f"threading.{name}()",
+                "a trace or profile function for new threads outlives the request")))
+    return found

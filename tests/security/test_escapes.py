@@ -10,9 +10,14 @@ Every case is one source string. It runs three ways:
 
 The effect is checked on the host, never from the refusal: a file on disk under ``tmp_path``,
 a connection the test's own loopback ``listener`` accepted, a marker file a ``/bin/sh``
-command creates, or host state (``json.dumps``, ``builtins.open``, ``sys.meta_path``, the
-trace function, a signal handler, the ``atexit`` list) compared after the request. Host state
-is restored after every run, whatever the code did.
+command creates, or host state (``json.dumps``, ``builtins.open``/``__import__``,
+``sys.meta_path``/``path_hooks``/``path_importer_cache``/``modules``, trace and profile
+functions, ``sys.excepthook``, ``warnings.showwarning``, a signal handler or timer, the
+``atexit`` list, ``copyreg`` and ``codecs`` registrations, the sandbox's own audit handlers)
+compared after the request. Deferred code (a fork handler, a finalizer, ``__del__``, a logging
+handler) is made to run by host code after the request, as the host would, and judged by the
+file it writes; a C loop by how long the request ran past its deadline. Host state is
+restored after every run, whatever the code did.
 """
 
 from __future__ import annotations
@@ -20,12 +25,20 @@ from __future__ import annotations
 import _thread
 import atexit
 import builtins
+import codecs
+import copyreg
+import gc
+import importlib.machinery
 import json
+import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +46,23 @@ from typing import Any
 
 import pytest
 
-from gae_sandbox import Policy, Sandbox
+from gae_sandbox import Policy, Sandbox, audit
 from gae_sandbox.errors import DeadlineExceededError, HardDeadlineExceeded
+from gae_sandbox.imports import gated_import, original_import
+from gae_sandbox.sandbox import install
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning")
 
 # -- the cases ---------------------------------------------------------------------------------
 
 #: Globals every case gets: ``target`` (a path in an empty folder), ``cmd`` (a shell command
 #: that creates ``marker``), ``port`` (the listener), ``fd`` (a socket descriptor the host made,
 #: for ``socket.socket(fileno=...)``), ``logfd`` (a host log file's descriptor, written by a
-#: captured ``posix.write``), ``DeadlineExceededError``.
+#: captured ``posix.write``), ``DeadlineExceededError``, ``outdir`` (the folder of ``target``),
+#: ``source_file`` (an app file), ``fork_exec_args`` (``_posixsubprocess.fork_exec``'s
+#: arguments for ``cmd`` on this interpreter), ``sqlite_extension`` (the ``_sqlite3`` file),
+#: ``armed`` (a fork handler's switch: a fork handler cannot be removed, only disarmed).
 
 
 @dataclass(frozen=True)
@@ -237,9 +258,413 @@ CASES: list[Case] = [
          "    except DeadlineExceededError:\n"
          "        caught += 1\n"
          "done = True\n"),
+    # -- more import-system tricks ---------------------------------------------------------
+    Case("imp_create_builtin_posix", "process",
+         "import _imp\n"
+         "import importlib.machinery as machinery\n"
+         "fresh = _imp.create_builtin(machinery.ModuleSpec('posix', None))\n"
+         "fresh.system(cmd)\n"),
+    Case("spec_from_file_location_blocked_pty", "process",
+         "import os\n"
+         "import importlib.util as util\n"
+         "path = os.path.join(os.path.dirname(os.__file__), 'pty.py')\n"
+         "spec = util.spec_from_file_location('mypty', path)\n"
+         "pty = util.module_from_spec(spec)\n"
+         "spec.loader.exec_module(pty)\n"
+         "pid, _ = pty.fork()\n"
+         "if pid == 0:\n"
+         "    try:\n"
+         "        os.execv('/bin/sh', ['sh', '-c', cmd])\n"
+         "    finally:\n"
+         "        os._exit(1)\n"
+         "os.waitpid(pid, 0)\n"),
+    Case("source_file_loader_fresh_signal", "signal",
+         "import signal\n"
+         "from importlib.machinery import SourceFileLoader\n"
+         "from importlib.util import module_from_spec, spec_from_loader\n"
+         "loader = SourceFileLoader('signal', signal.__file__)\n"
+         "fresh = module_from_spec(spec_from_loader('signal', loader))\n"
+         "loader.exec_module(fresh)\n"
+         "fresh.signal(fresh.SIGALRM, lambda signum, frame: None)\n"),
+    Case("importlib_reload_signal", "signal",
+         "import importlib\n"
+         "import signal\n"
+         "importlib.reload(signal)\n"
+         "signal.signal(signal.SIGALRM, lambda signum, frame: None)\n"),
+    Case("forged_importer_globals__socket", "network",
+         "raw = __import__('_socket', {'__name__': 'socket', '__package__': ''})\n"
+         "s = raw.socket(raw.AF_INET, raw.SOCK_STREAM)\n"
+         "s.settimeout(2)\n"
+         "s.connect(('127.0.0.1', port))\n"
+         "s.close()\n"),
+    Case("bootstrap__load_blocked_pty_from_file", "process",
+         "import os\n"
+         "import importlib._bootstrap as bootstrap\n"
+         "import importlib.util as util\n"
+         "path = os.path.join(os.path.dirname(os.__file__), 'pty.py')\n"
+         "pty = bootstrap._load(util.spec_from_file_location('pty', path))\n"
+         "pid, _ = pty.fork()\n"
+         "if pid == 0:\n"
+         "    try:\n"
+         "        os.execv('/bin/sh', ['sh', '-c', cmd])\n"
+         "    finally:\n"
+         "        os._exit(1)\n"
+         "os.waitpid(pid, 0)\n"),
+    Case("sys_path_hooks_insert", "path_hooks",
+         "import sys\n"
+         "def hook(path):\n"
+         "    raise ImportError\n"
+         "sys.path_hooks.insert(0, hook)\n",
+         enforce_gap="default mode gap: sys.path_hooks is a shared list and a list insert "
+                     "raises no audit event; restricted mode / OS layer covers it"),
+    Case("sys_path_importer_cache_poisoned", "importer_cache",
+         "import sys\n"
+         "class Spy:\n"
+         "    def find_spec(self, name, target=None):\n"
+         "        return None\n"
+         "sys.path_importer_cache[next(iter(sys.path_importer_cache))] = Spy()\n",
+         enforce_gap="default mode gap: sys.path_importer_cache is a shared dict and an item "
+                     "write raises no audit event; restricted mode / OS layer covers it"),
+    Case("sys_modules_json_replaced", "sys_modules",
+         "import sys\n"
+         "class Fake:\n"
+         "    pass\n"
+         "sys.modules['json'] = Fake()\n",
+         enforce_gap="default mode gap: sys.modules is a shared dict and an item write "
+                     "raises no audit event; restricted mode / OS layer covers it"),
+    Case("compile_forged_stdlib_filename_atexit", "atexit",
+         "import atexit\n"
+         "import json\n"
+         "def later():\n"
+         "    open(target, 'w').close()\n"
+         "tramp = {}\n"
+         "exec(compile('def call(f, *a):\\n    return f(*a)\\n', json.__file__, 'exec'), tramp)\n"
+         "tramp['call'](atexit.register, later)\n"),
+    Case("compile_forged_subprocess_filename_fork_exec", "process",
+         "import os\n"
+         "import subprocess\n"
+         "import sys\n"
+         "tramp = {}\n"
+         "exec(compile('def call(f, a):\\n    return f(*a)\\n', subprocess.__file__, 'exec'),\n"
+         "     tramp)\n"
+         "pid = tramp['call'](sys.modules['_posixsubprocess'].fork_exec, fork_exec_args)\n"
+         "os.waitpid(pid, 0)\n"),
+    # -- more reach-through ----------------------------------------------------------------
+    Case("stdlib_function_globals_os", "process",
+         "import logging\n"
+         "logging.basicConfig.__globals__['os'].system(cmd)\n"),
+    Case("subclasses_popen", "process",
+         "popen = [c for c in ().__class__.__base__.__subclasses__()\n"
+         "         if c.__name__ == 'Popen'][0]\n"
+         "popen(['/bin/sh', '-c', cmd]).wait()\n"),
+    Case("gc_get_referrers_builtins_import", "process",
+         "import gc\n"
+         "found = [r for r in gc.get_referrers(len) if isinstance(r, dict) and 'open' in r]\n"
+         "found[0]['__import__']('os').system(cmd)\n"),
+    Case("posix_write_via_sys_modules", "hostlog",
+         "import sys\n"
+         "sys.modules['posix'].write(logfd, b'evil')\n"),
+    # -- more frames -----------------------------------------------------------------------
+    Case("inspect_currentframe_f_back", "process",
+         "import inspect\n"
+         "inspect.currentframe().f_back.f_globals['os'].system(cmd)\n"),
+    Case("coroutine_cr_frame_f_back", "process",
+         "async def walk():\n"
+         "    return coro.cr_frame.f_back.f_back.f_globals\n"
+         "coro = walk()\n"
+         "try:\n"
+         "    coro.send(None)\n"
+         "except StopIteration as stop:\n"
+         "    host = stop.value\n"
+         "host['os'].system(cmd)\n"),
+    Case("sys_current_frames_f_back", "process",
+         "import sys\n"
+         "import threading\n"
+         "frame = sys._current_frames()[threading.get_ident()]\n"
+         "frame.f_back.f_globals['os'].system(cmd)\n"),
+    # -- more builtins tampering -----------------------------------------------------------
+    Case("builtins_import_replaced", "builtins_import",
+         "real = __builtins__['__import__']\n"
+         "def spy(*args, **kwargs):\n"
+         "    return real(*args, **kwargs)\n"
+         "__builtins__['__import__'] = spy\n",
+         enforce_gap="default mode gap: a write into the host's builtins dict raises no audit "
+                     "event; restricted mode covers it"),
+    # -- more file APIs --------------------------------------------------------------------
+    Case("os_open_o_creat", "file",
+         "import os\n"
+         "os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))\n"),
+    Case("pathlib_write_text", "file",
+         "import pathlib\n"
+         "pathlib.Path(target).write_text('x')\n"),
+    Case("os_symlink", "file",
+         "import os\n"
+         "os.symlink(source_file, target)\n"),
+    Case("os_link", "file",
+         "import os\n"
+         "os.link(source_file, target)\n"),
+    Case("sqlite3_connect_file", "file",
+         "import sqlite3\n"
+         "sqlite3.connect(target).execute('create table t (x)')\n"),
+    Case("extension_file_loader__sqlite3_by_path", "file",
+         "from importlib.machinery import ExtensionFileLoader\n"
+         "from importlib.util import module_from_spec, spec_from_loader\n"
+         "loader = ExtensionFileLoader('_sqlite3', sqlite_extension)\n"
+         "raw = module_from_spec(spec_from_loader('_sqlite3', loader))\n"
+         "loader.exec_module(raw)\n"
+         "raw.connect(target).execute('create table t (x)')\n"),
+    Case("zipfile_extractall", "file",
+         "import io\n"
+         "import zipfile\n"
+         "buffer = io.BytesIO()\n"
+         "with zipfile.ZipFile(buffer, 'w') as archive:\n"
+         "    archive.writestr('written.txt', 'x')\n"
+         "zipfile.ZipFile(buffer).extractall(outdir)\n"),
+    Case("tarfile_extractall", "file",
+         "import io\n"
+         "import tarfile\n"
+         "buffer = io.BytesIO()\n"
+         "with tarfile.open(fileobj=buffer, mode='w') as archive:\n"
+         "    info = tarfile.TarInfo('written.txt')\n"
+         "    info.size = 1\n"
+         "    archive.addfile(info, io.BytesIO(b'x'))\n"
+         "buffer.seek(0)\n"
+         "with tarfile.open(fileobj=buffer) as archive:\n"
+         "    archive.extractall(outdir, filter='data')\n"),
+    Case("shelve_open_file", "file",
+         "import shelve\n"
+         "with shelve.open(target) as db:\n"
+         "    db['x'] = 1\n"),
+    Case("os_write_host_logfd", "hostlog",
+         "import os\n"
+         "os.write(logfd, b'evil')\n"),
+    Case("os_fdopen_host_logfd", "hostlog",
+         "import os\n"
+         "with os.fdopen(logfd, 'wb', closefd=False) as f:\n"
+         "    f.write(b'evil')\n"),
+    # -- more network APIs -----------------------------------------------------------------
+    Case("http_client_connection", "network",
+         "import http.client\n"
+         "http.client.HTTPConnection('127.0.0.1', port, timeout=2).connect()\n"),
+    Case("socket_create_connection", "network",
+         "import socket\n"
+         "socket.create_connection(('127.0.0.1', port), timeout=2).close()\n"),
+    Case("ssl_context_wrap_socket_connect", "network",
+         "import socket\n"
+         "import ssl\n"
+         "context = ssl.create_default_context()\n"
+         "s = context.wrap_socket(socket.socket(), server_hostname='localhost',\n"
+         "                        do_handshake_on_connect=False)\n"
+         "s.settimeout(2)\n"
+         "s.connect(('127.0.0.1', port))\n"),
+    Case("smtplib_smtp", "network",
+         "import smtplib\n"
+         "smtplib.SMTP('127.0.0.1', port, timeout=2)\n"),
+    Case("ftplib_ftp_connect", "network",
+         "import ftplib\n"
+         "ftplib.FTP().connect('127.0.0.1', port, timeout=2)\n"),
+    # -- more processes --------------------------------------------------------------------
+    Case("posixsubprocess_fork_exec_direct", "process",
+         "import os\n"
+         "import sys\n"
+         "pid = sys.modules['_posixsubprocess'].fork_exec(*fork_exec_args)\n"
+         "os.waitpid(pid, 0)\n"),
+    Case("pty_fork", "process",
+         "import os\n"
+         "import pty\n"
+         "pid, _ = pty.fork()\n"
+         "if pid == 0:\n"
+         "    try:\n"
+         "        os.execv('/bin/sh', ['sh', '-c', cmd])\n"
+         "    finally:\n"
+         "        os._exit(1)\n"
+         "os.waitpid(pid, 0)\n"),
+    Case("multiprocessing_process", "process",
+         "import multiprocessing\n"
+         "import os\n"
+         "child = multiprocessing.get_context('fork').Process(target=os.system, args=(cmd,))\n"
+         "child.start()\n"
+         "child.join(10)\n"),
+    Case("os_popen", "process",
+         "import os\n"
+         "os.popen(cmd).close()\n"),
+    Case("subprocess_run_shell", "process",
+         "import subprocess\n"
+         "subprocess.run(cmd, shell=True, timeout=10)\n"),
+    Case("os_fork_execv_in_thread", "process",
+         "import os\n"
+         "import threading\n"
+         "result = []\n"
+         "def child():\n"
+         "    try:\n"
+         "        pid = os.fork()\n"
+         "    except Exception as error:\n"
+         "        result.append(error)\n"
+         "        return\n"
+         "    if pid == 0:\n"
+         "        try:\n"
+         "            os.execv('/bin/sh', ['sh', '-c', cmd])\n"
+         "        finally:\n"
+         "            os._exit(1)\n"
+         "    os.waitpid(pid, 0)\n"
+         "thread = threading.Thread(target=child)\n"
+         "thread.start()\n"
+         "thread.join(10)\n"),
+    Case("ctypes_via_sys_modules", "process",
+         "import sys\n"
+         "sys.modules['ctypes'].CDLL(None).system(cmd.encode())\n"),
+    Case("ctypes_cdll_loadlibrary_via_sys_modules", "process",
+         "import sys\n"
+         "sys.modules['ctypes'].cdll.LoadLibrary('libc.so.6').system(cmd.encode())\n"),
+    Case("_ctypes_cfuncptr_direct", "process",
+         "import sys\n"
+         "raw = sys.modules['_ctypes']\n"
+         "class Int(raw._SimpleCData):\n"
+         "    _type_ = 'i'\n"
+         "class Function(raw.CFuncPtr):\n"
+         "    _flags_ = raw.FUNCFLAG_CDECL\n"
+         "    _restype_ = Int\n"
+         "class Libc:\n"
+         "    _handle = raw.dlopen('libc.so.6')\n"
+         "Function(('system', Libc()))(cmd.encode())\n"),
+    # -- more persistence ------------------------------------------------------------------
+    Case("os_register_at_fork", "at_fork",
+         "import os\n"
+         "def later():\n"
+         "    if armed:\n"
+         "        open(target, 'w').close()\n"
+         "os.register_at_fork(before=later)\n"),
+    Case("threading_settrace", "thread_trace",
+         "import threading\n"
+         "def tracer(frame, event, arg):\n"
+         "    return None\n"
+         "threading.settrace(tracer)\n"),
+    Case("sys_setprofile", "profile",
+         "import sys\n"
+         "def profiler(frame, event, arg):\n"
+         "    return None\n"
+         "sys.setprofile(profiler)\n"),
+    Case("sys_excepthook_replaced", "excepthook",
+         "import sys\n"
+         "def hook(*args):\n"
+         "    pass\n"
+         "sys.excepthook = hook\n",
+         enforce_gap="default mode gap: assigning a sys attribute raises no audit event; "
+                     "restricted mode / OS layer covers it"),
+    Case("copyreg_pickle_registered", "copyreg",
+         "import copyreg\n"
+         "def reduce(value):\n"
+         "    return (complex, (0, 0))\n"
+         "copyreg.pickle(complex, reduce)\n"),
+    Case("copyreg_dispatch_table_item", "copyreg",
+         "import copyreg\n"
+         "def reduce(value):\n"
+         "    return (complex, (0, 0))\n"
+         "copyreg.dispatch_table[complex] = reduce\n",
+         enforce_gap="default mode gap: copyreg's registry is a shared dict and an item "
+                     "write raises no audit event; restricted mode / OS layer covers it"),
+    Case("codecs_register_search", "codecs",
+         "import codecs\n"
+         "def search(name):\n"
+         "    if name == 'gae_evil':\n"
+         "        return codecs.lookup('utf-8')\n"
+         "    return None\n"
+         "codecs.register(search)\n"),
+    Case("_codecs_register_reach_through", "codecs",
+         "import _codecs\n"
+         "def search(name):\n"
+         "    if name == 'gae_evil':\n"
+         "        return _codecs.lookup('utf-8')\n"
+         "    return None\n"
+         "_codecs.register(search)\n"),
+    Case("warnings_showwarning_replaced", "showwarning",
+         "import warnings\n"
+         "def show(*args, **kwargs):\n"
+         "    pass\n"
+         "warnings.showwarning = show\n",
+         enforce_gap="default mode gap: assigning an attribute of a shared module raises no "
+                     "audit event; restricted mode / OS layer covers it"),
+    Case("weakref_finalize_runs_in_host", "finalizer",
+         "import weakref\n"
+         "class Holder:\n"
+         "    pass\n"
+         "keep = Holder()\n"
+         "def later():\n"
+         "    open(target, 'w').close()\n"
+         "weakref.finalize(keep, later)\n",
+         enforce_gap="default mode gap: the finalizer runs later in host code, outside the "
+                     "scope, and registering it raises no audit event; restricted mode / OS "
+                     "layer covers it"),
+    Case("del_of_object_kept_in_shared_module", "finalizer",
+         "import json\n"
+         "class Bomb:\n"
+         "    def __del__(self):\n"
+         "        open(target, 'w').close()\n"
+         "json.keep = Bomb()\n",
+         enforce_gap="default mode gap: __del__ runs in whatever code drops the last "
+                     "reference (host code, outside the scope); restricted mode / OS layer "
+                     "covers it"),
+    Case("logging_handler_runs_in_host", "logging_handler",
+         "import logging\n"
+         "class Handler(logging.Handler):\n"
+         "    def emit(self, record, make=logging.FileHandler):\n"
+         "        make(target).close()\n"
+         "logging.getLogger('gae_escape').addHandler(Handler())\n",
+         enforce_gap="default mode gap: the handler runs later in host code, outside the "
+                     "scope, and adding it raises no audit event; restricted mode / OS layer "
+                     "covers it"),
+    Case("generator_resumed_by_host_after_scope", "generator_resumed",
+         "import logging\n"
+         "def steps(make=logging.FileHandler):\n"
+         "    yield 'first'\n"
+         "    make(target).close()\n"
+         "    yield 'second'\n"
+         "resumable = steps()\n"
+         "next(resumable)\n",
+         enforce_gap="default mode gap: a generator the host resumes after the request runs "
+                     "in host code, outside the scope; restricted mode / OS layer covers it"),
+    Case("sandbox_audit_handlers_cleared", "sandbox_state",
+         "import gae_sandbox.audit as audit\n"
+         "audit.HANDLERS.clear()\n"),
+    Case("sandbox_handlers_via_package_attribute", "sandbox_state",
+         "import gae_sandbox\n"
+         "gae_sandbox.sandbox.install.__globals__['install_audit_hook'].__globals__[\n"
+         "    'HANDLERS'].clear()\n",
+         enforce_gap="default mode gap: the sandbox's own state is reachable through "
+                     "attributes and a dict clear raises no audit event; restricted mode / "
+                     "OS layer covers it"),
+    Case("sandbox_exit_called_by_app", "file",
+         "import gae_sandbox\n"
+         "sandbox = gae_sandbox.current_sandbox()\n"
+         "if sandbox is not None:\n"
+         "    sandbox.__exit__(None, None, None)\n"
+         "open(target, 'w').close()\n",
+         enforce_gap="default mode gap: the public current_sandbox() hands app code its "
+                     "Sandbox, whose __exit__ ends the scope for the rest of the request; "
+                     "restricted mode / OS layer covers it"),
+    Case("contextvars_empty_context_escapes_scope", "file",
+         "import contextvars\n"
+         "import logging\n"
+         "contextvars.Context().run(logging.FileHandler, target)\n",
+         enforce_gap="default mode gap: code run in a new, empty contextvars.Context sees no "
+                     "active sandbox (the scope lives in a ContextVar); restricted mode / OS "
+                     "layer covers it"),
+    # -- more deadline evasion -------------------------------------------------------------
+    Case("signal_setitimer", "itimer",
+         "import signal\n"
+         "signal.setitimer(signal.ITIMER_REAL, 100)\n"),
+    Case("signal__signal_reach_through", "signal",
+         "import signal\n"
+         "signal._signal.signal(signal.SIGALRM, lambda signum, frame: None)\n"),
+    Case("c_loop_past_deadline", "past_deadline",
+         "total = sum(range(60000000))\n",
+         enforce_gap="OS layer: a C loop never returns to the interpreter, so nothing "
+                     "in-process interrupts it before it ends",
+         restricted_gap="OS layer: a C loop never returns to the interpreter, so nothing "
+                        "in-process interrupts it before it ends"),
 ]
 
-assert 24 <= len(CASES) <= 30, len(CASES)
+assert len(CASES) >= 60, len(CASES)
 assert len({case.id for case in CASES}) == len(CASES)
 
 
@@ -309,11 +734,108 @@ def _trace_changed(env: Env) -> bool:
 
 
 def _signal_changed(env: Env) -> bool:
-    return signal.getsignal(signal.SIGALRM) is not env.saved["sigalrm"]
+    # equality: a fresh copy of signal.py rebinds the host module's Handlers enum
+    return signal.getsignal(signal.SIGALRM) != env.saved["sigalrm"]
 
 
 def _atexit_grew(env: Env) -> bool:
     return atexit._ncallbacks() > env.saved["atexit"]
+
+
+def _path_hooks_changed(env: Env) -> bool:
+    return sys.path_hooks != env.saved["path_hooks"]
+
+
+def _importer_cache_changed(env: Env) -> bool:
+    cache = sys.path_importer_cache
+    return any(cache.get(key, _GONE) is not value
+               for key, value in env.saved["importer_cache"].items())
+
+
+def _sys_modules_changed(env: Env) -> bool:
+    return sys.modules.get("json") is not json
+
+
+def _import_changed(env: Env) -> bool:
+    return builtins.__import__ not in (original_import, gated_import)
+
+
+def _fork_handler_ran(env: Env) -> bool:
+    pid = os.fork()  # the parent runs the "before" handlers; the child leaves at once
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return any(env.outdir.iterdir())
+
+
+def _thread_trace_changed(env: Env) -> bool:
+    return threading._trace_hook is not env.saved["thread_trace"]  # type: ignore[attr-defined]
+
+
+def _profile_changed(env: Env) -> bool:
+    return sys.getprofile() is not env.saved["profile"]
+
+
+def _excepthook_changed(env: Env) -> bool:
+    return sys.excepthook is not env.saved["excepthook"]
+
+
+def _copyreg_changed(env: Env) -> bool:
+    return copyreg.dispatch_table != env.saved["copyreg"]
+
+
+def _codec_found(env: Env) -> bool:
+    try:
+        codecs.lookup("gae_evil")
+    except LookupError:
+        return False
+    return True
+
+
+def _showwarning_changed(env: Env) -> bool:
+    return warnings.showwarning is not env.saved["showwarning"]
+
+
+def _finalizer_ran_in_host(env: Env) -> bool:
+    """Drop what the code left alive (in its globals or a shared module), as host code
+    would later, then look for the file its finalizer writes."""
+    vars(json).pop("keep", None)
+    env.namespace.pop("keep", None)
+    gc.collect()
+    return any(env.outdir.iterdir())
+
+
+def _logging_handler_ran_in_host(env: Env) -> bool:
+    """Log to the logger the code may have given a handler, as host code would later."""
+    try:
+        logging.getLogger("gae_escape").error("a host log line")
+    except Exception:  # noqa: S110 - a refused handler raises into the host's log call
+        pass
+    return any(env.outdir.iterdir())
+
+
+def _generator_resumed_in_host(env: Env) -> bool:
+    """Resume the generator the code left, as host code iterating a returned value would."""
+    generator = env.namespace.get("resumable")
+    if generator is not None:
+        try:
+            next(generator)
+        except Exception:  # noqa: S110 - a refused generator raises into the host's loop
+            pass
+    return any(env.outdir.iterdir())
+
+
+def _sandbox_state_changed(env: Env) -> bool:
+    return audit.HANDLERS != env.saved["handlers"]
+
+
+def _itimer_set(env: Env) -> bool:
+    return signal.getitimer(signal.ITIMER_REAL)[0] > 0
+
+
+def _ran_past_deadline(env: Env) -> bool:
+    """The request ran well past its deadline (0.1 s): at least six times as long."""
+    return time.monotonic() - env.saved["started"] >= 0.6
 
 
 EFFECTS: dict[str, Callable[[Env], bool]] = {
@@ -329,7 +851,29 @@ EFFECTS: dict[str, Callable[[Env], bool]] = {
     "settrace": _trace_changed,
     "signal": _signal_changed,
     "atexit": _atexit_grew,
+    "path_hooks": _path_hooks_changed,
+    "importer_cache": _importer_cache_changed,
+    "sys_modules": _sys_modules_changed,
+    "builtins_import": _import_changed,
+    "at_fork": _fork_handler_ran,
+    "thread_trace": _thread_trace_changed,
+    "profile": _profile_changed,
+    "excepthook": _excepthook_changed,
+    "copyreg": _copyreg_changed,
+    "codecs": _codec_found,
+    "showwarning": _showwarning_changed,
+    "finalizer": _finalizer_ran_in_host,
+    "logging_handler": _logging_handler_ran_in_host,
+    "generator_resumed": _generator_resumed_in_host,
+    "sandbox_state": _sandbox_state_changed,
+    "itimer": _itimer_set,
+    "past_deadline": _ran_past_deadline,
 }
+
+_GONE = object()
+#: Modules whose namespace a case may re-run or change (``importlib.reload``), put back
+#: after every run.
+_SHARED_MODULES = (os, signal, json, warnings)
 
 
 def _restore(env: Env) -> None:
@@ -340,7 +884,32 @@ def _restore(env: Env) -> None:
     builtins.open = saved["builtins.open"]
     for finder in _foreign_finders(env):
         sys.meta_path.remove(finder)
+    for module, namespace in zip(_SHARED_MODULES, saved["modules"], strict=True):
+        current = vars(module)
+        for name in [name for name in current if name not in namespace]:
+            del current[name]
+        current.update(namespace)
     signal.signal(signal.SIGALRM, saved["sigalrm"])
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    sys.path_hooks[:] = saved["path_hooks"]
+    sys.path_importer_cache.update(saved["importer_cache"])
+    sys.modules["json"] = json
+    if builtins.__import__ not in (original_import, gated_import):
+        builtins.__import__ = saved["import"]
+    env.namespace["armed"] = False  # a fork handler cannot be removed: disarm it
+    threading._trace_hook = saved["thread_trace"]  # type: ignore[attr-defined]
+    sys.setprofile(saved["profile"])
+    sys.excepthook = saved["excepthook"]
+    copyreg.dispatch_table.clear()
+    copyreg.dispatch_table.update(saved["copyreg"])
+    search = env.namespace.get("search")
+    if callable(search):
+        codecs.unregister(search)
+    audit.HANDLERS.clear()
+    audit.HANDLERS.update(saved["handlers"])
+    escape_logger = logging.getLogger("gae_escape")
+    for handler in list(escape_logger.handlers):
+        escape_logger.removeHandler(handler)
     later = env.namespace.get("later")
     if callable(later):
         atexit.unregister(later)
@@ -357,6 +926,9 @@ def env(tmp_path: Path, app_root: Path, listener: Any) -> Iterator[Env]:
     hostlog = tmp_path / "host.log"
     logfd = os.open(hostlog, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     host_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    errpipe_read, errpipe_write = os.pipe()
+    fork_exec_args = _fork_exec_args(["/bin/sh", "-c", f"touch '{marker}'"],
+                                     errpipe_read, errpipe_write)
     namespace: dict[str, Any] = {
         "__name__": "app",
         "target": str(outdir / "written.txt"),
@@ -368,8 +940,13 @@ def env(tmp_path: Path, app_root: Path, listener: Any) -> Iterator[Env]:
         "DeadlineExceededError": DeadlineExceededError,
         "gate": _thread.allocate_lock(),
         "released": False,
+        "outdir": str(outdir),
+        "fork_exec_args": fork_exec_args,
+        "sqlite_extension": _SQLITE_EXTENSION,
+        "armed": True,
     }
     namespace["gate"].acquire()
+    install()  # the patches are part of the host state saved (and put back) below
     saved = {
         "trace": sys.gettrace(),
         "json.dumps": json.dumps,
@@ -377,6 +954,16 @@ def env(tmp_path: Path, app_root: Path, listener: Any) -> Iterator[Env]:
         "meta_path": list(sys.meta_path),
         "sigalrm": signal.getsignal(signal.SIGALRM),
         "atexit": atexit._ncallbacks(),
+        "modules": [dict(vars(module)) for module in _SHARED_MODULES],
+        "path_hooks": list(sys.path_hooks),
+        "importer_cache": dict(sys.path_importer_cache),
+        "import": builtins.__import__,
+        "thread_trace": threading._trace_hook,  # type: ignore[attr-defined]
+        "profile": sys.getprofile(),
+        "excepthook": sys.excepthook,
+        "copyreg": dict(copyreg.dispatch_table),
+        "showwarning": warnings.showwarning,
+        "handlers": dict(audit.HANDLERS),
     }
     environment = Env(outdir, marker, hostlog, listener, namespace, saved)
     try:
@@ -386,6 +973,8 @@ def env(tmp_path: Path, app_root: Path, listener: Any) -> Iterator[Env]:
         thread = namespace.get("thread")
         assert not (isinstance(thread, threading.Thread) and thread.is_alive()), "thread left"
         os.close(logfd)
+        os.close(errpipe_read)
+        os.close(errpipe_write)
         adopted = namespace.get("s")
         if isinstance(adopted, socket.socket):
             adopted.close()
@@ -396,11 +985,27 @@ def env(tmp_path: Path, app_root: Path, listener: Any) -> Iterator[Env]:
                 pass
 
 
+def _fork_exec_args(argv: list[str], errpipe_read: int, errpipe_write: int) -> list[Any]:
+    """Positional arguments of ``_posixsubprocess.fork_exec`` for this interpreter."""
+    args: list[Any] = [
+        argv, [os.fsencode(argv[0])], True, (errpipe_write,), None, None,
+        -1, -1, -1, -1, -1, -1, errpipe_read, errpipe_write, True, False,
+    ]
+    if sys.version_info >= (3, 11):
+        args.append(-1)  # process_group
+    args += [None, None, None, -1, None]  # gid, extra_groups, uid, child_umask, preexec_fn
+    if sys.version_info >= (3, 11) and hasattr(subprocess, "_USE_VFORK"):
+        args.append(True)  # allow_vfork
+    return args
+
+
+_SQLITE_EXTENSION = getattr(importlib.machinery.PathFinder.find_spec("_sqlite3"), "origin", "")
+
 STOPS = (Exception, DeadlineExceededError, HardDeadlineExceeded)
 
 
 def _policy_for(case: Case, policy: Policy) -> Policy:
-    if case.effect == "deadline":
+    if case.effect in ("deadline", "past_deadline"):
         return policy.replace(deadline=0.1, hard_deadline_grace=0.2)
     if case.effect == "thread_file":  # joined until 0.1 + 0.1 s, then it outlives the scope
         return policy.replace(deadline=0.1, hard_deadline_grace=0.1)
@@ -410,6 +1015,7 @@ def _policy_for(case: Case, policy: Policy) -> Policy:
 def _run(case: Case, mode: str, env: Env, policy: Policy) -> BaseException | None:
     """Run the case's source in ``mode``; the error it ended with, if any."""
     namespace = env.namespace
+    env.saved["started"] = time.monotonic()
     try:
         try:
             if mode == "plain":

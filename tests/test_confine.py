@@ -29,6 +29,7 @@ import pytest
 
 from gae_sandbox import ConfinementUnavailable, Policy
 from gae_sandbox.confine import landlock_abi, seccomp_available
+from loopback import free_port, http_get
 
 ABI = landlock_abi()
 needs_kernel = pytest.mark.skipif(
@@ -415,20 +416,8 @@ SERVED_APP = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _get(port: int, path: str, timeout: float = 15.0) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+    return http_get(port, path, timeout)
 
 
 class _Server:
@@ -439,7 +428,7 @@ class _Server:
                                       "handlers:\n- url: /.*\n  script: main.app\n")
         (app / "main.py").write_text(SERVED_APP)
         self.marker = tmp_path / f"marker-{isolation}"
-        self.port = _free_port()
+        self.port = free_port()
         self.output: list[str] = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gae_sandbox", "serve", str(app), "--port", str(self.port),

@@ -16,6 +16,7 @@ from urllib.error import URLError
 import pytest
 
 from gae_sandbox import NetworkRefused, Policy, Sandbox, SandboxViolation
+from loopback import free_port
 
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
                    "ALL_PROXY", "no_proxy", "NO_PROXY")
@@ -230,14 +231,6 @@ def test_control_udp_sendto_outside_sandbox(udp_receiver: socket.socket) -> None
 
 
 # --- servers: bind and listen are refused even with allowed_hosts -----------------------------
-
-
-def free_port() -> int:
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 def nothing_listens_on(port: int) -> bool:

@@ -7,10 +7,8 @@ itself was never restricted: its own (unsandboxed) route can still write a file.
 
 from __future__ import annotations
 
-import http.client
 import os
 import random
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from loopback import free_port, http_get
 
 APP = textwrap.dedent(
     """
@@ -88,20 +88,8 @@ EXPECTED = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+    return http_get(port, path, timeout)
 
 
 def _wait_until_serving(port: int, process: subprocess.Popen, log: Path) -> None:
@@ -140,7 +128,7 @@ def _command(server: str, port: int, app_dir: Path) -> list[str]:
 def test_real_server_under_concurrent_load(server: str, e2e_app: tuple[Path, Path],
                                            tmp_path: Path) -> None:
     app_dir, host_dir = e2e_app
-    port = _free_port()
+    port = free_port()
     log = tmp_path / f"{server}.log"
     env = dict(os.environ, E2E_HOST_DIR=str(host_dir), PYTHONPATH=str(app_dir))
     with open(log, "wb") as log_file:

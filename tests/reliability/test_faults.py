@@ -27,6 +27,7 @@ from gae_sandbox import Policy, SandboxMiddleware
 from gae_sandbox.appyaml import AppYamlError
 from gae_sandbox.context import active_scope
 from gae_sandbox.errors import DeadlineExceededError, FileWriteRefused, HardDeadlineExceeded
+from loopback import http_get
 
 GENERIC_500 = b"500 Internal Server Error\n"
 
@@ -261,13 +262,7 @@ def fault(served: tuple[Server, State],
 
 
 def get(port: int, path: str, timeout: float = 20.0) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+    return http_get(port, path, timeout)
 
 
 def logged(caplog: pytest.LogCaptureFixture) -> str:

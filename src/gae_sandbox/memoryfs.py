@@ -29,6 +29,7 @@ from typing import Any
 
 from .context import Layer, Scope, active_scope, unsandboxed
 from .filesystem import check_read
+from .patches import _hidden_names, _named
 from .paths import is_inside
 
 #: pyfakefs numbers its descriptors from 0; ours start here so that they are told apart from
@@ -191,8 +192,6 @@ def _path_router(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _filter_listing(scope: Scope, name: str, folder: Any, result: Any) -> Any:
-    from .patches import _hidden_names  # the read-only layer's own rule for listings
-
     if isinstance(folder, int):
         return result
     hidden = _hidden_names(scope, folder)
@@ -326,15 +325,6 @@ class _NamedMemoryFile:
                     os.unlink(self.name)
                 except FileNotFoundError:
                     pass
-
-
-def _named(wrapper: Callable[..., Any], inner: Callable[..., Any]) -> Callable[..., Any]:
-    for attribute in ("__name__", "__qualname__", "__doc__"):
-        try:
-            setattr(wrapper, attribute, getattr(inner, attribute))
-        except (AttributeError, TypeError):
-            pass
-    return wrapper
 
 
 def build_patches(originals: dict[tuple[int, str], Any]) -> list[tuple[Any, str, Any, Any]]:

@@ -216,13 +216,12 @@ class Sandbox:
     def _attach_memory(self, scope: Scope) -> None:
         if not _memory_patches:
             _install_memory_routers()
-        if self.keep_memory_filesystem:
+        memory = memoryfs.scope_memory(scope.layers)
+        if memory is not None and self.keep_memory_filesystem:
             if self._kept_memory is None:
-                self._kept_memory = memoryfs.scope_memory(scope.layers)
-            if memoryfs.scope_memory(scope.layers) is not None:
-                scope.memory = self._kept_memory
-        else:
-            scope.memory = memoryfs.scope_memory(scope.layers)
+                self._kept_memory = memory
+            memory = self._kept_memory
+        scope.memory = memory
 
     def _hard_deadline(self, deadline: Deadline) -> None:
         if self.on_hard_deadline is not None:

@@ -327,10 +327,9 @@ class _NamedMemoryFile:
                     pass
 
 
-def build_patches(originals: dict[tuple[int, str], Any]) -> list[tuple[Any, str, Any, Any]]:
-    """The routers, each wrapping what is installed now (the read-only layer's wrappers).
-    ``originals`` maps (id(owner), name) to the unpatched function, for the ``tempfile``
-    makers the read-only layer refuses."""
+def build_patches() -> list[tuple[Any, str, Any, Any]]:
+    """The routers, each wrapping what is installed now (the read-only layer's wrappers;
+    ``tempfile``'s makers pass that layer's check in memory mode, see ``_refuse_tempfile``)."""
     import pyfakefs.fake_filesystem  # noqa: F401 - as host code: it imports ctypes
     import pyfakefs.fake_open  # noqa: F401
     import pyfakefs.fake_os  # noqa: F401

@@ -87,8 +87,7 @@ def _install_memory_routers() -> None:
     with _install_lock:
         if not _memory_patches:
             install()
-            originals = {(id(owner), name): original for owner, name, original, _ in _patches}
-            _memory_patches.extend(memoryfs.build_patches(originals))
+            _memory_patches.extend(memoryfs.build_patches())
             memoryfs.apply(_memory_patches)
 
 

@@ -31,6 +31,7 @@ from .errors import CExtensionRefused, ImportRefused, SandboxViolation
 from .paths import is_inside, realpath
 from .policy import module_matches
 from .runtime import (
+    LIBRARY_MODULES,
     RUNTIME_C_MODULES,
     STDLIB_C_MODULES,
     STDLIB_MODULE_NAMES,
@@ -153,6 +154,14 @@ def _judge_name(layer: Layer, name: str, trusted: bool) -> SandboxViolation | No
         return ImportRefused(
             name, "the runtime does not offer this module (it is in Policy.blocked_modules)",
             "blocked_modules",
+        )
+    library = LIBRARY_MODULES.get(name)
+    if library is not None and not (module_matches(library, policy.allowed_c_extensions)
+                                    or module_matches(name, policy.allowed_c_extensions)):
+        return CExtensionRefused(
+            name, f"the runtime offers {library} only when app.yaml asks for it "
+            f"(libraries: - name: {library}; on the command line --allow-c-extension "
+            f"{library})", "allowed_c_extensions",
         )
     module = sys.modules.get(name)
     if module is not None:
@@ -293,9 +302,14 @@ def gated_import(name: str, globals: Any = None, locals: Any = None,
     reported = bool(absolute) and scope.judge(check_import, absolute, trusted)
     if reported:  # report mode: the finder and the audit hook need not record it again
         scope.reported_imports.add(absolute)
+    before = set(sys.modules) if absolute and absolute not in sys.modules else None
     token = _TRUSTED_IMPORTER.set(trusted)
     try:
         module = original_import(name, globals, locals, fromlist, level)
+    except BaseException:
+        if before is not None:
+            drop_orphans(before)
+        raise
     finally:
         _TRUSTED_IMPORTER.reset(token)
         if reported:
@@ -309,14 +323,37 @@ def gated_import(name: str, globals: Any = None, locals: Any = None,
     return module
 
 
+def drop_orphans(before: set[str]) -> None:
+    """After a failed fresh import: forget the modules it left behind whose package is gone.
+
+    Python removes the module that raised from ``sys.modules`` but keeps the submodules it had
+    already loaded; the next ``import`` of the package would run its ``__init__`` again
+    against those stale entries and see a half-built package (``requests`` without
+    ``requests.exceptions``). A module whose parent package is missing is such a leftover.
+    """
+    modules = sys.modules
+    for name in [n for n in list(modules) if n not in before and "." in n]:
+        parent = name.rpartition(".")[0]
+        while parent:
+            if parent not in modules:
+                modules.pop(name, None)
+                break
+            parent = parent.rpartition(".")[0]
+
+
 def gated_import_module(name: str, package: str | None = None) -> Any:
     """``importlib.import_module``: records who imports; ``_gcd_import`` judges."""
     scope = active_scope()
     if scope is None:
         return original_import_module(name, package)
+    before = set(sys.modules) if name not in sys.modules else None
     token = _TRUSTED_IMPORTER.set(importer_trusted(scope, sys._getframe(1)))
     try:
         return original_import_module(name, package)
+    except BaseException:
+        if before is not None:
+            drop_orphans(before)
+        raise
     finally:
         _TRUSTED_IMPORTER.reset(token)
 

@@ -28,8 +28,16 @@ RUNTIME_C_MODULES: frozenset[str] = frozenset(
         "_abc", "_blake2", "_sha2", "_sha3", "_contextvars", "_decimal", "_lzma", "_opcode",
         "_queue", "_stat", "_statistics", "_string", "_tokenize", "_typing", "_zoneinfo",
         "_uuid", "_asyncio", "atexit", "_tracemalloc",
+        # select: the SDK allowed it from 1.9.81 (with _socket), and urllib3 needs it.
+        "select",
     }
 )
+
+#: Standard-library modules the runtime offered only when app.yaml asked for their library
+#: (``libraries: - name: ssl``), module -> library: refused to every importer otherwise, even
+#: when the host has imported them, so ``import ssl`` fails as it did there and libraries such
+#: as urllib3 take their fallback.
+LIBRARY_MODULES: dict[str, str] = {"ssl": "ssl", "_ssl": "ssl"}
 
 #: Modules the runtime removed or replaced by an empty stub: refused for every importer,
 #: the standard library included, as on the runtime.

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from os import system as captured_system
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -380,35 +381,59 @@ def test_sqlite_file_database_refused(policy: Policy, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["codecs.register", "_codecs.register", "copyreg.pickle"])
-def test_registries_run_later_in_host_code_refused(policy: Policy, how: str) -> None:
-    """A codec search function or a pickling reducer registered by app code would run later
-    in host code, outside any sandbox (no audit event for registering)."""
+def test_registered_functions_run_later_in_the_sandbox(policy: Policy, tmp_path: Path,
+                                                        how: str) -> None:
+    """A codec search function or a pickling reducer registered by app code is called later
+    by host code: it runs in the sandbox that registered it (its write refused, no file),
+    and otherwise works (the codec is found, the reducer used)."""
     import _codecs
     import codecs
     import copyreg
+    import pickle
+
+    target = tmp_path / "written"
 
     def search(name: str) -> codecs.CodecInfo | None:
-        return codecs.lookup("utf-8") if name == "gae_backstop_codec" else None
+        if not name.startswith("gae_backstop_codec"):
+            return None
+        try:
+            target.write_text("search ran")
+        except PermissionError:
+            pass
+        return codecs.lookup("utf-8")
+
+    def reduce(value: complex) -> Any:
+        try:
+            target.write_text("reducer ran")
+        except PermissionError:
+            pass
+        return (complex, (0, 0))
 
     register = {
         "codecs.register": lambda: codecs.register(search),
         "_codecs.register": lambda: _codecs.register(search),
-        "copyreg.pickle": lambda: copyreg.pickle(complex, lambda value: (complex, (0, 0))),
+        "copyreg.pickle": lambda: copyreg.pickle(complex, reduce),
+    }[how]
+    use = {  # a new codec name each time: the interpreter caches what a lookup found
+        "codecs.register": lambda phase: codecs.lookup(f"gae_backstop_codec_{phase}").name,
+        "_codecs.register": lambda phase: codecs.lookup(f"gae_backstop_codec_{phase}").name,
+        "copyreg.pickle": lambda phase: pickle.loads(pickle.dumps(complex(1, 2))),
     }[how]
     table = dict(copyreg.dispatch_table)
-    with Sandbox(policy):
-        with pytest.raises(SystemCallRefused, match="runs later in host code"):
-            register()
-    assert copyreg.dispatch_table == table
-    with pytest.raises(LookupError):
-        codecs.lookup("gae_backstop_codec")
-    # control: the host may register
+    sandbox = Sandbox(policy)
     try:
+        with sandbox:
+            register()
+        assert use("sandboxed") in ("utf-8", 0j)  # called by host code, after the request
+        assert not target.exists()
+        assert [v.kind for v in sandbox.violations] == ["file_write"]
+        codecs.unregister(search)  # the host can still remove what the app registered
+        copyreg.dispatch_table.clear()
+        copyreg.dispatch_table.update(table)
+        # control: registered by the host, the same function writes
         register()
-        if how == "copyreg.pickle":
-            assert copyreg.dispatch_table != table
-        else:
-            assert codecs.lookup("gae_backstop_codec").name == "utf-8"
+        use("host")
+        assert target.exists()
     finally:
         codecs.unregister(search)
         copyreg.dispatch_table.clear()

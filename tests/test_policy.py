@@ -270,7 +270,7 @@ def test_bad_filesystem(app_root: Path, filesystem: object) -> None:
     with pytest.raises(ValueError) as info:
         Policy.python27(app_root, filesystem=filesystem)
     assert str(info.value) == (
-        f"Policy.filesystem must be one of 'readonly', 'memory', got {filesystem!r}"
+        f"Policy.filesystem must be one of 'readonly', 'memory', 'tmp', got {filesystem!r}"
     )
 
 

@@ -8,6 +8,7 @@ string-prefix sibling (``/app/root2``), nor ``..``, nor a symlink leaves the rea
 
 from __future__ import annotations
 
+import mimetypes
 import os
 import pathlib
 from typing import Any
@@ -31,6 +32,64 @@ _HIDDEN_RULES = {
 }
 
 
+#: System files every request may read, as on the runtime: mimetypes' tables
+#: (``mimetypes.knownfiles``, so that ``mimetypes`` inside a request knows the system's types),
+#: resolved once when this module is imported; regular files only, matched exactly.
+SYSTEM_FILES: frozenset[str] = frozenset(
+    path for path in (realpath(str.__add__(name, "")) for name in mimetypes.knownfiles
+                      if isinstance(name, str))
+    if path is not None and os.path.isfile(path)
+)
+
+
+class ScopedDirEntry:
+    """An ``os.DirEntry`` of a relative ``os.scandir`` in a request with its own working
+    directory: the directory was opened by its absolute path, and ``path`` is spelt as the app
+    spelt it (``templates/a.html``, not ``/srv/app/templates/a.html``), as the kernel's
+    own working directory would have given it. Everything else is the real entry's."""
+
+    __slots__ = ("_entry", "_path")
+
+    def __init__(self, entry: os.DirEntry[Any], path: str | bytes) -> None:
+        object.__setattr__(self, "_entry", entry)
+        object.__setattr__(self, "_path", path)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"DirEntry attribute {name!r} is read-only")
+
+    @property
+    def name(self) -> Any:
+        return self._entry.name
+
+    @property
+    def path(self) -> Any:
+        return self._path
+
+    def inode(self) -> int:
+        return self._entry.inode()
+
+    def is_dir(self, *, follow_symlinks: bool = True) -> bool:
+        return self._entry.is_dir(follow_symlinks=follow_symlinks)
+
+    def is_file(self, *, follow_symlinks: bool = True) -> bool:
+        return self._entry.is_file(follow_symlinks=follow_symlinks)
+
+    def is_symlink(self) -> bool:
+        return self._entry.is_symlink()
+
+    def is_junction(self) -> bool:
+        return False  # POSIX has none (os.DirEntry.is_junction, Python 3.12+)
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        return self._entry.stat(follow_symlinks=follow_symlinks)
+
+    def __fspath__(self) -> Any:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"<DirEntry {self.name!r}>"
+
+
 #: Path objects whose value cannot change between the check and the use.
 _STABLE_PATH_TYPES = frozenset({pathlib.PurePosixPath, pathlib.PosixPath, os.DirEntry})
 
@@ -48,7 +107,32 @@ def stable_path(path: Any) -> str | bytes | None:
         return path if type(path) is bytes else bytes.__add__(path, b"")
     if type(path) in _STABLE_PATH_TYPES:
         return os.fspath(path)
+    if type(path) is ScopedDirEntry:
+        return stable_path(os.fspath(path))  # an exact copy of what it holds
     return None
+
+
+def in_scope_cwd(scope: Scope, value: Any) -> Any:
+    """``value`` (a :func:`stable_path` value) made absolute against the request's working
+    directory (``Scope.cwd``, emulation.py), as the kernel would against the process's;
+    unchanged when absolute, empty, not a path, or when the request uses the process's."""
+    cwd = scope.cwd
+    if cwd is None:
+        return value
+    if type(value) is str:
+        if value and value[0] != "/":
+            return cwd if value == "." else f"{cwd}/{value}"
+    elif type(value) is bytes and value and value[0] != 47:  # b"/"
+        prefix = os.fsencode(cwd)
+        return prefix if value == b"." else prefix + b"/" + value
+    return value
+
+
+def filename_of(path: Any) -> str | bytes | None:
+    """What ``OSError.filename`` says for ``path``, as Python's own errors do."""
+    if isinstance(path, int):
+        return None
+    return stable_path(path)
 
 
 def resolve(path: Any) -> str | None:
@@ -97,23 +181,32 @@ def check_resolved(layer: Layer, path: Any, resolved: str | None) -> SandboxViol
         hidden_by = policy.hidden_by(resolved)
         if hidden_by is None:
             return None
-        return FileReadRefused(describe(path), _HIDDEN_RULES[hidden_by], hidden_by)
+        refusal = FileReadRefused(describe(path), _HIDDEN_RULES[hidden_by], hidden_by)
+        refusal.filename = filename_of(path)
+        return refusal
+    if resolved in SYSTEM_FILES:
+        return None
     target = describe(path)
     if resolved is not None and resolved != target:
         target = f"{target} (resolves to {resolved})"
-    return FileReadRefused(target, _READ_RULE, "readable_paths")
+    refusal = FileReadRefused(target, _READ_RULE, "readable_paths")
+    refusal.filename = filename_of(path)
+    return refusal
 
 
 def check_write(layer: Layer, path: Any, operation: str) -> SandboxViolation | None:
     """Refuse every write: the runtime's filesystem was read-only. (With
     ``filesystem="memory"`` the routed ``os`` functions never reach here; ``shutil``'s own
     audit events are let through, as its work goes through those routed functions.)"""
-    if layer.policy.filesystem == "memory" and operation.startswith("shutil."):
+    if layer.policy.filesystem != "readonly" and operation.startswith("shutil."):
         return None
     target = describe(path)
     if operation:
         target = f"{target} ({operation})"
-    return FileWriteRefused(target, _WRITE_RULE, "filesystem")
+    refusal = FileWriteRefused(target, _WRITE_RULE, "filesystem")
+    if operation not in ("rename", "link"):  # those two name "source -> destination"
+        refusal.filename = filename_of(path)
+    return refusal
 
 
 def check_open(layer: Layer, scope: Scope, path: Any, mode: Any,

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .context import Layer, Scope, active_scope, unsandboxed
-from .filesystem import check_read
+from .errors import FileWriteRefused, SandboxViolation
+from .filesystem import WRITE_FLAGS, check_read, describe
 from .patches import _hidden_names, _named
 from .paths import is_inside
 
@@ -141,9 +142,46 @@ def _refuse_unmapped(scope: Scope, fs: Any, path: Any) -> None:
 def scope_memory(layers: tuple[Layer, ...]) -> MemoryFilesystem | None:
     """A fresh memory filesystem when every layer asks for one (nesting only narrows: a
     read-only layer anywhere keeps the filesystem read-only)."""
-    if all(layer.policy.filesystem == "memory" for layer in layers):
+    if all(layer.policy.filesystem != "readonly" for layer in layers):
         return MemoryFilesystem(layers[-1].readable_roots)
     return None
+
+
+#: ``filesystem="tmp"`` (the python3 runtime): the folders writes may go to, in memory.
+TMP_FOLDERS: tuple[str, ...] = tuple(dict.fromkeys(
+    os.path.realpath(folder) for folder in (tempfile.gettempdir(), "/tmp")))
+_TMP_RULE = ("the python3 runtime's filesystem is read-only except /tmp (filesystem='memory' "
+             "lets every write succeed in memory)")
+#: ``os`` functions that change the filesystem, and which of their arguments are paths.
+_WRITE_ARGUMENTS: dict[str, tuple[int, ...]] = {
+    "mkdir": (0,), "remove": (0,), "unlink": (0,), "rmdir": (0,), "rename": (0, 1),
+    "replace": (0, 1), "chmod": (0,), "utime": (0,), "truncate": (0,), "symlink": (1,),
+    "link": (1,), "setxattr": (0,), "removexattr": (0,),
+}
+
+
+def _check_tmp_write(scope: Scope, fs: Any, paths: tuple[Any, ...], what: str) -> None:
+    """``filesystem="tmp"``: a write beneath ``/tmp`` goes to memory, any other is refused
+    (judged on the path as the in-memory filesystem resolves it, links made there followed)."""
+    layers = [layer for layer in scope.layers if layer.policy.filesystem == "tmp"]
+    if not layers:
+        return
+    for path in paths:
+        if type(path) is int:
+            continue
+        try:
+            resolved = fs.resolve_path(os.fsdecode(path))
+        except (TypeError, ValueError, OSError):
+            resolved = None
+        if resolved is not None and is_inside(resolved, TMP_FOLDERS):
+            continue
+        scope.judge(_refuse_outside_tmp, f"{describe(path)} ({what})")
+
+
+def _refuse_outside_tmp(layer: Layer, target: str) -> SandboxViolation | None:
+    if layer.policy.filesystem != "tmp":
+        return None
+    return FileWriteRefused(target, _TMP_RULE, "filesystem")
 
 
 # --- routers: installed once, on the first memory-mode scope ---------------------------------
@@ -182,8 +220,15 @@ def _path_router(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
         path = args[0] if args else kwargs.get("path")
         if name in ("listdir", "scandir") and path is None:
             args = (".",) if name == "scandir" else (os.getcwd(),)
-        result = memory.run(scope, lambda fs, fake_os, fake_open: getattr(fake_os, name)(
-            *args, **kwargs), path)
+        positions = _WRITE_ARGUMENTS.get(name, ())
+
+        def call(fs: Any, fake_os: Any, fake_open: Any) -> Any:
+            if positions:
+                _check_tmp_write(scope, fs, tuple(args[i] for i in positions if i < len(args)),
+                                 f"os.{name}")
+            return getattr(fake_os, name)(*args, **kwargs)
+
+        result = memory.run(scope, call, path)
         if name in ("listdir", "scandir"):
             result = _filter_listing(scope, name, args[0] if args else ".", result)
         return result
@@ -233,8 +278,14 @@ def _open_router(inner: Callable[..., Any]) -> Callable[..., Any]:
             return inner(file, *args, **kwargs)
         if kwargs.get("opener") is not None:
             kwargs["opener"] = memory.as_app_code(kwargs["opener"])
-        return memory.run(scope, lambda fs, fake_os, fake_open: _loaded(
-            fake_open(file, *args, **kwargs)), file)
+        mode = args[0] if args else kwargs.get("mode", "r")
+
+        def call(fs: Any, fake_os: Any, fake_open: Any) -> Any:
+            if isinstance(mode, str) and any(c in mode for c in "wax+"):
+                _check_tmp_write(scope, fs, (file,), f"open mode {mode!r}")
+            return _loaded(fake_open(file, *args, **kwargs))
+
+        return memory.run(scope, call, file)
 
     return _named(open, inner)
 
@@ -245,8 +296,12 @@ def _os_open_router(inner: Callable[..., Any]) -> Callable[..., Any]:
         memory = _memory_of(scope)
         if memory is None:
             return inner(path, flags, mode, dir_fd=dir_fd)
-        return memory.run(scope, lambda fs, fake_os, fake_open: fake_os.open(
-            path, flags, mode, dir_fd=dir_fd), path)
+        def call(fs: Any, fake_os: Any, fake_open: Any) -> Any:
+            if isinstance(flags, int) and flags & WRITE_FLAGS:
+                _check_tmp_write(scope, fs, (path,), f"os.open flags {flags:#o}")
+            return fake_os.open(path, flags, mode, dir_fd=dir_fd)
+
+        return memory.run(scope, call, path)
 
     return _named(open_fd, inner)
 

@@ -9,7 +9,6 @@ and ``_posixsubprocess.fork_exec`` (spawns a process without an audit event).
 
 from __future__ import annotations
 
-import atexit
 import io
 import os
 import signal
@@ -38,7 +37,6 @@ from .filesystem import (
     resolve_walk,
     stable_path,
 )
-from .imports import is_stdlib_code
 from .network import check_lookup, check_server
 
 Patch = tuple[Any, str, Any, Any]  # (owner, attribute, original, replacement)
@@ -51,12 +49,15 @@ def _refuse_system(layer: Layer, what: str, rule: str) -> SandboxViolation:
     return SystemCallRefused(what, rule, None)
 
 
-def _refuse_process(layer: Layer, what: str) -> SandboxViolation:
-    return ProcessRefused(what, "sandboxed code may not start or signal processes", None)
+def _refuse_process(layer: Layer, what: str) -> SandboxViolation | None:
+    if layer.policy.allow_processes:
+        return None
+    return ProcessRefused(what, "sandboxed code may not start or signal processes",
+                          "allow_processes")
 
 
 def _refuse_tempfile(layer: Layer, what: str) -> SandboxViolation | None:
-    if layer.policy.filesystem == "memory":
+    if layer.policy.filesystem != "readonly":
         return None  # made in the request's in-memory filesystem (memoryfs.py)
     return TempfileRefused(
         what, "the runtime's tempfile offers only TemporaryFile (in memory)", "filesystem"
@@ -427,22 +428,6 @@ def _fork_exec(original: Callable[..., Any]) -> Callable[..., Any]:
     return _named(fork_exec, original)
 
 
-def _refused_to_app_code(original: Callable[..., Any], what: str,
-                         rule: str) -> Callable[..., Any]:
-    """Process-wide registrations (fork and exit handlers) that outlive the request: refused
-    to app code; the standard library makes its own at import time (``logging``,
-    ``concurrent.futures``, ``random``)."""
-
-    def register(*args: Any, **kwargs: Any) -> Any:
-        scope = active_scope()
-        if scope is not None and not is_stdlib_code(sys._getframe(1).f_code.co_filename):
-            scope.judge(_refuse_system, what, rule)
-            return passthrough(original, *args, **kwargs)
-        return original(*args, **kwargs)
-
-    return _named(register, original)
-
-
 def describe_command(args: Any) -> str:
     try:
         if isinstance(args, (str, bytes, os.PathLike)):
@@ -564,21 +549,6 @@ def build_patches() -> list[Patch]:
     add(os, "environ", _scoped_environ)
     add(os, "listdir", _listdir)
     add(os, "scandir", _scandir)
-    add(os, "register_at_fork", lambda original: _refused_to_app_code(
-        original, "os.register_at_fork()", "fork handlers are process-wide and outlive the "
-        "request"))
-    add(atexit, "register", lambda original: _refused_to_app_code(
-        original, "atexit.register()", "exit handlers are process-wide and run after the "
-        "request"))
-    import codecs
-    import copyreg
-
-    for owner, name in ((codecs, "register"), (sys.modules.get("_codecs"), "register"),
-                        (copyreg, "pickle")):
-        if owner is not None:  # registries of functions that run later in host code
-            add(owner, name, lambda original, what=f"{owner.__name__}.{name}()": (
-                _refused_to_app_code(original, what, "the registration is process-wide and "
-                                     "its function runs later in host code")))
     add(tempfile, "TemporaryFile", _temporary_file)
     for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "mktemp"):
         add(tempfile, name, lambda original, name=name: _refused_call(

@@ -1,7 +1,9 @@
 """The policy: an immutable description of what sandboxed code may do.
 
 Validated when built, so a typo fails at start-up with a message that names the field and the
-accepted values, not at the first request.
+accepted values, not at the first request. Plain data: building one installs nothing, and the
+loaders (app.yaml, policy files, command-line flags: ``loaders.py``) import this module, never
+the other way round.
 """
 
 from __future__ import annotations
@@ -11,20 +13,26 @@ import fnmatch
 import math
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .context import unsandboxed
+from .paths import realpath
 from .runtime import PYTHON27_BLOCKED_MODULES
 
 Mode = Literal["enforce", "report"]
-Filesystem = Literal["readonly", "memory"]
+Filesystem = Literal["readonly", "memory", "tmp"]
 
 MODES: tuple[str, ...] = ("enforce", "report")
 OsConfinement = Literal["required", "best_effort"]
 OS_CONFINEMENTS: tuple[str, ...] = ("required", "best_effort")
-FILESYSTEMS: tuple[str, ...] = ("readonly", "memory")
+FILESYSTEMS: tuple[str, ...] = ("readonly", "memory", "tmp")
+#: The python3 runtime's request deadline with automatic scaling (10 minutes).
+PYTHON3_DEADLINE = 600.0
+#: The python27 runtime's request deadline.
+PYTHON27_DEADLINE = 60.0
+_stat = os.stat  # captured before any sandbox patches it: validating a path is not the app's
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,10 @@ class Policy:
     allowed_c_extensions: tuple[str, ...] = ()
     #: ``"host:port"`` patterns the app may connect to; ``"host:*"`` for any port; empty = none.
     allowed_hosts: tuple[str, ...] = ()
-    #: ``"readonly"`` (the runtime) or ``"memory"``: writes succeed in an in-memory
-    #: filesystem private to the request, laid over the readable folders; nothing reaches disk.
+    #: ``"readonly"`` (python27), ``"memory"``: writes succeed in an in-memory filesystem
+    #: private to the request, laid over the readable folders; ``"tmp"`` (python3): writes
+    #: succeed only beneath the temporary folder (``/tmp``), in memory kept per ``Sandbox``
+    #: (the runtime's instance); elsewhere they are refused. Nothing reaches the disk.
     filesystem: Filesystem = "readonly"
     #: Seconds a request may run; ``None`` for no deadline.
     deadline: float | None = None
@@ -81,11 +91,19 @@ class Policy:
     allow_threads: bool = True
     #: Whether ``start_background_thread`` may start threads that outlive the request.
     allow_background_threads: bool = False
+    #: Whether sandboxed code may start and signal processes (``subprocess``, ``os.system``,
+    #: ``fork``, ``exec*``, ``kill``): the python3 runtime allows it, python27 did not.
+    allow_processes: bool = False
     #: App modules compiled with RestrictedPython (restricted mode) when imported in a sandbox.
     restricted_modules: tuple[str, ...] = ()
     #: What ``confine_process`` does when the kernel lacks a layer (Landlock, its TCP rules,
     #: seccomp): ``"required"`` raises ``ConfinementUnavailable``, ``"best_effort"`` warns.
     os_confinement: OsConfinement = "required"
+    #: The working directory of a request: ``"app_root"`` (the runtime: ``os.getcwd()`` is the
+    #: app's folder and relative paths resolve there) or ``"host"`` (the process's own). Either
+    #: way it is per request: ``os.chdir`` in a sandbox moves only that request's (and its
+    #: threads'), never the process's.
+    working_directory: Literal["app_root", "host"] = "app_root"
 
     _host_rules: tuple[HostRule, ...] = field(
         init=False, repr=False, compare=False, default=()
@@ -93,8 +111,7 @@ class Policy:
     _cache: dict[Any, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        with unsandboxed():  # built inside a request, its path checks are not the app's
-            self._validate()
+        self._validate()
 
     def _validate(self) -> None:
         set_ = object.__setattr__
@@ -127,10 +144,6 @@ class Policy:
                 f"Policy.mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}"
             )
         set_(self, "deadline", _deadline("deadline", self.deadline))
-        if self.restricted_modules:  # the finder that compiles them, installed on first use
-            from .restricted import install_finder
-
-            install_finder()
         grace = _deadline("hard_deadline_grace", self.hard_deadline_grace)
         if grace is None:
             raise TypeError("Policy.hard_deadline_grace must be a positive number of seconds")
@@ -140,7 +153,10 @@ class Policy:
                 f"Policy.os_confinement must be one of {', '.join(map(repr, OS_CONFINEMENTS))}, "
                 f"got {self.os_confinement!r}"
             )
-        for name in ("allow_threads", "allow_background_threads"):
+        if self.working_directory not in ("app_root", "host"):
+            raise ValueError("Policy.working_directory must be 'app_root' or 'host', "
+                             f"got {self.working_directory!r}")
+        for name in ("allow_threads", "allow_background_threads", "allow_processes"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(
                     f"Policy.{name} must be True or False, got {getattr(self, name)!r}"
@@ -152,7 +168,26 @@ class Policy:
         C extensions beyond the runtime's list, a 60-second request deadline."""
         base: dict[str, Any] = {
             "blocked_modules": PYTHON27_BLOCKED_MODULES,
-            "deadline": 60.0,
+            "deadline": PYTHON27_DEADLINE,
+        }
+        base.update(changes)
+        return cls(app_root=app_root, **base)  # type: ignore[arg-type]
+
+    @classmethod
+    def python3(cls, app_root: str | os.PathLike[str], **changes: Any) -> Policy:
+        """App Engine's second-generation Python 3 runtime (python37 ... python314), as a
+        portability profile: any module and C extension, outbound connections anywhere,
+        processes and threads; the filesystem read-only except ``/tmp``, which is an
+        in-memory folder per ``Sandbox``; a 10-minute request deadline. Not a security
+        boundary: C extensions and processes reach past every in-process check."""
+        base: dict[str, Any] = {
+            "blocked_modules": (),
+            "allowed_c_extensions": ("*",),
+            "allowed_hosts": ("*:*",),
+            "filesystem": "tmp",
+            "allow_processes": True,
+            "allow_background_threads": True,
+            "deadline": PYTHON3_DEADLINE,
         }
         base.update(changes)
         return cls(app_root=app_root, **base)  # type: ignore[arg-type]
@@ -166,13 +201,6 @@ class Policy:
                 f"Policy has no field {', '.join(unknown)}; fields are {', '.join(sorted(names))}"
             )
         return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_app_yaml(cls, path: str | os.PathLike[str], **changes: Any) -> Policy:
-        """The policy an App Engine ``app.yaml`` describes (see :mod:`gae_sandbox.appyaml`)."""
-        from .appyaml import load_app_yaml
-
-        return load_app_yaml(path).policy(**changes)
 
     @property
     def host_rules(self) -> tuple[HostRule, ...]:
@@ -266,7 +294,7 @@ def _regexes(name: str, value: Any) -> tuple[str, ...]:
 
 
 def _inside_root(root: str, path: str) -> str:
-    resolved = os.path.realpath(os.path.join(root, path))
+    resolved = realpath(os.path.join(root, path)) or os.path.join(root, path)
     if resolved != root and not resolved.startswith(root + "/"):
         raise ValueError(f"Policy.unreadable_paths entry {path!r} is not inside app_root {root}")
     return resolved
@@ -318,8 +346,12 @@ def _folder(name: str, value: Any) -> str:
     text = os.fspath(value)
     if not isinstance(text, str) or not text or "\0" in text:
         raise ValueError(f"Policy.{name} must be a non-empty folder path, got {value!r}")
-    path = os.path.realpath(text)
-    if not os.path.isdir(path):
+    path = realpath(os.path.abspath(text))
+    try:
+        is_folder = path is not None and stat.S_ISDIR(_stat(path).st_mode)
+    except (OSError, ValueError):
+        is_folder = False
+    if path is None or not is_folder:
         raise ValueError(f"Policy.{name}: {text!r} is not an existing folder")
     if path == os.path.dirname(path):
         raise ValueError(f"Policy.{name}: the filesystem root {text!r} cannot be a sandbox folder")

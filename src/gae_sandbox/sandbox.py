@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from . import deadline as deadline_layer
-from . import imports, memoryfs, patches, threads
+from . import imports, memoryfs, patches, registrations, threads
 from .audit import install_audit_hook
 from .context import _ACTIVE, Layer, Scope
 from .deadline import Deadline, start_deadline
@@ -49,6 +49,7 @@ def install() -> None:
         _patches[:] = patches.build_patches()
         _patches.extend(deadline_layer.build_patches())
         _patches.extend(threads.build_patches())
+        _patches.extend(registrations.build_patches())
         _patches.extend([
             (builtins, "__import__", imports.original_import, imports.gated_import),
             (importlib, "import_module", imports.original_import_module,
@@ -137,8 +138,11 @@ class Sandbox:
         self._layer = Layer(policy, self._report)
         #: filesystem="memory": one filesystem shared by this Sandbox's requests (kept across
         #: them) instead of a private one per request.
-        self.keep_memory_filesystem = bool(keep_memory_filesystem)
+        #: filesystem="tmp" keeps one too: the python3 runtime's /tmp lasts as long as the
+        #: instance.
+        self.keep_memory_filesystem = bool(keep_memory_filesystem) or policy.filesystem == "tmp"
         self._kept_memory: memoryfs.MemoryFilesystem | None = None
+        self._restricted_finder = False
 
     # -- the with statement ----------------------------------------------------------------
 
@@ -198,8 +202,13 @@ class Sandbox:
             builtins.__import__ is not imports.gated_import
         ):
             install()
+        if self.policy.restricted_modules and not self._restricted_finder:
+            from .restricted import install_finder
+
+            install_finder()  # compiles the restricted modules when they are imported
+            self._restricted_finder = True
         scope = Scope(self._layer, _ACTIVE.get(), self)
-        if self.policy.filesystem == "memory":
+        if self.policy.filesystem != "readonly":
             self._attach_memory(scope)
         seconds = self.policy.deadline
         inherited = scope.deadline  # the enclosing sandbox's, if any
@@ -335,6 +344,33 @@ def close_scope(scope: Scope) -> None:
                                                     False):
             scope.memory.discard()  # the request's files are gone with it
         _count(-1)
+
+
+def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,
+                    **kwargs: Any) -> Any:
+    """Run ``function`` (a callback the app registered in ``registered``) in a new scope
+    under the same policies, inside whatever scope is active now (nesting narrows), with the
+    innermost policy's deadline when a timer can still be started (not at interpreter exit).
+    """
+    current = _ACTIVE.get()
+    scope = Scope(registered.layers[-1], current, registered.owner)
+    scope.layers = (*(current.layers if current else ()), *registered.layers)
+    scope.memory = memoryfs.scope_memory(scope.layers)
+    policy = registered.policy
+    if policy.deadline is not None:
+        try:
+            scope.deadline = start_deadline(policy.deadline, policy.hard_deadline_grace, scope,
+                                            lambda deadline: None)
+        except RuntimeError:  # "can't create new thread at interpreter shutdown"
+            scope.deadline = None
+    _count(1)
+    try:
+        return call_in_scope(scope, function, *args, **kwargs)
+    finally:
+        close_scope(scope)
+
+
+registrations._runner = run_in_scope_of
 
 
 def current_sandbox() -> Any:

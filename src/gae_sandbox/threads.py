@@ -228,16 +228,16 @@ THREAD_HOOKS = ("settrace", "setprofile", "settrace_all_threads", "setprofile_al
 
 
 def _hook_patches() -> list[tuple[Any, str, Any, Any]]:
-    """``threading.settrace`` and friends from app code: the hook would run in the host's
-    threads after the request (``sys.settrace`` raises an audit event; these store the hook
-    without one, or call ``sys.settrace`` from the standard library)."""
-    from .patches import _refused_to_app_code
+    """``threading.settrace`` and friends from sandboxed code: the hook would run in the
+    host's threads after the request (``sys.settrace`` raises an audit event; these store the
+    hook without one, or call ``sys.settrace`` from the standard library)."""
+    from .patches import _refuse_system, _refused_call
 
     found = []
     for name in THREAD_HOOKS:
         original = getattr(threading, name, None)
         if original is not None:
-            found.append((threading, name, original, _refused_to_app_code(
-                original, f"threading.{name}()",
+            found.append((threading, name, original, _refused_call(
+                original, _refuse_system, f"threading.{name}()",
                 "a trace or profile function for new threads outlives the request")))
     return found

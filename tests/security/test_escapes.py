@@ -546,34 +546,41 @@ CASES: list[Case] = [
          "sys.setprofile(profiler)\n"),
     Case("sys_excepthook_replaced", "excepthook",
          "import sys\n"
-         "def hook(*args):\n"
-         "    pass\n"
-         "sys.excepthook = hook\n",
-         enforce_gap="default mode gap: assigning a sys attribute raises no audit event; "
-                     "restricted mode / OS layer covers it"),
+         "def hook(*args, make=open):\n"
+         "    make(target, 'w').close()\n"
+         "sys.excepthook = hook\n"),
+    Case("threading_excepthook_replaced", "thread_excepthook",
+         "import threading\n"
+         "def hook(args, make=open):\n"
+         "    make(target, 'w').close()\n"
+         "threading.excepthook = hook\n"),
     Case("copyreg_pickle_registered", "copyreg",
          "import copyreg\n"
-         "def reduce(value):\n"
+         "def reduce(value, make=open):\n"
+         "    make(target, 'w').close()\n"
          "    return (complex, (0, 0))\n"
          "copyreg.pickle(complex, reduce)\n"),
     Case("copyreg_dispatch_table_item", "copyreg",
          "import copyreg\n"
-         "def reduce(value):\n"
+         "def reduce(value, make=open):\n"
+         "    make(target, 'w').close()\n"
          "    return (complex, (0, 0))\n"
          "copyreg.dispatch_table[complex] = reduce\n",
          enforce_gap="default mode gap: copyreg's registry is a shared dict and an item "
                      "write raises no audit event; restricted mode / OS layer covers it"),
     Case("codecs_register_search", "codecs",
          "import codecs\n"
-         "def search(name):\n"
+         "def search(name, make=open):\n"
          "    if name == 'gae_evil':\n"
+         "        make(target, 'w').close()\n"
          "        return codecs.lookup('utf-8')\n"
          "    return None\n"
          "codecs.register(search)\n"),
     Case("_codecs_register_reach_through", "codecs",
          "import _codecs\n"
-         "def search(name):\n"
+         "def search(name, make=open):\n"
          "    if name == 'gae_evil':\n"
+         "        make(target, 'w').close()\n"
          "        return _codecs.lookup('utf-8')\n"
          "    return None\n"
          "_codecs.register(search)\n"),
@@ -591,10 +598,7 @@ CASES: list[Case] = [
          "keep = Holder()\n"
          "def later():\n"
          "    open(target, 'w').close()\n"
-         "weakref.finalize(keep, later)\n",
-         enforce_gap="default mode gap: the finalizer runs later in host code, outside the "
-                     "scope, and registering it raises no audit event; restricted mode / OS "
-                     "layer covers it"),
+         "weakref.finalize(keep, later)\n"),
     Case("del_of_object_kept_in_shared_module", "finalizer",
          "import json\n"
          "class Bomb:\n"
@@ -609,10 +613,7 @@ CASES: list[Case] = [
          "class Handler(logging.Handler):\n"
          "    def emit(self, record, make=logging.FileHandler):\n"
          "        make(target).close()\n"
-         "logging.getLogger('gae_escape').addHandler(Handler())\n",
-         enforce_gap="default mode gap: the handler runs later in host code, outside the "
-                     "scope, and adding it raises no audit event; restricted mode / OS layer "
-                     "covers it"),
+         "logging.getLogger('gae_escape').addHandler(Handler())\n"),
     Case("generator_resumed_by_host_after_scope", "generator_resumed",
          "import logging\n"
          "def steps(make=logging.FileHandler):\n"
@@ -738,8 +739,19 @@ def _signal_changed(env: Env) -> bool:
     return signal.getsignal(signal.SIGALRM) != env.saved["sigalrm"]
 
 
-def _atexit_grew(env: Env) -> bool:
-    return atexit._ncallbacks() > env.saved["atexit"]
+def _exit_handler_ran_in_host(env: Env) -> bool:
+    """Run the exit handlers as the interpreter would at exit, in a forked child (so the
+    host's own handlers do not run here), then look for the file the code's handler writes."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)  # a refused handler prints its error
+            atexit._run_exitfuncs()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    return any(env.outdir.iterdir())
 
 
 def _path_hooks_changed(env: Env) -> bool:
@@ -776,20 +788,46 @@ def _profile_changed(env: Env) -> bool:
     return sys.getprofile() is not env.saved["profile"]
 
 
-def _excepthook_changed(env: Env) -> bool:
-    return sys.excepthook is not env.saved["excepthook"]
+def _excepthook_ran_in_host(env: Env) -> bool:
+    """Report an uncaught error as the interpreter would, with whatever hook is set now."""
+    try:
+        raise RuntimeError("a host error")
+    except RuntimeError:
+        try:
+            sys.excepthook(*sys.exc_info())
+        except Exception:  # noqa: S110 - a refused hook raises into the host
+            pass
+    return any(env.outdir.iterdir())
 
 
-def _copyreg_changed(env: Env) -> bool:
-    return copyreg.dispatch_table != env.saved["copyreg"]
+def _thread_excepthook_ran_in_host(env: Env) -> bool:
+    """A host thread's uncaught error, reported through ``threading.excepthook``."""
+    thread = threading.Thread(target=lambda: 1 / 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        thread.start()
+        thread.join()
+    return any(env.outdir.iterdir())
 
 
-def _codec_found(env: Env) -> bool:
+def _copyreg_ran_in_host(env: Env) -> bool:
+    """Pickle a complex number in host code: a reducer the code registered would run."""
+    import pickle
+
+    try:
+        pickle.dumps(complex(1, 2))
+    except Exception:  # noqa: S110 - a refused reducer raises into the host's pickling
+        pass
+    return any(env.outdir.iterdir())
+
+
+def _codec_ran_in_host(env: Env) -> bool:
+    """Look the code's codec up in host code: its search function would run."""
     try:
         codecs.lookup("gae_evil")
-    except LookupError:
-        return False
-    return True
+    except Exception:  # noqa: S110 - a refused search function raises into the host
+        pass
+    return any(env.outdir.iterdir())
 
 
 def _showwarning_changed(env: Env) -> bool:
@@ -850,7 +888,7 @@ EFFECTS: dict[str, Callable[[Env], bool]] = {
     "meta_path": _meta_path_changed,
     "settrace": _trace_changed,
     "signal": _signal_changed,
-    "atexit": _atexit_grew,
+    "atexit": _exit_handler_ran_in_host,
     "path_hooks": _path_hooks_changed,
     "importer_cache": _importer_cache_changed,
     "sys_modules": _sys_modules_changed,
@@ -858,9 +896,10 @@ EFFECTS: dict[str, Callable[[Env], bool]] = {
     "at_fork": _fork_handler_ran,
     "thread_trace": _thread_trace_changed,
     "profile": _profile_changed,
-    "excepthook": _excepthook_changed,
-    "copyreg": _copyreg_changed,
-    "codecs": _codec_found,
+    "excepthook": _excepthook_ran_in_host,
+    "thread_excepthook": _thread_excepthook_ran_in_host,
+    "copyreg": _copyreg_ran_in_host,
+    "codecs": _codec_ran_in_host,
     "showwarning": _showwarning_changed,
     "finalizer": _finalizer_ran_in_host,
     "logging_handler": _logging_handler_ran_in_host,
@@ -900,6 +939,7 @@ def _restore(env: Env) -> None:
     threading._trace_hook = saved["thread_trace"]  # type: ignore[attr-defined]
     sys.setprofile(saved["profile"])
     sys.excepthook = saved["excepthook"]
+    threading.excepthook = saved["thread_excepthook"]
     copyreg.dispatch_table.clear()
     copyreg.dispatch_table.update(saved["copyreg"])
     search = env.namespace.get("search")
@@ -961,6 +1001,7 @@ def env(tmp_path: Path, app_root: Path, listener: Any) -> Iterator[Env]:
         "thread_trace": threading._trace_hook,  # type: ignore[attr-defined]
         "profile": sys.getprofile(),
         "excepthook": sys.excepthook,
+        "thread_excepthook": threading.excepthook,
         "copyreg": dict(copyreg.dispatch_table),
         "showwarning": warnings.showwarning,
         "handlers": dict(audit.HANDLERS),

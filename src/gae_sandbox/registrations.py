@@ -1,0 +1,275 @@
+"""Callbacks the app hands to process-wide machinery run later inside the app's sandbox.
+
+Libraries register callbacks at import time (certifi's ``atexit.register``, a logging handler,
+a ``weakref.finalize``); the machinery calls them later, from host code: at exit, when the
+host logs, when an object dies. Refusing the registration breaks the library; letting the
+callback run as host code lets the app out of its sandbox. So each callback registered from
+inside a sandbox is wrapped: when it is called, it runs in a new scope under the policies of
+the request that registered it (and of the request running at that moment, if any), with the
+policy's deadline, and its refusals are recorded in that request's ``Sandbox`` report.
+
+Covered: ``atexit.register`` (and ``unregister``), ``os.register_at_fork``,
+``weakref.finalize``, ``codecs.register``, ``copyreg.pickle``, handlers and filters added to
+loggers, ``logging.setLogRecordFactory``, and hooks assigned to ``sys.excepthook``,
+``sys.unraisablehook``, ``sys.displayhook``, ``sys.breakpointhook`` and
+``threading.excepthook``. A standard-library function registered without arguments (the
+standard library's own ``logging.shutdown`` when ``logging`` is first imported inside a
+request) is registered as it is: it is the interpreter's own code, and no argument of the
+app's reaches it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import codecs
+import copyreg
+import logging
+import os
+import sys
+import threading
+import types
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .context import Scope, active_scope
+from .patches import _named
+
+Patch = tuple[Any, str, Any, Any]
+
+#: Set by sandbox.py: ``run_in_scope_of(scope, function, *args, **kwargs)``.
+_runner: Callable[..., Any] | None = None
+
+
+def _own_stdlib_callback(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    from .imports import is_stdlib_code
+
+    code = getattr(function, "__code__", None)
+    return (type(function) is types.FunctionType and not args and not kwargs
+            and code is not None and is_stdlib_code(code.co_filename)
+            and not function.__code__.co_filename.startswith("<"))
+
+
+class SandboxedCallback:
+    """A callable registered from inside a sandbox: called later, it runs in that sandbox."""
+
+    __slots__ = ("__wrapped", "__scope", "__weakref__")
+
+    def __init__(self, function: Any, scope: Scope) -> None:
+        self.__wrapped = function
+        self.__scope = scope
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        assert _runner is not None
+        return _runner(self.__scope, self.__wrapped, *args, **kwargs)
+
+    def wraps(self, function: Any) -> bool:
+        return self.__wrapped is function or self.__wrapped == function
+
+    def __repr__(self) -> str:
+        return f"<sandboxed {self.__wrapped!r}>"
+
+
+def sandboxed(function: Any, scope: Scope | None = None) -> Any:
+    """``function`` wrapped to run in the active (or given) scope's sandbox when called."""
+    scope = scope if scope is not None else active_scope()
+    if scope is None or not callable(function) or isinstance(function, SandboxedCallback):
+        return function
+    return SandboxedCallback(function, scope)
+
+
+# --- atexit ---------------------------------------------------------------------------------
+
+_exit_callbacks: list[SandboxedCallback] = []
+_codec_searches: list[SandboxedCallback] = []
+
+
+def _atexit_register(original: Callable[..., Any]) -> Callable[..., Any]:
+    def register(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if active_scope() is None or _own_stdlib_callback(function, args, kwargs):
+            return original(function, *args, **kwargs)
+        wrapper = sandboxed(function)
+        _exit_callbacks.append(wrapper)
+        original(wrapper, *args, **kwargs)
+        return function  # as atexit.register does, so it works as a decorator
+
+    return _named(register, original)
+
+
+def _unregister(original: Callable[..., Any],
+                wrappers: list[SandboxedCallback]) -> Callable[..., Any]:
+    """``atexit.unregister`` / ``codecs.unregister``: also the wrappers of ``function``."""
+
+    def unregister(function: Any, /) -> None:
+        original(function)
+        for wrapper in [w for w in wrappers if w.wraps(function)]:
+            wrappers.remove(wrapper)
+            original(wrapper)
+
+    return _named(unregister, original)
+
+
+def _codecs_register(original: Callable[..., Any]) -> Callable[..., Any]:
+    def register(search_function: Any, /) -> None:
+        if active_scope() is not None:
+            search_function = sandboxed(search_function)
+            _codec_searches.append(search_function)
+        original(search_function)
+
+    return _named(register, original)
+
+
+# --- functions taking a callable ------------------------------------------------------------
+
+
+def _wrapping(original: Callable[..., Any], *positions: int,
+              keywords: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """``original`` with the callables at ``positions`` / ``keywords`` wrapped in a sandbox."""
+
+    def register(*args: Any, **kwargs: Any) -> Any:
+        if active_scope() is not None:
+            args = tuple(sandboxed(a) if i in positions else a for i, a in enumerate(args))
+            for key in keywords:
+                if key in kwargs:
+                    kwargs[key] = sandboxed(kwargs[key])
+        return original(*args, **kwargs)
+
+    return _named(register, original)
+
+
+def _finalize_init(original: Callable[..., Any]) -> Callable[..., Any]:
+    def __init__(self: Any, obj: Any, func: Any, /, *args: Any, **kwargs: Any) -> None:
+        if active_scope() is not None and not _own_stdlib_callback(func, args, kwargs):
+            func = sandboxed(func)
+        original(self, obj, func, *args, **kwargs)
+
+    return _named(__init__, original)
+
+
+# --- logging --------------------------------------------------------------------------------
+
+
+class SandboxedHandler:
+    """A logging handler added from inside a sandbox: the host's logging calls reach it
+    through here, and it formats and emits inside the sandbox that added it."""
+
+    def __init__(self, handler: Any, scope: Scope) -> None:
+        self._handler = handler
+        self._handle = SandboxedCallback(handler.handle, scope)
+
+    @property
+    def level(self) -> Any:
+        return self._handler.level
+
+    def handle(self, record: Any) -> Any:
+        return self._handle(record)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handler, name)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SandboxedHandler):
+            other = other._handler
+        return self._handler is other
+
+    def __hash__(self) -> int:
+        return id(self._handler)
+
+    def __repr__(self) -> str:
+        return f"<sandboxed {self._handler!r}>"
+
+
+class _SandboxedFilter:
+    def __init__(self, filter_: Any, scope: Scope) -> None:
+        self._filter = filter_
+        method = getattr(filter_, "filter", None)
+        self.filter = SandboxedCallback(method if callable(method) else filter_, scope)
+
+    def __eq__(self, other: object) -> bool:
+        return self._filter is getattr(other, "_filter", other)
+
+    def __hash__(self) -> int:
+        return id(self._filter)
+
+
+def _add_handler(original: Callable[..., Any]) -> Callable[..., Any]:
+    def addHandler(self: Any, handler: Any) -> None:  # noqa: N802
+        scope = active_scope()
+        if scope is not None and not isinstance(handler, SandboxedHandler):
+            handler = SandboxedHandler(handler, scope)
+        original(self, handler)
+
+    return _named(addHandler, original)
+
+
+def _add_filter(original: Callable[..., Any]) -> Callable[..., Any]:
+    def addFilter(self: Any, filter_: Any) -> None:  # noqa: N802
+        scope = active_scope()
+        if scope is not None and not isinstance(filter_, _SandboxedFilter):
+            filter_ = _SandboxedFilter(filter_, scope)
+        original(self, filter_)
+
+    return _named(addFilter, original)
+
+
+def _add_handler_ref(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _addHandlerRef(handler: Any) -> None:  # noqa: N802
+        if active_scope() is None:  # logging.shutdown() at exit flushes and closes these:
+            original(handler)       # the app's would run as host code
+
+    return _named(_addHandlerRef, original)
+
+
+# --- hooks assigned as module attributes ----------------------------------------------------
+
+#: Module attributes the interpreter or the standard library calls later from host code.
+HOOK_ATTRIBUTES: dict[str, frozenset[str]] = {
+    "sys": frozenset({"excepthook", "unraisablehook", "displayhook", "breakpointhook"}),
+    "threading": frozenset({"excepthook"}),
+}
+
+
+class _HookedModule(types.ModuleType):
+    """The class of ``sys`` and ``threading`` while installed: a hook assigned from inside a
+    sandbox is wrapped to run in it. Reads are untouched (no ``__getattribute__``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if active_scope() is not None and name in HOOK_ATTRIBUTES.get(
+                types.ModuleType.__getattribute__(self, "__name__"), ()):
+            value = sandboxed(value)
+        types.ModuleType.__setattr__(self, name, value)
+
+
+def hook_modules() -> list[Patch]:
+    """Patches (as ``(module, "__class__", old, new)``) that route hook assignments."""
+    return [(module, "__class__", type(module), _HookedModule)
+            for module in (sys, threading) if type(module) is types.ModuleType]
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def build_patches() -> list[Patch]:
+    """Every (owner, attribute, original, replacement) this layer installs."""
+    patches: list[Patch] = []
+
+    def add(owner: Any, attribute: str, make: Callable[[Any], Any]) -> None:
+        original = vars(owner).get(attribute) if isinstance(owner, type) else getattr(
+            owner, attribute, None)
+        if original is not None:
+            patches.append((owner, attribute, original, make(original)))
+
+    add(atexit, "register", _atexit_register)
+    add(atexit, "unregister", lambda original: _unregister(original, _exit_callbacks))
+    add(os, "register_at_fork", lambda original: _wrapping(
+        original, keywords=("before", "after_in_child", "after_in_parent")))
+    for module in (codecs, sys.modules["_codecs"]):
+        add(module, "register", _codecs_register)
+        add(module, "unregister", lambda original: _unregister(original, _codec_searches))
+    add(copyreg, "pickle", lambda original: _wrapping(original, 1, 2))
+    add(weakref.finalize, "__init__", _finalize_init)
+    add(logging.Logger, "addHandler", _add_handler)
+    add(logging.Filterer, "addFilter", _add_filter)
+    add(logging, "_addHandlerRef", _add_handler_ref)
+    add(logging, "setLogRecordFactory", lambda original: _wrapping(original, 0))
+    return patches + hook_modules()

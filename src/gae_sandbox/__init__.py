@@ -17,8 +17,10 @@ from .errors import (
     DeadlineExceededError,
     FileReadRefused,
     FileWriteRefused,
+    FunctionNotImplementedRefused,
     HardDeadlineExceeded,
     ImportRefused,
+    LocaleRefused,
     NetworkRefused,
     NotAvailableRefused,
     ProcessRefused,
@@ -28,6 +30,7 @@ from .errors import (
     TempfileRefused,
     ThreadRefused,
 )
+from .loaders import PolicyConfigError, build_policy, policy_from_app_yaml, read_policy_file
 from .middleware import SandboxMiddleware
 from .policy import Policy
 from .report import Violation
@@ -46,11 +49,14 @@ __all__ = [
     "DeadlineExceededError",
     "FileReadRefused",
     "FileWriteRefused",
+    "FunctionNotImplementedRefused",
     "HardDeadlineExceeded",
     "ImportRefused",
+    "LocaleRefused",
     "NetworkRefused",
     "NotAvailableRefused",
     "Policy",
+    "PolicyConfigError",
     "ProcessRefused",
     "RestrictedCodeError",
     "Sandbox",
@@ -60,10 +66,13 @@ __all__ = [
     "TempfileRefused",
     "ThreadRefused",
     "Violation",
+    "build_policy",
     "confine_process",
     "current_sandbox",
     "install",
     "is_installed",
+    "policy_from_app_yaml",
+    "read_policy_file",
     "start_background_thread",
     "uninstall",
 ]

@@ -35,7 +35,7 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "lxml": ("lxml",),
     "PIL": ("PIL", "_imaging*"),
     "pycrypto": ("Crypto",),
-    "ssl": ("_ssl",),
+    "ssl": ("ssl", "_ssl"),
     "MySQLdb": ("_mysql", "MySQLdb"),
     "matplotlib": ("matplotlib",),
     "yaml": ("_yaml", "yaml"),
@@ -73,16 +73,53 @@ HANDLER_KEYS = {
     "secure", "mime_type", "expiration", "http_headers", "auth_fail_action",
     "require_matching_file", "position", "redirect_http_response_code",
 }
-SUPPORTED_RUNTIMES = ("python27",)
+SUPPORTED_RUNTIMES = ("python27", "python3", "python37", "python38", "python39", "python310",
+                      "python311", "python312", "python313", "python314")
+#: The second-generation runtimes: ``Policy.python3``, handlers optional, ``script: auto``.
+_PYTHON3_RUNTIME = re.compile(r"python3\d*")
+#: What the python3 runtime serves without an ``entrypoint:``: gunicorn on ``main:app``.
+DEFAULT_WSGI_APP = "main:app"
 
 
-_SHOW = reprlib.Repr()
+class _BoundedRepr(reprlib.Repr):
+    """``reprlib`` for any value the loader builds, bounded in time and length.
+
+    ``reprlib`` picks its method by the exact type name, so a subclass (the loader's
+    ``_LineList``/``_LineDict``) would fall back to the built-in ``repr`` of the whole value:
+    here the built-in base class picks the method. Integers too long to print (a 1 MB
+    ``0b...`` scalar) are shown by size, bytes are cut before they are rendered.
+    """
+
+    def repr1(self, x: Any, level: int) -> str:
+        for cls in type(x).__mro__:
+            if cls.__module__ in ("builtins", "collections", "array"):
+                method = getattr(self, f"repr_{cls.__name__}", None)
+                if method is not None:
+                    return str(method(x, level))
+        return self.repr_instance(x, level)
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 4 * self.maxlong:
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        shown = repr(bytes(x[:self.maxstring]))
+        return shown if len(x) <= self.maxstring else f"{shown[:-1]}...{shown[-1]}"
+
+
+_SHOW = _BoundedRepr()
 _SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 2, 4, 4, 60, 60
+_SHOW_LIMIT = 160  # characters: what any value contributes to a message, at most
 
 
 def _show(value: Any) -> str:
     """A short, bounded repr for messages (an alias bomb must not become the message)."""
-    return _SHOW.repr(value)
+    try:
+        text = _SHOW.repr(value)
+    except Exception:  # noqa: BLE001 - a value that cannot be shown must not hide the error
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= _SHOW_LIMIT else text[:_SHOW_LIMIT - 3] + "..."
 
 
 class AppYamlError(ValueError):
@@ -124,21 +161,51 @@ class AppConfig:
     skip_files: tuple[str, ...]
     env_variables: tuple[tuple[str, str], ...]
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: python3 runtimes: the ``entrypoint:`` command, and the WSGI app it (or the runtime's
+    #: default, ``main:app``) serves, as ``module:attribute``.
+    entrypoint: str | None = None
+    wsgi_app: str | None = None
 
-    def policy(self, **changes: Any) -> Policy:
-        """The python27 policy for this app (``changes`` override any field)."""
+    @property
+    def preset(self) -> str:
+        """``"python3"`` for the second-generation runtimes, else ``"python27"``."""
+        return "python3" if _PYTHON3_RUNTIME.fullmatch(self.runtime) else "python27"
+
+    def settings(self) -> dict[str, Any]:
+        """The Policy fields this app.yaml sets (the preset supplies the rest)."""
+        if self.preset == "python3":
+            environment = dict(self.python3_environment())
+            environment.update(self.env_variables)
+            return {
+                "skip_files": self.skip_files,
+                "unreadable_paths": self.unreadable_paths(),
+                "env_variables": tuple(environment.items()),
+            }
         c_extensions: list[str] = []
         for name, _version in self.libraries:
             c_extensions.extend(LIBRARIES.get(name, (name,)))
-        settings: dict[str, Any] = {
+        return {
             "allowed_c_extensions": tuple(dict.fromkeys(c_extensions)),
             "skip_files": self.skip_files,
             "unreadable_paths": self.unreadable_paths(),
             "env_variables": self.env_variables,
         }
+
+    def python3_environment(self) -> tuple[tuple[str, str], ...]:
+        """The variables the python3 runtime sets for every app (``GAE_ENV`` and friends)."""
+        service = self.extra.get("service") or self.extra.get("module") or "default"
+        return (("GAE_ENV", "standard"), ("GAE_RUNTIME", self.runtime),
+                ("GAE_SERVICE", str(service)), ("GAE_VERSION", "dev"),
+                ("GAE_APPLICATION", "dev~local"))
+
+    def policy(self, **changes: Any) -> Policy:
+        """The policy for this app: ``Policy.python27`` or, for ``runtime: python3X``,
+        ``Policy.python3``, with what app.yaml sets (``changes`` override any field)."""
+        settings = self.settings()
         settings.update(changes)
+        preset = Policy.python3 if self.preset == "python3" else Policy.python27
         try:
-            return Policy.python27(app_root=self.app_root, **settings)
+            return preset(app_root=self.app_root, **settings)
         except ValueError as error:  # what app.yaml said (a bad override is a TypeError)
             raise AppYamlError(f"{self.path}: {error}") from None
 
@@ -184,7 +251,34 @@ def _static_files_matching(app_root: str, handler: Handler) -> list[str]:
 
 
 class _LineLoader(yaml.SafeLoader):
-    """A safe loader that remembers the line of every mapping and sequence."""
+    """A safe loader that remembers the line of every mapping and sequence.
+
+    Anchors (``&name``) and aliases (``*name``) are refused where they are met, before any
+    node is built, as App Engine's own app.yaml parser refused them: an app.yaml never needs
+    them, and nested aliases ("billion laughs") would make a 1 KB file a billion values.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.events.AliasEvent):
+            what = f"alias *{event.anchor[:40]}"  # anchor names are letters, digits, - and _
+        elif getattr(event, "anchor", None) is not None:
+            what = f"anchor &{event.anchor[:40]}"
+        else:
+            return super().compose_node(parent, index)
+        raise yaml.composer.ComposerError(
+            None, None, f"{what}: anchors and aliases are not supported in app.yaml (App "
+            "Engine refuses them too); write the value out", event.start_mark)
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        """A scalar Python refuses to convert (``2001-13-45``, ``!!float x``) is a YAML
+        error at its line, not a ``ValueError`` out of the loader."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as error:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value: {str(error)[:200]}", node.start_mark
+            ) from None
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -229,6 +323,21 @@ class _LineList(list):  # type: ignore[type-arg]
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
+_MAX_NUMBER_CHARACTERS = 100  # a port, a version, a count: never longer
+
+
+def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int:
+    """YAML 1.1 integers, refused past a plain length: Python refuses to convert (or takes
+    quadratic time on) integers of thousands of digits, and no app.yaml value is one."""
+    if len(node.value) > _MAX_NUMBER_CHARACTERS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a number of {len(node.value)} characters is not an app.yaml value",
+            node.start_mark)
+    return int(loader.construct_yaml_int(node))
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
 _MAX_SIZE = 1 << 20  # an app.yaml is small; a huge one is a mistake, not a config
 
 
@@ -264,7 +373,10 @@ def load_app_yaml(path: str | os.PathLike[str]) -> AppConfig:
         line = f":{mark.line + 1}" if mark else ""
         raise AppYamlError(f"{location}{line}: invalid YAML: {error.problem or error}") from None
     except (yaml.YAMLError, RecursionError) as error:
-        raise AppYamlError(f"{location}: invalid YAML: {error}") from None
+        raise AppYamlError(f"{location}: invalid YAML: {str(error)[:300]}") from None
+    except (ValueError, OverflowError) as error:  # a value filled in after its node was built
+        raise AppYamlError(f"{location}: invalid YAML: cannot read a value: "
+                           f"{str(error)[:200]}") from None
     return _parse(location, document)
 
 
@@ -283,8 +395,11 @@ def _parse(location: str, document: Any) -> AppConfig:
 
     runtime = document.get("runtime")
     if runtime not in SUPPORTED_RUNTIMES:
-        raise fail(f"runtime: {_show(runtime)} is not supported; gae_sandbox emulates "
-                   f"{', '.join(SUPPORTED_RUNTIMES)}", lines.get("runtime", 0))
+        raise fail(f"runtime: {_show(runtime)} is not supported; gae_sandbox emulates python27 "
+                   "and the python3 runtimes (python3, python37 ... python314); for another "
+                   "language, or to pick the rules yourself, serve the app with a policy "
+                   "file or flags instead (gae-sandbox serve --help)", lines.get("runtime", 0))
+    python3 = bool(_PYTHON3_RUNTIME.fullmatch(runtime))
     api_version = document.get("api_version")
     if api_version is not None and not isinstance(api_version, (str, int, float)):
         raise fail("api_version must be a plain value like 1", lines.get("api_version", 0))
@@ -295,20 +410,115 @@ def _parse(location: str, document: Any) -> AppConfig:
 
     app_root = os.path.dirname(os.path.abspath(location))
     handlers = _handlers(document.get("handlers"), lines.get("handlers", 0), app_root,
-                         location, fail)
+                         location, fail, python3)
+    entrypoint, wsgi_app = None, None
+    if python3:
+        entrypoint = document.get("entrypoint")
+        if entrypoint is not None and (not isinstance(entrypoint, str) or not entrypoint.strip()):
+            raise fail(f"entrypoint must be a command line, got {_show(entrypoint)}",
+                       lines.get("entrypoint", 0))
+        wsgi_app = (wsgi_app_of_entrypoint(entrypoint, fail, lines.get("entrypoint", 0))
+                    if entrypoint else DEFAULT_WSGI_APP)
+    elif "entrypoint" in document:
+        raise fail("entrypoint: is for the python3 runtimes; python27 apps name their WSGI "
+                   "apps in handlers' script:", lines.get("entrypoint", 0))
     libraries = _libraries(document.get("libraries"), lines.get("libraries", 0), location, fail)
-    skip_files = _skip_files(document.get("skip_files"), lines.get("skip_files", 0), fail)
+    skip_files = _skip_files(document.get("skip_files"), lines.get("skip_files", 0), fail,
+                             () if python3 else DEFAULT_SKIP_FILES)
     env_variables = _env_variables(document.get("env_variables"),
                                    lines.get("env_variables", 0), fail)
     extra = {k: v for k, v in document.items() if k not in {
         "runtime", "api_version", "threadsafe", "handlers", "libraries", "skip_files",
-        "env_variables"}}
+        "env_variables", "entrypoint"}}
     return AppConfig(
         path=os.path.abspath(location), app_root=app_root, runtime=runtime,
         api_version=None if api_version is None else str(api_version), threadsafe=threadsafe,
         handlers=handlers, libraries=libraries, skip_files=skip_files,
-        env_variables=env_variables, extra=extra,
+        env_variables=env_variables, extra=extra, entrypoint=entrypoint, wsgi_app=wsgi_app,
     )
+
+
+#: gunicorn and uwsgi options that take a value (skipped when looking for the app).
+_OPTIONS_WITH_VALUES = frozenset({
+    "-b", "--bind", "-w", "--workers", "-k", "--worker-class", "--threads", "-t", "--timeout",
+    "-c", "--config", "--chdir", "--log-level", "--access-logfile", "--error-logfile",
+    "--max-requests", "--graceful-timeout", "--keep-alive", "-e", "--env", "--pythonpath",
+    "--http-socket", "--http", "--socket", "--processes", "--module", "--wsgi-file",
+    "--callable", "--master-fifo", "--home", "-H", "--venv", "--worker-connections",
+    "--limit-request-line", "--backlog", "-p", "--pid", "--name", "-n",
+})
+
+
+def wsgi_app_of_entrypoint(command: str, fail: Any, line: int) -> str:
+    """The ``module:attribute`` an ``entrypoint:`` serves: ``gunicorn [opts] main:app``,
+    ``uwsgi --wsgi-file main.py --callable app`` / ``--module main:app``, ``python main.py``
+    (its module's ``app``, the runtime's default name)."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError as error:
+        raise fail(f"entrypoint {_show(command)} is not a command line: {error}", line) from None
+    while words and ("=" in words[0] and not words[0].startswith("-")):
+        words = words[1:]  # VAR=value prefixes
+    if words and words[0] in ("exec", "env"):
+        words = words[1:]
+    program = os.path.basename(words[0]) if words else ""
+    rest = words[1:]
+    if program.startswith("python"):
+        if rest[:1] == ["-m"]:
+            rest = rest[1:]
+            if rest and rest[0] in ("gunicorn", "uwsgi"):
+                program, rest = rest[0], rest[1:]
+        else:
+            script = next((w for w in rest if w.endswith(".py")), None)
+            if script is not None:
+                return f"{_module_of_file(script)}:app"
+    if program == "uwsgi":
+        options = _options(rest)
+        module = options.get("--module") or options.get("-w")
+        if module:
+            return module if ":" in module else f"{module}:application"
+        wsgi_file = options.get("--wsgi-file")
+        if wsgi_file:
+            return f"{_module_of_file(wsgi_file)}:{options.get('--callable', 'application')}"
+    if program == "gunicorn":
+        positional = [w for w in _positionals(rest)]
+        if positional:
+            target = positional[-1]
+            return target if ":" in target else f"{target}:application"
+    raise fail(f"entrypoint {_show(command)}: cannot tell which WSGI app it serves; "
+               "gae_sandbox reads 'gunicorn [options] module:app', 'uwsgi --wsgi-file FILE.py "
+               "--callable app' or 'python FILE.py' (for another server, name the app with "
+               "serve --wsgi-app module:app)", line)
+
+
+def _module_of_file(path: str) -> str:
+    return path[:-3].replace("/", ".").lstrip(".") if path.endswith(".py") else path
+
+
+def _options(words: list[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for index, word in enumerate(words):
+        if word.startswith("-"):
+            name, equals, value = word.partition("=")
+            if equals:
+                options[name] = value
+            elif index + 1 < len(words):
+                options[name] = words[index + 1]
+    return options
+
+
+def _positionals(words: list[str]) -> list[str]:
+    found, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word.startswith("-"):
+            skip = "=" not in word and word in _OPTIONS_WITH_VALUES
+        else:
+            found.append(word)
+    return found
 
 
 def _line(value: Any, default: int) -> int:
@@ -316,9 +526,12 @@ def _line(value: Any, default: int) -> int:
 
 
 def _handlers(value: Any, line: int, app_root: str, location: str,
-              fail: Any) -> tuple[Handler, ...]:
+              fail: Any, python3: bool = False) -> tuple[Handler, ...]:
     if value is None:
-        raise fail("handlers: is required (a list of url: ... entries)", line)
+        if python3:
+            return ()  # every request goes to the app
+        raise fail("handlers: is required for runtime python27 (a list of url: ... entries)",
+                   line)
     if not isinstance(value, list):
         raise fail("handlers must be a list of mappings", line)
     handlers = []
@@ -352,7 +565,16 @@ def _handlers(value: Any, line: int, app_root: str, location: str,
                            key_lines.get(key, entry_line))
             strings[key] = item
         script = strings["script"]
-        if script is not None:
+        if script is not None and python3:
+            if script != "auto":
+                raise fail(f"script {script!r}: the python3 runtimes take only 'script: auto' "
+                           "(the app itself comes from entrypoint:, by default main:app)",
+                           key_lines.get("script", entry_line))
+        elif script == "auto":
+            raise fail("script: auto is for the python3 runtimes; with runtime python27 a "
+                       "script names a WSGI app as package.module.app",
+                       key_lines.get("script", entry_line))
+        elif script is not None:
             module, _, attribute = script.rpartition(".")
             if script.endswith(".py") or not module or not attribute or not all(
                 part.isidentifier() for part in script.split(".")
@@ -421,9 +643,10 @@ def _libraries(value: Any, line: int, location: str, fail: Any) -> tuple[tuple[s
     return tuple(result)
 
 
-def _skip_files(value: Any, line: int, fail: Any) -> tuple[str, ...]:
+def _skip_files(value: Any, line: int, fail: Any,
+                default: tuple[str, ...] = DEFAULT_SKIP_FILES) -> tuple[str, ...]:
     if value is None:
-        return DEFAULT_SKIP_FILES
+        return default
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         raise fail("skip_files must be a regular expression or a list of them", line)

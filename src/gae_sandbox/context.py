@@ -69,6 +69,22 @@ class Layer:
             self._frame_kinds[filename] = kind
         return kind
 
+    def caused_by_library(self) -> bool:
+        """Whether third-party code, not the app, made the refused call: the innermost frame
+        outside this library and the standard library is not the app's (urllib3 probing for
+        IPv6, Django probing for ``termios``: refusals such code usually expects and swallows).
+        """
+        frame: Any = sys._getframe(2)
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            kind = self.frame_kind(filename)
+            if kind == "app":
+                return False
+            if kind != "self" and not _is_stdlib_file(filename):
+                return True
+            frame = frame.f_back
+        return False
+
     def location(self) -> str:
         """``file:line`` of the app code that caused the operation: the innermost app frame,
         else the innermost frame that is neither the library nor the interpreter's."""
@@ -85,12 +101,18 @@ class Layer:
         return fallback or "<unknown>"
 
 
+def _is_stdlib_file(filename: str) -> bool:
+    from .imports import is_stdlib_code  # imports.py imports this module
+
+    return is_stdlib_code(filename)
+
+
 class Scope:
     """The state of one entered sandbox in one execution context."""
 
     __slots__ = ("layers", "parent", "owner", "resolved_hosts", "opened_fds", "extras",
                  "deadline", "threads", "token", "closed", "reported_imports", "thread",
-                 "memory")
+                 "memory", "cwd")
 
     def __init__(self, layer: Layer, parent: Scope | None, owner: Any) -> None:
         self.layers: tuple[Layer, ...] = (*parent.layers, layer) if parent else (layer,)
@@ -113,6 +135,11 @@ class Scope:
         self.thread: int | None = None
         #: The MemoryFilesystem (memoryfs.py) when every layer has filesystem="memory".
         self.memory: Any = None
+        #: The request's working directory (emulation.py): the app root, or with
+        #: working_directory="host" the enclosing scope's (None: the process's own).
+        policy = layer.policy
+        self.cwd: str | None = policy.app_root if policy.working_directory == "app_root" else (
+            parent.cwd if parent else None)
 
     @property
     def policy(self) -> Policy:
@@ -135,6 +162,10 @@ class Scope:
         """Record ``refusal``; raise it when the layer enforces, return when it reports."""
         __tracebackhide__ = True
         if not (_PASSTHROUGH.get() and not layer.enforce):
+            message = refusal.message
+            if not layer.enforce:  # report mode let it through
+                message = message.replace("gae_sandbox refused ", "gae_sandbox would refuse ",
+                                          1)
             with unsandboxed():  # the host's log handlers are not the app's
                 layer.report.record(
                     Violation(
@@ -143,9 +174,10 @@ class Scope:
                         location=layer.location(),
                         rule=refusal.rule,
                         setting=refusal.setting,
-                        message=refusal.message,
+                        message=message,
                         enforced=layer.enforce,
-                    )
+                    ),
+                    by_library=layer.caused_by_library(),
                 )
         if layer.enforce:
             raise refusal

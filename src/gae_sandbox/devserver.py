@@ -65,24 +65,41 @@ class DevServerApp:
             if match is None:
                 continue
             if handler.script is not None:
-                environ["gae_sandbox.handler"] = handler
+                environ["gae_sandbox.script"] = self._script_of(handler)
                 return self.scripts(environ, start_response)
             return self._static(handler, match, environ, start_response)
+        if self.config.wsgi_app is not None:  # python3: what no handler takes goes to the app
+            environ["gae_sandbox.script"] = self.config.wsgi_app
+            return self.scripts(environ, start_response)
         return _plain(start_response, "404 Not Found", b"Not found\n")
+
+    def _script_of(self, handler: Handler) -> str:
+        if handler.script == "auto" and self.config.wsgi_app is not None:
+            return self.config.wsgi_app
+        assert handler.script is not None
+        return handler.script
 
     # -- scripts (run inside the request's sandbox) ----------------------------------------
 
     def _run_script(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
-        handler: Handler = environ.pop("gae_sandbox.handler")
-        assert handler.script is not None
-        return self._load(handler.script)(environ, start_response)
+        script: str = environ.pop("gae_sandbox.script")
+        return self._load(script)(environ, start_response)
 
     def _load(self, script: str) -> Callable[..., Any]:
+        """The WSGI app ``package.module.app`` (python27 scripts) or ``module:app`` /
+        ``module:factory()`` (python3 entrypoints), imported inside the request's sandbox."""
         app = self._apps.get(script)
         if app is None:
-            module_name, _, attribute = script.rpartition(".")
+            if ":" in script:
+                module_name, _, attribute = script.partition(":")
+            else:
+                module_name, _, attribute = script.rpartition(".")
+            factory = attribute.endswith("()")
+            attribute = attribute.removesuffix("()")
             module = importlib.import_module(module_name)  # app code: sandboxed
             app = getattr(module, attribute, None)
+            if factory and callable(app):
+                app = app()
             if not callable(app):
                 raise LookupError(f"app.yaml script {script!r}: {module_name} has no WSGI "
                                   f"callable {attribute!r}")

@@ -8,6 +8,7 @@ ImportError:`` behaves as it would have there.
 from __future__ import annotations
 
 import errno as _errno
+from locale import Error as _LocaleError
 
 
 class SandboxViolation(Exception):
@@ -42,12 +43,40 @@ def _rebuild(cls, target, rule, setting):
     return cls(target, rule, setting)
 
 
+#: The command-line flag of each Policy field a refusal can name (the policy file and
+#: ``[tool.gae-sandbox]`` use the field name itself as the key).
+SETTING_FLAGS: dict[str, str] = {
+    "allowed_hosts": "--allow-host HOST:PORT",
+    "readable_paths": "--readable-path DIR",
+    "skip_files": "--skip-files REGEX",
+    "unreadable_paths": "--unreadable-path PATH",
+    "allowed_modules": "--allow-module NAME",
+    "blocked_modules": "--unblock-module NAME",
+    "allowed_c_extensions": "--allow-c-extension NAME",
+    "filesystem": "--filesystem memory",
+    "allow_processes": "--allow-processes",
+    "allow_threads": "--allow-threads",
+    "allow_background_threads": "--allow-background-threads",
+    "env_variables": "--env NAME=VALUE",
+    "deadline": "--deadline SECONDS",
+    "restricted_modules": "--restricted-module NAME",
+    "working_directory": "--working-directory",
+}
+
+
+def describe_setting(setting: str | None) -> str:
+    """``Policy.x`` with the flag and policy-file key that set it without writing Python."""
+    if not setting:
+        return "no policy setting allows it"
+    flag = SETTING_FLAGS.get(setting)
+    where = f" (command line {flag}; policy file key {setting})" if flag else ""
+    return f"the setting that allows it: Policy.{setting}{where}"
+
+
 def format_refusal(kind: str, target: str, rule: str, setting: str | None) -> str:
     """One message shape for every refusal: what, why, and what would allow it."""
-    how = f"the setting that allows it: Policy.{setting}" if setting else (
-        "no policy setting allows it"
-    )
-    return f"gae_sandbox refused {kind.replace('_', ' ')} {target}: {rule}; {how}"
+    return f"gae_sandbox refused {kind.replace('_', ' ')} {target}: {rule}; " \
+        f"{describe_setting(setting)}"
 
 
 class ImportRefused(SandboxViolation, ImportError):
@@ -114,6 +143,26 @@ class TempfileRefused(SandboxViolation, NotImplementedError):
 
 class NotAvailableRefused(SandboxViolation, NotImplementedError):
     """A function the runtime removed (``signal`` handlers, say)."""
+
+    kind = "system"
+
+
+class FunctionNotImplementedRefused(SandboxViolation, OSError):
+    """A process-wide ``os`` call the runtime replaced by a stub (``setuid``, ``nice``,
+    ``chroot``, ...): ``OSError`` with errno ``ENOSYS``, as there."""
+
+    kind = "system"
+
+    def _init_builtin(self) -> None:
+        OSError.__init__(self, _errno.ENOSYS, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class LocaleRefused(SandboxViolation, _LocaleError):
+    """``locale.setlocale`` with a locale other than C: the locale is process-wide, and the
+    runtime offered only C (it raised ``locale.Error``)."""
 
     kind = "system"
 

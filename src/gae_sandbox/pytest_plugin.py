@@ -170,11 +170,8 @@ def _ini_changes(config: pytest.Config) -> dict[str, Any]:
 
 
 def _policy_from_app_yaml(config: pytest.Config, option: str, changes: dict[str, Any]) -> Policy:
-    from_app_yaml = getattr(Policy, "from_app_yaml", None)
-    if from_app_yaml is None:
-        raise pytest.UsageError(
-            "--gae-sandbox-app-yaml needs Policy.from_app_yaml, which this gae_sandbox lacks"
-        )
+    from .loaders import policy_from_app_yaml as from_app_yaml
+
     path = Path(option)
     if not path.is_absolute():
         path = config.invocation_params.dir / path

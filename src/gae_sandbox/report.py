@@ -37,8 +37,12 @@ class Report:
         self._lock = threading.Lock()
         self._by_key: dict[tuple[str, str, str], Violation] = {}
 
-    def record(self, violation: Violation) -> bool:
-        """Add ``violation``; return True if it is new (first time at this location)."""
+    def record(self, violation: Violation, *, by_library: bool = False) -> bool:
+        """Add ``violation``; return True if it is new (first time at this location).
+
+        Logged once: a warning when enforced, info when report mode let it through, and
+        debug when third-party library code made the call (``by_library``): such refusals
+        are usually expected and swallowed by the library, and stay in the record."""
         key = (violation.kind, violation.target, violation.location)
         with self._lock:
             known = self._by_key.get(key)
@@ -46,7 +50,10 @@ class Report:
                 known.count += 1
                 return False
             self._by_key[key] = violation
-        level = logging.WARNING if violation.enforced else logging.INFO
+        if by_library:
+            level = logging.DEBUG
+        else:
+            level = logging.WARNING if violation.enforced else logging.INFO
         logger.log(level, "%s at %s", violation.message, violation.location)
         return True
 

@@ -23,7 +23,7 @@ import pytest
 from waitress import server as waitress_server
 
 import gae_sandbox.sandbox as sandbox_module
-from gae_sandbox import Policy, SandboxMiddleware
+from gae_sandbox import Policy, SandboxMiddleware, policy_from_app_yaml
 from gae_sandbox.appyaml import AppYamlError
 from gae_sandbox.context import active_scope
 from gae_sandbox.errors import DeadlineExceededError, FileWriteRefused, HardDeadlineExceeded
@@ -393,7 +393,7 @@ def test_a_broken_app_yaml_while_serving(fault: tuple[Server, State], tmp_path: 
     app_dir.mkdir()
     (app_dir / "app.yaml").write_text(text)
     with pytest.raises(AppYamlError) as error:
-        Policy.from_app_yaml(app_dir / "app.yaml")
+        policy_from_app_yaml(app_dir / "app.yaml")
     assert where in str(error.value) and what in str(error.value)
     assert str(app_dir) in str(error.value)
 

@@ -1,6 +1,8 @@
 """run: run a Python script under the sandbox.
 
-The script's folder is the app root (or --app-root); an app.yaml there sets the policy.
+The script's folder is the app root (or --app-root); an app.yaml, a [tool.gae-sandbox] table
+in pyproject.toml or --policy FILE there sets the policy, and every Policy field has a flag.
+Scripts have no deadline unless --deadline (or the policy file) sets one.
 Examples:
   gae-sandbox run myscript.py arg1 arg2
   gae-sandbox run --mode report --report violations.json tools/migrate.py
@@ -16,8 +18,9 @@ import sys
 import traceback
 from typing import Any
 
-from ..appyaml import AppYamlError, load_app_yaml
+from ..appyaml import AppYamlError
 from ..errors import SandboxViolation
+from ..loaders import PolicyConfigError, add_policy_arguments, build_policy, flag_settings
 from ..policy import Policy
 from ..sandbox import Sandbox
 from .common import UsageError
@@ -26,15 +29,9 @@ from .common import UsageError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--app-root", metavar="DIR",
                         help="the app's folder (default: the script's folder)")
-    parser.add_argument("--mode", choices=("enforce", "report"), default="enforce",
-                        help="refuse violations, or let them through and report them")
     parser.add_argument("--report", metavar="FILE",
                         help="write every violation as JSON to FILE at exit")
-    parser.add_argument("--filesystem", choices=("readonly", "memory"), default="readonly",
-                        help="refuse writes (the runtime), or let them succeed in memory "
-                             "(nothing reaches the disk)")
-    parser.add_argument("--deadline", type=float, default=0,
-                        help="seconds the script may run (default 0: no deadline)")
+    add_policy_arguments(parser)
     parser.add_argument("script", metavar="SCRIPT.py", help="the script to run")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
 
@@ -43,8 +40,6 @@ def main(args: argparse.Namespace) -> int:
     script = os.path.abspath(args.script)
     if not os.path.isfile(script):
         raise UsageError(f"{args.script}: no such script")
-    if args.deadline < 0:
-        raise UsageError("--deadline must be 0 (none) or a positive number of seconds")
     app_root = os.path.abspath(args.app_root or os.path.dirname(script))
     if not os.path.isdir(app_root):
         raise UsageError(f"--app-root {args.app_root}: not a folder")
@@ -74,14 +69,20 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _policy(app_root: str, args: argparse.Namespace) -> Policy:
-    changes: dict[str, Any] = {"mode": args.mode, "deadline": args.deadline or None,
-                               "filesystem": args.filesystem}
     try:
-        if any(os.path.isfile(os.path.join(app_root, n)) for n in ("app.yaml", "app.yml")):
-            return load_app_yaml(app_root).policy(**changes)
-        return Policy.python27(app_root=app_root, **changes)
-    except (AppYamlError, TypeError, ValueError) as error:
+        flags = flag_settings(args)
+        flags.setdefault("deadline", None)  # a script has no request deadline...
+        loaded = build_policy(app_root, policy_file=args.policy_file, preset=args.preset,
+                              flags=flags)
+        if "deadline" in loaded.file_keys and getattr(args, "policy__deadline", None) is None:
+            # ...unless its policy file gives one
+            flags.pop("deadline")
+            loaded = build_policy(app_root, policy_file=args.policy_file, preset=args.preset,
+                                  flags=flags)
+    except (AppYamlError, PolicyConfigError) as error:
         raise UsageError(str(error)) from None
+    args.mode = loaded.policy.mode
+    return loaded.policy
 
 
 def _exit_status(code: Any) -> int:

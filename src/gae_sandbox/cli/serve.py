@@ -2,6 +2,8 @@
 
 Examples:
   gae-sandbox serve examples/guestbook
+  gae-sandbox serve examples/guestbook --allow-host api.example.com:443 --filesystem memory
+  gae-sandbox serve path/to/app.yaml --policy sandbox.toml
   gae-sandbox serve path/to/app.yaml --port 8080 --mode report --report violations.json
   gae-sandbox serve examples/flask_app --server gunicorn --workers 2
   gae-sandbox serve examples/guestbook --isolation os --max-requests 1000
@@ -10,6 +12,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -23,8 +26,9 @@ import threading
 import warnings
 from typing import Any
 
-from ..appyaml import AppYamlError, load_app_yaml
+from ..appyaml import AppConfig, AppYamlError
 from ..devserver import DevServerApp
+from ..loaders import PolicyConfigError, add_policy_arguments, build_policy, flag_settings
 from ..report import Violation, format_summary, from_json_document, merge, to_json_document
 from .common import UsageError
 
@@ -52,12 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(RLIMIT_CPU; it is then replaced); default: no limit")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per process")
-    parser.add_argument("--mode", choices=("enforce", "report"), default="enforce",
-                        help="refuse violations, or let them through and report them")
     parser.add_argument("--report", metavar="FILE",
                         help="write every violation as JSON to FILE at exit")
-    parser.add_argument("--deadline", type=float, default=None,
-                        help="request deadline in seconds (default: app.yaml's runtime, 60)")
+    parser.add_argument("--wsgi-app", metavar="MODULE:APP", default=None,
+                        help="python3 runtimes: the WSGI app to serve (default: what "
+                             "entrypoint: names, else main:app)")
+    add_policy_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -65,8 +69,6 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port} is not a port number")
     if args.workers < 1 or args.threads < 1:
         raise UsageError("--workers and --threads must be at least 1")
-    if args.deadline is not None and args.deadline <= 0:
-        raise UsageError("--deadline must be a positive number of seconds")
     if args.isolation == "os":
         if args.server == "waitress":
             raise UsageError("--isolation os runs gunicorn worker processes; it cannot be used "
@@ -80,16 +82,15 @@ def main(args: argparse.Namespace) -> int:
     if args.memory_limit < 64 or (args.cpu_limit is not None and args.cpu_limit < 1):
         raise UsageError("--memory-limit must be at least 64 (MB), --cpu-limit at least 1")
     try:
-        config = load_app_yaml(args.app)
-    except AppYamlError as error:
+        loaded = build_policy(args.app, policy_file=args.policy_file, preset=args.preset,
+                              flags=flag_settings(args), require_app_yaml=True)
+    except (AppYamlError, PolicyConfigError) as error:
         raise UsageError(str(error)) from None
-    changes: dict[str, Any] = {"mode": args.mode}
-    if args.deadline is not None:
-        changes["deadline"] = args.deadline
-    try:
-        policy = config.policy(**changes)
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"{config.path}: {error}") from None
+    config: AppConfig = loaded.app_config  # type: ignore[assignment]
+    policy = loaded.policy
+    if args.wsgi_app:
+        config = dataclasses.replace(config, wsgi_app=args.wsgi_app)
+    args.mode = policy.mode
     if args.isolation == "os":
         from ..confine import missing_layers, unavailable_error
 

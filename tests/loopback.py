@@ -4,7 +4,16 @@ the conftest's, on ``sys.path``)."""
 from __future__ import annotations
 
 import http.client
+import re
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: The command line, as a user runs it (``python -m gae_sandbox`` is ``gae-sandbox``).
+CLI = [sys.executable, "-m", "gae_sandbox"]
 
 
 def free_port() -> int:
@@ -23,3 +32,52 @@ def http_get(port: int, path: str, timeout: float) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         connection.close()
+
+
+class Server:
+    """``gae-sandbox serve`` in its own process; its URL is read from its first line."""
+
+    def __init__(self, app: Path, *extra: str, log: Path) -> None:
+        self.log = log
+        self.output = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([*CLI, "serve", str(app), "--port", "0", *extra],
+                                        stdout=self.output, stderr=subprocess.STDOUT)
+        self.port = self._wait_for_port()
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            found = re.search(r"http://127\.0\.0\.1:(\d+)/", text)
+            if found:
+                return int(found.group(1))
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited:\n{text}")
+            time.sleep(0.1)
+        raise AssertionError(f"server did not start:\n{self.log.read_text()}")
+
+    def request(self, method: str, path: str, body: str | None = None) -> tuple[int, bytes,
+                                                                                dict[str, str]]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read(), dict(response.getheaders())
+        finally:
+            connection.close()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        status, body, _ = self.request("GET", path)
+        return status, body
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.output.close()
+        return self.log.read_text(errors="replace")

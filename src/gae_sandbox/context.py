@@ -78,10 +78,8 @@ class Layer:
         while frame is not None:
             filename = frame.f_code.co_filename
             kind = self.frame_kind(filename)
-            if kind == "app":
-                return False
             if kind != "self" and not _is_stdlib_file(filename):
-                return True
+                return kind == "lib"  # installed packages; the app's or the host's own code
             frame = frame.f_back
         return False
 

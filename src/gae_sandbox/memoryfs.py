@@ -29,7 +29,7 @@ from typing import Any
 
 from .context import Layer, Scope, active_scope, unsandboxed
 from .errors import FileWriteRefused, SandboxViolation
-from .filesystem import WRITE_FLAGS, check_read, describe
+from .filesystem import SYSTEM_FILES, WRITE_FLAGS, check_read, describe
 from .patches import _hidden_names, _named
 from .paths import is_inside
 
@@ -74,6 +74,9 @@ class MemoryFilesystem:
                 continue
             fs.add_real_directory(root, read_only=False, lazy_read=True)
             mapped.append(root)
+        for system_file in SYSTEM_FILES:  # mimetypes' tables, readable as in read-only mode
+            if not fs.exists(system_file):
+                fs.add_real_file(system_file, read_only=True)
         for folder in (tempfile.gettempdir(), "/tmp"):
             if not fs.exists(folder):
                 fs.create_dir(folder)
@@ -97,6 +100,11 @@ class MemoryFilesystem:
             self._owner = threading.get_ident()
             try:
                 fake = self._fake or self._build()
+                # the request's working directory (emulation.py); one filesystem may serve
+                # several requests (keep_memory_filesystem), each with its own
+                cwd = scope.cwd or posix.getcwd()
+                if fake[0].cwd != cwd:
+                    fake[0].cwd = cwd
                 try:
                     return call(*fake)
                 except FileNotFoundError:
@@ -163,8 +171,7 @@ _WRITE_ARGUMENTS: dict[str, tuple[int, ...]] = {
 def _check_tmp_write(scope: Scope, fs: Any, paths: tuple[Any, ...], what: str) -> None:
     """``filesystem="tmp"``: a write beneath ``/tmp`` goes to memory, any other is refused
     (judged on the path as the in-memory filesystem resolves it, links made there followed)."""
-    layers = [layer for layer in scope.layers if layer.policy.filesystem == "tmp"]
-    if not layers:
+    if all(layer.policy.filesystem != "tmp" for layer in scope.layers):
         return
     for path in paths:
         if type(path) is int:
@@ -173,13 +180,16 @@ def _check_tmp_write(scope: Scope, fs: Any, paths: tuple[Any, ...], what: str) -
             resolved = fs.resolve_path(os.fsdecode(path))
         except (TypeError, ValueError, OSError):
             resolved = None
-        if resolved is not None and is_inside(resolved, TMP_FOLDERS):
-            continue
-        scope.judge(_refuse_outside_tmp, f"{describe(path)} ({what})")
+        scope.judge(_refuse_outside_tmp, resolved, f"{describe(path)} ({what})")
 
 
-def _refuse_outside_tmp(layer: Layer, target: str) -> SandboxViolation | None:
-    if layer.policy.filesystem != "tmp":
+def _refuse_outside_tmp(layer: Layer, resolved: str | None,
+                        target: str) -> SandboxViolation | None:
+    """Beneath /tmp and not the app's own files (an app folder under /tmp stays read-only)."""
+    policy = layer.policy
+    if policy.filesystem != "tmp" or (
+            resolved is not None and is_inside(resolved, TMP_FOLDERS)
+            and not is_inside(resolved, (policy.app_root, *policy.readable_paths))):
         return None
     return FileWriteRefused(target, _TMP_RULE, "filesystem")
 

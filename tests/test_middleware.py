@@ -16,6 +16,7 @@ from wsgiref.validate import validator
 
 import pytest
 
+import gae_sandbox
 from gae_sandbox import (
     DeadlineExceededError,
     FileWriteRefused,
@@ -546,3 +547,21 @@ def test_report_mode_records_and_succeeds(policy: Policy, app_root: Path) -> Non
     violations = [v for v in middleware.violations if v.kind == "file_write"]
     assert violations and not any(v.enforced for v in violations)
     assert any(str(target) in v.target for v in violations)
+
+
+def test_500_log_shows_the_app_frames_not_the_sandbox_frames(
+        policy: Policy, app_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="gae_sandbox")
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with open(app_root / "refused.txt", "w") as file:  # the app's own line
+            file.write("x")
+        return []
+
+    wrapped, _ = wrap(app, policy)
+    assert_generic_500(FakeServer().serve(wrapped))
+    logged = caplog.text
+    assert "FileWriteRefused" in logged and 'open(app_root / "refused.txt", "w")' in logged
+    package = str(Path(gae_sandbox.__file__).parent)
+    assert package not in logged.split("Traceback", 1)[1]
+    assert not (app_root / "refused.txt").exists()

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
 from typing import Any
 
 from .context import Scope, unsandboxed
@@ -171,7 +172,8 @@ class _Request:
     def fail(self, error: BaseException, *, closing: bool) -> list[bytes]:
         """Turn an app error into a 500, or re-raise it when the headers were sent."""
         logger.error("gae_sandbox: request %s %s failed: %s", self.environ.get("REQUEST_METHOD"),
-                     self.environ.get("PATH_INFO"), self.reason(error), exc_info=error)
+                     self.environ.get("PATH_INFO"), self.reason(error),
+                     exc_info=(type(error), error, app_frames(error.__traceback__)))
         if self.body_started:
             if closing:
                 self.close()
@@ -223,6 +225,24 @@ class _Request:
                 serial = self.middleware._serial
                 if serial is not None:
                     serial.release()
+
+
+_PACKAGE_PREFIX = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def app_frames(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback without this library's own frames (the gate, the patches, the scope):
+    the log shows the app's code and the library code it called, as an unsandboxed run
+    would. The error keeps its own traceback; this is a copy for the log."""
+    kept: list[TracebackType] = []
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_PREFIX):
+            kept.append(tb)
+        tb = tb.tb_next
+    rebuilt = None
+    for entry in reversed(kept):
+        rebuilt = TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return rebuilt
 
 
 class _Response:

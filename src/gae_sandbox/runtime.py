@@ -1,6 +1,6 @@
 """What the emulated App Engine python27 runtime allowed, in Python 3 names.
 
-See ``shared/reference/gae-python27-sandbox.md``: the runtime's C-module allow-list is mapped
+Facts about the runtime (from its documentation and its SDK): its C-module allow-list is mapped
 to its Python 3 names (cPickle -> _pickle, thread -> _thread, _sha -> _sha1, ...); modules new
 in Python 3 that only carry the interpreter's own machinery are added; everything that reaches
 the OS (ctypes, mmap, _socket, _posixsubprocess, fcntl, ...) stays out.

@@ -30,6 +30,11 @@ def write(root: Path, rel: str, source: str) -> Path:
     return path
 
 
+def line_of(path: Path, needle: str) -> int:
+    """The 1-based line of the first line of ``path`` containing ``needle``."""
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
 def expected(root: Path, *rels: str) -> set[Key]:
     """The findings the ``# expect:`` comments of the given files announce."""
     keys: set[Key] = set()
@@ -169,7 +174,7 @@ def test_imports_follow_the_runtime_gate(app: Path) -> None:
         from lxml import etree  # expect: c_extension lxml
         from PIL import Image  # expect: c_extension PIL
         import Crypto.Cipher.AES  # expect: c_extension Crypto.Cipher.AES
-        import select, _socket  # expect: c_extension select; c_extension _socket
+        import select, _socket  # expect: c_extension _socket
         from posix import unlink  # expect: c_extension posix
         import json, re, _json, math, time, socket, subprocess, signal
         import webapp2, jinja2
@@ -190,8 +195,9 @@ def test_imports_follow_the_runtime_gate(app: Path) -> None:
     assert libraries_needed(findings) == ["PIL", "lxml", "numpy", "pycrypto"]
     crypto = next(f for f in findings if f.target.startswith("Crypto"))
     assert crypto.fix == "add to app.yaml libraries: - name: pycrypto"
-    select = next(f for f in findings if f.target == "select")
-    assert "only through the module that wraps it" in select.rule
+    wrapped = next(f for f in findings if f.target == "_socket")
+    assert "only through the module that wraps it" in wrapped.rule
+    assert wrapped.fix == "import socket instead"
 
 
 def test_app_modules_shadow_library_names(app: Path) -> None:
@@ -329,9 +335,10 @@ def test_broken_app_yaml_is_a_finding(app: Path) -> None:
                               ("main.py", 2, "process", "os.system")}
     assert findings[0].rule.startswith("app.yaml is not valid: invalid YAML")
     (app / "app.yaml").write_text("runtime: python25\nhandlers: []\n")
-    assert [(f.file, f.line, f.rule) for f in scan(app) if f.kind == "app_yaml"] == [
-        ("app.yaml", 1, "app.yaml is not valid: runtime: 'python25' is not supported; "
-         "gae_sandbox emulates python27")]
+    [(file, line, rule)] = [(f.file, f.line, f.rule) for f in scan(app) if f.kind == "app_yaml"]
+    assert (file, line) == ("app.yaml", 1)
+    assert rule.startswith("app.yaml is not valid: runtime: 'python25' is not supported; "
+                           "gae_sandbox emulates python27")
 
 
 # --- broken input ---------------------------------------------------------------------------
@@ -428,10 +435,12 @@ def test_scan_never_runs_app_code(app: Path, tmp_path: Path,
     write(app, "conftest.py", f"open({str(marker)!r}, 'w')  # expect: file_write open\n")
     write(app, "pkg/__init__.py", f"__import__('os').system('touch {marker}')\n")
     (app / "pkg" / "__main__.py").write_text(f"open({str(marker)!r}, 'w')\n")
-    findings = scan(app)
+    findings = scan(app, include_tests=True)
     assert keys(findings) >= expected(app, "main.py", "sitecustomize.py", "conftest.py")
+    assert keys(scan(app)) >= expected(app, "main.py", "sitecustomize.py")
     assert run_cli(capsys, str(app))[0] == 1
     assert run_cli(capsys, "--format", "json", str(app))[0] == 1
+    assert run_cli(capsys, "--include-tests", str(app))[0] == 1
     assert not marker.exists()
 
 
@@ -477,13 +486,17 @@ def test_json_output_matches_the_scan(app: Path, capsys: pytest.CaptureFixture[s
     assert report["summary"] == {"syntax": 1, "c_extension": 1, "process": 1}
     assert report["libraries"] == [{"name": "pycrypto", "version": "latest"}]
     assert set(report["findings"][0]) == {"kind", "file", "line", "target", "rule", "fix",
-                                          "library"}
+                                          "library", "vendored"}
+    assert report["vendored"] == {} and report["skipped_tests"] == []
+    assert report["app_yaml"] == os.path.realpath(app / "app.yaml")
 
 
 def test_clean_json_output(app: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, str(app), "--format=json")
     assert code == 0
-    assert json.loads(out) == {"app": os.path.realpath(app), "findings": [], "summary": {},
+    assert json.loads(out) == {"app": os.path.realpath(app),
+                               "app_yaml": os.path.realpath(app / "app.yaml"), "findings": [],
+                               "summary": {}, "vendored": {}, "skipped_tests": [],
                                "libraries": []}
 
 
@@ -495,7 +508,7 @@ def test_bad_app_dir_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixt
                                       make, message: str) -> None:
     code, out, err = run_cli(capsys, make(tmp_path))
     assert (code, out) == (2, "")
-    assert err.startswith("gae-sandbox check: error: APP_DIR ") and message in err
+    assert err.startswith("gae-sandbox check: error: APP_DIR_OR_APP_YAML ") and message in err
 
 
 def test_unknown_format_is_a_usage_error(app: Path,
@@ -536,3 +549,350 @@ def test_python_dash_m_runs_the_check(app: Path) -> None:
 def test_scan_refuses_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError):
         scan(tmp_path / "missing")
+
+
+# --- logging files, chdir, modes not known statically -----------------------------------------
+
+
+def test_logging_file_handlers_and_chdir(app: Path) -> None:
+    write(app, "setup_logs.py", """\
+        import logging, logging.handlers, os
+        from logging import FileHandler, basicConfig
+        from logging.handlers import RotatingFileHandler as Rotating
+        from logging.handlers import TimedRotatingFileHandler as T, WatchedFileHandler as W
+
+        def configure(name, config, fd):
+            logging.FileHandler("app.log")  # expect: file_write logging.FileHandler
+            FileHandler("app.log", delay=True)  # expect: file_write logging.FileHandler
+            Rotating(name)  # expect: file_write logging.handlers.RotatingFileHandler
+            T(name)  # expect: file_write logging.handlers.TimedRotatingFileHandler
+            W(name)  # expect: file_write logging.handlers.WatchedFileHandler
+            basicConfig(filename=name, level=10)  # expect: file_write logging.basicConfig
+            logging.basicConfig(level=logging.INFO)
+            logging.basicConfig(filename=None)
+            logging.StreamHandler()
+            logging.handlers.MemoryHandler(100)
+            os.chdir(os.path.dirname(__file__))  # expect: system os.chdir
+            os.fchdir(fd)  # expect: system os.fchdir
+            os.umask(0o22)  # expect: system os.umask
+            os.getcwd()
+            os.path.join("a", "b")
+
+        LOGGING = {
+            "handlers": {
+                "file": {"class": "logging.FileHandler",  # expect: file_write logging.FileHandler
+                         "filename": "debug.log"},
+                "console": {"class": "logging.StreamHandler"},
+            },
+        }
+        """)
+    findings = scan(app)
+    assert keys(findings) == expected(app, "setup_logs.py")
+    rules = {(f.target, f.rule, f.fix) for f in findings}
+    logging_fix = next(f.fix for f in findings if f.target == "logging.FileHandler")
+    assert "logging" in logging_fix and "StreamHandler" in logging_fix
+    assert ("logging.handlers.RotatingFileHandler", "logging file handlers open their file for "
+            "writing; files are read-only on the runtime", logging_fix) in rules
+    assert ("logging.basicConfig", "logging.basicConfig(filename=...) opens its log file for "
+            "writing; files are read-only on the runtime", logging_fix) in rules
+    chdir = {(f.rule, f.fix) for f in findings if f.target in ("os.chdir", "os.fchdir")}
+    [(chdir_rule, chdir_fix)] = chdir
+    assert chdir_rule.startswith("the working folder is process-wide")
+    assert "os.path.dirname(__file__)" in chdir_fix
+    configured = [f for f in findings if f.line == line_of(app / "setup_logs.py", '"file":')]
+    assert [f.rule.split(",")[0] for f in configured] == [
+        "a logging configuration names a file handler"]
+
+
+def test_modes_not_known_statically_are_a_distinct_rule(app: Path) -> None:
+    write(app, "files.py", """\
+        import gzip, io, os, tarfile, zipfile
+        from os import O_RDONLY, O_WRONLY
+        from pathlib import Path
+
+        def use(path, mode, flags, options, *rest):
+            open(path, mode)  # expect: possible_write open
+            open(path, mode=mode)  # expect: possible_write open
+            open(path, mode + "b")  # expect: possible_write open
+            open(path, **options)  # expect: possible_write open
+            open(*rest)  # expect: possible_write open
+            io.open(path, mode)  # expect: possible_write io.open
+            gzip.open(path, mode)  # expect: possible_write gzip.open
+            Path(path).open(mode)  # expect: possible_write pathlib.Path(...).open
+            Path.home().open(mode)  # expect: possible_write pathlib.Path.home(...).open
+            (Path(__file__).parent / path).open(mode=mode)  # expect: possible_write (...).open
+            Path.open(Path(path), mode)  # expect: possible_write pathlib.Path.open
+            os.open(path, flags)  # expect: possible_write os.open
+            os.open(path, os.O_RDONLY if mode else flags)  # expect: possible_write os.open
+            open(path, "ab" if mode else "rb")  # expect: file_write open
+            os.open(path, flags | os.O_CREAT)  # expect: file_write os.open
+            os.open(path, O_WRONLY)  # expect: file_write os.open
+            os.open(path, 1)  # expect: file_write os.open
+            tarfile.open(path, "w:gz")  # expect: file_write tarfile.open
+            open(path)
+            open(path, "rb" if mode else "r")
+            open(path, None)
+            Path(path).open()
+            Path(path).open("rb")
+            os.open(path, O_RDONLY)
+            os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            os.open(path, 0)
+            tarfile.open(path, "r:xz")
+            tarfile.open(path, "r|xz")
+            gzip.GzipFile(fileobj=io.BytesIO(), mode="wb")
+            zipfile.ZipFile(io.BytesIO(), mode)
+            archive.open(path, mode)
+            zipfile.ZipFile(path).open("member.txt")
+        """)
+    findings = scan(app)
+    assert keys(findings) == expected(app, "files.py")
+    possible = [f for f in findings if f.kind == "possible_write"]
+    assert {f.rule for f in possible} == {
+        "mode not known statically; writes are refused at run time",
+        "flags not known statically; writes are refused at run time"}
+    assert all("reading" in f.fix for f in possible)
+    certain = {f.line: f.rule for f in findings if f.kind == "file_write"}
+    source = app / "files.py"
+    assert certain[line_of(source, '"ab" if mode')] == ("files are read-only on the runtime "
+                                                        "(mode 'ab')")
+    assert certain[line_of(source, '"w:gz"')] == "files are read-only on the runtime (mode 'w:gz')"
+
+
+def test_possible_writes_are_counted_apart_in_the_summary(
+        app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(app, "main.py", "def f(p, m):\n    open(p, m)\n    open(p, 'w')\n")
+    code, out, _ = run_cli(capsys, str(app))
+    assert code == 1
+    assert out.splitlines()[0].startswith(
+        "main.py:2: possible_write: open \u2014 mode not known statically; writes are refused "
+        "at run time (")
+    summary = out.split("\n\n")[1].splitlines()
+    assert [line.split() for line in summary[1:]] == [["file_write", "1"],
+                                                      ["possible_write", "1"]]
+
+
+# --- vendored third-party folders -----------------------------------------------------------
+
+WRITES = "import os\nos.remove('a')\nos.rename('a', 'b')\n"
+
+
+def dist_info(folder: Path, name: str, version: str, files: list[str],
+              display_name: str | None = None) -> None:
+    """A pip-installed distribution's metadata: METADATA and RECORD, as pip writes them."""
+    meta = folder / f"{name.replace('-', '_')}-{version}.dist-info"
+    meta.mkdir(parents=True)
+    (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {display_name or name}\n"
+                                   f"Version: {version}\n\nLong description.\nName: nope\n")
+    rows = [f"{item},sha256=abc,10" for item in files]
+    rows.append(f"{meta.name}/RECORD,,")
+    (meta / "RECORD").write_text("\n".join(rows) + "\n")
+
+
+def test_vendored_packages_are_found_by_their_metadata(app: Path) -> None:
+    deps = app / "deps"  # not a conventional name: the metadata makes it a vendor folder
+    for rel in ("somepkg/__init__.py", "somepkg/io.py", "google/protobuf/x.py",
+                "google/cloud/storage/y.py", "handmade.py"):
+        write(deps, rel, WRITES)
+    dist_info(deps, "some-pkg", "1.0", ["somepkg/__init__.py", "somepkg/io.py"], "Some-Pkg")
+    dist_info(deps, "protobuf", "3.20", ["google/protobuf/x.py"])
+    dist_info(deps, "google-cloud-storage", "2.0", ["google/cloud/storage/y.py"])
+    write(app, "six.py", WRITES)  # pip install -t . : the app folder's own metadata
+    dist_info(app, "six", "1.16", ["six.py"])
+    write(app, "main.py", WRITES)
+    egg = app / "legacy"
+    write(egg, "oldlib/core.py", WRITES)
+    (egg / "oldlib-0.1-py2.7.egg-info").mkdir()
+    (egg / "oldlib-0.1-py2.7.egg-info" / "PKG-INFO").write_text("Name: OldLib\nVersion: 0.1\n")
+    (egg / "oldlib-0.1-py2.7.egg-info" / "top_level.txt").write_text("oldlib\n")
+
+    vendored = {(f.file, f.vendored) for f in scan(app)}
+
+    assert vendored == {
+        ("deps/somepkg/__init__.py", "Some-Pkg"), ("deps/somepkg/io.py", "Some-Pkg"),
+        ("deps/google/protobuf/x.py", "protobuf"),
+        ("deps/google/cloud/storage/y.py", "google-cloud-storage"),
+        ("deps/handmade.py", "handmade"),  # unclaimed, in a folder pip installed into
+        ("six.py", "six"), ("main.py", None), ("legacy/oldlib/core.py", "OldLib"),
+    }
+
+
+def test_vendored_packages_are_found_by_conventional_folders(app: Path) -> None:
+    for rel in ("lib/requests/adapters.py", "lib/numpy/lib/shape.py", "lib/six.py",
+                "vendor/pkg/sub/deep.py", "third_party/py2/site-packages/chardet/x.py",
+                "mine/lib/__init__.py", "mine/lib/helpers.py", "main.py",
+                "lib/numpy/lib/__init__.py"):
+        write(app, rel, WRITES)
+    vendored = {(f.file, f.vendored) for f in scan(app)}
+    assert vendored == {
+        ("lib/requests/adapters.py", "requests"),
+        ("lib/numpy/lib/__init__.py", "numpy"), ("lib/numpy/lib/shape.py", "numpy"),
+        ("lib/six.py", "six"), ("vendor/pkg/sub/deep.py", "pkg"),
+        ("third_party/py2/site-packages/chardet/x.py", "chardet"),
+        ("mine/lib/__init__.py", None), ("mine/lib/helpers.py", None),  # a package, not vendor
+        ("main.py", None),
+    }
+
+
+def test_vendored_findings_are_grouped_in_text_and_listed_in_json(
+        app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(app, "main.py", "import os\nos.remove('x')\n")
+    write(app, "lib/chatty/__init__.py", WRITES + "os.unlink('c')\n")
+    write(app, "lib/chatty/more.py", "import os, socket\nos.remove('d')\nsocket.socket()\n")
+    write(app, "lib/quiet.py", "import subprocess\nsubprocess.run(['ls'])\n")
+    dist_info(app / "lib", "chatty", "2.0", ["chatty/__init__.py", "chatty/more.py"])
+
+    code, out, err = run_cli(capsys, str(app))
+
+    assert (code, err) == (1, "")
+    lines = out.splitlines()
+    assert lines[0].startswith("main.py:2: file_write: os.remove \u2014 ")
+    assert not any(line.startswith("lib/") for line in lines), "vendored findings listed flat"
+    group = lines[lines.index("vendored chatty: 5 findings in 2 files (third-party code; "
+                              "--format json lists each one)"):]
+    assert group[1] == ("  4 \u00d7 file_write: os.remove, os.rename, os.unlink \u2014 files are "
+                        "read-only on the runtime (keep data in the Datastore, Cloud Storage or "
+                        "memcache; use io.BytesIO() or tempfile.TemporaryFile() for scratch "
+                        "data)")
+    assert group[2] == "      e.g. lib/chatty/__init__.py:2, lib/chatty/__init__.py:3 and 2 more"
+    assert group[3].startswith("  1 \u00d7 network: socket.socket \u2014 the runtime offers no "
+                               "raw sockets")
+    assert group[4] == "      e.g. lib/chatty/more.py:3"
+    assert "vendored quiet: 1 finding in 1 file (" in out
+    assert "  1 \u00d7 process: subprocess.run \u2014 " in out
+    assert f"7 findings in {os.path.realpath(app)} (1 in the app's own code, 6 in 2 vendored " \
+           "packages):" in lines
+
+    code, out, _ = run_cli(capsys, "--format", "json", str(app))
+    report = json.loads(out)
+    assert len(report["findings"]) == 7
+    assert [(f["file"], f["line"], f["vendored"]) for f in report["findings"]] == [
+        ("lib/chatty/__init__.py", 2, "chatty"), ("lib/chatty/__init__.py", 3, "chatty"),
+        ("lib/chatty/__init__.py", 4, "chatty"), ("lib/chatty/more.py", 2, "chatty"),
+        ("lib/chatty/more.py", 3, "chatty"), ("lib/quiet.py", 2, "quiet"),
+        ("main.py", 2, None)]
+    assert report["vendored"] == {"chatty": 5, "quiet": 1}
+
+
+def test_hostile_metadata_does_not_break_the_scan(app: Path, tmp_path: Path) -> None:
+    lib = app / "lib"
+    write(lib, "pkg/x.py", WRITES)
+    meta = lib / "pkg-1.0.dist-info"
+    meta.mkdir()
+    (meta / "RECORD").write_bytes(b"\xff\xfe\0bad,\"unterminated\n" + b"x" * 200_000 + b"\n")
+    outside = tmp_path / "METADATA"
+    outside.write_text("Metadata-Version: 2.1\nName: Outside\n")
+    (meta / "METADATA").symlink_to(outside)  # outside the app: never read
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(meta / "top_level.txt")  # opening it would block
+    (lib / "broken-2.0.egg-info").write_bytes(b"\0" * 100)
+    assert {(f.file, f.vendored) for f in scan(app)} == {("lib/pkg/x.py", "pkg")}
+
+
+# --- test files -----------------------------------------------------------------------------
+
+
+def test_test_files_are_skipped_unless_asked_for(app: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    bad = "import os\nos.system('ls')\n"
+    tests = ["test_main.py", "main_test.py", "conftest.py", "tests/helpers.py",
+             "pkg/test/fixtures.py", "pkg/tests.py", "lib/dep/tests/test_dep.py"]
+    for rel in [*tests, "main.py", "testing.py", "contest.py", "pkg/latest.py"]:
+        write(app, rel, bad)
+    kept = {("main.py", 2, "process", "os.system"), ("testing.py", 2, "process", "os.system"),
+            ("contest.py", 2, "process", "os.system"), ("pkg/latest.py", 2, "process",
+                                                         "os.system")}
+    assert keys(scan(app)) == kept
+    assert keys(scan(app, include_tests=True)) == kept | {
+        (rel, 2, "process", "os.system") for rel in tests}
+
+    code, out, _ = run_cli(capsys, str(app))
+    assert code == 1
+    assert not any(f"{rel}:" in out for rel in tests)
+    assert ("7 test files not scanned: tests do not run in production (test_*.py, *_test.py, "
+            "tests.py, conftest.py, test/, tests/); --include-tests scans them") in out
+    code, out, _ = run_cli(capsys, "--include-tests", str(app))
+    assert code == 1 and "not scanned" not in out
+    assert all(f"{rel}:2: process: os.system" in out for rel in tests[:-1])
+    assert "vendored dep: 1 finding in 1 file" in out
+    assert "      e.g. lib/dep/tests/test_dep.py:2" in out
+    code, out, _ = run_cli(capsys, "--format", "json", str(app))
+    assert sorted(json.loads(out)["skipped_tests"]) == sorted(tests)
+
+
+def test_only_test_files_means_a_clean_app_that_says_so(
+        app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(app, "tests/test_it.py", "import subprocess\nsubprocess.run(['ls'])\n")
+    code, out, _ = run_cli(capsys, str(app))
+    assert code == 0
+    assert out.splitlines() == [
+        f"{os.path.realpath(app)}: no portability problems found",
+        "1 test file not scanned: tests do not run in production (test_*.py, *_test.py, "
+        "tests.py, conftest.py, test/, tests/); --include-tests scans them"]
+
+
+# --- an app.yaml path -----------------------------------------------------------------------
+
+
+def test_an_app_yaml_path_checks_its_folder_with_its_skip_files(
+        app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(app, "main.py", "import os\nos.system('ls')\n")
+    write(app, "legacy/old.py", "import os\nos.fork()\n")
+    staging = app / "staging.yaml"
+    staging.write_text(APP_YAML + "skip_files:\n- ^legacy/.*$\n")
+    assert keys(scan(app)) == {("main.py", 2, "process", "os.system"),
+                               ("legacy/old.py", 2, "process", "os.fork")}
+    assert keys(scan(staging)) == {("main.py", 2, "process", "os.system")}
+
+    code, out, err = run_cli(capsys, str(staging))
+    assert (code, err) == (1, "")
+    assert "main.py:2: process: os.system" in out and "legacy/old.py" not in out
+    code, out, _ = run_cli(capsys, "--format", "json", str(staging))
+    report = json.loads(out)
+    assert report["app"] == os.path.realpath(app)
+    assert report["app_yaml"] == os.path.realpath(staging)
+    assert [f["file"] for f in report["findings"]] == ["main.py"]
+
+
+def test_a_broken_app_yaml_path_is_a_usage_error(app: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (app / "app.yaml").write_text("runtime: python27\nhandlers: [\n")
+    code, out, err = run_cli(capsys, str(app / "app.yaml"))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"gae-sandbox check: error: {app / 'app.yaml'}:")
+    assert "invalid YAML" in err and "Traceback" not in err
+    code, out, err = run_cli(capsys, str(app / "missing.yaml"))
+    assert (code, out) == (2, "")
+    assert "missing.yaml' does not exist" in err
+
+
+def test_an_alias_bomb_app_yaml_fails_at_once_with_a_short_message(
+        app: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for level, name in enumerate("bcdefghi"):
+        previous = "abcdefghi"[level]
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    (app / "app.yaml").write_text(APP_YAML + "\n".join(lines) + "\nthreadsafe: *i\n")
+    assert (app / "app.yaml").stat().st_size < 1500  # 9 levels: 9**9 strings if expanded
+    write(app, "main.py", "import os\nos.system('ls')\n")
+    from gae_sandbox import appyaml
+
+    composed = 0
+    compose = appyaml._LineLoader.compose_node
+
+    def counting(loader: object, parent: object, index: object) -> object:
+        nonlocal composed
+        composed += 1
+        return compose(loader, parent, index)
+
+    monkeypatch.setattr(appyaml._LineLoader, "compose_node", counting)
+    findings = scan(app)  # by folder: a finding, and the rest of the scan goes on
+    assert keys(findings) == {("app.yaml", 7, "app_yaml", "app.yaml"),
+                              ("main.py", 2, "process", "os.system")}
+    assert findings[0].rule.startswith("app.yaml is not valid: invalid YAML: anchor &a: ")
+    assert len(findings[0].rule) < 200
+    code, out, err = run_cli(capsys, str(app / "app.yaml"))  # by path: a usage error
+    assert (code, out) == (2, "")
+    assert err.startswith(f"gae-sandbox check: error: {app / 'app.yaml'}:7: invalid YAML: "
+                          "anchor &a: anchors and aliases are not supported")
+    assert len(err) < len(str(app)) + 250
+    assert composed < 40  # the nodes before the first anchor, twice: never the expansion

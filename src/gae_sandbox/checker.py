@@ -4,12 +4,15 @@ The scan reads the app's files and parses them with :mod:`ast`; it never imports
 them, so it is safe on untrusted trees and finds problems in code paths a test run never
 reaches. It judges imports by the same rules as the runtime's import gate (``imports.py``)
 and flags calls the sandbox refuses at run time (writes, processes, sockets, signals, ...).
-Reused by the ``check`` command, the dev server and the pytest plugin.
+Test files are left out unless asked for; findings in vendored third-party folders are marked
+with their package so reports can group them. Used by the ``check`` command.
 """
 
 from __future__ import annotations
 
 import ast
+import csv
+import fnmatch
 import io
 import os
 import re
@@ -17,7 +20,7 @@ import stat
 import tokenize
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .appyaml import DEFAULT_SKIP_FILES, LIBRARIES, AppYamlError, load_app_yaml
@@ -26,14 +29,30 @@ from .runtime import PYTHON27_BLOCKED_MODULES, RUNTIME_C_MODULES, STDLIB_C_MODUL
 
 #: Every kind of finding, in the order summaries list them.
 KINDS: tuple[str, ...] = (
-    "syntax", "unreadable", "app_yaml", "c_extension", "import", "file_write", "tempfile",
-    "process", "network", "system",
+    "syntax", "unreadable", "app_yaml", "c_extension", "import", "file_write", "possible_write",
+    "tempfile", "process", "network", "system",
 )
 
 #: Folders that are tooling, not the app: never deployed in practice, never scanned.
 SKIPPED_FOLDERS: frozenset[str] = frozenset(
     {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", "venv", ".tox", ".nox"}
 )
+
+#: Test files: never run in production, left out unless ``include_tests`` (shell patterns on
+#: the file name; any folder on the path named in TEST_FOLDERS).
+TEST_FILE_PATTERNS: tuple[str, ...] = ("test_*.py", "*_test.py", "tests.py", "conftest.py")
+TEST_FOLDERS: frozenset[str] = frozenset({"test", "tests"})
+
+#: Folder names that conventionally hold vendored third-party code (``pip install -t lib``,
+#: ``google.appengine.ext.vendor.add("lib")``): each entry inside one is a package, unless the
+#: folder is itself a Python package (``numpy/lib/__init__.py``). A folder holding
+#: ``*.dist-info`` or ``*.egg-info`` metadata is a vendor folder whatever its name.
+VENDOR_FOLDERS: frozenset[str] = frozenset({
+    "lib", "libs", "vendor", "vendored", "third_party", "thirdparty", "third-party",
+    "site-packages", "dist-packages",
+})
+_METADATA_ENDINGS = (".dist-info", ".egg-info")
+_MAX_METADATA_BYTES = 4 * 1024 * 1024
 
 #: Third-party C libraries the runtime offered through app.yaml ``libraries:``: the library
 #: name and the top-level modules (or globs) it provides, as the app.yaml reader maps them.
@@ -56,6 +75,12 @@ _NETWORK_FIX = "make HTTP(S) requests through URL Fetch: urllib.request or reque
 _SIGNAL_FIX = "remove it; the runtime raises DeadlineExceededError at the request deadline"
 _ENVIRON_FIX = "set the variable in app.yaml env_variables:"
 _TEMPFILE_FIX = "use tempfile.TemporaryFile() or io.BytesIO(), both in memory"
+_CHDIR_FIX = ("build paths from the app's folder instead: "
+              "os.path.join(os.path.dirname(__file__), ...)")
+_READONLY_RULE = "files are read-only on the runtime"
+_LOG_FIX = ("log without a file: the runtime keeps what the logging module writes to the "
+            "default handler (or a logging.StreamHandler) with each request")
+_UNKNOWN_MODE_FIX = ("make sure it opens for reading on the runtime; " + _READONLY_FIX)
 
 #: Suggestions for modules the runtime does not offer at all.
 _BLOCKED_FIXES: dict[str, str] = {
@@ -77,8 +102,13 @@ _C_WRAPPERS: dict[str, str] = {
 _OPENERS: dict[str, int] = {  # callee -> position of the mode argument
     "open": 1, "builtins.open": 1, "io.open": 1, "codecs.open": 1, "gzip.open": 1,
     "gzip.GzipFile": 1, "bz2.open": 1, "bz2.BZ2File": 1, "lzma.open": 1, "lzma.LZMAFile": 1,
-    "tarfile.open": 1, "zipfile.ZipFile": 1,
+    "tarfile.open": 1, "zipfile.ZipFile": 1, "pathlib.Path.open": 1,
+    "pathlib.PosixPath.open": 1, "pathlib.WindowsPath.open": 1,
 }
+#: Calls building a file-like object in memory: an opener given one writes nothing to disk.
+_IN_MEMORY_FILES = frozenset({"io.BytesIO", "io.StringIO"})
+_PATH_CLASSES = frozenset({"pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath"})
+_PATH_MAKERS = _PATH_CLASSES | {f"{c}.{m}" for c in _PATH_CLASSES for m in ("cwd", "home")}
 _OS_WRITES = frozenset({
     "remove", "unlink", "rename", "renames", "replace", "mkdir", "makedirs", "rmdir",
     "removedirs", "chmod", "lchmod", "fchmod", "chown", "lchown", "fchown", "utime", "symlink",
@@ -86,6 +116,7 @@ _OS_WRITES = frozenset({
     "removexattr",
 })
 _OS_WRITE_FLAGS = frozenset({"O_WRONLY", "O_RDWR", "O_CREAT", "O_APPEND", "O_TRUNC"})
+_OS_WRITE_BITS = sum({getattr(os, flag, 0) for flag in _OS_WRITE_FLAGS})  # distinct bits
 _SHUTIL_WRITES = frozenset({"move", "rmtree", "make_archive", "unpack_archive", "chown"})
 _OS_PROCESS = frozenset({"system", "popen", "fork", "forkpty", "kill", "killpg", "startfile"})
 _OS_PROCESS_PREFIXES = ("exec", "spawn", "posix_spawn")
@@ -94,6 +125,23 @@ _SOCKET_CALLS = frozenset({"socket", "create_connection", "create_server", "sock
 _SIGNAL_CALLS = frozenset({"signal", "alarm", "setitimer", "pthread_sigmask", "siginterrupt",
                            "set_wakeup_fd", "pause", "sigwait", "sigwaitinfo", "sigtimedwait"})
 _TEMPFILE_ALLOWED = frozenset({"TemporaryFile", "SpooledTemporaryFile"})
+#: Logging handlers that open a file for writing when built.
+_LOG_FILE_HANDLERS = frozenset({
+    "logging.FileHandler", "logging.handlers.RotatingFileHandler",
+    "logging.handlers.TimedRotatingFileHandler", "logging.handlers.WatchedFileHandler",
+    "logging.handlers.BaseRotatingHandler",
+})
+#: Process-wide state the runtime refuses to change: callee -> (rule, fix).
+_SYSTEM_CALLS: dict[str, tuple[str, str]] = {
+    "os.putenv": ("the process environment is shared with the host", _ENVIRON_FIX),
+    "os.unsetenv": ("the process environment is shared with the host", _ENVIRON_FIX),
+    "os.chdir": ("the working folder is process-wide; the runtime runs the app in its own "
+                 "folder and refuses chdir", _CHDIR_FIX),
+    "os.fchdir": ("the working folder is process-wide; the runtime runs the app in its own "
+                  "folder and refuses chdir", _CHDIR_FIX),
+    "os.umask": ("the file mode mask is process-wide", "remove it: the runtime's files are "
+                 "read-only, so there is nothing to mask"),
+}
 #: Methods that write whatever their receiver is (pathlib paths, in practice).
 _PATH_WRITE_METHODS = frozenset({"write_text", "write_bytes", "touch", "mkdir", "rmdir",
                                  "unlink", "symlink_to", "hardlink_to", "link_to", "chmod",
@@ -107,7 +155,9 @@ class Finding:
     """One thing the runtime would refuse: where, what, why, and what would fix it.
 
     ``file`` is relative to the app folder (``/``-separated, undecodable bytes escaped);
-    ``library`` names the app.yaml ``libraries:`` entry that would allow it, if any.
+    ``library`` names the app.yaml ``libraries:`` entry that would allow it, if any;
+    ``vendored`` names the third-party package the file belongs to when it sits in a vendored
+    folder (``lib/requests/...`` -> ``"requests"``), ``None`` for the app's own code.
     """
 
     kind: str
@@ -117,6 +167,7 @@ class Finding:
     rule: str
     fix: str
     library: str | None = None
+    vendored: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,30 +177,89 @@ class Finding:
                 f"({self.fix})")
 
 
-def scan(app_dir: str | os.PathLike[str], *,
-         enabled_libraries: Iterable[str] | None = None) -> list[Finding]:
-    """Scan the app folder and return its findings sorted by file and line.
+@dataclass(frozen=True)
+class ScanResult:
+    """What a scan found, and what it left out.
+
+    ``app`` is the app folder (real path); ``app_yaml`` the app.yaml whose settings the scan
+    used, if any (``None`` without one, or when it is broken);
+    ``skipped_tests`` the test files not scanned (relative paths), empty with
+    ``include_tests``.
+    """
+
+    app: str
+    findings: list[Finding]
+    skipped_tests: list[str]
+    app_yaml: str | None = None
+
+
+def scan(app_dir: str | os.PathLike[str], *, enabled_libraries: Iterable[str] | None = None,
+         include_tests: bool = False) -> list[Finding]:
+    """Scan the app folder (or app.yaml) and return its findings sorted by file and line.
+
+    See :func:`scan_app`, which also says what was left out.
+    """
+    return scan_app(app_dir, enabled_libraries=enabled_libraries,
+                    include_tests=include_tests).findings
+
+
+def scan_app(app: str | os.PathLike[str], *, enabled_libraries: Iterable[str] | None = None,
+             include_tests: bool = False) -> ScanResult:
+    """Scan an app: its folder, or its app.yaml file (any name, as ``serve`` takes it).
 
     ``enabled_libraries`` are app.yaml ``libraries:`` names already enabled; ``None`` reads
-    them from the app's ``app.yaml``. Raises ``NotADirectoryError`` when ``app_dir`` is not an
-    existing folder; problems inside the tree are findings, never exceptions.
+    them from the app.yaml. Test files (:data:`TEST_FILE_PATTERNS`, :data:`TEST_FOLDERS`) are
+    left out unless ``include_tests``. Given a folder, a broken app.yaml in it is a finding;
+    given an app.yaml file, its folder is scanned with its ``skip_files`` and a broken one
+    raises :class:`AppYamlError`. Raises ``NotADirectoryError`` when ``app`` is neither an
+    existing folder nor a file; problems inside the tree are findings, never exceptions.
     """
-    root = os.path.realpath(os.fspath(app_dir))
-    if not os.path.isdir(root):
-        raise NotADirectoryError(f"{os.fspath(app_dir)!r} is not an existing folder")
+    location = os.fspath(app)
     findings: list[Finding] = []
-    config = _read_app_yaml(root, findings)
+    app_yaml: str | None = None
+    if os.path.isfile(location):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unknown keys are not portability problems
+            loaded = load_app_yaml(location)
+        root = os.path.realpath(loaded.app_root)
+        app_yaml = os.path.join(root, os.path.basename(loaded.path))
+        config = _AppYaml(tuple(name for name, _version in loaded.libraries),
+                          loaded.skip_files)
+    else:
+        root = os.path.realpath(location)
+        if not os.path.isdir(root):
+            raise NotADirectoryError(f"{location!r} is not an existing folder")
+        config = _read_app_yaml(root, findings)
+        app_yaml = config.path
     enabled = set(config.libraries if enabled_libraries is None else enabled_libraries)
     skip = _skipper(DEFAULT_SKIP_FILES + config.skip_files)
-    files = list(_walk(root, skip, findings))
+    listed: dict[str, list[str]] = {}
+    files = list(_walk(root, skip, findings, listed))
+    skipped_tests = [] if include_tests else [rel for _, rel in files if is_test_file(rel)]
+    skipped = set(skipped_tests)
     own = _own_top_modules(root)
+    vendoring = _Vendoring(root, listed)
     for path, rel in files:
+        if rel in skipped:
+            continue
         if rel.endswith(_EXTENSION_ENDINGS):
-            findings.append(_extension_finding(rel, enabled))
+            found = [_extension_finding(rel, enabled)]
         else:
-            findings.extend(_scan_source(path, rel, own, enabled))
+            found = _scan_source(path, rel, own, enabled)
+        package = vendoring.package_of(rel)
+        if package is not None:
+            found = [replace(f, vendored=package) for f in found]
+        findings.extend(found)
     unique = {(f.file, f.line, f.kind, f.target): f for f in findings}
-    return sorted(unique.values(), key=lambda f: (f.file, f.line, f.kind, f.target))
+    ordered = sorted(unique.values(), key=lambda f: (f.file, f.line, f.kind, f.target))
+    return ScanResult(root, ordered, [_display(rel) for rel in skipped_tests], app_yaml)
+
+
+def is_test_file(rel: str) -> bool:
+    """Whether a file (path relative to the app, ``/``-separated) is a test, not app code."""
+    *folders, name = rel.split("/")
+    return (any(folder in TEST_FOLDERS for folder in folders)
+            or any(fnmatch.fnmatchcase(name, pattern) for pattern in TEST_FILE_PATTERNS))
 
 
 def libraries_needed(findings: Iterable[Finding]) -> list[str]:
@@ -181,6 +291,7 @@ def summary(findings: Iterable[Finding]) -> dict[str, int]:
 class _AppYaml:
     libraries: tuple[str, ...] = ()
     skip_files: tuple[str, ...] = ()
+    path: str | None = None
 
 
 def _read_app_yaml(root: str, findings: list[Finding]) -> _AppYaml:
@@ -201,7 +312,8 @@ def _read_app_yaml(root: str, findings: list[Finding]) -> _AppYaml:
                                 f"app.yaml is not valid: {what}",
                                 "fix app.yaml; the scan used the default skip_files"))
         return _AppYaml()
-    return _AppYaml(tuple(name for name, _version in config.libraries), config.skip_files)
+    return _AppYaml(tuple(name for name, _version in config.libraries), config.skip_files,
+                    config.path)
 
 
 # --- the tree -------------------------------------------------------------------------------
@@ -228,13 +340,14 @@ def _skipper(patterns: Iterable[str]) -> Callable[[str], bool]:
     return lambda rel: any(p.match(rel) for p in compiled)
 
 
-def _walk(root: str, skip: Callable[[str], bool],
-          findings: list[Finding]) -> Iterator[tuple[str, str]]:
+def _walk(root: str, skip: Callable[[str], bool], findings: list[Finding],
+          listed: dict[str, list[str]] | None = None) -> Iterator[tuple[str, str]]:
     """``(path, relative path)`` of each Python source and shared library the app deploys.
 
     Iterative, in name order. Symlinks are followed only when they point inside the app, and
     only after the real tree, so files are named by their real location; each folder and file
-    is taken once (symlink loops end). FIFOs and devices are never opened.
+    is taken once (symlink loops end). FIFOs and devices are never opened. ``listed`` receives
+    the entry names of every folder listed (relative path -> names).
     """
     top = os.stat(root)
     seen: set[tuple[int, int]] = {(top.st_dev, top.st_ino)}
@@ -247,6 +360,8 @@ def _walk(root: str, skip: Callable[[str], bool],
             try:
                 with os.scandir(folder) as listing:
                     entries = sorted(listing, key=lambda e: e.name)
+                if listed is not None:
+                    listed[rel_folder] = [entry.name for entry in entries]
             except OSError as error:
                 shown = _display(rel_folder or ".")
                 findings.append(Finding(
@@ -297,6 +412,124 @@ def _own_top_modules(root: str) -> frozenset[str]:
         n.split(".", 1)[0] for n in names
         if n.endswith((".py", *_EXTENSION_ENDINGS)) or os.path.isdir(os.path.join(root, n))
     )
+
+
+class _Vendoring:
+    """Which vendored third-party package a file belongs to, from the folders the walk listed.
+
+    A folder on the file's path that holds ``*.dist-info`` / ``*.egg-info`` metadata claims
+    the files its distributions installed (``RECORD``, ``installed-files.txt``) or the
+    top-level modules they name: the package is the distribution's name. Otherwise a vendor
+    folder on the path (one holding such metadata, or named in :data:`VENDOR_FOLDERS` without
+    being a Python package itself) makes the entry inside it the package. Metadata claims
+    win over names; the innermost folder wins over outer ones
+    (``lib/python2.7/site-packages/requests``). The app folder itself is never a vendor
+    folder, but its metadata still claims what it installed (``pip install -t .``).
+    """
+
+    def __init__(self, root: str, listed: dict[str, list[str]]) -> None:
+        self.root = root
+        self.listed = listed
+        self._claims: dict[str, tuple[dict[str, str], dict[str, set[str]]]] = {}
+
+    def package_of(self, rel: str) -> str | None:
+        parts = rel.split("/")
+        entries = range(len(parts) - 1, -1, -1)  # parts[i] is an entry of folder parts[:i]
+        for index in entries:
+            files, tops = self._claims_of("/".join(parts[:index]))
+            claimed = files.get("/".join(parts[index:]))
+            if claimed is None:
+                owners = tops.get(_module_name(parts[index]), ())
+                claimed = next(iter(owners)) if len(owners) == 1 else None
+            if claimed is not None:
+                return claimed
+        for index in entries:
+            if index and self._is_vendor_folder("/".join(parts[:index]), parts[index - 1]):
+                return _display(_module_name(parts[index]))
+        return None
+
+    def _is_vendor_folder(self, folder: str, name: str) -> bool:
+        names = self.listed.get(folder, ())
+        return any(n.endswith(_METADATA_ENDINGS) for n in names) or (
+            name in VENDOR_FOLDERS and "__init__.py" not in names)
+
+    def _claims_of(self, folder: str) -> tuple[dict[str, str], dict[str, set[str]]]:
+        """(installed file -> distribution, top-level module -> distributions) of a folder."""
+        if folder not in self._claims:
+            files: dict[str, str] = {}
+            tops: dict[str, set[str]] = {}
+            for entry in self.listed.get(folder, ()):
+                if entry.endswith(_METADATA_ENDINGS):
+                    path = os.path.join(self.root, folder, entry)
+                    name, installed, modules = _distribution(path, entry, self.root)
+                    for item in installed:
+                        files.setdefault(item, name)
+                    for module in modules:
+                        tops.setdefault(module, set()).add(name)
+            self._claims[folder] = (files, tops)
+        return self._claims[folder]
+
+
+def _module_name(entry: str) -> str:
+    """The module an entry of a folder on ``sys.path`` provides: ``six.py`` -> ``six``."""
+    return entry.split(".", 1)[0]
+
+
+def _distribution(path: str, entry: str, root: str) -> tuple[str, list[str], set[str]]:
+    """A ``*.dist-info`` / ``*.egg-info`` entry: the distribution's name, the files it
+    installed (relative to the folder holding the metadata) and its top-level modules."""
+    base = entry.rsplit(".", 1)[0]
+    name = base.split("-", 1)[0]
+    installed: list[str] = []
+    modules: set[str] = set()
+    if os.path.isdir(path):
+        headers = _read_metadata(os.path.join(path, "METADATA"), root) or _read_metadata(
+            os.path.join(path, "PKG-INFO"), root)
+        record = _read_metadata(os.path.join(path, "RECORD"), root)
+        if record is not None:
+            try:
+                for row in csv.reader(io.StringIO(record)):
+                    if row:
+                        installed.append(row[0])
+            except csv.Error:
+                pass  # a damaged RECORD: keep the rows read so far
+        listing = _read_metadata(os.path.join(path, "installed-files.txt"), root)
+        if listing is not None:  # egg-info: relative to the metadata folder
+            installed += [os.path.normpath(f"{entry}/{line.strip()}").replace(os.sep, "/")
+                          for line in listing.splitlines() if line.strip()]
+        top_level = _read_metadata(os.path.join(path, "top_level.txt"), root)
+        if top_level is not None:
+            modules.update(line.strip() for line in top_level.splitlines() if line.strip())
+    else:
+        headers = _read_metadata(path, root)  # an egg-info file is the PKG-INFO itself
+    for line in (headers or "").split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "name" and value.strip():
+            name = value.strip()[:100]
+            break
+    installed = [item for item in installed
+                 if item and not item.startswith(("../", "/")) and item != ".."]
+    for item in installed:
+        top = item.split("/", 1)[0]
+        if not top.endswith(_METADATA_ENDINGS) and top != "__pycache__":
+            modules.add(_module_name(top))
+    if not modules:
+        modules.add(base.split("-", 1)[0])
+    return name, installed, modules
+
+
+def _read_metadata(path: str, root: str) -> str | None:
+    """A small regular file inside the app, as text; ``None`` if it is anything else."""
+    try:
+        real = os.path.realpath(path)
+        info = os.stat(real)
+        if (not _inside(real, root) or not stat.S_ISREG(info.st_mode)
+                or info.st_size > _MAX_METADATA_BYTES):
+            return None
+        with open(real, "rb") as file:
+            return file.read(_MAX_METADATA_BYTES).decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
 
 
 def _library_of(module: str) -> str | None:
@@ -402,6 +635,8 @@ class _ModuleScan:
                     self._check_import(node, node.module)
             elif isinstance(node, ast.Call):
                 self._check_call(node)
+            elif isinstance(node, ast.Dict):
+                self._check_dict(node)
         # os.environ[...] = ... is fine: on the runtime, as in the sandbox, os.environ is
         # per request; only os.putenv/unsetenv reach the process environment.
         return self.findings
@@ -516,71 +751,209 @@ class _ModuleScan:
         return isinstance(node, ast.Name) and node.id in self.aliases
 
     def _check_named(self, node: ast.Call, name: str) -> bool:
-        """Checks on a call to a known dotted name; whether one matched."""
-        if name in ("__import__", "builtins.__import__", "importlib.import_module",
-                    "importlib.__import__"):
-            module = _constant_str(node.args[0]) if node.args else None
-            if module and not module.startswith("."):
-                self._check_import(node, module)
-            return True
-        module, _, attr = name.rpartition(".")
-        if name in _OPENERS:
-            mode = _argument(node, _OPENERS[name], "mode")
-            mode_text = _constant_str(mode) if mode is not None else None
-            if mode_text and any(c in mode_text for c in "wax+"):
-                self._add(node, "file_write", name,
-                          f"files are read-only on the runtime (mode {mode_text!r})",
-                          _READONLY_FIX)
-        elif module == "os" and attr == "open":
-            flags = _argument(node, 1, "flags")
-            if flags is not None and any(
-                    isinstance(n, (ast.Attribute, ast.Name))
-                    and (n.attr if isinstance(n, ast.Attribute) else n.id) in _OS_WRITE_FLAGS
-                    for n in ast.walk(flags)):
-                self._add(node, "file_write", name, "files are read-only on the runtime",
-                          _READONLY_FIX)
-        elif module == "os" and attr in _OS_WRITES or (
-                module == "shutil" and (attr in _SHUTIL_WRITES or (
-                    attr.startswith("copy") and attr != "copyfileobj"))):
-            self._add(node, "file_write", name, "files are read-only on the runtime",
-                      _READONLY_FIX)
-        elif module == "tempfile" and attr not in _TEMPFILE_ALLOWED:
-            self._add(node, "tempfile", name,
-                      "the runtime's tempfile offers only TemporaryFile (in memory)",
-                      _TEMPFILE_FIX)
-        elif module == "subprocess" or module.startswith("subprocess.") or (
-                module == "os" and (attr in _OS_PROCESS or attr.startswith(
-                    _OS_PROCESS_PREFIXES))):
-            self._add(node, "process", name,
-                      "the runtime cannot start, replace or signal processes", _PROCESS_FIX)
-        elif module == "socket" and attr in _SOCKET_CALLS:
-            self._add(node, "network", name, "the runtime offers no raw sockets",
-                      _NETWORK_FIX)
-        elif module == "signal" and attr in _SIGNAL_CALLS:
-            self._add(node, "system", name,
-                      "signal handlers and timers are process-wide; the runtime removed them",
-                      _SIGNAL_FIX)
-        elif name in ("os.putenv", "os.unsetenv"):
-            self._add(node, "system", name, "the process environment is shared with the host",
-                      _ENVIRON_FIX)
-        else:
-            return False
-        return True
+        """The first rule of :data:`_CALL_RULES` that covers ``name`` judges the call;
+        whether one covered it."""
+        for rule in _CALL_RULES:
+            if rule.covers(name):
+                rule.judge(self, node, name)
+                return True
+        return False
 
     def _check_method(self, node: ast.Call, func: ast.Attribute) -> None:
         """Methods on values of unknown type: pathlib writes, ``Path(...).open("w")``."""
         target = f"{self._text(func.value)}.{func.attr}"
         if func.attr in _PATH_WRITE_METHODS:
-            self._add(node, "file_write", target, "files are read-only on the runtime",
-                      _READONLY_FIX)
+            self._add(node, "file_write", target, _READONLY_RULE, _READONLY_FIX)
         elif func.attr == "open":
             mode = _argument(node, 0, "mode")
+            if self._is_path(func.value):  # a pathlib path: its first argument is the mode
+                _judge_mode(self, node, target, mode, _hidden_argument(node, 0))
+                return
             mode_text = _constant_str(mode) if mode is not None else None
-            if mode_text and _MODE_LIKE.fullmatch(mode_text) and any(
-                    c in mode_text for c in "wax+"):
-                self._add(node, "file_write", target,
-                          f"files are read-only on the runtime (mode {mode_text!r})",
+            if mode_text and _MODE_LIKE.fullmatch(mode_text) and _mode_writes(mode_text):
+                self._add(node, "file_write", target, f"{_READONLY_RULE} (mode {mode_text!r})",
                           _READONLY_FIX)
+
+    def _is_path(self, node: ast.AST) -> bool:
+        """Whether an expression is a pathlib path built in place: ``Path(...)``,
+        ``Path.cwd() / "x"``, ``Path(__file__).parent.joinpath("y")``."""
+        while True:
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+                node = node.left
+            elif isinstance(node, ast.Attribute):
+                node = node.value
+            elif isinstance(node, ast.Call):
+                if self._name(node.func) in _PATH_MAKERS:
+                    return True
+                if not isinstance(node.func, ast.Attribute):
+                    return False
+                node = node.func.value
+            else:
+                return False
+
+    def _check_dict(self, node: ast.Dict) -> None:
+        """A logging configuration (``dictConfig``, Django's ``LOGGING``) naming a file
+        handler: ``{"class": "logging.FileHandler", ...}``."""
+        for key, value in zip(node.keys, node.values, strict=True):
+            handler = _constant_str(value) if _constant_str(key) == "class" else None
+            if handler in _LOG_FILE_HANDLERS:
+                self._add(value, "file_write", handler,
+                          "a logging configuration names a file handler, which opens its file "
+                          f"for writing; {_READONLY_RULE}", _LOG_FIX)
+
+
+# --- rules on calls to known names ----------------------------------------------------------
+
+#: How a rule judges a call it covers: (the module's scan, the call, the callee's dotted name).
+_Judge = Callable[[_ModuleScan, ast.Call, str], None]
+
+
+@dataclass(frozen=True)
+class _CallRule:
+    """Calls whose dotted name ``covers`` accepts are judged by ``judge``."""
+
+    covers: Callable[[str], bool]
+    judge: _Judge
+
+
+def _named(*names: str) -> Callable[[str], bool]:
+    return frozenset(names).__contains__
+
+
+def _member(module: str, test: Callable[[str], bool]) -> Callable[[str], bool]:
+    """Names ``module.attribute`` whose attribute passes ``test``."""
+    def covers(name: str) -> bool:
+        owner, _, attribute = name.rpartition(".")
+        return owner == module and test(attribute)
+    return covers
+
+
+def _writes_files(name: str) -> bool:
+    owner, _, attribute = name.rpartition(".")
+    return ((owner == "os" and attribute in _OS_WRITES)
+            or (owner == "shutil" and (attribute in _SHUTIL_WRITES or (
+                attribute.startswith("copy") and attribute != "copyfileobj")))
+            or (owner in _PATH_CLASSES and attribute in _PATH_WRITE_METHODS))
+
+
+def _starts_processes(name: str) -> bool:
+    owner, _, attribute = name.rpartition(".")
+    return owner == "subprocess" or owner.startswith("subprocess.") or (
+        owner == "os" and (attribute in _OS_PROCESS
+                           or attribute.startswith(_OS_PROCESS_PREFIXES)))
+
+
+def _report(kind: str, rule: str, fix: str) -> _Judge:
+    """Every call is a finding."""
+    def judge(scan: _ModuleScan, node: ast.Call, name: str) -> None:
+        scan._add(node, kind, name, rule, fix)
+    return judge
+
+
+def _judge_import(scan: _ModuleScan, node: ast.Call, name: str) -> None:
+    module = _constant_str(node.args[0]) if node.args else None
+    if module and not module.startswith("."):
+        scan._check_import(node, module)
+
+
+def _judge_opener(scan: _ModuleScan, node: ast.Call, name: str) -> None:
+    if _keyword(node, "fileobj") is not None or (
+            node.args and isinstance(node.args[0], ast.Call)
+            and scan._name(node.args[0].func) in _IN_MEMORY_FILES):
+        return  # reads or writes a file object the app built, not a file on disk
+    position = _OPENERS[name]
+    _judge_mode(scan, node, name, _argument(node, position, "mode"),
+                _hidden_argument(node, position))
+
+
+def _judge_mode(scan: _ModuleScan, node: ast.Call, name: str, mode: ast.expr | None,
+                hidden: bool) -> None:
+    """A mode argument: a literal that writes, or one not known before run time."""
+    if mode is None and not hidden:
+        return  # the default mode reads
+    modes = _literal_strings(mode) if mode is not None else None
+    if modes is None:
+        scan._add(node, "possible_write", name,
+                  "mode not known statically; writes are refused at run time",
+                  _UNKNOWN_MODE_FIX)
+        return
+    writing = sorted(m for m in modes if _mode_writes(m))
+    if writing:
+        scan._add(node, "file_write", name, f"{_READONLY_RULE} (mode {writing[0]!r})",
+                  _READONLY_FIX)
+
+
+def _judge_os_open(scan: _ModuleScan, node: ast.Call, name: str) -> None:
+    flags = _argument(node, 1, "flags")
+    if flags is None:
+        if _hidden_argument(node, 1):
+            scan._add(node, "possible_write", name,
+                      "flags not known statically; writes are refused at run time",
+                      _UNKNOWN_MODE_FIX)
+        return
+    known, pending = True, [flags]
+    while pending:  # os.O_* names and integers joined by | (or +), either way of an if
+        item = pending.pop()
+        if isinstance(item, ast.BinOp) and isinstance(item.op, (ast.BitOr, ast.Add)):
+            pending += [item.left, item.right]
+        elif isinstance(item, ast.IfExp):
+            pending += [item.body, item.orelse]
+        elif isinstance(item, (ast.Attribute, ast.Name)):
+            flag = item.attr if isinstance(item, ast.Attribute) else item.id
+            if flag in _OS_WRITE_FLAGS:
+                scan._add(node, "file_write", name, _READONLY_RULE, _READONLY_FIX)
+                return
+            known = known and flag.startswith("O_")
+        elif isinstance(item, ast.Constant) and type(item.value) is int:
+            if item.value & _OS_WRITE_BITS:
+                scan._add(node, "file_write", name, _READONLY_RULE, _READONLY_FIX)
+                return
+        else:  # a call, a variable, ...: not known, but a write flag inside still writes
+            known = False
+            pending.extend(ast.iter_child_nodes(item))
+    if not known:
+        scan._add(node, "possible_write", name,
+                  "flags not known statically; writes are refused at run time",
+                  _UNKNOWN_MODE_FIX)
+
+
+def _judge_basic_config(scan: _ModuleScan, node: ast.Call, name: str) -> None:
+    filename = _keyword(node, "filename")
+    if filename is not None and not (isinstance(filename, ast.Constant)
+                                     and filename.value is None):
+        scan._add(node, "file_write", name, "logging.basicConfig(filename=...) opens its log "
+                  f"file for writing; {_READONLY_RULE}", _LOG_FIX)
+
+
+def _judge_system(scan: _ModuleScan, node: ast.Call, name: str) -> None:
+    rule, fix = _SYSTEM_CALLS[name]
+    scan._add(node, "system", name, rule, fix)
+
+
+#: The rules on calls to known dotted names, first match wins (a match with nothing to
+#: report still ends the search: ``open("x")`` is not a method call to check further).
+_CALL_RULES: tuple[_CallRule, ...] = (
+    _CallRule(_named("__import__", "builtins.__import__", "importlib.import_module",
+                     "importlib.__import__"), _judge_import),
+    _CallRule(_named(*_OPENERS), _judge_opener),
+    _CallRule(_named("os.open"), _judge_os_open),
+    _CallRule(_writes_files, _report("file_write", _READONLY_RULE, _READONLY_FIX)),
+    _CallRule(_named(*_LOG_FILE_HANDLERS),
+              _report("file_write", "logging file handlers open their file for writing; "
+                      f"{_READONLY_RULE}", _LOG_FIX)),
+    _CallRule(_named("logging.basicConfig"), _judge_basic_config),
+    _CallRule(_member("tempfile", lambda a: a not in _TEMPFILE_ALLOWED),
+              _report("tempfile", "the runtime's tempfile offers only TemporaryFile (in memory)",
+                      _TEMPFILE_FIX)),
+    _CallRule(_starts_processes, _report(
+        "process", "the runtime cannot start, replace or signal processes", _PROCESS_FIX)),
+    _CallRule(_member("socket", _SOCKET_CALLS.__contains__),
+              _report("network", "the runtime offers no raw sockets", _NETWORK_FIX)),
+    _CallRule(_member("signal", _SIGNAL_CALLS.__contains__),
+              _report("system", "signal handlers and timers are process-wide; the runtime "
+                      "removed them", _SIGNAL_FIX)),
+    _CallRule(_named(*_SYSTEM_CALLS), _judge_system),
+)
 
 
 def _argument(node: ast.Call, position: int, keyword: str) -> ast.expr | None:
@@ -593,10 +966,40 @@ def _argument(node: ast.Call, position: int, keyword: str) -> ast.expr | None:
     return None
 
 
-def _constant_str(node: ast.AST) -> str | None:
+def _keyword(node: ast.Call, keyword: str) -> ast.expr | None:
+    for item in node.keywords:
+        if item.arg == keyword:
+            return item.value
+    return None
+
+
+def _hidden_argument(node: ast.Call, position: int) -> bool:
+    """Whether ``*args`` or ``**kwargs`` could pass the argument at ``position``."""
+    return any(isinstance(a, ast.Starred) for a in node.args[:position + 1]) or any(
+        item.arg is None for item in node.keywords)
+
+
+def _constant_str(node: ast.AST | None) -> str | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
     return None
+
+
+def _literal_strings(node: ast.AST) -> set[str] | None:
+    """The values a mode expression can take when every one is a literal
+    (``"wb" if append else "ab"``); ``None`` when one is not known before run time."""
+    if isinstance(node, ast.IfExp):
+        body, orelse = _literal_strings(node.body), _literal_strings(node.orelse)
+        return None if body is None or orelse is None else body | orelse
+    if isinstance(node, ast.Constant) and node.value is None:
+        return {"r"}  # the default
+    text = _constant_str(node)
+    return None if text is None else {text}
+
+
+def _mode_writes(mode: str) -> bool:
+    """Whether an open mode writes (tarfile's ``"r:xz"``: the compression is not a mode)."""
+    return any(c in re.split(r"[:|]", mode, maxsplit=1)[0] for c in "wax+")
 
 
 def _catches_import_error(handler: ast.ExceptHandler) -> bool:

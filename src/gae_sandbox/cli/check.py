@@ -1,11 +1,18 @@
-"""check: scan an app folder for what the python27 sandbox would refuse, without running it.
+"""check: scan an app for what the python27 sandbox would refuse, without running it.
 
-Reads every deployed ``.py`` file with ``ast`` (nothing is imported or executed) and lists
-shipped C extensions, refused imports, file writes, processes, sockets, signals and
+Takes the app's folder or its app.yaml (then that app.yaml's skip_files apply). Reads every
+deployed ``.py`` file with ``ast`` (nothing is imported or executed) and lists shipped C
+extensions, refused imports, file writes (open modes, os.open flags, logging file handlers),
+opens whose mode is not known before run time, processes, sockets, signals, chdir and
 environment changes, each with file:line, the rule and the fix, then the app.yaml
-``libraries:`` entries the findings call for.
+``libraries:`` entries the findings call for. Findings in vendored third-party folders (lib/,
+vendor/, site-packages/, folders holding *.dist-info or *.egg-info) are grouped per package
+(--format json lists each one, marked "vendored"). Test files (test_*.py, *_test.py,
+tests.py, conftest.py, test/ and tests/ folders) are not run in production and are skipped
+unless --include-tests.
 
-Exit status: 0 clean, 1 findings, 2 usage error.
+Exit status: 0 clean, 1 findings, 2 usage error (a missing path, a broken app.yaml given by
+path).
 """
 
 from __future__ import annotations
@@ -15,59 +22,143 @@ import json
 import os
 import sys
 
-from ..checker import Finding, libraries_needed, libraries_yaml, scan, summary
+from ..appyaml import AppYamlError
+from ..checker import (
+    TEST_FILE_PATTERNS,
+    TEST_FOLDERS,
+    Finding,
+    ScanResult,
+    libraries_needed,
+    libraries_yaml,
+    scan_app,
+    summary,
+)
 from .common import UsageError
 
 FORMATS = ("text", "json")
 
+#: Example locations, and distinct targets, shown per rule of a vendored package.
+EXAMPLES = 2
+TARGETS = 3
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("app_dir", metavar="APP_DIR", help="the app folder (where app.yaml is)")
+    parser.add_argument("app", metavar="APP_DIR_OR_APP_YAML",
+                        help="the app's folder (holding app.yaml) or its app.yaml")
     parser.add_argument("--format", default="text", metavar="{text,json}",
                         help="output format (default: text)")
+    parser.add_argument("--include-tests", action="store_true",
+                        help="also scan test files (test_*.py, *_test.py, tests.py, "
+                             "conftest.py, test/ and tests/ folders), skipped by default")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:
         raise UsageError(f"unknown format {args.format!r}; choose from {', '.join(FORMATS)}")
-    app_dir = args.app_dir
-    if not os.path.exists(app_dir):
-        raise UsageError(f"APP_DIR {app_dir!r} does not exist")
-    if not os.path.isdir(app_dir):
-        raise UsageError(f"APP_DIR {app_dir!r} is not a folder")
-    findings = scan(app_dir)
-    app = os.path.realpath(app_dir)
+    target = args.app
+    if not os.path.exists(target):
+        raise UsageError(f"APP_DIR_OR_APP_YAML {target!r} does not exist (give the app's "
+                         "folder or its app.yaml)")
+    if not os.path.isdir(target) and not (
+            os.path.isfile(target) and target.lower().endswith((".yaml", ".yml"))):
+        raise UsageError(f"APP_DIR_OR_APP_YAML {target!r} is not a folder or an app.yaml file")
+    try:
+        result = scan_app(target, include_tests=args.include_tests)
+    except AppYamlError as error:
+        raise UsageError(str(error)) from None
+    except NotADirectoryError as error:  # removed while we looked
+        raise UsageError(str(error)) from None
     if args.format == "json":
-        _emit(json.dumps(to_json(app, findings), indent=2))
+        _emit(json.dumps(to_json(result), indent=2))
     else:
-        _emit(to_text(app, findings))
-    return 1 if findings else 0
+        _emit(to_text(result))
+    return 1 if result.findings else 0
 
 
-def to_json(app: str, findings: list[Finding]) -> dict[str, object]:
-    """The JSON report: findings, counts per kind, and the app.yaml libraries entries."""
+def to_json(result: ScanResult) -> dict[str, object]:
+    """The JSON report: every finding (``vendored`` names the package of third-party code),
+    counts per kind and per vendored package, the test files skipped, and the app.yaml
+    ``libraries:`` entries."""
+    findings = result.findings
     return {
-        "app": app,
+        "app": result.app,
+        "app_yaml": result.app_yaml,
         "findings": [f.as_dict() for f in findings],
         "summary": summary(findings),
+        "vendored": {package: len(items) for package, items in vendored_groups(findings)},
+        "skipped_tests": result.skipped_tests,
         "libraries": [{"name": n, "version": "latest"} for n in libraries_needed(findings)],
     }
 
 
-def to_text(app: str, findings: list[Finding]) -> str:
-    """One line per finding, a summary per kind, and a ready-to-paste ``libraries:`` block."""
+def vendored_groups(findings: list[Finding]) -> list[tuple[str, list[Finding]]]:
+    """Findings in vendored code, per package (sorted by name, case-insensitively)."""
+    groups: dict[str, list[Finding]] = {}
+    for finding in findings:
+        if finding.vendored is not None:
+            groups.setdefault(finding.vendored, []).append(finding)
+    return sorted(groups.items(), key=lambda item: (item[0].lower(), item[0]))
+
+
+def to_text(result: ScanResult) -> str:
+    """The app's own findings one per line, vendored packages grouped (a count per rule and
+    a few locations), a summary per kind, the test files skipped, and a ready-to-paste
+    ``libraries:`` block."""
+    app, findings = result.app, result.findings
+    skipped = _skipped_line(result.skipped_tests)
     if not findings:
-        return f"{app}: no portability problems found"
-    lines = [str(f) for f in findings]
+        return "\n".join([f"{app}: no portability problems found", *skipped])
+    own = [f for f in findings if f.vendored is None]
+    groups = vendored_groups(findings)
+    lines = [str(f) for f in own]
+    for package, items in groups:
+        if lines:
+            lines.append("")
+        lines += _group_lines(package, items)
     counts = summary(findings)
     width = max(len(kind) for kind in counts)
     total = len(findings)
-    lines += ["", f"{total} finding{'s' if total != 1 else ''} in {app}:"]
+    where = ""
+    if groups:
+        where = (f" ({len(own)} in the app's own code, {total - len(own)} in {len(groups)} "
+                 f"vendored package{'s' if len(groups) != 1 else ''})")
+    lines += ["", f"{total} finding{'s' if total != 1 else ''} in {app}{where}:"]
     lines += [f"  {kind:<{width}}  {count}" for kind, count in counts.items()]
+    if skipped:
+        lines += ["", *skipped]
     snippet = libraries_yaml(libraries_needed(findings))
     if snippet:
         lines += ["", "app.yaml needs these libraries (paste into app.yaml):", snippet.rstrip()]
     return "\n".join(lines)
+
+
+def _group_lines(package: str, findings: list[Finding]) -> list[str]:
+    """One vendored package: a header, then per (kind, rule) its count, fix and examples."""
+    files = {f.file for f in findings}
+    count = len(findings)
+    lines = [f"vendored {package}: {count} finding{'s' if count != 1 else ''} in {len(files)} "
+             f"file{'s' if len(files) != 1 else ''} (third-party code; --format json lists "
+             "each one)"]
+    by_rule: dict[tuple[str, str, str], list[Finding]] = {}
+    for finding in findings:
+        by_rule.setdefault((finding.kind, finding.rule, finding.fix), []).append(finding)
+    for (kind, rule, fix), items in sorted(by_rule.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        targets = sorted({f.target for f in items})
+        shown = ", ".join(targets[:TARGETS]) + (", ..." if len(targets) > TARGETS else "")
+        examples = ", ".join(f"{f.file}:{f.line}" for f in items[:EXAMPLES])
+        more = f" and {len(items) - EXAMPLES} more" if len(items) > EXAMPLES else ""
+        lines.append(f"  {len(items)} \u00d7 {kind}: {shown} \u2014 {rule} ({fix})")
+        lines.append(f"      e.g. {examples}{more}")
+    return lines
+
+
+def _skipped_line(skipped: list[str]) -> list[str]:
+    if not skipped:
+        return []
+    patterns = ", ".join([*TEST_FILE_PATTERNS, *(f"{f}/" for f in sorted(TEST_FOLDERS))])
+    count = len(skipped)
+    return [f"{count} test file{'s' if count != 1 else ''} not scanned: tests do not run in "
+            f"production ({patterns}); --include-tests scans them"]
 
 
 def _emit(text: str) -> None:

@@ -27,6 +27,11 @@ _ACTIVE: ContextVar[Scope | None] = ContextVar("gae_sandbox.active", default=Non
 #: record the same operation a second time.
 _PASSTHROUGH: ContextVar[bool] = ContextVar("gae_sandbox.passthrough", default=False)
 
+#: Set while the library itself does work in a request's scope on the host's behalf
+#: (formatting the app's error for the log): refusals still apply, but are not the app's, so
+#: they are not recorded.
+_QUIET: ContextVar[bool] = ContextVar("gae_sandbox.quiet", default=False)
+
 active_scope = _ACTIVE.get
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -159,7 +164,7 @@ class Scope:
     def refuse(self, layer: Layer, refusal: SandboxViolation) -> None:
         """Record ``refusal``; raise it when the layer enforces, return when it reports."""
         __tracebackhide__ = True
-        if not (_PASSTHROUGH.get() and not layer.enforce):
+        if not (_PASSTHROUGH.get() and not layer.enforce) and not _QUIET.get():
             message = refusal.message
             if not layer.enforce:  # report mode let it through
                 message = message.replace("gae_sandbox refused ", "gae_sandbox would refuse ",
@@ -188,6 +193,15 @@ def passthrough(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return function(*args, **kwargs)
     finally:
         _PASSTHROUGH.reset(token)
+
+
+def quietly(function: Callable[..., Any], *args: Any) -> Any:
+    """Call ``function`` with its refusals unrecorded (see ``_QUIET``)."""
+    token = _QUIET.set(True)
+    try:
+        return function(*args)
+    finally:
+        _QUIET.reset(token)
 
 
 class unsandboxed:

@@ -14,11 +14,12 @@ import logging
 import os
 import signal
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from .context import Scope, unsandboxed
+from .context import Scope, quietly, unsandboxed
 from .errors import DeadlineExceededError, HardDeadlineExceeded
 from .policy import Policy
 from .sandbox import Sandbox, call_in_scope, close_scope
@@ -113,6 +114,11 @@ class _Request:
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: Any = None) -> Callable[[bytes], Any]:
+        # the app's objects become exact str here, in the scope: the server formats them
+        # later in host code, where a subclass's __str__ or __iter__ would run unsandboxed
+        status = _exact_str(status, "status")
+        headers = [(_exact_str(name, "header name"), _exact_str(value, "header value"))
+                   for name, value in headers]
         with unsandboxed():
             self.server_write = self.server_start_response(status, headers, exc_info) if (
                 exc_info is not None
@@ -121,6 +127,7 @@ class _Request:
         return self.write
 
     def write(self, data: bytes) -> Any:
+        data = _exact_bytes(data)
         if data:
             self.body_started = True
         assert self.server_write is not None, "write() called before start_response()"
@@ -138,12 +145,22 @@ class _Request:
         except BaseException:
             self.close()
             raise
-        if isinstance(self.iterable, (list, tuple)):
-            # Nothing of the app's runs while a list is sent: end the scope now (its threads
-            # are joined before the response goes out, as on the runtime).
+        try:
+            # the type checks run app code (a metaclass, __getattr__): in the scope
+            kind = call_in_scope(self.scope, _response_kind, self.iterable)
+            if kind == "list":
+                # Nothing of the app's runs while a list is sent: copy it to exact bytes
+                # now and end the scope (its threads are joined before the response goes
+                # out, as on the runtime).
+                chunks = call_in_scope(self.scope, _exact_chunks, self.iterable)
+                self.close()
+                return chunks
+        except _APP_ERRORS as error:
+            return self.fail(error, closing=True)
+        except BaseException:
             self.close()
-            return self.iterable
-        if hasattr(self.iterable, "__len__"):
+            raise
+        if kind == "sized":
             return _SizedResponse(self)
         return _Response(self)
 
@@ -167,13 +184,11 @@ class _Request:
     def _next_from_app(self) -> bytes:
         if self.iterator is None:
             self.iterator = iter(self.iterable)
-        return next(self.iterator)
+        return _exact_bytes(next(self.iterator))
 
     def fail(self, error: BaseException, *, closing: bool) -> list[bytes]:
         """Turn an app error into a 500, or re-raise it when the headers were sent."""
-        logger.error("gae_sandbox: request %s %s failed: %s", self.environ.get("REQUEST_METHOD"),
-                     self.environ.get("PATH_INFO"), self.reason(error),
-                     exc_info=(type(error), error, app_frames(error.__traceback__)))
+        self.log_failure(error)
         if self.body_started:
             if closing:
                 self.close()
@@ -194,10 +209,34 @@ class _Request:
             self.close()
         return [ERROR_BODY]
 
+    def log_failure(self, error: BaseException) -> None:
+        """Log the error with its traceback, both formatted in the scope (an app exception's
+        ``__str__`` is app code), the traceback without this library's frames."""
+        exc_info = (type(error), error, app_frames(error.__traceback__))
+        reason = self.reason(error)
+        text = self.in_scope_text(lambda: "".join(traceback.format_exception(*exc_info)))
+        method, path = self.environ.get("REQUEST_METHOD"), self.environ.get("PATH_INFO")
+        record = logger.makeRecord(
+            logger.name, logging.ERROR, __file__, 0, "gae_sandbox: request %s %s failed: %s",
+            (_plain(method), _plain(path), reason), exc_info)
+        record.exc_text = text.rstrip("\n") or f"{type(error).__qualname__} (not formattable)"
+        if logger.isEnabledFor(logging.ERROR):
+            logger.handle(record)
+
+    def in_scope_text(self, make: Callable[[], str]) -> str:
+        """``make()`` run in the request's scope, as an exact ``str`` ("" if it fails)."""
+        if self.scope.closed:
+            return ""
+        try:
+            text = call_in_scope(self.scope, quietly, make)
+        except BaseException:  # noqa: BLE001 - the app's __str__ may raise anything
+            return ""
+        return text if type(text) is str else ""
+
     def reason(self, error: BaseException) -> str:
         """The error's message; a deadline error raised asynchronously has none of its own
         (it is raised as a bare class), so say which deadline it was."""
-        text = str(error)
+        text = self.in_scope_text(lambda: str(error))
         if text:
             return text
         deadline = self.scope.deadline
@@ -228,6 +267,36 @@ class _Request:
 
 
 _PACKAGE_PREFIX = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _exact_str(value: Any, what: str) -> str:
+    """An app's ``str`` (or subclass) as an exact ``str``; PEP 3333 allows nothing else."""
+    if not isinstance(value, str):
+        raise TypeError(f"WSGI {what} must be a str, got {type(value).__name__}")
+    return str.__str__(value)
+
+
+def _exact_bytes(value: Any) -> bytes:
+    """An app's body chunk (``bytes`` or a subclass) as exact ``bytes``."""
+    if type(value) is bytes:
+        return value
+    if not isinstance(value, bytes):
+        raise TypeError(f"WSGI body chunks must be bytes, got {type(value).__name__}")
+    return bytes.__getitem__(value, slice(None))  # a copy without calling app methods
+
+
+def _exact_chunks(iterable: Any) -> list[bytes]:
+    return [_exact_bytes(chunk) for chunk in iterable]
+
+
+def _response_kind(iterable: Any) -> str:
+    if isinstance(iterable, (list, tuple)):
+        return "list"
+    return "sized" if hasattr(iterable, "__len__") else "iterator"
+
+
+def _plain(value: Any) -> str | None:
+    return str.__str__(value) if isinstance(value, str) else None
 
 
 def app_frames(tb: TracebackType | None) -> TracebackType | None:
@@ -271,6 +340,6 @@ class _Response:
 class _SizedResponse(_Response):
     def __len__(self) -> int:  # the app's own __len__ is app code: run it sandboxed
         request = self._request
-        if request.closed:
-            return len(request.iterable)
-        return int(call_in_scope(request.scope, len, request.iterable))
+        if request.closed:  # never the app's __len__ outside its scope
+            raise TypeError("the response was closed; its length is no longer known")
+        return int.__index__(call_in_scope(request.scope, len, request.iterable))

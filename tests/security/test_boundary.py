@@ -1,0 +1,129 @@
+"""Weakness 5 of the security review: the host consuming app objects.
+
+What an app hands the server (its status, headers, body chunks, its exception, its response
+iterable) must not run app code in host code later: the middleware turns each into exact
+``str``/``bytes``/``int`` inside the request's scope. Each attempt is an object whose method
+writes a file when the host calls it; the control hands the same object to a plain WSGI
+server loop (no middleware) and the file appears.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gae_sandbox import Policy, SandboxMiddleware
+
+
+def _writer(target: Path) -> Callable[[], None]:
+    def write() -> None:
+        with open(target, "w") as file:
+            file.write("app code ran in host code")
+
+    return write
+
+
+def _apps(target: Path) -> dict[str, Callable[..., Iterable[bytes]]]:
+    write = _writer(target)
+
+    class Status(str):
+        def __str__(self) -> str:
+            write()
+            return str.__str__(self)
+
+        def split(self, *args: Any) -> Any:
+            write()
+            return str.split(self, *args)
+
+        def encode(self, *args: Any) -> bytes:
+            write()
+            return str.encode(self, *args)
+
+    class Chunk(bytes):
+        def __len__(self) -> int:
+            write()
+            return bytes.__len__(self)
+
+        def __bytes__(self) -> bytes:
+            write()
+            return b"x"
+
+    class Body(list):
+        def __len__(self) -> int:
+            write()
+            return list.__len__(self)
+
+    class Failure(Exception):
+        def __str__(self) -> str:
+            write()
+            return "app failure"
+
+    def status_subclass(environ: dict, start_response: Any) -> Iterable[bytes]:
+        start_response(Status("200 OK"), [(Status("X-App"), Status("1"))])
+        return [b"ok"]
+
+    def chunk_subclass(environ: dict, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return [Chunk(b"ok")]
+
+    def sized_body(environ: dict, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return Body([b"ok"])
+
+    def generator_chunks(environ: dict, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        yield Chunk(b"ok")
+
+    def failing(environ: dict, start_response: Any) -> Iterable[bytes]:
+        raise Failure()
+
+    return {"status_subclass": status_subclass, "chunk_subclass": chunk_subclass,
+            "sized_body": sized_body, "generator_chunks": generator_chunks,
+            "failing": failing}
+
+
+CASES = ["status_subclass", "chunk_subclass", "sized_body", "generator_chunks", "failing"]
+
+
+def serve_once(app: Callable[..., Iterable[bytes]]) -> None:
+    """What a WSGI server does with a response, in host code: format the status and headers,
+    measure and send each chunk, log an error."""
+    sent: list[str] = []
+
+    def start_response(status: Any, headers: list[Any], exc_info: Any = None) -> Any:
+        sent.append(str(status))
+        sent.extend(f"{str(name)}: {str(value)}" for name, value in headers)
+        status.split(" ", 1)
+        status.encode("latin-1")
+        return lambda data: None
+
+    try:
+        result = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, start_response)
+    except Exception as error:  # the server logs it
+        sent.append(str(error))
+        return
+    if hasattr(result, "__len__"):
+        len(result)
+    for chunk in result:
+        len(chunk)
+        bytes(chunk)
+    getattr(result, "close", lambda: None)()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_plain_server_runs_app_code_in_host_code(case: str, tmp_path: Path) -> None:
+    target = tmp_path / "written"
+    serve_once(_apps(target)[case])
+    assert target.exists()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_middleware_hands_the_server_exact_values(case: str, tmp_path: Path,
+                                                  app_root: Path) -> None:
+    target = tmp_path / "written"
+    policy = Policy.python27(app_root=app_root, deadline=None)
+    serve_once(SandboxMiddleware(_apps(target)[case], policy))
+    assert not target.exists()

@@ -102,23 +102,6 @@ def _carried(tracked: TrackedThread, context: contextvars.Context,
     return run
 
 
-def _thread_start(original: Callable[..., Any]) -> Callable[..., Any]:
-    def start(self: threading.Thread) -> None:
-        scope = active_scope()
-        if scope is None:
-            return original(self)
-        tracked = _track(scope, self.name)
-        self.run = _carried(tracked, contextvars.copy_context(), self.run)  # type: ignore
-        try:
-            return original(self)
-        except BaseException:
-            tracked.finished()
-            raise
-
-    start.__doc__ = original.__doc__
-    return start
-
-
 def _function_start(original: Callable[..., Any]) -> Callable[..., Any]:
     """``_thread.start_new_thread(function, args, kwargs)`` and 3.13's
     ``start_joinable_thread(function, handle, daemon)``: the function comes first, the rest
@@ -128,7 +111,10 @@ def _function_start(original: Callable[..., Any]) -> Callable[..., Any]:
         scope = active_scope()
         if scope is None:
             return original(function, *rest, **options)
-        tracked = _track(scope, getattr(function, "__name__", "thread"))
+        owner = getattr(function, "__self__", None)  # Thread._bootstrap of a Thread
+        name = owner.name if isinstance(owner, threading.Thread) else getattr(
+            function, "__name__", "thread")
+        tracked = _track(scope, str(name))
         try:
             return original(_carried(tracked, contextvars.copy_context(), function),
                             *rest, **options)
@@ -209,15 +195,22 @@ def _check_background(layer: Layer, what: str) -> SandboxViolation | None:
                          "background threads outlive the request", "allow_background_threads")
 
 
+#: Where a new thread is started: ``_thread``'s functions and the references ``threading``
+#: captured of them (``Thread.start`` calls those; app code can too). The whole new thread,
+#: an overridden ``Thread._bootstrap_inner`` included, runs in the starter's context.
+THREAD_STARTS = (
+    (_thread, ("start_new_thread", "start_new", "start_joinable_thread")),
+    (threading, ("_start_new_thread", "_start_joinable_thread")),
+)
+
+
 def build_patches() -> list[tuple[Any, str, Any, Any]]:
-    patches: list[tuple[Any, str, Any, Any]] = [
-        (threading.Thread, "start", threading.Thread.start,
-         _thread_start(threading.Thread.start)),
-    ]
-    for name in ("start_new_thread", "start_new", "start_joinable_thread"):
-        original = getattr(_thread, name, None)
-        if original is not None:
-            patches.append((_thread, name, original, _function_start(original)))
+    patches: list[tuple[Any, str, Any, Any]] = []
+    for owner, names in THREAD_STARTS:
+        for name in names:
+            original = getattr(owner, name, None)
+            if original is not None:
+                patches.append((owner, name, original, _function_start(original)))
     patches.extend(_hook_patches())
     return patches
 

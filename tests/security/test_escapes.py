@@ -242,6 +242,34 @@ CASES: list[Case] = [
          "            late(tries - 1)\n"
          "thread = threading.Thread(target=late, daemon=True)\n"
          "thread.start()\n"),
+    Case("thread_started_by_threadings_captured_start", "file",
+         "import _thread\n"
+         "import threading\n"
+         "finished = _thread.allocate_lock()\n"
+         "finished.acquire()\n"
+         "def work():\n"
+         "    try:\n"
+         "        open(target, 'w').close()\n"
+         "    finally:\n"
+         "        finished.release()\n"
+         "starter = getattr(threading, '_start_new_thread', None)\n"
+         "if starter is not None:\n"
+         "    starter(work, ())\n"
+         "else:\n"
+         "    threading._start_joinable_thread(work)\n"
+         "finished.acquire(True, 5)\n"),
+    Case("thread_bootstrap_inner_overridden", "file",
+         "import threading\n"
+         "class Sneaky(threading.Thread):\n"
+         "    def _bootstrap_inner(self):\n"
+         "        try:\n"
+         "            open(target, 'w').close()\n"
+         "        except OSError:\n"
+         "            pass\n"
+         "        threading.Thread._bootstrap_inner(self)\n"
+         "sneaky = Sneaky(target=lambda: None)\n"
+         "sneaky.start()\n"
+         "sneaky.join(5)\n"),
     # -- deadline evasion ------------------------------------------------------------------
     Case("signal_sigalrm_handler", "signal",
          "import signal\n"

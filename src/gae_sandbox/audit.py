@@ -21,6 +21,7 @@ from .imports import (
     check_extension_file,
     extension_filename,
     is_stdlib_code,
+    loading_files,
     trusted_import_context,
 )
 from .network import check_connect, check_lookup, check_raw_socket, check_server
@@ -32,30 +33,31 @@ _IMPORT_MACHINERY = "<frozen importlib._bootstrap_external>"
 
 
 def _caller_is_import_machinery() -> bool:
-    """Whether the audited call comes from importlib reading or caching a module; the import
-    gate governs what is imported, so its reads are not judged twice."""
+    """Whether the audited call comes from importlib's own code (writing bytecode caches)."""
     frame: Any = sys._getframe(3)  # handler <- dispatch <- hook <- caller
     return frame is not None and frame.f_code.co_filename == _IMPORT_MACHINERY
 
 
 def _on_open(scope: Scope, args: tuple[Any, ...]) -> None:
     path, mode, flags = args
-    if _caller_is_import_machinery():
-        if isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            # importlib caching bytecode: never on disk from a sandbox, never a violation
-            raise PermissionError(30, "gae_sandbox: no bytecode cache inside the sandbox")
-        return
+    writes = isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+    if writes and _caller_is_import_machinery():
+        # importlib caching bytecode: refused as every write is, but not the app's doing
+        raise PermissionError(30, "gae_sandbox: no bytecode cache inside the sandbox")
+    if type(path) is str and path in loading_files(scope)[0]:
+        return  # the file of a module the import gate judged and is loading: not again
     scope.judge(check_open, scope, path, mode, flags)
 
 
 def _on_listdir(scope: Scope, args: tuple[Any, ...]) -> None:
-    if _caller_is_import_machinery():
-        return
     path = args[0]
     if path is None:
         path = "."
     if isinstance(path, int):
         return
+    if type(path) is str and (path in loading_files(scope)[1] or path in sys.path
+                              or path == ""):
+        return  # the import system listing where it looks for modules (not their files)
     scope.judge(check_read, path)
 
 

@@ -110,7 +110,7 @@ def _known_everywhere(scope: Scope, name: str) -> bool:
 def check_spec(layer: Layer, name: str, spec: Any, trusted: bool) -> SandboxViolation | None:
     """Judge a module about to be loaded, from the spec a finder returned."""
     if _spec_is_c(spec):
-        return _check_c(layer, name, trusted)
+        return _check_c(layer, name, trusted) or _check_hidden_file(layer, name, spec.origin)
     origin = spec.origin if isinstance(spec.origin, str) and spec.origin not in (
         "namespace", "frozen", "built-in") else None
     if origin is None and spec.submodule_search_locations:
@@ -121,7 +121,7 @@ def check_spec(layer: Layer, name: str, spec: Any, trusted: bool) -> SandboxViol
 def check_extension_file(layer: Layer, name: str, filename: str,
                          trusted: bool) -> SandboxViolation | None:
     """The ``import`` audit event of a C extension loaded from a file (any route)."""
-    return _check_c(layer, name, trusted)
+    return _check_c(layer, name, trusted) or _check_hidden_file(layer, name, filename)
 
 
 #: This library's modules app code may import: the package (its public API) and the errors.
@@ -166,7 +166,8 @@ def _judge_name(layer: Layer, name: str, trusted: bool) -> SandboxViolation | No
     module = sys.modules.get(name)
     if module is not None:
         if _module_is_c(module):
-            return _check_c(layer, name, trusted)
+            return _check_c(layer, name, trusted) or _check_hidden_file(
+                layer, name, _module_file(module))
         return _check_python(layer, name, _module_file(module))
     if name in _BUILTIN_NAMES:
         return _check_c(layer, name, trusted)
@@ -190,6 +191,20 @@ def _check_c(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
     else:
         rule = "C extension modules are refused unless enabled (app.yaml libraries:)"
     return CExtensionRefused(name, rule, "allowed_c_extensions")
+
+
+def _check_hidden_file(layer: Layer, name: str, location: Any) -> SandboxViolation | None:
+    """A C extension in the app's files with an allowed name is still refused when its file
+    is one the app does not see (skip_files, static files), as the runtime refused it."""
+    if not isinstance(location, str) or not location.endswith(_SUFFIXES):
+        return None
+    resolved = realpath(location) or location
+    if is_inside(resolved, layer.app_roots):
+        hidden_by = layer.policy.hidden_by(resolved)
+        if hidden_by is not None:
+            return CExtensionRefused(name, f"the module's file is hidden by {hidden_by}, so "
+                                     "the app does not see it", hidden_by)
+    return None
 
 
 def _check_python(layer: Layer, name: str, location: str | None) -> SandboxViolation | None:
@@ -406,24 +421,54 @@ class ImportGateFinder:
         if scope is None:
             return None
         if fullname in scope.reported_imports:  # report mode: recorded once already
-            return _find_elsewhere(self, fullname, path, target)
+            return _noted(scope, _find_elsewhere(self, fullname, path, target))
         trusted = _TRUSTED_IMPORTER.get()
         if target is not None and sys.modules.get(fullname) is target:  # importlib.reload
             scope.judge(check_reload, target, trusted)
         if scope.judge(check_import, fullname, trusted):
             scope.reported_imports.add(fullname)
-            return _find_elsewhere(self, fullname, path, target)
+            return _noted(scope, _find_elsewhere(self, fullname, path, target))
         spec = _find_elsewhere(self, fullname, path, target)
         if spec is not None and scope.judge(check_spec, fullname, spec, trusted):
             # the audit hook sees the extension load next: one record is enough
             scope.reported_imports.add(fullname)
-        return spec
+        return _noted(scope, spec)
 
     def invalidate_caches(self) -> None:
         pass
 
     def __repr__(self) -> str:
         return "<gae_sandbox import gate>"
+
+
+def note_module_files(scope: Scope, spec: Any) -> None:
+    """Remember the files the import system may now read for this judged module (its source,
+    its cached bytecode, the archive it is in) and the folders it may list (a package's
+    search path): the audit hook lets the import machinery read those, and only those."""
+    files, folders = loading_files(scope)
+    for value in (getattr(spec, "origin", None), getattr(spec, "cached", None)):
+        if isinstance(value, str) and value not in ("built-in", "frozen", "namespace"):
+            files.add(value)
+            archive, found, _ = value.partition(".zip" + os.sep)
+            if found:
+                files.add(archive + ".zip")
+    for folder in getattr(spec, "submodule_search_locations", None) or ():
+        if isinstance(folder, str):
+            folders.add(folder)
+
+
+def _noted(scope: Scope, spec: Any) -> Any:
+    if spec is not None:
+        note_module_files(scope, spec)
+    return spec
+
+
+def loading_files(scope: Scope) -> tuple[set[str], set[str]]:
+    """The scope's ``(files, folders)`` noted by :func:`note_module_files`."""
+    noted = scope.extras.get("module_files")
+    if noted is None:
+        noted = scope.extras["module_files"] = (set(), set())
+    return noted
 
 
 def _find_elsewhere(gate: Any, fullname: str, path: Any, target: Any) -> Any:

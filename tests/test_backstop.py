@@ -438,3 +438,26 @@ def test_registered_functions_run_later_in_the_sandbox(policy: Policy, tmp_path:
         codecs.unregister(search)
         copyreg.dispatch_table.clear()
         copyreg.dispatch_table.update(table)
+
+
+# --- audit events: an allow-list that fails closed (security review, weakness 2) -------------
+
+
+def test_unlisted_interpreter_events_are_refused_third_party_events_pass(policy: Policy) -> None:
+    """An event of the interpreter or the standard library that the sandbox neither allows
+    nor judges is refused (a future CPython event included); a library's own event is not
+    the sandbox's business."""
+    import gc
+
+    with Sandbox(policy) as sandbox:
+        for call in (gc.get_objects, lambda: gc.get_referrers(policy),
+                     lambda: gc.get_referents(policy), sys._current_frames,
+                     lambda: sys.audit("os.some_future_call", "x"),
+                     lambda: sys.audit("cpython.PyInterpreterState_New")):
+            with pytest.raises(SystemCallRefused, match="ALLOWED_EVENTS"):
+                call()
+        sys.audit("mylibrary.event", 1)  # a third-party event
+        sys.audit("builtins.id", 1)  # listed as harmless
+        id(policy)
+    assert len(sandbox.violations) == 6
+    assert gc.get_objects() and sys._current_frames()  # control: the host may

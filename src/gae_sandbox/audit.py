@@ -26,6 +26,7 @@ from .imports import (
 )
 from .network import check_connect, check_lookup, check_raw_socket, check_server
 from .patches import _refuse_process, _refuse_system, describe_command
+from .runtime import STDLIB_MODULE_NAMES
 
 Handler = Callable[[Scope, tuple[Any, ...]], None]
 
@@ -290,6 +291,50 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+#: Events of the interpreter and the standard library that sandboxed code may raise with no
+#: decision of their own: they change nothing outside the request, or what they lead to is
+#: judged by a lower-level event or patch (a connect, an open, a listing). Every other event
+#: of theirs is judged by HANDLERS or refused: the list fails closed, so an event a new
+#: CPython adds is refused until it is listed here.
+ALLOWED_EVENTS: frozenset[str] = frozenset({
+    "builtins.id", "builtins.input", "builtins.input/result", "builtins.breakpoint",
+    "exec", "function.__new__", "object.__getattr__", "object.__setattr__",
+    "object.__delattr__", "array.__new__", "marshal.dumps", "marshal.load", "marshal.loads",
+    "pickle.find_class", "time.sleep", "sys._getframe", "sys._getframemodulename",
+    "sys.excepthook", "sys.unraisablehook", "sys.set_asyncgen_hook_finalizer",
+    "sys.set_asyncgen_hook_firstiter", "_thread.start_new_thread", "cpython._PySys_ClearAuditHooks",
+    "cpython.run_command", "cpython.run_file", "cpython.run_interactivehook",
+    "cpython.run_module", "cpython.run_startup", "cpython.run_stdin",
+    "glob.glob", "glob.glob/2", "os.walk", "os.fwalk", "pathlib.Path.glob",
+    "pathlib.Path.rglob", "pathlib.Path.walk", "os.getxattr", "os.listxattr", "os.lockf",
+    "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.copytree", "shutil.move",
+    "shutil.chown", "sqlite3.connect/handle",
+    "socket.gethostname", "socket.getservbyname", "socket.getservbyport",
+    "urllib.Request", "http.client.connect", "http.client.send", "ftplib.connect",
+    "ftplib.sendcmd", "imaplib.open", "imaplib.send", "nntplib.connect", "nntplib.putline",
+    "poplib.connect", "poplib.putline", "smtplib.connect", "smtplib.send",
+    "telnetlib.Telnet.open", "telnetlib.Telnet.write", "pdb.Pdb",
+})
+#: The first part of the events the interpreter and the standard library raise; an event
+#: with another prefix is a third-party library's own, which the sandbox has no rule for.
+_INTERPRETER_PREFIXES = frozenset(STDLIB_MODULE_NAMES | {
+    "cpython", "builtins", "object", "function", "code", "exec", "compile", "open", "import",
+    "setopencodehook",
+})
+_UNLISTED_RULE = ("an interpreter or standard-library operation not on the sandbox's list of "
+                  "audit events it allows or judges (gae_sandbox.audit.ALLOWED_EVENTS, "
+                  "HANDLERS): refused until it is listed")
+
+
+def _is_interpreter_event(event: str) -> bool:
+    end = len(event)
+    for separator in "./":
+        found = event.find(separator)
+        if found != -1:
+            end = min(end, found)
+    return event[:end] in _INTERPRETER_PREFIXES
+
+
 def audit_hook(event: str, args: tuple[Any, ...]) -> None:
     scope = active_scope()
     __tracebackhide__ = True
@@ -298,8 +343,12 @@ def audit_hook(event: str, args: tuple[Any, ...]) -> None:
     handler = HANDLERS.get(event)
     if handler is not None:
         handler(scope, args)
+    elif event in ALLOWED_EVENTS:
+        return
     elif event.startswith("ctypes."):
         scope.judge(_refuse_system, f"{event}()", _NATIVE_RULE)
+    elif _is_interpreter_event(event):
+        scope.judge(_refuse_system, f"{event} (audit event)", _UNLISTED_RULE)
 
 
 _installed = False

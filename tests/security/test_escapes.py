@@ -117,9 +117,28 @@ CASES: list[Case] = [
          "        write(logfd, b'evil')\n"
          "        break\n"
          "    except OSError:\n"
-         "        pass\n",
-         enforce_gap="default mode gap: posix.write raises no audit event, so the original "
-                     "function captured by the patch (found with gc) writes to a host fd; "
+         "        pass\n"),
+    Case("gc_get_referents_reaches_the_captured_original", "hostlog",
+         "import gc\n"
+         "import os\n"
+         "cells = [o for o in gc.get_referents(os.write) if type(o) is tuple]\n"
+         "found = [o for o in gc.get_referents(*gc.get_referents(*cells))\n"
+         "         if type(o) is type(len) and o.__name__ == 'write']\n"
+         "for write in found:\n"
+         "    try:\n"
+         "        write(logfd, b'evil')\n"
+         "        break\n"
+         "    except OSError:\n"
+         "        pass\n"),
+    Case("closure_reaches_the_captured_original", "hostlog",
+         "import os\n"
+         "for cell in os.write.__closure__ or ():\n"
+         "    write = cell.cell_contents\n"
+         "    if type(write) is type(len) and write.__name__ == 'write':\n"
+         "        write(logfd, b'evil')\n"
+         "        break\n",
+         enforce_gap="default mode gap: a patched function is Python code whose closure holds "
+                     "the original C function, and reading __closure__ raises no audit event; "
                      "restricted mode / OS layer covers it"),
     # -- frames ----------------------------------------------------------------------------
     Case("sys_getframe_caller_globals", "process",

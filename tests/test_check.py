@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gae_sandbox.checker import Finding, libraries_needed, libraries_yaml, scan
+from gae_sandbox.checker import Finding, libraries_needed, libraries_yaml, scan, scan_app
 from gae_sandbox.cli import main as cli_main
 
 Key = tuple[str, int, str, str]
@@ -495,7 +495,9 @@ def test_clean_json_output(app: Path, capsys: pytest.CaptureFixture[str]) -> Non
     code, out, _ = run_cli(capsys, str(app), "--format=json")
     assert code == 0
     assert json.loads(out) == {"app": os.path.realpath(app),
-                               "app_yaml": os.path.realpath(app / "app.yaml"), "findings": [],
+                               "app_yaml": os.path.realpath(app / "app.yaml"),
+                               "profile": "python27",
+                               "profile_reason": "app.yaml runtime: python27", "findings": [],
                                "summary": {}, "vendored": {}, "skipped_tests": [],
                                "libraries": []}
 
@@ -826,6 +828,7 @@ def test_only_test_files_means_a_clean_app_that_says_so(
     assert code == 0
     assert out.splitlines() == [
         f"{os.path.realpath(app)}: no portability problems found",
+        "profile python27 (app.yaml runtime: python27)",
         "1 test file not scanned: tests do not run in production (test_*.py, *_test.py, "
         "tests.py, conftest.py, test/, tests/); --include-tests scans them"]
 
@@ -896,3 +899,256 @@ def test_an_alias_bomb_app_yaml_fails_at_once_with_a_short_message(
                           "anchor &a: anchors and aliases are not supported")
     assert len(err) < len(str(app)) + 250
     assert composed < 40  # the nodes before the first anchor, twice: never the expansion
+
+
+# --- the python3 profile: only writes outside /tmp ------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PYTHON3_YAML = "runtime: python312\n"
+TMP_RULE = "the python3 runtime's filesystem is read-only except /tmp"
+UNKNOWN_PATH_RULE = "write; allowed only beneath /tmp on the python3 runtime"
+
+
+def test_python3_runtime_reports_only_writes_outside_tmp(
+        app: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (app / "app.yaml").write_text(PYTHON3_YAML)
+    main = write(app, "main.py", """\
+        import ctypes, numpy, os, signal, socket, subprocess, tempfile
+
+        def handler(request):
+            with open("/tmp/x", "w") as scratch:
+                scratch.write("ok")
+            with open("data.json", "w") as out:  # expect: file_write open
+                out.write("{}")
+            subprocess.run(["ls"])
+            os.system("ls")
+            socket.create_connection(("example.com", 443))
+            socket.getaddrinfo("example.com", 443)
+            fd, name = tempfile.mkstemp()
+            tempfile.NamedTemporaryFile()
+            signal.signal(signal.SIGTERM, None)
+            os.chdir("/tmp")
+            os.putenv("MODE", "x")
+        """)
+    (app / "fast.so").write_bytes(b"\x7fELF")
+
+    result = scan_app(app)
+
+    assert (result.profile, result.profile_reason) == ("python3", "app.yaml runtime: python312")
+    assert keys(result.findings) == expected(app, "main.py")
+    [finding] = result.findings
+    assert (finding.file, finding.line, finding.kind, finding.target) == (
+        "main.py", line_of(main, '"data.json"'), "file_write", "open")
+    assert finding.rule == f"{TMP_RULE} (mode 'w'; path 'data.json' is in the app's folder)"
+    assert finding.fix.startswith("write under tempfile.gettempdir() (/tmp: in memory")
+    assert finding.library is None and libraries_needed(result.findings) == []
+
+    # the same tree judged for python27 (the preset wins over app.yaml): all of it is refused
+    old = scan_app(app, preset="python27")
+    assert (old.profile, old.profile_reason) == (
+        "python27", "--preset python27, over app.yaml runtime: python312")
+    assert {(f.line, f.kind, f.target) for f in old.findings} >= {
+        (1, "import", "ctypes"), (1, "c_extension", "numpy"),
+        (line_of(main, "/tmp/x"), "file_write", "open"),
+        (line_of(main, "subprocess.run"), "process", "subprocess.run"),
+        (line_of(main, "os.system"), "process", "os.system"),
+        (line_of(main, "create_connection"), "network", "socket.create_connection"),
+        (line_of(main, "mkstemp"), "tempfile", "tempfile.mkstemp"),
+        (line_of(main, "signal.signal"), "system", "signal.signal"),
+        (line_of(main, "os.chdir"), "system", "os.chdir"),
+    }
+    assert ("fast.so", 1, "c_extension", "fast") in keys(old.findings)
+
+    code, out, err = run_cli(capsys, str(app))
+    assert (code, err) == (1, "")
+    lines = out.splitlines()
+    assert lines[0] == (f"main.py:{finding.line}: file_write: open \u2014 {finding.rule} "
+                        f"({finding.fix})")
+    assert "profile python3 (app.yaml runtime: python312)" in lines
+    assert "libraries:" not in out
+    code, out, _ = run_cli(capsys, "--format", "json", str(app))
+    report = json.loads(out)
+    assert (report["profile"], report["profile_reason"]) == ("python3",
+                                                             "app.yaml runtime: python312")
+    assert report["findings"] == [finding.as_dict()]
+
+
+def test_python3_follows_written_paths(app: Path) -> None:
+    (app / "app.yaml").write_text("runtime: python3\n")
+    source = write(app, "store.py", """\
+        import logging, os, shutil, tempfile
+        from logging.handlers import RotatingFileHandler as Rotating
+        from pathlib import Path
+
+        HERE = os.path.dirname(os.path.abspath(__file__))
+        BASE = Path(__file__).resolve().parent
+        CACHE = os.path.join(tempfile.gettempdir(), "cache")
+
+        def save(path, mode, name, data):
+            open(os.path.join(CACHE, name), "w")
+            open(f"/tmp/{name}.json", "w")
+            open("/tmp/%s" % name, "a")
+            open("{}/x".format(CACHE), "w")
+            open(CACHE + "/" + name, "wb")
+            open(CACHE, mode)
+            (Path("/tmp") / name).write_text(data)
+            Path(tempfile.mkdtemp()).joinpath(name).write_bytes(data)
+            fd, temporary = tempfile.mkstemp()
+            open(temporary, "w")
+            os.fchmod(fd, 0o600)
+            with tempfile.TemporaryDirectory() as folder:
+                open(os.path.join(folder, name), "w")
+            os.makedirs(CACHE, exist_ok=True)
+            os.open(os.path.join(CACHE, name), os.O_WRONLY | os.O_CREAT)
+            shutil.copy("seed.json", CACHE)
+            logging.FileHandler("/tmp/app.log")
+            logging.basicConfig(filename=os.path.join(CACHE, "app.log"))
+            open(os.path.join(HERE, "x.json"), "w")  # expect: file_write open
+            (BASE / name).write_text(data)  # expect: file_write (...).write_text
+            open("/var/log/app.log", "a")  # expect: file_write open
+            open("/tmp/../etc/x", "w")  # expect: file_write open
+            os.makedirs("cache")  # expect: file_write os.makedirs
+            os.rename(os.path.join(CACHE, name), "kept.json")  # expect: file_write os.rename
+            shutil.unpack_archive("/tmp/a.zip")  # expect: file_write shutil.unpack_archive
+            logging.FileHandler("app.log")  # expect: file_write logging.FileHandler
+            Rotating(HERE + "/x.log")  # expect: file_write logging.handlers.RotatingFileHandler
+            open(path, "w")  # expect: file_write open
+            open(path, mode)  # expect: possible_write open
+            chosen = "/tmp/a"
+            chosen = "data"
+            open(chosen, "w")  # expect: file_write open
+
+        LOGGING = {"handlers": {
+            "file": {"class": "logging.FileHandler",  # expect: file_write logging.FileHandler
+                     "filename": os.path.join(HERE, "debug.log")},
+            "scratch": {"class": "logging.FileHandler", "filename": "/tmp/debug.log"},
+        }}
+        """)
+    findings = scan(app)
+    assert keys(findings) == expected(app, "store.py")
+    rules = {f.line: f.rule for f in findings}
+    assert rules[line_of(source, '"x.json"')] == (
+        f"{TMP_RULE} (mode 'w'; a path built from __file__ is in the app's folder)")
+    assert rules[line_of(source, '"/var/log/app.log"')] == (
+        f"{TMP_RULE} (mode 'a'; path '/var/log/app.log' is outside /tmp)")
+    assert rules[line_of(source, '"kept.json"')] == (
+        f"{TMP_RULE} (path 'kept.json' is in the app's folder)")
+    assert rules[line_of(source, "unpack_archive")] == (
+        f"{TMP_RULE} (the working folder is the app's folder)")
+    assert rules[line_of(source, 'FileHandler("app.log")')] == (
+        f"logging file handlers open their file for writing; {TMP_RULE} (path 'app.log' is in "
+        "the app's folder)")
+    unknown = next(f for f in findings if f.line == line_of(source, 'open(path, "w")'))
+    assert unknown.rule == f"{UNKNOWN_PATH_RULE} (mode 'w'; path not known statically)"
+    assert "tempfile.gettempdir()" in unknown.fix
+    possible = next(f for f in findings if f.kind == "possible_write")
+    assert possible.rule == "mode not known statically; writes outside /tmp are refused at run time"
+    assert rules[line_of(source, "open(chosen")] == (
+        f"{TMP_RULE} (mode 'w'; path 'data' is in the app's folder)")
+    logged = [f for f in findings if f.line == line_of(source, '"file": {')]
+    assert [f.rule for f in logged] == [
+        "a logging configuration names a file handler, which opens its file for writing; "
+        f"{TMP_RULE} (a path built from __file__ is in the app's folder)"]
+
+
+def test_preset_python3_on_a_folder_without_app_yaml(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = tmp_path / "plain"
+    main = write(app, "main.py", """\
+        import numpy, subprocess
+        subprocess.run(["ls"])
+        open("/tmp/scratch", "w")
+        open("out.txt", "w")
+        """)
+    assert not (app / "app.yaml").exists()
+    default = scan_app(app)
+    assert (default.profile, default.profile_reason) == ("python27", "no app.yaml; the default")
+    assert keys(default.findings) == {("main.py", 1, "c_extension", "numpy"),
+                                      ("main.py", 2, "process", "subprocess.run"),
+                                      ("main.py", 3, "file_write", "open"),
+                                      ("main.py", 4, "file_write", "open")}
+
+    code, out, err = run_cli(capsys, "--preset", "python3", str(app))
+    assert (code, err) == (1, "")
+    line = line_of(main, "out.txt")
+    assert out.splitlines()[0] == (
+        f"main.py:{line}: file_write: open \u2014 {TMP_RULE} (mode 'w'; path 'out.txt' is in the "
+        "app's folder) (write under tempfile.gettempdir() (/tmp: in memory, lost when the "
+        "instance stops), or keep data in Cloud Storage or a database)")
+    assert out.split("\n\n")[2].splitlines() == ["profile python3 (--preset python3)"]
+    code, out, _ = run_cli(capsys, "--preset", "python3", "--format", "json", str(app))
+    report = json.loads(out)
+    assert (report["profile"], report["profile_reason"]) == ("python3", "--preset python3")
+    assert [(f["file"], f["line"], f["kind"], f["target"]) for f in report["findings"]] == [
+        ("main.py", line, "file_write", "open")]
+    assert report["app_yaml"] is None and report["libraries"] == []
+
+    code, out, _ = run_cli(capsys, str(app))
+    assert code == 1 and "profile python27 (no app.yaml; the default)" in out.splitlines()
+    (app / "main.py").write_text("import numpy\nopen('/tmp/x', 'w')\n")
+    code, out, _ = run_cli(capsys, "--preset=python3", str(app))
+    assert (code, out.splitlines()) == (0, [
+        f"{os.path.realpath(app)}: no portability problems found",
+        "profile python3 (--preset python3)"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["check", "--preset", "python25", str(app)])
+    assert exit_info.value.code == 2
+    assert "python27" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown preset 'python25'"):
+        scan_app(app, preset="python25")
+
+
+def test_a_python3_app_yaml_path_picks_the_profile(app: Path) -> None:
+    write(app, "main.py", "import subprocess\nsubprocess.run(['ls'])\nopen('x.txt', 'w')\n")
+    staging = app / "staging.yaml"
+    staging.write_text("runtime: python39\n")
+    result = scan_app(staging)
+    assert (result.profile, result.profile_reason) == ("python3", "staging.yaml runtime: python39")
+    assert keys(result.findings) == {("main.py", 3, "file_write", "open")}
+    assert scan_app(app).profile == "python27"  # app.yaml in the folder says python27
+
+
+def test_ssl_needs_its_library_in_python27_and_select_is_allowed(app: Path) -> None:
+    main = write(app, "main.py", """\
+        import select
+        import ssl  # expect: c_extension ssl
+        from _ssl import RAND_status  # expect: c_extension _ssl
+        try:
+            import ssl as optional
+        except ImportError:
+            optional = None
+        """)
+    findings = scan(app)
+    assert keys(findings) == expected(app, "main.py")
+    first = findings[0]
+    assert (first.file, first.line, first.kind, first.target) == (
+        "main.py", line_of(main, "import ssl  #"), "c_extension", "ssl")
+    assert first.rule == ("the runtime offers ssl only when app.yaml asks for it "
+                          "(libraries: - name: ssl)")
+    assert first.fix == "add to app.yaml libraries: - name: ssl"
+    assert first.library == "ssl" and libraries_needed(findings) == ["ssl"]
+
+    (app / "app.yaml").write_text(APP_YAML + "libraries:\n- name: ssl\n  version: latest\n")
+    assert scan(app) == []
+    assert scan(app, enabled_libraries=[]) != []
+    (app / "app.yaml").write_text(PYTHON3_YAML)
+    assert scan(app) == []  # the python3 runtime offers ssl to every app
+
+
+def test_python3_example_reports_its_one_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    example = EXAMPLES / "python3_app"
+    main = example / "main.py"
+    result = scan_app(example)
+    assert (result.profile, result.profile_reason) == ("python3", "app.yaml runtime: python312")
+    [finding] = result.findings
+    assert (finding.file, finding.line, finding.kind, finding.target) == (
+        "main.py", line_of(main, '"saved.json"), "w"'), "file_write", "open")
+    assert finding.line < line_of(main, "return {\"saved\": True}")  # in /save
+    assert finding.rule == (f"{TMP_RULE} (mode 'w'; a path built from __file__ is in the app's "
+                            "folder)")
+    assert "tempfile.gettempdir()" in finding.fix
+    code, out, _ = run_cli(capsys, str(example))
+    assert code == 1
+    assert out.split("\n\n")[1:] == [
+        f"1 finding in {os.path.realpath(example)}:\n  file_write  1",
+        "profile python3 (app.yaml runtime: python312)\n"]

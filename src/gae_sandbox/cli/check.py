@@ -1,11 +1,15 @@
-"""check: scan an app for what the python27 sandbox would refuse, without running it.
+"""check: scan an app for what its App Engine runtime would refuse, without running it.
 
 Takes the app's folder or its app.yaml (then that app.yaml's skip_files apply). Reads every
-deployed ``.py`` file with ``ast`` (nothing is imported or executed) and lists shipped C
-extensions, refused imports, file writes (open modes, os.open flags, logging file handlers),
-opens whose mode is not known before run time, processes, sockets, signals, chdir and
-environment changes, each with file:line, the rule and the fix, then the app.yaml
-``libraries:`` entries the findings call for. Findings in vendored third-party folders (lib/,
+deployed ``.py`` file with ``ast`` (nothing is imported or executed) and judges it for the
+app's runtime, its profile: --preset, else app.yaml's runtime, else python27. For python27 it
+lists shipped C extensions, refused imports, file writes (open modes, os.open flags, logging
+file handlers), opens whose mode is not known before run time, processes, sockets, signals,
+chdir and environment changes, each with file:line, the rule and the fix, then the app.yaml
+``libraries:`` entries the findings call for. For python3 (runtime: python3, python37 ...
+python314) only writes outside /tmp, the one folder that runtime can write: to a path known
+to be elsewhere (a relative path, one built from __file__), or to one not known statically
+("write; allowed only beneath /tmp"). Findings in vendored third-party folders (lib/,
 vendor/, site-packages/, folders holding *.dist-info or *.egg-info) are grouped per package
 (--format json lists each one, marked "vendored"). Test files (test_*.py, *_test.py,
 tests.py, conftest.py, test/ and tests/ folders) are not run in production and are skipped
@@ -24,6 +28,7 @@ import sys
 
 from ..appyaml import AppYamlError
 from ..checker import (
+    PROFILES,
     TEST_FILE_PATTERNS,
     TEST_FOLDERS,
     Finding,
@@ -50,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-tests", action="store_true",
                         help="also scan test files (test_*.py, *_test.py, tests.py, "
                              "conftest.py, test/ and tests/ folders), skipped by default")
+    parser.add_argument("--preset", choices=PROFILES, default=None,
+                        help="the runtime to judge the app for (default: app.yaml's runtime, "
+                             "else python27); python3 reports only writes outside /tmp")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -63,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
             os.path.isfile(target) and target.lower().endswith((".yaml", ".yml"))):
         raise UsageError(f"APP_DIR_OR_APP_YAML {target!r} is not a folder or an app.yaml file")
     try:
-        result = scan_app(target, include_tests=args.include_tests)
+        result = scan_app(target, include_tests=args.include_tests, preset=args.preset)
     except AppYamlError as error:
         raise UsageError(str(error)) from None
     except NotADirectoryError as error:  # removed while we looked
@@ -76,13 +84,15 @@ def main(args: argparse.Namespace) -> int:
 
 
 def to_json(result: ScanResult) -> dict[str, object]:
-    """The JSON report: every finding (``vendored`` names the package of third-party code),
-    counts per kind and per vendored package, the test files skipped, and the app.yaml
-    ``libraries:`` entries."""
+    """The JSON report: the profile (the runtime the app was judged for) and what chose it,
+    every finding (``vendored`` names the package of third-party code), counts per kind and
+    per vendored package, the test files skipped, and the app.yaml ``libraries:`` entries."""
     findings = result.findings
     return {
         "app": result.app,
         "app_yaml": result.app_yaml,
+        "profile": result.profile,
+        "profile_reason": result.profile_reason,
         "findings": [f.as_dict() for f in findings],
         "summary": summary(findings),
         "vendored": {package: len(items) for package, items in vendored_groups(findings)},
@@ -102,12 +112,13 @@ def vendored_groups(findings: list[Finding]) -> list[tuple[str, list[Finding]]]:
 
 def to_text(result: ScanResult) -> str:
     """The app's own findings one per line, vendored packages grouped (a count per rule and
-    a few locations), a summary per kind, the test files skipped, and a ready-to-paste
-    ``libraries:`` block."""
+    a few locations), a summary per kind, the profile used and why, the test files skipped,
+    and a ready-to-paste ``libraries:`` block."""
     app, findings = result.app, result.findings
     skipped = _skipped_line(result.skipped_tests)
+    profile = profile_line(result)
     if not findings:
-        return "\n".join([f"{app}: no portability problems found", *skipped])
+        return "\n".join([f"{app}: no portability problems found", profile, *skipped])
     own = [f for f in findings if f.vendored is None]
     groups = vendored_groups(findings)
     lines = [str(f) for f in own]
@@ -124,12 +135,16 @@ def to_text(result: ScanResult) -> str:
                  f"vendored package{'s' if len(groups) != 1 else ''})")
     lines += ["", f"{total} finding{'s' if total != 1 else ''} in {app}{where}:"]
     lines += [f"  {kind:<{width}}  {count}" for kind, count in counts.items()]
-    if skipped:
-        lines += ["", *skipped]
+    lines += ["", profile, *skipped]
     snippet = libraries_yaml(libraries_needed(findings))
     if snippet:
         lines += ["", "app.yaml needs these libraries (paste into app.yaml):", snippet.rstrip()]
     return "\n".join(lines)
+
+
+def profile_line(result: ScanResult) -> str:
+    """Which runtime the app was judged for, and what chose it."""
+    return f"profile {result.profile} ({result.profile_reason})"
 
 
 def _group_lines(package: str, findings: list[Finding]) -> list[str]:

@@ -400,6 +400,8 @@ SERVED_APP = textwrap.dedent(
     """
     import os
 
+    WORKER = os.urandom(8).hex()  # one per worker (os.getpid() answers -1 in a request)
+
     def app(environ, start_response):
         path = environ["PATH_INFO"]
         if path == "/loop":
@@ -409,7 +411,7 @@ SERVED_APP = textwrap.dedent(
             rc = ctypes.CDLL(None).system(("touch " + os.environ["MARKER"]).encode())
             body = "system returned %d" % rc
         else:
-            body = "pid %d" % os.getpid()
+            body = "pid %s" % WORKER
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [body.encode()]
     """

@@ -347,17 +347,18 @@ def test_fork_exec_original_not_reachable_through_wrapped(name: str, policy: Pol
 
 
 def test_harmless_os_reads_work_inside(policy: Policy, app_root: Path) -> None:
-    host = (os.getcwd(), os.environ.get("PATH"), "PATH" in os.environ, os.getpid(),
-            os.getenv("HOME"))
+    host = (os.environ.get("PATH"), "PATH" in os.environ, os.getenv("HOME"))
     with Sandbox(policy):
-        inside = (os.getcwd(), os.environ.get("PATH"), "PATH" in os.environ, os.getpid(),
-                  os.getenv("HOME"))
+        inside = (os.environ.get("PATH"), "PATH" in os.environ, os.getenv("HOME"))
+        # as on the runtime: the app's folder and -1 (tests/fidelity)
+        ids = (os.getcwd(), os.getpid())
         joined = os.path.join(str(app_root), "pkg", "helpers.py")
         parts = (os.path.basename(joined), os.path.dirname(joined), os.path.splitext(joined)[1])
         checks = (os.path.isfile(os.path.join(str(app_root), "data.txt")),
                   os.path.isdir(os.path.join(str(app_root), "static")),
                   os.path.exists(joined), os.path.normpath(str(app_root) + "/pkg/../data.txt"))
     assert inside == host
+    assert ids == (str(app_root), -1)
     assert parts == ("helpers.py", str(app_root / "pkg"), ".py")
     assert checks == (True, True, True, str(app_root / "data.txt"))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import pathlib
+from contextvars import ContextVar
 from typing import Any
 
 from .context import Layer, Scope
@@ -120,19 +121,37 @@ def in_scope_cwd(scope: Scope, value: Any) -> Any:
     if cwd is None:
         return value
     if type(value) is str:
-        if value and value[0] != "/":
-            return cwd if value == "." else f"{cwd}/{value}"
+        if not value or value[0] == "/":
+            return value
+        used: Any = f"{cwd}/{value}"
     elif type(value) is bytes and value and value[0] != 47:  # b"/"
-        prefix = os.fsencode(cwd)
-        return prefix if value == b"." else prefix + b"/" + value
-    return value
+        used = os.fsencode(cwd) + b"/" + value
+    else:
+        return value
+    _SPELT.set((used, value, *_SPELT.get()[:2]))  # rename has two paths
+    return used
+
+
+#: The last paths :func:`in_scope_cwd` made absolute in this context, each followed by the
+#: path as the app spelt it: messages, reports and ``OSError.filename`` name a path the way
+#: the app wrote it. (Compared by identity: the tuple keeps the objects alive.)
+_SPELT: ContextVar[tuple[Any, ...]] = ContextVar("gae_sandbox.spelt", default=())
+
+
+def as_spelt(path: Any) -> Any:
+    """``path`` as the app wrote it, if the sandbox made it absolute (:func:`in_scope_cwd`)."""
+    spelling = _SPELT.get()
+    for index in range(0, len(spelling), 2):
+        if spelling[index] is path:
+            return spelling[index + 1]
+    return path
 
 
 def filename_of(path: Any) -> str | bytes | None:
     """What ``OSError.filename`` says for ``path``, as Python's own errors do."""
     if isinstance(path, int):
         return None
-    return stable_path(path)
+    return as_spelt(stable_path(path))
 
 
 def resolve(path: Any) -> str | None:
@@ -159,7 +178,7 @@ def describe(path: Any) -> str:
     """A readable name for a path argument in messages and reports."""
     if isinstance(path, int):
         return f"fd {path}"
-    value = stable_path(path)
+    value = stable_path(as_spelt(path))
     if value is None:
         return f"<path object of type {type(path).__name__}>"
     return os.fsdecode(value)

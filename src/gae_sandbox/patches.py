@@ -29,10 +29,12 @@ from .errors import (
     TempfileRefused,
 )
 from .filesystem import (
+    ScopedDirEntry,
     check_read,
     check_resolved,
     check_write,
     describe,
+    in_scope_cwd,
     resolve,
     resolve_walk,
     stable_path,
@@ -105,29 +107,50 @@ def _check_dir_fd(layer: Layer, what: str) -> SandboxViolation | None:
                            "checked by the sandbox", None)
 
 
+def _respell(error: OSError, spelt: Any, used: Any) -> None:
+    """A path made absolute against the request's working directory: the error names it as
+    the app spelt it (``OSError.filename``), as the process's own working directory would."""
+    if used is not spelt and error.filename is used:
+        error.filename = spelt
+
+
 def _judged_path(scope: Scope, args: tuple[Any, ...], kwargs: dict[str, Any],
-                 argument: int, what: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Judge the path argument once and pass the same, stable value on to the call."""
+                 argument: int, what: str) -> tuple[tuple[Any, ...], dict[str, Any], Any, Any]:
+    """Judge the path argument once and pass the same, stable value on to the call (a
+    relative one made absolute against the request's working directory). Also returns the
+    value as the app spelt it and as used, for :func:`_respell`."""
     if len(args) > argument:
         path = args[argument]
     elif "path" in kwargs:
         path = kwargs["path"]
     else:
-        return args, kwargs
+        return args, kwargs, None, None
+    if path is None:
+        if what != "os.listxattr":
+            return args, kwargs, None, None  # the call raises TypeError, as outside
+        path = "."  # the working directory's
     if isinstance(path, int):
-        return args, kwargs  # an fd: metadata of something already open
+        return args, kwargs, None, None  # an fd: metadata of something already open
     value = stable_path(path)
     if value is None:
         scope.judge(_check_path_object, path)
-        return args, kwargs
-    if kwargs.get("dir_fd") is not None and not os.fsdecode(value).startswith("/"):
-        scope.judge(_check_dir_fd, f"{what}({os.fsdecode(value)!r}, dir_fd=...)")
-    scope.judge(check_read, value)
+        return args, kwargs, None, None
+    spelt = value
+    if kwargs.get("dir_fd") is not None:
+        if not os.fsdecode(value).startswith("/"):
+            scope.judge(_check_dir_fd, f"{what}({os.fsdecode(value)!r}, dir_fd=...)")
+    else:
+        value = in_scope_cwd(scope, value)
+    try:
+        scope.judge(check_read, value)
+    except OSError as error:
+        _respell(error, spelt, value)
+        raise
     if len(args) > argument:
         args = (*args[:argument], value, *args[argument + 1:])
     else:
         kwargs = {**kwargs, "path": value}
-    return args, kwargs
+    return args, kwargs, spelt, value
 
 
 def _path_reader(original: Callable[..., Any], argument: int = 0) -> Callable[..., Any]:
@@ -142,19 +165,29 @@ def _path_reader(original: Callable[..., Any], argument: int = 0) -> Callable[..
 
     def read_path(*args: Any, **kwargs: Any) -> Any:
         scope = get()
-        if scope is not None:
-            args, kwargs = _judged_path(scope, args, kwargs, argument, what)
-        return original(*args, **kwargs)
+        if scope is None:
+            return original(*args, **kwargs)
+        args, kwargs, spelt, used = _judged_path(scope, args, kwargs, argument, what)
+        try:
+            return original(*args, **kwargs)
+        except OSError as error:
+            _respell(error, spelt, used)
+            raise
 
     def checked_stat(scope: Scope, path: Any, lstat: bool) -> Any:
         value = None if isinstance(path, int) else stable_path(path)
-        if value is None:  # an fd or an unknown path object: the general way
+        if value is None:  # an fd, None or an unknown path object: the general way
             return read_path(path)
-        walked = resolve_walk(value)
-        scope.judge(check_resolved, value, None if walked is None else walked[0])
-        if walked is not None and walked[1] is not None and (walked[2] or not lstat):
-            return walked[1]
-        return original(value)
+        used = in_scope_cwd(scope, value)
+        try:
+            walked = resolve_walk(used)
+            scope.judge(check_resolved, used, None if walked is None else walked[0])
+            if walked is not None and walked[1] is not None and (walked[2] or not lstat):
+                return walked[1]
+            return original(used)
+        except OSError as error:
+            _respell(error, value, used)
+            raise
 
     if what == "os.stat":
         def stat(path: Any, *, dir_fd: Any = None, follow_symlinks: Any = True) -> Any:
@@ -184,7 +217,10 @@ def _hidden_names(scope: Scope, folder: Any) -> Callable[[str], bool] | None:
     files), or ``None`` when nothing in that folder can be hidden."""
     if isinstance(folder, int):
         return None
-    resolved = resolve(folder if folder is not None else ".")
+    value = stable_path(folder if folder is not None else ".")
+    if value is None:
+        return None
+    resolved = resolve(in_scope_cwd(scope, value))
     if resolved is None:
         return None
     policies = [layer.policy for layer in scope.layers
@@ -205,21 +241,40 @@ def _listdir(original: Callable[..., Any]) -> Callable[..., Any]:
 
     def listdir(path: Any = None) -> list[Any]:
         scope = active_scope()
-        names = original(path) if path is not None else original()
         if scope is None:
-            return names  # type: ignore[no-any-return]
-        hidden = _hidden_names(scope, path)
+            return original(path) if path is not None else original()  # type: ignore[no-any-return]
+        spelt, used = _listed_folder(scope, path)
+        try:
+            names = original(used)
+        except OSError as error:
+            _respell(error, spelt, used)
+            raise
+        hidden = _hidden_names(scope, used)
         return names if hidden is None else [n for n in names if not hidden(n)]
 
     return _named(listdir, original)
 
 
-class _FilteredScandir:
-    """``os.scandir``'s iterator without the entries the app does not see."""
+def _listed_folder(scope: Scope, path: Any) -> tuple[Any, Any]:
+    """``os.listdir``/``os.scandir``'s folder as the app spelt it (``None`` is ``"."``) and
+    as listed: made absolute against the request's working directory."""
+    spelt = stable_path(path if path is not None else ".")
+    if spelt is None:  # an fd, or a path object the audit hook refuses
+        return path, path
+    return spelt, in_scope_cwd(scope, spelt)
 
-    def __init__(self, iterator: Any, hidden: Callable[[str], bool]) -> None:
+
+class _FilteredScandir:
+    """``os.scandir``'s iterator without the entries the app does not see, and with paths
+    spelt as the app spelt the folder (``spelt``) when it was listed by another name."""
+
+    def __init__(self, iterator: Any, hidden: Callable[[str], bool] | None,
+                 spelt: str | bytes | None = None) -> None:
         self._iterator = iterator
         self._hidden = hidden
+        self._prefix = spelt
+        if spelt is not None and spelt[-1:] not in ("/", b"/"):
+            self._prefix = spelt + ("/" if isinstance(spelt, str) else b"/")
 
     def __iter__(self) -> _FilteredScandir:
         return self
@@ -227,8 +282,10 @@ class _FilteredScandir:
     def __next__(self) -> Any:
         while True:
             entry = next(self._iterator)
-            if not self._hidden(entry.name):
-                return entry
+            if self._hidden is None or not self._hidden(entry.name):
+                if self._prefix is None:
+                    return entry
+                return ScopedDirEntry(entry, self._prefix + entry.name)
 
     def close(self) -> None:
         self._iterator.close()
@@ -243,11 +300,19 @@ class _FilteredScandir:
 def _scandir(original: Callable[..., Any]) -> Callable[..., Any]:
     def scandir(path: Any = None) -> Any:
         scope = active_scope()
-        iterator = original(path) if path is not None else original()
         if scope is None:
+            return original(path) if path is not None else original()
+        spelt, used = _listed_folder(scope, path)
+        try:
+            iterator = original(used)
+        except OSError as error:
+            _respell(error, spelt, used)
+            raise
+        hidden = _hidden_names(scope, used)
+        relocated = used is not spelt and isinstance(spelt, (str, bytes))
+        if hidden is None and not relocated:
             return iterator
-        hidden = _hidden_names(scope, path)
-        return iterator if hidden is None else _FilteredScandir(iterator, hidden)
+        return _FilteredScandir(iterator, hidden, spelt if relocated else None)
 
     return _named(scandir, original)
 
@@ -309,15 +374,22 @@ def _os_open(original: Callable[..., Any]) -> Callable[..., Any]:
         scope = active_scope()
         if scope is None:
             return original(path, flags, *args, **kwargs)
-        if not isinstance(path, int):
+        spelt = path
+        if path is not None and not isinstance(path, int):
             value = stable_path(path)
             if value is None:
                 scope.judge(_check_path_object, path)
             else:
-                path = value
-                if kwargs.get("dir_fd") is not None and not os.fsdecode(value).startswith("/"):
+                spelt = path = value
+                if kwargs.get("dir_fd") is None:
+                    path = in_scope_cwd(scope, value)
+                elif not os.fsdecode(value).startswith("/"):
                     scope.judge(_check_dir_fd, f"os.open({os.fsdecode(value)!r}, dir_fd=...)")
-        fd = original(path, flags, *args, **kwargs)  # judged by the 'open' audit event
+        try:
+            fd = original(path, flags, *args, **kwargs)  # judged by the 'open' audit event
+        except OSError as error:
+            _respell(error, spelt, path)
+            raise
         scope.opened_fds.add(fd)
         return fd
 
@@ -521,9 +593,8 @@ def build_patches() -> list[Patch]:
         if original is not None:
             patches.append((owner, attribute, original, make(original)))
 
-    for name in ("stat", "lstat", "access", "readlink", "statvfs", "pathconf", "getxattr",
-                 "listxattr"):
-        add(os, name, _path_reader)
+    for name in ("stat", "lstat", "readlink", "statvfs", "pathconf", "getxattr", "listxattr"):
+        add(os, name, _path_reader)  # os.access answers instead (emulation.py)
     for name in ("write", "pwrite", "writev", "pwritev", "sendfile", "posix_fallocate",
                  "posix_fadvise", "fsync", "fdatasync", "lockf"):
         add(os, name, lambda original, name=name: _fd_writer(original, f"os.{name}"))
@@ -541,7 +612,6 @@ def build_patches() -> list[Patch]:
         ("umask", "the file mode mask is process-wide"),
         ("memfd_create", "anonymous files are not part of the runtime"),
         ("setsid", "the process session is the host's"),
-        ("nice", "the process priority is the host's"),
     ):
         add(os, name, lambda original, name=name, rule=rule: _refused_call(
             original, _refuse_system, f"os.{name}()", rule))
@@ -593,6 +663,9 @@ def _path_writer(original: Callable[..., Any], name: str) -> Callable[..., Any]:
     def write_path(path: Any, *args: Any, **kwargs: Any) -> Any:
         scope = active_scope()
         if scope is not None:
+            value = stable_path(path)
+            if value is not None and kwargs.get("dir_fd") is None:
+                path = in_scope_cwd(scope, value)
             scope.judge(check_write, path, f"os.{name}")
             return passthrough(original, path, *args, **kwargs)
         return original(path, *args, **kwargs)

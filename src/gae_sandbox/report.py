@@ -62,6 +62,10 @@ class Report:
         with self._lock:
             return list(self._by_key.values())
 
+    def snapshot(self) -> list[Violation]:
+        """The violations so far (the same objects; callers copy what they hand out)."""
+        return self.violations
+
     def clear(self) -> None:
         with self._lock:
             self._by_key.clear()

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from . import deadline as deadline_layer
-from . import imports, memoryfs, patches, registrations, threads
+from . import emulation, imports, memoryfs, patches, registrations, threads
 from .audit import install_audit_hook
 from .context import _ACTIVE, Layer, Scope
 from .deadline import Deadline, start_deadline
@@ -47,6 +47,7 @@ def install() -> None:
             return
         install_audit_hook()
         _patches[:] = patches.build_patches()
+        _patches.extend(emulation.build_patches())
         _patches.extend(deadline_layer.build_patches())
         _patches.extend(threads.build_patches())
         _patches.extend(registrations.build_patches())
@@ -185,13 +186,13 @@ class Sandbox:
         """Run untrusted ``source`` in restricted mode (RestrictedPython, guarded attribute,
         item, write and import access) inside this sandbox; returns its globals, printed
         output under ``"__printed__"``. Rejected code raises ``RestrictedCodeError``."""
-        from . import restricted
+        from .restricted import compile_restricted, run_code
 
-        code = restricted.compile_restricted(source, filename)  # reject before any scope
+        code = compile_restricted(source, filename)  # reject before any scope
         scope = _ACTIVE.get()
         if scope is not None and self._layer in scope.layers:
-            return restricted.run_code(code, globals)
-        return self.call(restricted.run_code, code, globals)
+            return run_code(code, globals)
+        return self.call(run_code, code, globals)
 
     # -- scopes for servers (the WSGI middleware) ------------------------------------------
 
@@ -373,7 +374,38 @@ def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,
 registrations._runner = run_in_scope_of
 
 
-def current_sandbox() -> Any:
-    """The innermost active ``Sandbox`` in this context, or ``None``."""
+class SandboxView:
+    """What code inside a sandbox learns of it: the policy (immutable) and a copy of the
+    violations so far. Not the ``Sandbox`` itself, whose ``__exit__``, ``report`` and scopes
+    would let the app leave its scope or erase other requests' records. Equal to the
+    ``Sandbox`` it shows (``current_sandbox() == sandbox``)."""
+
+    __slots__ = ("policy", "_key", "_violations")
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.policy = sandbox.policy
+        self._key = id(sandbox)
+        self._violations = sandbox.report.snapshot
+
+    @property
+    def violations(self) -> list[Violation]:
+        """Copies of the violations recorded so far."""
+        return [Violation(**v.to_dict()) for v in self._violations()]  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SandboxView):
+            return self._key == other._key
+        return isinstance(other, Sandbox) and id(other) == self._key
+
+    def __hash__(self) -> int:
+        return self._key
+
+    def __repr__(self) -> str:
+        return f"<view of Sandbox({self.policy!r})>"
+
+
+def current_sandbox() -> SandboxView | None:
+    """A read-only view of the innermost active ``Sandbox`` in this context, or ``None``."""
     scope = _ACTIVE.get()
-    return scope.owner if scope is not None else None
+    owner = scope.owner if scope is not None else None
+    return SandboxView(owner) if isinstance(owner, Sandbox) else None

@@ -124,7 +124,9 @@ def test_path_decisions_follow_the_kernel(entries: list[tuple[Any, ...]],
     try:
         made = build_tree(base, entries)
         app = made[0].resolve()
-        sandbox = Sandbox(Policy.python27(app_root=app, deadline=None))
+        # relative paths are the kernel's (the process's working directory), not the app's
+        sandbox = Sandbox(Policy.python27(app_root=app, deadline=None,
+                                          working_directory="host"))
         layer = sandbox._layer
         for spec in specs:
             path = make_path(made, spec)

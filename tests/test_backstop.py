@@ -461,3 +461,25 @@ def test_unlisted_interpreter_events_are_refused_third_party_events_pass(policy:
         id(policy)
     assert len(sandbox.violations) == 6
     assert gc.get_objects() and sys._current_frames()  # control: the host may
+
+
+def test_current_sandbox_is_a_read_only_view(policy: Policy, app_root: Path) -> None:
+    """App code asking for its sandbox gets the policy and a copy of the record: no
+    ``__exit__`` to leave its scope, no report to erase other requests' violations."""
+    import gae_sandbox
+
+    sandbox = Sandbox(policy)
+    with sandbox:
+        with pytest.raises(PermissionError):
+            open(app_root / "refused.txt", "w")  # noqa: SIM115 - recorded
+        view = gae_sandbox.current_sandbox()
+        assert view == sandbox and view.policy is policy
+        assert not hasattr(view, "__exit__") and not hasattr(view, "report")
+        view.violations.clear()
+        view.policy = policy.replace(filesystem="memory")  # the view's own attribute only
+        with pytest.raises(PermissionError):
+            open(app_root / "refused.txt", "w")  # noqa: SIM115 - still read-only
+    assert sandbox.policy is policy and not (app_root / "refused.txt").exists()
+    assert len(sandbox.violations) == 2  # one per line: the app's clear() erased nothing
+    sandbox.report.clear()  # control: the host may
+    assert sandbox.violations == []

@@ -142,10 +142,10 @@ def test_nested_sandbox_only_narrows(policy: Policy, listener) -> None:
     with outer:
         connect(listener.port)
         with inner:
-            assert current_sandbox() is inner
+            assert current_sandbox() == inner
             with pytest.raises(NetworkRefused):
                 connect(listener.port)
-        assert current_sandbox() is outer
+        assert current_sandbox() == outer
         connect(listener.port)
     assert current_sandbox() is None
     assert listener.settle() == 2
@@ -225,10 +225,10 @@ def test_exiting_out_of_order_raises(policy: Policy) -> None:
         try:
             with pytest.raises(RuntimeError, match="out of order"):
                 outer.__exit__(None, None, None)
-            assert current_sandbox() is inner  # nothing was left by the failed exit
+            assert current_sandbox() == inner  # nothing was left by the failed exit
         finally:
             inner.__exit__(None, None, None)
-        assert current_sandbox() is outer
+        assert current_sandbox() == outer
     finally:
         outer.__exit__(None, None, None)
     assert current_sandbox() is None
@@ -259,7 +259,7 @@ def test_exiting_in_a_thread_that_never_entered_raises(policy: Policy) -> None:
         entered.set()
         thread.join(5)
         assert not thread.is_alive()
-        assert current_sandbox() is box  # the entering thread is still inside
+        assert current_sandbox() == box  # the entering thread is still inside
     finally:
         box.__exit__(None, None, None)
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError)

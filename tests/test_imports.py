@@ -651,12 +651,12 @@ def test_nested_wider_policy_does_not_widen(policy: Policy, site_dir: Path) -> N
     wider = policy.replace(blocked_modules=(), allowed_modules=("*",))
     with Sandbox(outer_policy) as outer:
         with Sandbox(wider) as inner:
-            assert current_sandbox() is inner
+            assert current_sandbox() == inner
             with pytest.raises(ImportRefused) as blocked:
                 importlib.import_module("mmap")
             with pytest.raises(ImportRefused) as third:
                 __import__(name)
-        assert current_sandbox() is outer
+        assert current_sandbox() == outer
     assert blocked.value.setting == "blocked_modules"
     assert third.value.setting == "allowed_modules"
     assert {v.target for v in outer.violations} == {"mmap", name}

@@ -328,7 +328,7 @@ def test_close_runs_sandboxed_and_once(threadsafe: bool, policy: Policy,
     server = FakeServer(closes=2).serve(validator(middleware))  # a server closing twice
     assert server.status == "200 OK" and server.body == b"ab"
     assert iterable.closed == 1
-    assert iterable.close_sandbox is middleware.sandbox
+    assert iterable.close_sandbox == middleware.sandbox
     assert isinstance(iterable.close_outcome, FileWriteRefused)
     assert not target.exists()
     assert [(v.kind, v.enforced) for v in middleware.violations] == [("file_write", True)]
@@ -402,7 +402,7 @@ def test_len_of_the_app_iterable_runs_sandboxed(policy: Policy, app_root: Path) 
         assert len(result) == 1
     finally:
         result.close()
-    assert iterable.len_sandbox is middleware.sandbox
+    assert iterable.len_sandbox == middleware.sandbox
     assert isinstance(iterable.len_outcome, FileWriteRefused)
     assert not target.exists()
 

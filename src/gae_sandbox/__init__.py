@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import sys as _sys
 
 from .confine import Confinement, confine_process
 from .errors import (
@@ -39,6 +40,27 @@ from .sandbox import Sandbox, current_sandbox, install, is_installed, uninstall
 from .threads import start_background_thread
 
 logging.getLogger("gae_sandbox").addHandler(logging.NullHandler())
+
+
+class _PublicPackage(type(logging)):  # type: ignore[misc]
+    """The package as app code sees it: the public API only. Inside a sandbox, the private
+    submodules and names (``gae_sandbox.context``, ``gae_sandbox.audit``, ...), which hold
+    the sandbox's own state, are not attributes of the package."""
+
+    def __getattribute__(self, name: str) -> object:
+        if not (name.startswith("__") or name in _PUBLIC) and _active_scope() is not None:
+            raise AttributeError(
+                f"gae_sandbox.{name} is the sandbox's own state, not the app's to reach "
+                "(its public API is gae_sandbox.__all__)")
+        return super().__getattribute__(name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if _active_scope() is not None:
+            raise AttributeError(f"gae_sandbox.{name} cannot be changed from inside a sandbox")
+        super().__setattr__(name, value)
+
+
+from .context import active_scope as _active_scope  # noqa: E402
 
 __all__ = [
     "AttributeRefused",
@@ -76,3 +98,6 @@ __all__ = [
     "start_background_thread",
     "uninstall",
 ]
+
+_PUBLIC = frozenset((*__all__, "errors"))
+_sys.modules[__name__].__class__ = _PublicPackage

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import types
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 from .context import Scope, active_scope, unsandboxed
@@ -220,75 +221,78 @@ def _exec_command(args: tuple[Any, ...]) -> str:
 
 _NATIVE_RULE = "native code can bypass every check of the sandbox"
 
-HANDLERS: dict[str, Handler] = {
-    "open": _on_open,
-    "os.listdir": _on_listdir,
-    "os.scandir": _on_listdir,
-    "os.remove": _writes("remove"),
-    "os.rmdir": _writes("rmdir"),
-    "os.mkdir": _writes("mkdir"),
-    "os.rename": _on_rename,
-    "os.link": _on_link,
-    "os.symlink": _on_link,
-    "os.truncate": _writes("truncate"),
-    "os.chmod": _writes("chmod"),
-    "os.chown": _writes("chown"),
-    "os.utime": _writes("utime"),
-    "os.chflags": _writes("chflags"),
-    "os.lchflags": _writes("chflags"),
-    "os.setxattr": _writes("setxattr"),
-    "os.removexattr": _writes("removexattr"),
-    "shutil.rmtree": _writes("shutil.rmtree"),
-    "shutil.make_archive": lambda scope, args: scope.judge(
-        check_write, args[0], "shutil.make_archive"),
-    "shutil.unpack_archive": lambda scope, args: scope.judge(
-        check_write, args[1] if len(args) > 1 and args[1] else args[0],
-        "shutil.unpack_archive"),
-    "tempfile.mkstemp": lambda scope, args: _on_tempfile(scope, args, "mkstemp"),
-    "tempfile.mkdtemp": lambda scope, args: _on_tempfile(scope, args, "mkdtemp"),
-    "os.chdir": _system(lambda a: f"os.chdir({a[0]!s})",
-                        "the working directory is process-wide (the app runs in its root)"),
-    "os.putenv": _system(lambda a: f"os.environ[{a[0]!r}] = ...",
-                         "the process environment is shared with the host"),
-    "os.unsetenv": _system(lambda a: f"del os.environ[{a[0]!r}]",
-                           "the process environment is shared with the host"),
-    "os.system": _processes(lambda a: f"os.system({describe_command(a[0])!r})"),
-    "subprocess.Popen": _processes(lambda a: f"subprocess.Popen({describe_command(a[1])!r})"),
-    "os.exec": _processes(lambda a: f"os.exec*({_exec_command(a)!r})"),
-    "os.posix_spawn": _processes(lambda a: f"os.posix_spawn({_exec_command(a)!r})",
-                                 after_popen=True),
-    "os.spawn": _processes(lambda a: f"os.spawn*({_exec_command(a[1:])!r})"),
-    "os.fork": _processes(lambda a: "os.fork()", after_popen=True),
-    "os.forkpty": _processes(lambda a: "os.forkpty()"),
-    "os.kill": _processes(lambda a: f"os.kill(pid {a[0]}, signal {a[1]})"),
-    "os.killpg": _processes(lambda a: f"os.killpg(group {a[0]}, signal {a[1]})"),
-    "signal.pthread_kill": _processes(lambda a: f"signal.pthread_kill(signal {a[1]})"),
-    "webbrowser.open": _processes(lambda a: f"webbrowser.open({a[0]!r})"),
-    "socket.connect": _on_connect,
-    "socket.sendto": _on_connect,
-    "socket.sendmsg": _on_sendmsg,
-    "socket.bind": _on_bind,
-    "socket.__new__": lambda scope, args: scope.judge(check_raw_socket, args[0]),
-    "socket.getaddrinfo": _on_getaddrinfo,
-    "socket.gethostbyname": _on_host_lookup,
-    "socket.gethostbyaddr": _on_host_lookup,
-    "socket.getnameinfo": _on_host_lookup,
-    "socket.sethostname": _system(lambda a: "socket.sethostname()", "the host name is the host's"),
-    "mmap.__new__": _system(lambda a: "mmap.mmap()", "memory maps write outside Python's checks"),
-    "resource.setrlimit": _system(lambda a: "resource.setrlimit()", "limits are process-wide"),
-    "resource.prlimit": _system(lambda a: "resource.prlimit()", "limits are process-wide"),
-    "sys.addaudithook": _system(lambda a: "sys.addaudithook()",
-                                "audit hooks are process-wide and outlive the request"),
-    "import": _on_import,
-    "sqlite3.connect": _on_sqlite_connect,
-    "sqlite3.enable_load_extension": _system(lambda a: "sqlite3.enable_load_extension()",
-                                             _NATIVE_RULE),
-    "sqlite3.load_extension": _system(lambda a: "sqlite3.load_extension()", _NATIVE_RULE),
-    "compile": _on_compile,
-    "code.__new__": _on_code_new,
-    "sys.settrace": _on_tracer("sys.settrace"),
-    "sys.setprofile": _on_tracer("sys.setprofile"),
-}
+def _handlers() -> dict[str, Handler]:
+    return {
+        "open": _on_open,
+        "os.listdir": _on_listdir,
+        "os.scandir": _on_listdir,
+        "os.remove": _writes("remove"),
+        "os.rmdir": _writes("rmdir"),
+        "os.mkdir": _writes("mkdir"),
+        "os.rename": _on_rename,
+        "os.link": _on_link,
+        "os.symlink": _on_link,
+        "os.truncate": _writes("truncate"),
+        "os.chmod": _writes("chmod"),
+        "os.chown": _writes("chown"),
+        "os.utime": _writes("utime"),
+        "os.chflags": _writes("chflags"),
+        "os.lchflags": _writes("chflags"),
+        "os.setxattr": _writes("setxattr"),
+        "os.removexattr": _writes("removexattr"),
+        "shutil.rmtree": _writes("shutil.rmtree"),
+        "shutil.make_archive": lambda scope, args: scope.judge(
+            check_write, args[0], "shutil.make_archive"),
+        "shutil.unpack_archive": lambda scope, args: scope.judge(
+            check_write, args[1] if len(args) > 1 and args[1] else args[0],
+            "shutil.unpack_archive"),
+        "tempfile.mkstemp": lambda scope, args: _on_tempfile(scope, args, "mkstemp"),
+        "tempfile.mkdtemp": lambda scope, args: _on_tempfile(scope, args, "mkdtemp"),
+        "os.chdir": _system(lambda a: f"os.chdir({a[0]!s})",
+                            "the working directory is process-wide (the app runs in its root)"),
+        "os.putenv": _system(lambda a: f"os.environ[{a[0]!r}] = ...",
+                             "the process environment is shared with the host"),
+        "os.unsetenv": _system(lambda a: f"del os.environ[{a[0]!r}]",
+                               "the process environment is shared with the host"),
+        "os.system": _processes(lambda a: f"os.system({describe_command(a[0])!r})"),
+        "subprocess.Popen": _processes(lambda a: f"subprocess.Popen({describe_command(a[1])!r})"),
+        "os.exec": _processes(lambda a: f"os.exec*({_exec_command(a)!r})"),
+        "os.posix_spawn": _processes(lambda a: f"os.posix_spawn({_exec_command(a)!r})",
+                                     after_popen=True),
+        "os.spawn": _processes(lambda a: f"os.spawn*({_exec_command(a[1:])!r})"),
+        "os.fork": _processes(lambda a: "os.fork()", after_popen=True),
+        "os.forkpty": _processes(lambda a: "os.forkpty()"),
+        "os.kill": _processes(lambda a: f"os.kill(pid {a[0]}, signal {a[1]})"),
+        "os.killpg": _processes(lambda a: f"os.killpg(group {a[0]}, signal {a[1]})"),
+        "signal.pthread_kill": _processes(lambda a: f"signal.pthread_kill(signal {a[1]})"),
+        "webbrowser.open": _processes(lambda a: f"webbrowser.open({a[0]!r})"),
+        "socket.connect": _on_connect,
+        "socket.sendto": _on_connect,
+        "socket.sendmsg": _on_sendmsg,
+        "socket.bind": _on_bind,
+        "socket.__new__": lambda scope, args: scope.judge(check_raw_socket, args[0]),
+        "socket.getaddrinfo": _on_getaddrinfo,
+        "socket.gethostbyname": _on_host_lookup,
+        "socket.gethostbyaddr": _on_host_lookup,
+        "socket.getnameinfo": _on_host_lookup,
+        "socket.sethostname": _system(lambda a: "socket.sethostname()",
+                                      "the host name is the host's"),
+        "mmap.__new__": _system(lambda a: "mmap.mmap()",
+                                "memory maps write outside Python's checks"),
+        "resource.setrlimit": _system(lambda a: "resource.setrlimit()", "limits are process-wide"),
+        "resource.prlimit": _system(lambda a: "resource.prlimit()", "limits are process-wide"),
+        "sys.addaudithook": _system(lambda a: "sys.addaudithook()",
+                                    "audit hooks are process-wide and outlive the request"),
+        "import": _on_import,
+        "sqlite3.connect": _on_sqlite_connect,
+        "sqlite3.enable_load_extension": _system(lambda a: "sqlite3.enable_load_extension()",
+                                                 _NATIVE_RULE),
+        "sqlite3.load_extension": _system(lambda a: "sqlite3.load_extension()", _NATIVE_RULE),
+        "compile": _on_compile,
+        "code.__new__": _on_code_new,
+        "sys.settrace": _on_tracer("sys.settrace"),
+        "sys.setprofile": _on_tracer("sys.setprofile"),
+    }
 
 
 #: Events of the interpreter and the standard library that sandboxed code may raise with no
@@ -302,7 +306,8 @@ ALLOWED_EVENTS: frozenset[str] = frozenset({
     "object.__delattr__", "array.__new__", "marshal.dumps", "marshal.load", "marshal.loads",
     "pickle.find_class", "time.sleep", "sys._getframe", "sys._getframemodulename",
     "sys.excepthook", "sys.unraisablehook", "sys.set_asyncgen_hook_finalizer",
-    "sys.set_asyncgen_hook_firstiter", "_thread.start_new_thread", "cpython._PySys_ClearAuditHooks",
+    "sys.set_asyncgen_hook_firstiter", "_thread.start_new_thread",
+    "_thread.start_joinable_thread", "cpython._PySys_ClearAuditHooks",
     "cpython.run_command", "cpython.run_file", "cpython.run_interactivehook",
     "cpython.run_module", "cpython.run_startup", "cpython.run_stdin",
     "glob.glob", "glob.glob/2", "os.walk", "os.fwalk", "pathlib.Path.glob",
@@ -335,20 +340,38 @@ def _is_interpreter_event(event: str) -> bool:
     return event[:end] in _INTERPRETER_PREFIXES
 
 
-def audit_hook(event: str, args: tuple[Any, ...]) -> None:
-    scope = active_scope()
-    __tracebackhide__ = True
-    if scope is None:
-        return
-    handler = HANDLERS.get(event)
-    if handler is not None:
-        handler(scope, args)
-    elif event in ALLOWED_EVENTS:
-        return
-    elif event.startswith("ctypes."):
-        scope.judge(_refuse_system, f"{event}()", _NATIVE_RULE)
-    elif _is_interpreter_event(event):
-        scope.judge(_refuse_system, f"{event} (audit event)", _UNLISTED_RULE)
+#: The events judged, each with its handler: a read-only view. The hook holds its own
+#: reference to the table (and to everything else it decides with), captured when it is
+#: made, so rebinding or editing this module's names changes nothing it does.
+HANDLERS = MappingProxyType(_handlers())
+
+
+def _make_hook() -> Callable[[str, tuple[Any, ...]], None]:
+    handlers = HANDLERS
+    allowed = ALLOWED_EVENTS
+    current_scope = active_scope
+    is_interpreter_event = _is_interpreter_event
+    refuse_system = _refuse_system
+
+    def audit_hook(event: str, args: tuple[Any, ...]) -> None:
+        scope = current_scope()
+        __tracebackhide__ = True
+        if scope is None:
+            return
+        handler = handlers.get(event)
+        if handler is not None:
+            handler(scope, args)
+        elif event in allowed:
+            return
+        elif event.startswith("ctypes."):
+            scope.judge(refuse_system, f"{event}()", _NATIVE_RULE)
+        elif is_interpreter_event(event):
+            scope.judge(refuse_system, f"{event} (audit event)", _UNLISTED_RULE)
+
+    return audit_hook
+
+
+audit_hook = _make_hook()
 
 
 _installed = False

@@ -18,14 +18,25 @@ _CONNECT_RULE = "destination is not in the allowed hosts"
 _SERVER_RULE = "sandboxed code may not accept connections"
 
 
+def exact_host(host: Any) -> str | None:
+    """The host as the C socket code reads it: the characters of a ``str`` (or bytes) held,
+    never what a subclass's methods (``lower``, ``__str__``, ...) would answer."""
+    if isinstance(host, str):
+        return str.__str__(host)
+    if isinstance(host, (bytes, bytearray)):
+        return bytes(memoryview(host)).decode("ascii", "replace")
+    return None
+
+
 def address_parts(address: Any) -> tuple[str, int | None] | None:
-    """``(host, port)`` from a socket address; ``None`` for non-IP (unix) addresses."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        if isinstance(host, bytes):
-            host = host.decode("ascii", "replace")
-        if isinstance(host, str) and isinstance(port, int):
-            return host, port
+    """``(host, port)`` from a socket address, read as the C code reads it (a tuple's items,
+    an int's value), so that what is judged is what is used; ``None`` for non-IP (unix)
+    addresses."""
+    if isinstance(address, tuple) and tuple.__len__(address) >= 2:
+        host = exact_host(tuple.__getitem__(address, 0))
+        port = tuple.__getitem__(address, 1)
+        if host is not None and isinstance(port, int) and not isinstance(port, bool):
+            return host, int.__index__(port)
     return None
 
 
@@ -69,9 +80,17 @@ def check_lookup(layer: Layer, scope: Scope, host: Any, port: Any) -> SandboxVio
     """Name lookups: only for hosts the app may connect to (a lookup is itself traffic)."""
     if host is None:
         return None
-    if isinstance(host, bytes):
-        host = host.decode("ascii", "replace")
-    host = str(host)
+    exact = exact_host(host)
+    if exact is None:
+        return NetworkRefused(f"lookup of {type(host).__name__} host",
+                              "host names are str or bytes", "allowed_hosts")
+    host = exact
+    if isinstance(port, int) and not isinstance(port, bool):
+        port = int.__index__(port)
+    elif isinstance(port, str):
+        port = str.__str__(port)
+    elif isinstance(port, (bytes, bytearray)):
+        port = bytes(memoryview(port)).decode("ascii", "replace")
     try:
         ipaddress.ip_address(host.partition("%")[0])
         return None  # an address, not a name: no lookup traffic; connect() is judged

@@ -101,7 +101,7 @@ def test_thread_runs_in_the_request_sandbox(starter: str, policy: Policy,
     with box:
         STARTERS[starter](lambda: write_attempt(target, outcome))
     # the scope end joined the thread: its outcome is there
-    assert outcome.get("sandbox") is box
+    assert outcome.get("sandbox") == box
     assert isinstance(outcome.get("result"), FileWriteRefused), outcome
     assert not target.exists()
     violations = write_violations(box, target)
@@ -343,7 +343,7 @@ def test_background_thread_outlives_the_request(policy: Policy, app_root: Path) 
         thread.join(5)
     assert done.is_set()
     assert outcome["slept"] is True
-    assert outcome["sandbox"] is box
+    assert outcome["sandbox"] == box
     assert isinstance(outcome["result"], FileWriteRefused), outcome
     assert not target.exists()
     assert write_violations(box, target)

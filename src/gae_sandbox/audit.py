@@ -9,7 +9,6 @@ the sandboxed request?" comes from the ContextVar, never from anything app code 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import types
 from collections.abc import Callable
@@ -26,7 +25,13 @@ from .imports import (
     trusted_import_context,
 )
 from .network import check_connect, check_lookup, check_raw_socket, check_server
-from .patches import _refuse_process, _refuse_system, describe_command
+from .patches import (
+    JUDGED_SPAWN,
+    _refuse_process,
+    _refuse_system,
+    describe_command,
+    take_judged_spawn,
+)
 from .runtime import STDLIB_MODULE_NAMES
 
 Handler = Callable[[Scope, tuple[Any, ...]], None]
@@ -78,14 +83,14 @@ def _on_link(scope: Scope, args: tuple[Any, ...]) -> None:
     scope.judge(check_write, f"{args[1]!s} -> {args[0]!s}", "link")
 
 
-_SUBPROCESS_FILE = subprocess.__file__
-
-
-def _processes(what: Callable[[tuple[Any, ...]], str], *, after_popen: bool = False) -> Handler:
+def _processes(what: Callable[[tuple[Any, ...]], str], *, after_popen: bool = False,
+               popen: bool = False) -> Handler:
     def on_process(scope: Scope, args: tuple[Any, ...]) -> None:
-        if after_popen and sys._getframe(2).f_code.co_filename == _SUBPROCESS_FILE:
-            return  # subprocess.Popen's own spawn: its audit event was judged already
+        if after_popen and take_judged_spawn():
+            return  # the spawn of a subprocess.Popen whose own event was judged just now
         scope.judge(_refuse_process, what(args))
+        if popen:
+            JUDGED_SPAWN.set(True)  # let through: its one spawn is not judged again
 
     return on_process
 
@@ -255,7 +260,8 @@ def _handlers() -> dict[str, Handler]:
         "os.unsetenv": _system(lambda a: f"del os.environ[{a[0]!r}]",
                                "the process environment is shared with the host"),
         "os.system": _processes(lambda a: f"os.system({describe_command(a[0])!r})"),
-        "subprocess.Popen": _processes(lambda a: f"subprocess.Popen({describe_command(a[1])!r})"),
+        "subprocess.Popen": _processes(lambda a: f"subprocess.Popen({describe_command(a[1])!r})",
+                                       popen=True),
         "os.exec": _processes(lambda a: f"os.exec*({_exec_command(a)!r})"),
         "os.posix_spawn": _processes(lambda a: f"os.posix_spawn({_exec_command(a)!r})",
                                      after_popen=True),

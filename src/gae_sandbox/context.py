@@ -110,6 +110,48 @@ def _is_stdlib_file(filename: str) -> bool:
     return is_stdlib_code(filename)
 
 
+class OwnedFds:
+    """The descriptors a request opened, known by the open file itself, not by its number:
+    a number the request closed and the host then reused is the host's again."""
+
+    __slots__ = ("_files",)
+
+    def __init__(self) -> None:
+        self._files: dict[int, tuple[int, int]] = {}
+
+    def add(self, fd: int) -> None:
+        try:
+            info = _fstat(fd)
+        except (OSError, TypeError, ValueError, OverflowError):
+            return
+        self._files[fd] = (info.st_dev, info.st_ino)
+
+    def update(self, fds: Any) -> None:
+        for fd in fds:
+            self.add(fd)
+
+    def discard(self, fd: Any) -> None:
+        self._files.pop(fd, None)
+
+    def __contains__(self, fd: object) -> bool:
+        if type(fd) is not int:
+            return False
+        known = self._files.get(fd)
+        if known is None:
+            return False
+        try:
+            info = _fstat(fd)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == known
+
+    def __iter__(self) -> Any:
+        return iter(list(self._files))
+
+
+_fstat = os.fstat
+
+
 class Scope:
     """The state of one entered sandbox in one execution context."""
 
@@ -124,7 +166,7 @@ class Scope:
         #: address -> the allowed host names whose lookup returned it in this request.
         self.resolved_hosts: dict[str, set[str]] = dict(parent.resolved_hosts) if parent else {}
         #: fds the request opened itself (it may close them; the host's it may not).
-        self.opened_fds: set[int] = set()
+        self.opened_fds = OwnedFds()
         self.extras: dict[str, Any] = {}
         #: The request's Deadline (deadline.py), the nearest of this scope's and its parent's.
         self.deadline: Any = parent.deadline if parent else None

@@ -16,7 +16,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import types
+import warnings
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from .context import Layer, Scope, active_scope, passthrough
@@ -30,8 +33,8 @@ from .errors import (
 )
 from .filesystem import (
     ScopedDirEntry,
+    check_metadata,
     check_read,
-    check_resolved,
     check_write,
     describe,
     in_scope_cwd,
@@ -181,7 +184,7 @@ def _path_reader(original: Callable[..., Any], argument: int = 0) -> Callable[..
         used = in_scope_cwd(scope, value)
         try:
             walked = resolve_walk(used)
-            scope.judge(check_resolved, used, None if walked is None else walked[0])
+            scope.judge(check_metadata, used, None if walked is None else walked[0])
             if walked is not None and walked[1] is not None and (walked[2] or not lstat):
                 return walked[1]
             return original(used)
@@ -430,9 +433,16 @@ def _temporary_file(original: Callable[..., Any]) -> Callable[..., Any]:
                       newline: str | None = None, suffix: str | None = None,
                       prefix: str | None = None, dir: Any = None, *,
                       errors: str | None = None) -> Any:
-        if active_scope() is None:
+        scope = active_scope()
+        if scope is None:
             return original(mode, buffering, encoding, newline, suffix, prefix, dir,
                             errors=errors)
+        if all(not layer.enforce and layer.policy.filesystem == "readonly"
+               for layer in scope.layers):
+            # report mode changes nothing but the record, and there is nothing to record:
+            # the runtime had TemporaryFile too (in memory); the test gets the real one
+            return passthrough(original, mode, buffering, encoding, newline, suffix, prefix,
+                               dir, errors=errors)
         if not isinstance(mode, str) or any(c not in "rwxab+t" for c in mode):
             raise ValueError(f"invalid mode: {mode!r}")
         buffer = _MemoryTemporaryFile()
@@ -442,6 +452,64 @@ def _temporary_file(original: Callable[..., Any]) -> Callable[..., Any]:
                                 newline=newline, write_through=True)
 
     return _named(TemporaryFile, original)
+
+
+def _host_copy(original: Any) -> Any:
+    """A copy of the Python function ``original`` that keeps its code when
+    :func:`_trampoline` gives the original a new one: what the replacement calls for host
+    code."""
+    if type(original) is not types.FunctionType:
+        return original
+    copy = types.FunctionType(original.__code__, original.__globals__, original.__name__,
+                              original.__defaults__, original.__closure__)
+    copy.__kwdefaults__ = original.__kwdefaults__
+    for attribute in ("__qualname__", "__doc__", "__module__"):
+        setattr(copy, attribute, getattr(original, attribute))
+    return copy
+
+
+_TARGET = "<gae_sandbox trampoline target>"
+
+
+def _trampoline(original: Any, target: Callable[..., Any]) -> Any:
+    """Code for the function ``original`` that calls ``target`` with the same arguments, or
+    ``None``. Installed as ``original.__code__``, it makes references taken before install
+    (``from tempfile import TemporaryFile`` at import time) behave as the patched function;
+    the function object keeps its defaults, signature and identity."""
+    if type(original) is not types.FunctionType:
+        return None
+    code = original.__code__
+    if code.co_freevars or code.co_flags & (0x20 | 0x80 | 0x100 | 0x200):  # generators
+        return None
+    names = code.co_varnames
+    positional = code.co_argcount
+    keywords = names[positional:positional + code.co_kwonlyargcount]
+    rest = positional + code.co_kwonlyargcount
+    star = names[rest] if code.co_flags & 0x04 else None  # CO_VARARGS
+    starstar = names[rest + (star is not None)] if code.co_flags & 0x08 else None  # VARKEYWORDS
+    parameters = list(names[:positional])
+    if code.co_posonlyargcount:
+        parameters.insert(code.co_posonlyargcount, "/")
+    arguments = list(names[:positional])
+    if star is not None:
+        parameters.append(f"*{star}")
+        arguments.append(f"*{star}")
+    elif keywords:
+        parameters.append("*")
+    parameters += keywords
+    arguments += [f"{name}={name}" for name in keywords]
+    if starstar is not None:
+        parameters.append(f"**{starstar}")
+        arguments.append(f"**{starstar}")
+    source = (f"def {code.co_name}({', '.join(parameters)}):\n"
+              f"    return {_TARGET!r}({', '.join(arguments)})\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "'str' object is not callable": it is replaced
+        module = compile(source, f"<gae_sandbox: {original.__module__}.{code.co_name}>",
+                         "exec")
+    [made] = [c for c in module.co_consts if isinstance(c, types.CodeType)]
+    consts = tuple(target if type(c) is str and c == _TARGET else c for c in made.co_consts)
+    return made.replace(co_consts=consts)
 
 
 def _temporary_directory(original: type) -> type:
@@ -488,14 +556,38 @@ def _getaddrinfo(original: Callable[..., Any]) -> Callable[..., Any]:
     return _named(getaddrinfo, original)
 
 
+#: Set by the audit hook when it let a ``subprocess.Popen`` through (allowed, or recorded in
+#: report mode): the one spawn that Popen then makes is not judged a second time. Any other
+#: spawn (``Popen._posix_spawn`` or ``fork_exec`` called directly) is judged itself.
+JUDGED_SPAWN: ContextVar[bool] = ContextVar("gae_sandbox.judged_spawn", default=False)
+
+
+def take_judged_spawn() -> bool:
+    """Whether a judged Popen is spawning now (and use that judgement up)."""
+    if JUDGED_SPAWN.get():
+        JUDGED_SPAWN.set(False)
+        return True
+    return False
+
+
+def note_child(scope: Scope, pid: Any) -> None:
+    """A process the request started: it may wait for it (``os.waitpid(pid)``)."""
+    if type(pid) is int and pid > 0:
+        scope.extras.setdefault("children", set()).add(pid)
+
+
 def _fork_exec(original: Callable[..., Any]) -> Callable[..., Any]:
     def fork_exec(args: Any, *rest: Any, **kwargs: Any) -> Any:
         scope = active_scope()
-        if scope is not None and sys._getframe(1).f_code.co_filename != subprocess.__file__:
-            # subprocess.Popen was judged by its audit event; anything else is judged here
+        if scope is None:
+            return original(args, *rest, **kwargs)
+        if take_judged_spawn():
+            pid = original(args, *rest, **kwargs)
+        else:
             scope.judge(_refuse_process, f"_posixsubprocess.fork_exec({describe_command(args)})")
-            return passthrough(original, args, *rest, **kwargs)
-        return original(args, *rest, **kwargs)
+            pid = passthrough(original, args, *rest, **kwargs)
+        note_child(scope, pid)
+        return pid
 
     return _named(fork_exec, original)
 
@@ -593,6 +685,17 @@ def build_patches() -> list[Patch]:
         if original is not None:
             patches.append((owner, attribute, original, make(original)))
 
+    def add_in_place(owner: Any, attribute: str, make: Callable[[Any], Any]) -> None:
+        """``add``, and references to the original taken before install run the replacement
+        too (its code becomes a call of it; the replacement calls a copy for host code)."""
+        original = getattr(owner, attribute, None)
+        if original is not None:
+            replacement = make(_host_copy(original))
+            patches.append((owner, attribute, original, replacement))
+            trampoline = _trampoline(original, replacement)
+            if trampoline is not None:
+                patches.append((original, "__code__", original.__code__, trampoline))
+
     for name in ("stat", "lstat", "readlink", "statvfs", "pathconf", "getxattr", "listxattr"):
         add(os, name, _path_reader)  # os.access answers instead (emulation.py)
     for name in ("write", "pwrite", "writev", "pwritev", "sendfile", "posix_fallocate",
@@ -601,7 +704,7 @@ def build_patches() -> list[Patch]:
     add(os, "dup2", lambda original: _fd_writer(original, "os.dup2", argument=1))
     for name in ("copy_file_range", "splice"):
         add(os, name, lambda original, name=name: _fd_writer(original, f"os.{name}", 1))
-    for name in ("pipe", "pipe2", "dup"):
+    for name in ("pipe", "pipe2"):  # dup: allowlist.py (the request's own descriptors only)
         add(os, name, _fd_maker)
     add(os, "open", _os_open)
     add(os, "close", _os_close)
@@ -619,9 +722,9 @@ def build_patches() -> list[Patch]:
     add(os, "environ", _scoped_environ)
     add(os, "listdir", _listdir)
     add(os, "scandir", _scandir)
-    add(tempfile, "TemporaryFile", _temporary_file)
+    add_in_place(tempfile, "TemporaryFile", _temporary_file)
     for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "mktemp"):
-        add(tempfile, name, lambda original, name=name: _refused_call(
+        add_in_place(tempfile, name, lambda original, name=name: _refused_call(
             original, _refuse_tempfile, f"tempfile.{name}()"))
     add(tempfile, "TemporaryDirectory", _temporary_directory)
 

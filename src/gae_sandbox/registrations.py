@@ -42,12 +42,29 @@ _runner: Callable[..., Any] | None = None
 
 
 def _own_stdlib_callback(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """A standard-library function, or a method bound to a standard-library class or module
+    (``weakref.finalize._exitfunc``), registered with no arguments: the interpreter's own
+    code, with nothing of the app's to run."""
     from .imports import is_stdlib_code
 
-    code = getattr(function, "__code__", None)
-    return (type(function) is types.FunctionType and not args and not kwargs
-            and code is not None and is_stdlib_code(code.co_filename)
-            and not function.__code__.co_filename.startswith("<"))
+    if args or kwargs:
+        return False
+    owner = None
+    if type(function) is types.MethodType:
+        owner, function = function.__self__, function.__func__
+        if isinstance(owner, type):
+            module = sys.modules.get(type.__getattribute__(owner, "__module__"))
+        elif isinstance(owner, types.ModuleType):
+            module = owner
+        else:
+            return False  # bound to an instance, which may be the app's
+        filename = getattr(module, "__file__", None)
+        if not isinstance(filename, str) or not is_stdlib_code(filename):
+            return False
+    if type(function) is not types.FunctionType:
+        return False
+    filename = function.__code__.co_filename
+    return not filename.startswith("<") and is_stdlib_code(filename)
 
 
 class SandboxedCallback:

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from . import allowlist, emulation, imports, memoryfs, patches, registrations, threads
 from . import deadline as deadline_layer
-from . import emulation, imports, memoryfs, patches, registrations, threads
 from .audit import install_audit_hook
 from .context import _ACTIVE, Layer, Scope
 from .deadline import Deadline, start_deadline
@@ -58,7 +58,12 @@ def install() -> None:
             (imports._bootstrap, "_gcd_import", imports.original_gcd_import,
              imports.gated_gcd_import),
         ])
+        _patches.extend(imports.build_patches())
         patches.apply(_patches)
+        # last: what the layers above replaced is no longer a C function to list or refuse
+        listed = allowlist.build_patches()
+        patches.apply(listed)
+        _patches.extend(listed)
         _ensure_gate_first()
         _installed = True
 

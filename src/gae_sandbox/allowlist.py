@@ -1,0 +1,221 @@
+"""The C functions of ``os``/``posix``, ``sys``, ``signal``, ``gc`` and ``socket`` that
+sandboxed code may call: an allow-list, as the runtime's own per-module override policies
+were (allowed names, replaced names, everything else a stub that raises).
+
+Each such function is either listed here as allowed, replaced by another layer (patches,
+emulation, registrations, threads: they judge it themselves, and are no longer the C function
+when this layer is installed), allowed only on the request's own descriptors, or refused
+inside a sandbox. A function a newer CPython adds is refused until it is listed. Host code
+calls the original through one ContextVar read; the listed functions are not wrapped at all.
+"""
+
+from __future__ import annotations
+
+import _socket
+import gc
+import os
+import signal
+import socket
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+from .context import Layer, Scope, active_scope, passthrough
+from .errors import SandboxViolation, SystemCallRefused
+
+Patch = tuple[Any, str, Any, Any]
+
+#: Allowed as they are: pure computations, reads of the process's own settings, calls the
+#: audit hook judges (files, processes, the environment, lookups), and those another layer
+#: replaces on some interpreters.
+ALLOWED: dict[str, frozenset[str]] = {
+    "posix": frozenset("""
+        WCOREDUMP WEXITSTATUS WIFCONTINUED WIFEXITED WIFSIGNALED WIFSTOPPED WSTOPSIG WTERMSIG
+        _path_normpath _path_splitroot_ex access chdir chmod chown lchown confstr cpu_count
+        process_cpu_count ctermid device_encoding fspath fstat fstatvfs fpathconf get_blocking
+        get_inheritable get_terminal_size getcwd getcwdb getegid geteuid getgid getgrouplist
+        getgroups getloadavg getlogin getpgid getpgrp getpid getppid getpriority getresgid
+        getresuid getsid getuid getrandom urandom isatty listdir lstat stat link mkdir remove
+        rename replace rmdir symlink unlink truncate utime getxattr listxattr setxattr
+        removexattr major minor makedev open readlink scandir sched_get_priority_max
+        sched_get_priority_min sched_getaffinity sched_getparam sched_getscheduler
+        sched_rr_get_interval sched_yield strerror sysconf pathconf statvfs times uname
+        waitstatus_to_exitcode execv execve fork forkpty kill killpg posix_spawn posix_spawnp
+        system putenv unsetenv write writev pwrite pwritev sendfile fsync fdatasync
+        posix_fallocate posix_fadvise lockf copy_file_range splice dup2 pipe pipe2 close
+        closerange mkfifo mknod umask memfd_create setsid nice register_at_fork ttyname
+        tcgetpgrp fchdir
+        """.split()),
+    "sys": frozenset("""
+        audit addaudithook breakpointhook call_tracing displayhook exc_info exception
+        excepthook exit get_asyncgen_hooks set_asyncgen_hooks
+        get_coroutine_origin_tracking_depth set_coroutine_origin_tracking_depth
+        get_int_max_str_digits getallocatedblocks getdefaultencoding getdlopenflags
+        getfilesystemencodeerrors getfilesystemencoding getprofile getrecursionlimit
+        getrefcount getsizeof getswitchinterval gettrace getunicodeinternedsize intern
+        is_finalizing setprofile settrace unraisablehook _getframe _getframemodulename
+        _current_frames _current_exceptions is_stack_trampoline_active _is_gil_enabled
+        _is_interned _debugmallocstats
+        """.split()),
+    "_signal": frozenset("""
+        default_int_handler getsignal getitimer sigpending strsignal valid_signals
+        pthread_sigmask siginterrupt signal alarm setitimer set_wakeup_fd pause sigwait
+        sigwaitinfo sigtimedwait pthread_kill
+        """.split()),
+    "gc": frozenset("""
+        collect get_count get_debug get_freeze_count get_stats get_threshold is_finalized
+        is_tracked isenabled get_objects get_referents get_referrers
+        """.split()),
+    "_socket": frozenset("""
+        getaddrinfo gethostbyname gethostbyname_ex gethostbyaddr getnameinfo gethostname
+        getservbyname getservbyport getprotobyname getdefaulttimeout htonl htons ntohl ntohs
+        inet_aton inet_ntoa inet_pton inet_ntop if_nameindex if_nametoindex if_indextoname
+        CMSG_LEN CMSG_SPACE socketpair sethostname
+        """.split()),
+}
+
+#: Allowed on the request's own descriptors only (and reading standard input): another
+#: descriptor is the host's, or another request's socket.
+OWN_DESCRIPTORS: dict[str, frozenset[str]] = {
+    "posix": frozenset("""
+        dup lseek read readv pread preadv set_blocking set_inheritable fchmod fchown
+        ftruncate
+        """.split()),
+    "_socket": frozenset({"dup", "close"}),
+}
+
+#: Allowed when the policy allows processes (``allow_processes``): waiting for children.
+#: Otherwise a request could collect the host's own child processes.
+PROCESS_FUNCTIONS: dict[str, frozenset[str]] = {
+    "posix": frozenset({"wait", "wait3", "wait4", "waitid", "waitpid", "pidfd_open"}),
+}
+
+#: Where the functions of each C module are reached by name (``os`` re-exports ``posix``,
+#: ``socket`` re-exports ``_socket``, ``signal`` wraps ``_signal``).
+_HOLDERS: dict[str, tuple[Any, ...]] = {
+    "posix": (sys.modules[os.name], os),
+    "sys": (sys,),
+    "_signal": (sys.modules.get("_signal", signal), signal),
+    "gc": (gc,),
+    "_socket": (_socket, socket),
+}
+
+_UNLISTED_RULE = ("not on the list of {module} functions sandboxed code may call "
+                  "(gae_sandbox.allowlist.ALLOWED): it acts on the whole process, or a newer "
+                  "Python added it")
+_DESCRIPTOR_RULE = ("only the request's own descriptors (those it opened itself) may be used "
+                    "this way; the others are the host's or another request's")
+
+
+def _refuse_unlisted(layer: Layer, what: str, module: str) -> SandboxViolation:
+    return SystemCallRefused(what, _UNLISTED_RULE.format(module=module), None)
+
+
+def _check_descriptor(layer: Layer, scope: Scope, fd: Any,
+                      what: str) -> SandboxViolation | None:
+    if type(fd) is not int and hasattr(fd, "fileno"):
+        return None  # a socket object: socket.dup(sock) goes through its own fileno
+    if fd == 0 or fd in scope.opened_fds:
+        return None
+    return SystemCallRefused(f"{what} on fd {fd!r}", _DESCRIPTOR_RULE, None)
+
+
+def _named(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    wrapper.__name__ = getattr(original, "__name__", wrapper.__name__)
+    wrapper.__qualname__ = wrapper.__name__
+    wrapper.__doc__ = getattr(original, "__doc__", None)
+    return wrapper
+
+
+def _refused(original: Callable[..., Any], module: str, name: str) -> Callable[..., Any]:
+    what = f"{module.lstrip('_')}.{name}()"
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            scope.judge(_refuse_unlisted, what, module.lstrip("_"))
+            return passthrough(original, *args, **kwargs)
+        return original(*args, **kwargs)
+
+    return _named(refused, original)
+
+
+def _own_descriptor(original: Callable[..., Any], module: str,
+                    name: str) -> Callable[..., Any]:
+    what = f"{module.lstrip('_')}.{name}()"
+
+    def on_descriptor(fd: Any, *args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            scope.judge(_check_descriptor, scope, fd, what)
+            result = passthrough(original, fd, *args, **kwargs)
+            if name == "dup" and type(result) is int:
+                scope.opened_fds.add(result)  # the copy is the request's own
+            elif name == "close" and type(fd) is int:
+                scope.opened_fds.discard(fd)
+            return result
+        return original(fd, *args, **kwargs)
+
+    return _named(on_descriptor, original)
+
+
+def _process(original: Callable[..., Any], what: str) -> Callable[..., Any]:
+    from .patches import _refuse_process
+
+    def process(*args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            pid = args[0] if args else kwargs.get("pid")
+            if type(pid) is int and pid in scope.extras.get("children", ()):
+                return original(*args, **kwargs)  # a process the request started
+            scope.judge(_refuse_process, what)
+            return passthrough(original, *args, **kwargs)
+        return original(*args, **kwargs)
+
+    return _named(process, original)
+
+
+def build_patches() -> list[Patch]:
+    """Every C function of the listed modules that is still the C function now (after the
+    other layers installed their replacements) and is not allowed as it is."""
+    patches: list[Patch] = []
+    for module, holders in _HOLDERS.items():
+        allowed = ALLOWED[module]
+        own = OWN_DESCRIPTORS.get(module, frozenset())
+        source = holders[0]
+        for name, original in sorted(vars(source).items()):
+            if not isinstance(original, types.BuiltinFunctionType) or name in allowed:
+                continue
+            if name in own:
+                replacement = _own_descriptor(original, module, name)
+            elif name in PROCESS_FUNCTIONS.get(module, ()):
+                replacement = _process(original, f"{module.lstrip('_')}.{name}()")
+            else:
+                replacement = _refused(original, module, name)
+            for holder in holders:
+                if getattr(holder, name, None) is original:
+                    patches.append((holder, name, original, replacement))
+    patches.extend(_socket_adoption())
+    return patches
+
+
+def _socket_adoption() -> list[Patch]:
+    """``socket.socket(fileno=fd)`` adopts a descriptor: only the request's own. A socket the
+    request makes is its own (``dup``, ``close`` and ``fromfd`` of it are allowed)."""
+    original = socket.socket.__init__
+
+    def __init__(self: socket.socket, family: Any = -1, type: Any = -1,  # noqa: A002
+                 proto: Any = -1, fileno: Any = None) -> None:
+        scope = active_scope()
+        if scope is not None and fileno is not None:
+            scope.judge(_check_descriptor, scope, fileno, "socket.socket(fileno=...)")
+        original(self, family, type, proto, fileno)
+        if scope is not None:
+            try:
+                scope.opened_fds.add(self.fileno())
+            except OSError:
+                pass
+
+    __init__.__doc__ = original.__doc__
+    return [(socket.socket, "__init__", original, __init__)]

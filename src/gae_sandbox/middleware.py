@@ -138,31 +138,27 @@ class _Request:
 
     def run(self) -> Iterable[bytes]:
         try:
-            self.iterable = call_in_scope(self.scope, self.middleware.app, self.environ,
-                                          self.start_response)
+            kind, chunks = call_in_scope(self.scope, self._call_app)
         except _APP_ERRORS as error:
             return self.fail(error, closing=True)
         except BaseException:
             self.close()
             raise
-        try:
-            # the type checks run app code (a metaclass, __getattr__): in the scope
-            kind = call_in_scope(self.scope, _response_kind, self.iterable)
-            if kind == "list":
-                # Nothing of the app's runs while a list is sent: copy it to exact bytes
-                # now and end the scope (its threads are joined before the response goes
-                # out, as on the runtime).
-                chunks = call_in_scope(self.scope, _exact_chunks, self.iterable)
-                self.close()
-                return chunks
-        except _APP_ERRORS as error:
-            return self.fail(error, closing=True)
-        except BaseException:
+        if kind == "list":
+            # Nothing of the app's runs while a list is sent: end the scope now (its threads
+            # are joined before the response goes out, as on the runtime).
             self.close()
-            raise
+            return chunks
         if kind == "sized":
             return _SizedResponse(self)
         return _Response(self)
+
+    def _call_app(self) -> tuple[str, list[bytes] | None]:
+        """In the scope, in one call: the app, the type checks of what it returned (app code:
+        a metaclass, ``__getattr__``), and a list's copy as exact bytes."""
+        self.iterable = self.middleware.app(self.environ, self.start_response)
+        kind = _response_kind(self.iterable)
+        return kind, (_exact_chunks(self.iterable) if kind == "list" else None)
 
     def next_chunk(self) -> bytes:
         if self.error_body is not None:

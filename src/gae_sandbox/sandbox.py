@@ -34,7 +34,6 @@ _patches: list[patches.Patch] = []
 #: so that hosts that never use it pay nothing for them.
 _memory_patches: list[patches.Patch] = []
 _installed = False
-_active_count = 0
 
 
 def install() -> None:
@@ -73,9 +72,10 @@ def uninstall() -> None:
     refused while a sandbox is active anywhere in the process."""
     global _installed
     with _install_lock:
-        if _active_count:
+        if _open_scopes:
             raise RuntimeError(
-                f"gae_sandbox.uninstall(): {_active_count} sandbox scope(s) are still active"
+                f"gae_sandbox.uninstall(): {len(_open_scopes)} sandbox scope(s) are still "
+                "active"
             )
         memoryfs.restore(_memory_patches)
         _memory_patches.clear()
@@ -107,10 +107,16 @@ def _ensure_gate_first() -> None:
         builtins.__import__ = imports.gated_import
 
 
-def _count(delta: int) -> None:
-    global _active_count
-    with _install_lock:
-        _active_count += delta
+#: The scopes open now: set.add and set.discard are atomic, so counting needs no lock on
+#: the per-request path.
+_open_scopes: set[Scope] = set()
+
+
+def _count(scope: Scope, opening: bool) -> None:
+    if opening:
+        _open_scopes.add(scope)
+    else:
+        _open_scopes.discard(scope)
 
 
 HardDeadlineHandler = Callable[["Sandbox", int], None]
@@ -224,7 +230,7 @@ class Sandbox:
             scope.deadline = start_deadline(
                 seconds, self.policy.hard_deadline_grace, scope, self._hard_deadline
             )
-        _count(1)
+        _count(scope, True)
         return scope
 
     def _attach_memory(self, scope: Scope) -> None:
@@ -349,7 +355,7 @@ def close_scope(scope: Scope) -> None:
         if scope.memory is not None and not getattr(scope.owner, "keep_memory_filesystem",
                                                     False):
             scope.memory.discard()  # the request's files are gone with it
-        _count(-1)
+        _count(scope, False)
 
 
 def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,
@@ -369,7 +375,7 @@ def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,
                                             lambda deadline: None)
         except RuntimeError:  # "can't create new thread at interpreter shutdown"
             scope.deadline = None
-    _count(1)
+    _count(scope, True)
     try:
         return call_in_scope(scope, function, *args, **kwargs)
     finally:

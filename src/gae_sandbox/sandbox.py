@@ -112,6 +112,11 @@ def _ensure_gate_first() -> None:
 _open_scopes: set[Scope] = set()
 
 
+def active_scope_count() -> int:
+    """How many sandbox scopes are open in the process now (tests, health checks)."""
+    return len(_open_scopes)
+
+
 def _count(scope: Scope, opening: bool) -> None:
     if opening:
         _open_scopes.add(scope)

@@ -89,9 +89,9 @@ def test_request_state_start_request_function(policy: Policy) -> None:
 def test_request_state_end_request_function(policy: Policy) -> None:
     """Ending the request removes its state: nothing is active and the sandbox counts none."""
     with Sandbox(policy):
-        assert sandbox_module._active_count >= 1
+        assert sandbox_module.active_scope_count() >= 1
     assert current_sandbox() is None and active_scope() is None
-    assert sandbox_module._active_count == 0
+    assert sandbox_module.active_scope_count() == 0
 
 
 def test_request_state_get_request_states(policy: Policy, app_root: Path) -> None:

@@ -54,7 +54,7 @@ def test_sixteen_threads_alternating_sandboxed_and_host_work(tmp_path: Path,
     connects = [0] * THREADS
     failures: list[str] = []
     baseline_threads = set(threading.enumerate())
-    baseline_scopes = sandbox_module._active_count
+    baseline_scopes = sandbox_module.active_scope_count()
     start = threading.Barrier(THREADS)
 
     def sandboxed(i: int, n: int) -> None:
@@ -157,7 +157,7 @@ def test_sixteen_threads_alternating_sandboxed_and_host_work(tmp_path: Path,
 
     # Nothing left behind.
     assert active_scope() is None
-    assert sandbox_module._active_count == baseline_scopes
+    assert sandbox_module.active_scope_count() == baseline_scopes
     assert _active_deadlines() == 0
     left = set(threading.enumerate()) - baseline_threads
     assert {t.name for t in left} <= {"gae_sandbox-deadline"}, left

@@ -249,16 +249,16 @@ def fault(served: tuple[Server, State],
     server, state = served
     caplog.set_level(logging.WARNING, logger="gae_sandbox")
     before = (snapshot(state.app_root), snapshot(state.watched))
-    scopes = sandbox_module._active_count
+    scopes = sandbox_module.active_scope_count()
     state.attempted_writes = state.refused_writes = 0
     yield server, state
     assert get(server.port, "/ok") == (200, b"ok")
     assert (snapshot(state.app_root), snapshot(state.watched)) == before
     assert state.refused_writes == state.attempted_writes, "a write attempt was not refused"
     deadline = time.monotonic() + 10
-    while sandbox_module._active_count != scopes and time.monotonic() < deadline:
+    while sandbox_module.active_scope_count() != scopes and time.monotonic() < deadline:
         time.sleep(0.01)  # the server may still be closing the response
-    assert sandbox_module._active_count == scopes, "a request scope was left open"
+    assert sandbox_module.active_scope_count() == scopes, "a request scope was left open"
 
 
 def get(port: int, path: str, timeout: float = 20.0) -> tuple[int, bytes]:

@@ -104,7 +104,7 @@ def test_memory_and_threads_stay_flat(app_root: Path) -> None:
             result = serve(fast, path)
         assert result == expected[path], (n, path, result)
 
-    scopes = sandbox_module._active_count
+    scopes = sandbox_module.active_scope_count()
     python_threads = threading.active_count()
     for n in range(WARMUP):
         request(n)
@@ -124,7 +124,7 @@ def test_memory_and_threads_stay_flat(app_root: Path) -> None:
     assert end_threads <= warm_threads, (warm_threads, end_threads)
     # the deadline timer is the only thread the requests may have added for good
     assert threading.active_count() <= python_threads + 1
-    assert sandbox_module._active_count == scopes
+    assert sandbox_module.active_scope_count() == scopes
     with TIMER._lock:
         assert not [d for _, _, d in TIMER._heap if d.active]
     assert not (app_root / "written.txt").exists()

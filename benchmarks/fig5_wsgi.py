@@ -1,8 +1,12 @@
 """Figure 5: WSGI throughput under waitress (8 threads), with and without SandboxMiddleware.
 
-The server runs in one child process, the load generator in another (``wrk`` if installed,
-else a small Python client: N threads, one keep-alive ``http.client`` connection each, for a
-fixed time). Cases alternate, and the figure is the median requests/s over rounds.
+Both servers (the bare app and the app in the middleware) run at once, each in its own child
+process; the load generator is a third process (8 threads, one keep-alive ``http.client``
+connection each) that sends a fixed number of requests to one server at a time, alternating
+between them over rounds. The figure is requests per CPU-second of the server process (its
+CPU time over the round, read from ``/proc``: :class:`ProcessTreeCPU`), so the client and the
+other tenants of the machine do not count; each round gives one ratio middleware/bare.
+Requests per wall-clock second are printed as a second column.
 """
 
 from __future__ import annotations
@@ -13,8 +17,23 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
-from ._common import PYTHON, ROOT, Row, child_env, make_app_dir, median, progress
+from ._common import (
+    MIN_ROUNDS,
+    PYTHON,
+    ROOT,
+    ProcessTreeCPU,
+    Row,
+    Target,
+    alternate,
+    child_env,
+    make_app_dir,
+    median,
+    paired_ratios,
+    paired_row,
+    progress,
+)
 
 CLIENT_THREADS = 8
 
@@ -69,92 +88,174 @@ def serve(kind: str, mode: str, app_dir: str) -> None:
     server.run()
 
 
-def load(port: int, seconds: float, threads: int) -> dict[str, float]:
+def load(port: int, count: int, threads: int = CLIENT_THREADS) -> dict[str, float]:
+    """``count`` GET requests over ``threads`` keep-alive connections."""
     import http.client
 
-    counts = [0] * threads
+    lock = threading.Lock()
+    left = [count]
+    done = [0] * threads
     errors = [0] * threads
     start = threading.Barrier(threads + 1)
-    stop_at = [0.0]
 
     def worker(i: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         start.wait()
-        n = e = 0
-        while time.perf_counter() < stop_at[0]:
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    break
+                left[0] -= 1
             try:
                 conn.request("GET", "/")
                 response = conn.getresponse()
                 response.read()
                 if response.status == 200:
-                    n += 1
+                    done[i] += 1
                 else:
-                    e += 1
+                    errors[i] += 1
             except OSError:
-                e += 1
+                errors[i] += 1
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        counts[i], errors[i] = n, e
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.close()
 
     workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     for w in workers:
         w.start()
     t0 = time.perf_counter()
-    stop_at[0] = t0 + seconds
     start.wait()
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - t0
-    return {"rps": sum(counts) / elapsed, "errors": sum(errors)}
+    return {"requests": sum(done), "errors": sum(errors), "seconds": elapsed,
+            "rps": sum(done) / elapsed}
 
 
-def _measure(kind: str, mode: str, app_dir: str, seconds: float) -> float:
-    server = subprocess.Popen(
-        [PYTHON, "-m", "benchmarks.fig5_wsgi", "server", kind, mode, app_dir],
-        cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        port = int(server.stdout.readline())
-        if shutil.which("wrk"):
-            out = subprocess.run(
-                ["wrk", "-t2", f"-c{CLIENT_THREADS}", f"-d{max(1, round(seconds))}s",
-                 f"http://127.0.0.1:{port}/"],
-                capture_output=True, text=True, check=True,
-            ).stdout
-            return float(out.split("Requests/sec:")[1].split()[0])
-        client = [PYTHON, "-m", "benchmarks.fig5_wsgi", "client", str(port)]
-        subprocess.run(client + ["0.3"], cwd=ROOT, env=child_env(), check=True,
-                       capture_output=True)  # warm-up
-        out = subprocess.run(client + [str(seconds)], cwd=ROOT, env=child_env(), check=True,
-                             capture_output=True, text=True).stdout
-        result = json.loads(out.strip().splitlines()[-1])
-        if result["errors"]:
-            progress(f"fig5: {result['errors']} errors in {kind}/{mode}")
-        return result["rps"]
-    finally:
-        server.terminate()
-        server.wait(10)
+def client_loop() -> None:
+    """The load generator process: one ``PORT COUNT`` line in, one JSON line out."""
+    for line in sys.stdin:
+        port, count = line.split()
+        print(json.dumps(load(int(port), int(count))), flush=True)
+
+
+class LoadClient:
+    """The load generator, one process for the whole figure (its start-up is not paid per
+    round); also used by figure 8."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "benchmarks.fig5_wsgi", "client"], cwd=ROOT, env=child_env(),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def load(self, port: int, count: int) -> dict[str, float]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{port} {count}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"load client exited with {self.process.wait(10)}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def measure_round(client: LoadClient, port: int, cpu: ProcessTreeCPU, count: int,
+                  label: str) -> dict[str, float]:
+    """One round of one server: ``count`` requests; the server's CPU over them."""
+    before = cpu.read()
+    result = client.load(port, count)
+    spent = cpu.delta_ns(before, cpu.read())
+    if result["errors"]:
+        progress(f"{label}: {result['errors']} errors")
+    requests = max(result["requests"], 1)
+    return {"per_cpu_s": requests / (spent / 1e9) if spent > 0 else float("nan"),
+            "cpu_us": spent / 1e3 / requests, "rps": result["rps"], "exact": cpu.last_exact}
+
+
+def throughput_rows(figure: str, measure: str, baseline_name: str,
+                    per: dict[str, list[dict[str, float]]], base: str, cand: str,
+                    target: Target | None, note: str = "") -> Row:
+    """A row of requests per server CPU-second (paired ratios per round), with requests per
+    wall-clock second as the second column."""
+    rps_base = [r["rps"] for r in per[base]]
+    rps_cand = [r["rps"] for r in per[cand]]
+    rps_ratio = median(paired_ratios(rps_base, rps_cand))
+    cpu_us = median([r["cpu_us"] for r in per[cand]])
+    base_us = median([r["cpu_us"] for r in per[base]])
+    exact = sum(1 for arm in (base, cand) for r in per[arm] if r["exact"])
+    total = len(per[base]) + len(per[cand])
+    clock = ("per-thread schedstat" if exact == total else
+             f"schedstat in {exact} of {total} readings, utime+stime ticks in the others")
+    text = f"server CPU {cpu_us:.0f} vs {base_us:.0f} us/request ({clock})"
+    return paired_row(figure, measure, unit="req/CPU-s", baseline_name=baseline_name,
+                      baseline=[r["per_cpu_s"] for r in per[base]],
+                      candidate=[r["per_cpu_s"] for r in per[cand]], target=target,
+                      note=f"{text}; {note}" if note else text,
+                      also=f"req/s {median(rps_cand):,.0f} vs {median(rps_base):,.0f} "
+                           f"({rps_ratio:.3g}x)")
+
+
+class Server:
+    """``python -m benchmarks.fig5_wsgi server KIND MODE APP_DIR``."""
+
+    def __init__(self, kind: str, mode: str, app_dir: str) -> None:
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "benchmarks.fig5_wsgi", "server", kind, mode, app_dir],
+            cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True)
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+        self.cpu = ProcessTreeCPU(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
 
 
 def run(quick: bool) -> list[Row]:
     app_dir = make_app_dir()
-    seconds = 1.5 if quick else 4.0
-    rounds = 1 if quick else 3
+    rounds = MIN_ROUNDS if quick else 12
+    count = 400 if quick else 2000
     rows = []
+    client = LoadClient()
     try:
         for kind in ("hello", "template"):
-            per: dict[str, list[float]] = {"plain": [], "sandbox": []}
-            for r in range(rounds):
-                for mode in (("plain", "sandbox") if r % 2 == 0 else ("sandbox", "plain")):
-                    progress(f"fig5: {kind} app, {mode}, round {r + 1}/{rounds}")
-                    per[mode].append(_measure(kind, mode, app_dir, seconds))
-            value, base = median(per["sandbox"]), median(per["plain"])
-            rows.append(Row("5", f"waitress {kind} app + SandboxMiddleware", value, "req/s",
-                            "waitress, no middleware", base, value / base, ">= 0.95x",
-                            value / base >= 0.95))
+            progress(f"fig5: {kind} app, {rounds} rounds of {count} requests per server")
+            servers = {mode: Server(kind, mode, app_dir) for mode in ("plain", "sandbox")}
+            try:
+                per: dict[str, list[dict[str, Any]]] = {"plain": [], "sandbox": []}
+
+                def arm(mode: str, per=per, servers=servers, kind=kind) -> float:
+                    server = servers[mode]
+                    result = measure_round(client, server.port, server.cpu, count,
+                                           f"fig5 {kind}/{mode}")
+                    per[mode].append(result)
+                    return result["per_cpu_s"]
+
+                for server in servers.values():  # warm-up: every thread started
+                    client.load(server.port, 2 * count)
+                alternate({"plain": lambda: arm("plain"), "sandbox": lambda: arm("sandbox")},
+                          rounds, warmup=0)
+            finally:
+                for server in servers.values():
+                    server.stop()
+            rows.append(throughput_rows("5", f"waitress {kind} app + SandboxMiddleware",
+                                        "waitress, no middleware", per, "plain", "sandbox",
+                                        Target(">=", 0.95)))
     finally:
+        client.close()
         shutil.rmtree(app_dir, ignore_errors=True)
     return rows
 
@@ -163,4 +264,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["server"]:
         serve(sys.argv[2], sys.argv[3], sys.argv[4])
     elif sys.argv[1:2] == ["client"]:
-        print(json.dumps(load(int(sys.argv[2]), float(sys.argv[3]), CLIENT_THREADS)))
+        client_loop()

@@ -1,9 +1,11 @@
 """The import gate.
 
-A ``sys.meta_path`` finder sees only fresh imports, so the gate also sits in
-``builtins.__import__`` (every ``import`` statement, cached modules included) and in
-``importlib``'s ``_gcd_import`` (``importlib.import_module``, ``importlib.__import__``, even
-references captured before install).
+A ``sys.meta_path`` finder sees only fresh imports; an ``import`` of a module already in
+``sys.modules`` is judged from inside the interpreter's own C import, through the hooks it
+calls (see "enforcement points"), so ``builtins.__import__`` stays the C function and an
+import adds no Python frame to anyone's traceback; ``importlib``'s ``_gcd_import`` covers
+``importlib.import_module`` and ``importlib.__import__`` (even references captured before
+install).
 
 Rules, for each module and each of its parent packages:
 
@@ -20,9 +22,9 @@ from __future__ import annotations
 import builtins
 import importlib
 import importlib.util
+import opcode
 import os
 import sys
-from contextvars import ContextVar
 from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, ExtensionFileLoader
 from typing import Any
 
@@ -43,10 +45,9 @@ _bootstrap: Any = sys.modules["_frozen_importlib"]
 original_import = builtins.__import__
 original_import_module = importlib.import_module
 original_gcd_import = _bootstrap._gcd_import
-
-#: Whether the import in progress was started by standard-library code, which may use its own
-#: private C modules. Unknown importers are strict.
-_TRUSTED_IMPORTER: ContextVar[bool] = ContextVar("gae_sandbox.trusted_importer", default=False)
+original_lock_unlock_module = _bootstrap._lock_unlock_module
+original_handle_fromlist = _bootstrap._handle_fromlist
+original_load_unlocked = _bootstrap._load_unlocked
 
 _SUFFIXES = tuple(EXTENSION_SUFFIXES)
 _BUILTIN_NAMES = frozenset(sys.builtin_module_names)
@@ -82,17 +83,6 @@ def _python_only(name: str) -> bool:
         prefix = f"{prefix}.{part}" if prefix else part
         module = sys.modules.get(prefix)
         if module is None or _module_is_c(module):
-            return False
-    return True
-
-
-def _all_attributes(module: Any, fromlist: Any) -> bool:
-    """Whether ``from module import ...`` only reads attributes (imports nothing more)."""
-    names = getattr(module, "__dict__", None)
-    if names is None or isinstance(fromlist, str):
-        return False
-    for item in fromlist:
-        if item == "*" or type(item) is not str or item not in names:
             return False
     return True
 
@@ -287,8 +277,9 @@ def is_stdlib_code(filename: str) -> bool:
 
 
 def importer_trusted(scope: Scope, frame: Any) -> bool:
-    """Whether the import runs in standard-library code (the frame that imports)."""
-    while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+    """Whether the import runs in standard-library code (the frame that imports: the first
+    one outside importlib's own machinery and the gate's wrappers around it)."""
+    while frame is not None and _passes_through(frame.f_code):
         frame = frame.f_back
     if frame is None:
         return False
@@ -298,44 +289,179 @@ def importer_trusted(scope: Scope, frame: Any) -> bool:
     return all(layer.frame_kind(filename) != "app" for layer in scope.layers)
 
 
+#: Files whose frames stand between an importer and the import machinery: ``importlib``'s
+#: entry points (``import_module``, ``__import__``, ``util.find_spec``; frozen copies are
+#: named ``<frozen importlib...>``) and the audit hook that asks who imports.
+_PASS_THROUGH_FILES = frozenset({
+    getattr(importlib, "__file__", None), getattr(importlib.util, "__file__", None),
+    os.path.join(_PACKAGE_FOLDER, "audit.py"),
+})
+_pass_through_codes: set[Any] = set()
+
+
+def _passes_through(code: Any) -> bool:
+    filename = code.co_filename
+    return (filename.startswith("<frozen importlib") or filename in _PASS_THROUGH_FILES
+            or code in _pass_through_codes)
+
+
 # --- enforcement points ---------------------------------------------------------------------
+#
+# ``builtins.__import__`` stays the interpreter's C function, so an import adds no Python
+# frame between the importer and what it imports: tracebacks are exactly an unsandboxed
+# import's (libraries tell "the module is missing" from "it failed inside" by the traceback's
+# depth: ``except ImportError: if sys.exc_info()[2].tb_next: raise``). The gate is asked from
+# inside the C import instead, through the hooks of importlib it calls:
+#
+# - a module already in ``sys.modules``: the C import reads ``module.__spec__._initializing``
+#   and, when true, calls ``_bootstrap._lock_unlock_module(name)`` (to wait for a module
+#   another thread is loading). Inside a scope the spec answers true unless every layer already
+#   allowed the module, and that call judges the import by its full name;
+# - a fresh module: the ``sys.meta_path`` finder (GATE), before anything is loaded;
+# - ``from package import name``: ``_bootstrap._handle_fromlist`` judges cached submodules;
+# - a failed fresh load: ``_bootstrap._load_unlocked`` forgets the submodules it left behind.
+#
+# Host code pays one Python call per import of a cached module (the spec's answer) and no
+# frame: the last two hooks are objects whose ``__call__`` property hands C the original
+# function when no sandbox is active.
+
+gated_import = original_import  # builtins.__import__, inside and outside sandboxes
+gated_import_module = original_import_module  # judged by _gcd_import
+
+_UNSET = object()
+_frame = sys._getframe
+#: Instructions that import: ``import`` statements, and calls (``__import__(name)``, C code
+#: that imports). A module's missing attribute also asks its spec, for the error message
+#: ("partially initialized module"): then the instruction is an attribute read.
+_IMPORTING = frozenset(opcode.opmap[name] for name in (
+    "IMPORT_NAME", "CALL", "CALL_KW", "CALL_FUNCTION", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX",
+    "CALL_METHOD", "PRECALL") if name in opcode.opmap)
 
 
-def gated_import(name: str, globals: Any = None, locals: Any = None,
-                 fromlist: Any = (), level: int = 0) -> Any:
-    """``builtins.__import__``: one ContextVar read for host code."""
-    scope = active_scope()
-    if scope is None:
-        return original_import(name, globals, locals, fromlist, level)
-    if not level and name in sys.modules and _known_everywhere(scope, name) and (
-            not fromlist or _all_attributes(sys.modules[name], fromlist)):
-        return original_import(name, globals, locals, fromlist, level)
-    trusted = importer_trusted(scope, sys._getframe(1))
-    if globals is None:  # called as a function: relative names resolve in the caller
-        globals = sys._getframe(1).f_globals
-    absolute = _absolute_name(name, globals, level)
-    reported = bool(absolute) and scope.judge(check_import, absolute, trusted)
-    if reported:  # report mode: the finder and the audit hook need not record it again
-        scope.reported_imports.add(absolute)
-    before = set(sys.modules) if absolute and absolute not in sys.modules else None
-    token = _TRUSTED_IMPORTER.set(trusted)
+def _importing(frame: Any) -> bool:
+    code = frame.f_code
+    if code.co_filename.startswith("<frozen importlib"):
+        return False  # importlib's Python code reads the flag for itself
+    lasti = frame.f_lasti
+    return lasti >= 0 and code.co_code[lasti] in _IMPORTING
+
+
+def _spec_initializing(spec: Any) -> Any:
+    """``ModuleSpec._initializing``: the spec's own flag, except inside a scope when the C
+    import asks about a module not yet allowed by every layer; then true, so that it calls
+    ``_lock_unlock_module`` (:func:`gated_lock_unlock_module`) before using the module."""
+    values = spec.__dict__
+    value = values.get("_initializing", _UNSET)
+    if value is not True:
+        scope = active_scope()
+        if scope is not None:
+            name = values.get("name")
+            if (type(name) is not str or not _known_everywhere(scope, name)) and _importing(
+                    _frame(1)):
+                return True
+    if value is _UNSET:
+        raise AttributeError("_initializing")
+    return value
+
+
+def _set_spec_initializing(spec: Any, value: Any) -> None:
+    spec.__dict__["_initializing"] = value
+
+
+def _del_spec_initializing(spec: Any) -> None:
     try:
-        module = original_import(name, globals, locals, fromlist, level)
+        del spec.__dict__["_initializing"]
+    except KeyError:
+        raise AttributeError("_initializing") from None
+
+
+def gated_lock_unlock_module(name: str) -> None:
+    """``_bootstrap._lock_unlock_module``: judges an import of a cached module (the C import
+    calls it when the spec said so), then waits for the module only if it is really being
+    loaded."""
+    __tracebackhide__ = True
+    scope = active_scope()
+    if scope is not None:
+        frame = _frame(1)
+        if not frame.f_code.co_filename.startswith("<frozen importlib"):
+            if type(name) is str and not _known_everywhere(scope, name):
+                scope.judge(check_import, name, importer_trusted(scope, frame))
+            spec = getattr(sys.modules.get(name), "__spec__", None)
+            if getattr(spec, "__dict__", {}).get("_initializing") is not True:
+                return None
+    return original_lock_unlock_module(name)
+
+
+def _fromlist_judged(module: Any, fromlist: Any, import_: Any, *, recursive: bool = False) -> Any:
+    """``_bootstrap._handle_fromlist`` inside a scope: ``from package import name`` of a
+    submodule already in ``sys.modules`` is judged (fresh ones met the finder)."""
+    result = original_handle_fromlist(module, fromlist, import_, recursive=recursive)
+    scope = active_scope()
+    base = getattr(module, "__name__", None)
+    if scope is not None and isinstance(base, str) and not isinstance(fromlist, str):
+        trusted = None
+        for item in fromlist:
+            if isinstance(item, str) and item != "*":
+                name = f"{base}.{item}"
+                if name in sys.modules and not _known_everywhere(scope, name):
+                    if trusted is None:
+                        trusted = importer_trusted(scope, _frame(1))
+                    scope.judge(check_import, name, trusted)
+    return result
+
+
+def _load_forgetting_orphans(spec: Any) -> Any:
+    """``_bootstrap._load_unlocked`` inside a scope: a module whose execution fails (a refused
+    import in a package's ``__init__``) leaves no half-built package (:func:`drop_orphans`)."""
+    before = set(sys.modules)
+    try:
+        return original_load_unlocked(spec)
     except BaseException:
-        if before is not None:
-            drop_orphans(before)
+        drop_orphans(before)
         raise
-    finally:
-        _TRUSTED_IMPORTER.reset(token)
-        if reported:
-            scope.reported_imports.discard(absolute)
-    if fromlist:
-        base = getattr(module, "__name__", None)
-        if isinstance(base, str):
-            for item in fromlist:
-                if isinstance(item, str) and item != "*" and f"{base}.{item}" in sys.modules:
-                    scope.judge(check_import, f"{base}.{item}", trusted)
-    return module
+
+
+# The two wrappers above stand in for importlib's own functions inside a scope: their frames
+# are trimmed from import tracebacks as importlib's are (the interpreter removes frames named
+# "<frozen importlib._bootstrap>" from a failed import's traceback).
+for _function in (_fromlist_judged, _load_forgetting_orphans):
+    _function.__code__ = _function.__code__.replace(co_filename="<frozen importlib._bootstrap>")
+del _function
+
+
+class _InScope:
+    """A function importlib's C code looks up by name and calls: the original for host code
+    (handed over by the ``__call__`` property, so no Python frame is added), the sandbox's
+    version inside a scope."""
+
+    __slots__ = ("_host", "_sandboxed", "__name__", "__qualname__")
+
+    def __init__(self, host: Any, sandboxed: Any) -> None:
+        self._host = host
+        self._sandboxed = sandboxed
+        self.__name__ = host.__name__
+        self.__qualname__ = host.__qualname__
+
+    @property
+    def __call__(self) -> Any:
+        return self._host if active_scope() is None else self._sandboxed
+
+    def __repr__(self) -> str:
+        return f"<gae_sandbox: {self._host!r} (judged inside a sandbox)>"
+
+
+def build_patches() -> list[tuple[Any, str, Any, Any]]:
+    """The hooks the gate adds to importlib (``sandbox.install`` applies them)."""
+    return [
+        (_bootstrap.ModuleSpec, "_initializing", None,
+         property(_spec_initializing, _set_spec_initializing, _del_spec_initializing)),
+        (_bootstrap, "_lock_unlock_module", original_lock_unlock_module,
+         gated_lock_unlock_module),
+        (_bootstrap, "_handle_fromlist", original_handle_fromlist,
+         _InScope(original_handle_fromlist, _fromlist_judged)),
+        (_bootstrap, "_load_unlocked", original_load_unlocked,
+         _InScope(original_load_unlocked, _load_forgetting_orphans)),
+    ]
 
 
 def drop_orphans(before: set[str]) -> None:
@@ -356,23 +482,6 @@ def drop_orphans(before: set[str]) -> None:
             parent = parent.rpartition(".")[0]
 
 
-def gated_import_module(name: str, package: str | None = None) -> Any:
-    """``importlib.import_module``: records who imports; ``_gcd_import`` judges."""
-    scope = active_scope()
-    if scope is None:
-        return original_import_module(name, package)
-    before = set(sys.modules) if name not in sys.modules else None
-    token = _TRUSTED_IMPORTER.set(importer_trusted(scope, sys._getframe(1)))
-    try:
-        return original_import_module(name, package)
-    except BaseException:
-        if before is not None:
-            drop_orphans(before)
-        raise
-    finally:
-        _TRUSTED_IMPORTER.reset(token)
-
-
 def gated_gcd_import(name: str, package: str | None = None, level: int = 0) -> Any:
     """``importlib._bootstrap._gcd_import``: the common path of importlib's entry points."""
     scope = active_scope()
@@ -382,7 +491,7 @@ def gated_gcd_import(name: str, package: str | None = None, level: int = 0) -> A
         except (ImportError, ValueError, TypeError, AttributeError):
             absolute = None
         if absolute and absolute not in scope.reported_imports and scope.judge(
-            check_import, absolute, _TRUSTED_IMPORTER.get()
+            check_import, absolute, importer_trusted(scope, _frame(1))
         ):
             scope.reported_imports.add(absolute)
             try:
@@ -390,23 +499,6 @@ def gated_gcd_import(name: str, package: str | None = None, level: int = 0) -> A
             finally:
                 scope.reported_imports.discard(absolute)
     return original_gcd_import(name, package, level)
-
-
-def _absolute_name(name: Any, importer_globals: Any, level: int) -> str | None:
-    if not isinstance(name, str):
-        return None
-    if not level:
-        return name
-    try:
-        package = importer_globals.get("__package__")
-        if not package:
-            module_name = importer_globals["__name__"]
-            package = module_name if "__path__" in importer_globals else (
-                module_name.rpartition(".")[0]
-            )
-        return importlib.util.resolve_name("." * level + name, package).rstrip(".")
-    except Exception:  # let the real import raise its own error
-        return None
 
 
 class ImportGateFinder:
@@ -422,7 +514,7 @@ class ImportGateFinder:
             return None
         if fullname in scope.reported_imports:  # report mode: recorded once already
             return _noted(scope, _find_elsewhere(self, fullname, path, target))
-        trusted = _TRUSTED_IMPORTER.get()
+        trusted = importer_trusted(scope, _frame(1))
         if target is not None and sys.modules.get(fullname) is target:  # importlib.reload
             scope.judge(check_reload, target, trusted)
         if scope.judge(check_import, fullname, trusted):
@@ -488,7 +580,14 @@ GATE = ImportGateFinder()
 
 
 def trusted_import_context() -> bool:
-    return _TRUSTED_IMPORTER.get()
+    """Whether the import in progress (an extension module's audit event) was made by the
+    standard library: the importer found from the caller's frame."""
+    scope = active_scope()
+    return scope is not None and importer_trusted(scope, _frame(1))
+
+
+_pass_through_codes.update(function.__code__ for function in (
+    gated_gcd_import, ImportGateFinder.find_spec, _find_elsewhere, trusted_import_context))
 
 
 def extension_filename(filename: Any) -> bool:

@@ -11,12 +11,20 @@ calls the original through one ContextVar read; the listed functions are not wra
 
 from __future__ import annotations
 
+import _locale
 import _socket
+import _thread
+import _tracemalloc
+import atexit
+import faulthandler
 import gc
+import locale  # noqa: F401 - its re-exports of _locale are patched too
 import os
 import signal
 import socket
 import sys
+import threading
+import tracemalloc  # noqa: F401 - its re-exports of _tracemalloc are patched too
 import types
 from collections.abc import Callable
 from typing import Any
@@ -73,6 +81,20 @@ ALLOWED: dict[str, frozenset[str]] = {
         inet_aton inet_ntoa inet_pton inet_ntop if_nameindex if_nametoindex if_indextoname
         CMSG_LEN CMSG_SPACE socketpair sethostname
         """.split()),
+    "_thread": frozenset("""
+        allocate_lock allocate exit_thread exit get_ident get_native_id _count _set_sentinel
+        _excepthook daemon_threads_allowed _get_main_thread_ident _is_main_interpreter
+        _make_thread_handle _shutdown start_new_thread start_new start_joinable_thread
+        """.split()),
+    "faulthandler": frozenset({"is_enabled"}),
+    "_tracemalloc": frozenset("""
+        is_tracing _get_traces _get_object_traceback get_traceback_limit
+        get_tracemalloc_memory get_traced_memory
+        """.split()),
+    "_locale": frozenset("""
+        localeconv strcoll strxfrm nl_langinfo gettext dgettext dcgettext getencoding
+        """.split()),
+    "atexit": frozenset({"_ncallbacks", "register", "unregister"}),
 }
 
 #: Allowed on the request's own descriptors only (and reading standard input): another
@@ -91,6 +113,11 @@ PROCESS_FUNCTIONS: dict[str, frozenset[str]] = {
     "posix": frozenset({"wait", "wait3", "wait4", "waitid", "waitpid", "pidfd_open"}),
 }
 
+def _loaded(name: str) -> tuple[Any, ...]:
+    module = sys.modules.get(name)
+    return (module,) if module is not None else ()
+
+
 #: Where the functions of each C module are reached by name (``os`` re-exports ``posix``,
 #: ``socket`` re-exports ``_socket``, ``signal`` wraps ``_signal``).
 _HOLDERS: dict[str, tuple[Any, ...]] = {
@@ -99,6 +126,11 @@ _HOLDERS: dict[str, tuple[Any, ...]] = {
     "_signal": (sys.modules.get("_signal", signal), signal),
     "gc": (gc,),
     "_socket": (_socket, socket),
+    "_thread": (_thread, threading),
+    "faulthandler": (faulthandler,),
+    "_tracemalloc": (_tracemalloc, *_loaded("tracemalloc")),
+    "_locale": (_locale, *_loaded("locale")),
+    "atexit": (atexit,),
 }
 
 _UNLISTED_RULE = ("not on the list of {module} functions sandboxed code may call "
@@ -218,4 +250,20 @@ def _socket_adoption() -> list[Patch]:
                 pass
 
     __init__.__doc__ = original.__doc__
-    return [(socket.socket, "__init__", original, __init__)]
+    pair = _socket.socketpair
+
+    def socketpair(*args: Any, **kwargs: Any) -> Any:
+        """The two sockets are the request's own: ``socket.socketpair`` adopts their
+        descriptors next (asyncio's event loop makes one)."""
+        made = pair(*args, **kwargs)
+        scope = active_scope()
+        if scope is not None:
+            for sock in made:
+                try:
+                    scope.opened_fds.add(sock.fileno())
+                except OSError:
+                    pass
+        return made
+
+    return [(socket.socket, "__init__", original, __init__),
+            (_socket, "socketpair", pair, _named(socketpair, pair))]

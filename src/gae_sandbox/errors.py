@@ -141,8 +141,10 @@ class TempfileRefused(SandboxViolation, NotImplementedError):
     kind = "tempfile"
 
 
-class NotAvailableRefused(SandboxViolation, NotImplementedError):
-    """A function the runtime removed (``signal`` handlers, say)."""
+class NotAvailableRefused(SandboxViolation, NotImplementedError, ValueError):
+    """A function the runtime removed (``signal`` handlers, say). Also a ``ValueError``: what
+    ``signal.signal`` raises where signals cannot be set (off the main thread), which the
+    standard library falls back on (``asyncio.run`` then runs without its SIGINT handler)."""
 
     kind = "system"
 

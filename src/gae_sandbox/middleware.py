@@ -119,6 +119,9 @@ class _Request:
         status = _exact_str(status, "status")
         headers = [(_exact_str(name, "header name"), _exact_str(value, "header value"))
                    for name, value in headers]
+        if exc_info is not None:  # an exact tuple of the error, its class and traceback
+            error = tuple.__getitem__(exc_info, 1) if isinstance(exc_info, tuple) else None
+            exc_info = _exc_info(error) if isinstance(error, BaseException) else None
         with unsandboxed():
             self.server_write = self.server_start_response(status, headers, exc_info) if (
                 exc_info is not None
@@ -194,7 +197,7 @@ class _Request:
         try:
             with unsandboxed():
                 self.server_start_response(
-                    ERROR_STATUS, headers, (type(error), error, error.__traceback__)
+                    ERROR_STATUS, headers, _exc_info(error)
                 )
         except BaseException:
             if closing:
@@ -208,13 +211,14 @@ class _Request:
     def log_failure(self, error: BaseException) -> None:
         """Log the error with its traceback, both formatted in the scope (an app exception's
         ``__str__`` is app code), the traceback without this library's frames."""
-        exc_info = (type(error), error, app_frames(error.__traceback__))
+        exc_info = (type(error), error, app_frames(_traceback_of(error)))
         reason = self.reason(error)
         text = self.in_scope_text(lambda: "".join(traceback.format_exception(*exc_info)))
         method, path = self.environ.get("REQUEST_METHOD"), self.environ.get("PATH_INFO")
+        # the record carries the text only: log handlers never get the app's exception
         record = logger.makeRecord(
             logger.name, logging.ERROR, __file__, 0, "gae_sandbox: request %s %s failed: %s",
-            (_plain(method), _plain(path), reason), exc_info)
+            (_plain(method), _plain(path), reason), None)
         record.exc_text = text.rstrip("\n") or f"{type(error).__qualname__} (not formattable)"
         if logger.isEnabledFor(logging.ERROR):
             logger.handle(record)
@@ -248,11 +252,14 @@ class _Request:
             return
         self.closed = True
         try:
-            close = getattr(self.iterable, "close", None)
-            if close is not None:
-                call_in_scope(self.scope, close)
+            if self.iterable is not None:  # even looking close up runs app code (a property)
+                call_in_scope(self.scope, _close_iterable, self.iterable)
         except BaseException as error:  # the response is out; log, never break the server
-            logger.error("gae_sandbox: the app's close() failed: %s", error, exc_info=error)
+            failed = error
+            text = self.in_scope_text(lambda: "".join(traceback.format_exception(
+                type(failed), failed, app_frames(_traceback_of(failed)))))
+            logger.error("gae_sandbox: the app's close() failed: %s\n%s", self.reason(error),
+                         text.rstrip("\n"))
         finally:
             try:
                 close_scope(self.scope)
@@ -263,6 +270,22 @@ class _Request:
 
 
 _PACKAGE_PREFIX = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _traceback_of(error: BaseException) -> TracebackType | None:
+    """The error's traceback, read from the slot (an app class may make it a property)."""
+    return BaseException.__traceback__.__get__(error)  # type: ignore[attr-defined]
+
+
+def _exc_info(error: BaseException) -> tuple[type[BaseException], BaseException,
+                                             TracebackType | None]:
+    return type(error), error, _traceback_of(error)
+
+
+def _close_iterable(iterable: Any) -> None:
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        close()
 
 
 def _exact_str(value: Any, what: str) -> str:

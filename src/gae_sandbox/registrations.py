@@ -45,26 +45,41 @@ def _own_stdlib_callback(function: Any, args: tuple[Any, ...], kwargs: dict[str,
     """A standard-library function, or a method bound to a standard-library class or module
     (``weakref.finalize._exitfunc``), registered with no arguments: the interpreter's own
     code, with nothing of the app's to run."""
-    from .imports import is_stdlib_code
 
     if args or kwargs:
         return False
-    owner = None
-    if type(function) is types.MethodType:
-        owner, function = function.__self__, function.__func__
-        if isinstance(owner, type):
-            module = sys.modules.get(type.__getattribute__(owner, "__module__"))
-        elif isinstance(owner, types.ModuleType):
-            module = owner
-        else:
-            return False  # bound to an instance, which may be the app's
-        filename = getattr(module, "__file__", None)
-        if not isinstance(filename, str) or not is_stdlib_code(filename):
-            return False
+    if type(function) is types.MethodType:  # weakref.finalize._exitfunc: a classmethod
+        owner, method = function.__self__, function.__func__
+        if type(owner) is not type or type(method) is not types.FunctionType:
+            return False  # bound to an instance, or a class made by a metaclass
+        module = sys.modules.get(type.__getattribute__(owner, "__module__"))
+        found = vars(owner).get(method.__name__)
+        return (_is_stdlib_module(module) and getattr(module, owner.__name__, None) is owner
+                and getattr(found, "__func__", None) is method and _is_stdlib_function(method))
     if type(function) is not types.FunctionType:
         return False
+    module = sys.modules.get(function.__globals__.get("__name__"))  # type: ignore[arg-type]
+    # the very function the standard-library module holds under that name (a function the
+    # app builds from a library function's code has the app's defaults and globals)
+    return (_is_stdlib_module(module) and function.__globals__ is vars(module)
+            and vars(module).get(function.__name__) is function
+            and _is_stdlib_function(function))
+
+
+def _is_stdlib_module(module: Any) -> bool:
+    from .imports import is_stdlib_code
+
+    if type(module) is not types.ModuleType:
+        return False
+    filename = vars(module).get("__file__")
+    return type(filename) is str and is_stdlib_code(filename)
+
+
+def _is_stdlib_function(function: types.FunctionType) -> bool:
+    from .imports import is_stdlib_code
+
     filename = function.__code__.co_filename
-    return not filename.startswith("<") and is_stdlib_code(filename)
+    return type(filename) is str and not filename.startswith("<") and is_stdlib_code(filename)
 
 
 class SandboxedCallback:
@@ -77,6 +92,8 @@ class SandboxedCallback:
         self.__scope = scope
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if active_scope() is self.__scope:  # called back within the same request
+            return self.__wrapped(*args, **kwargs)
         assert _runner is not None
         return _runner(self.__scope, self.__wrapped, *args, **kwargs)
 
@@ -118,7 +135,8 @@ def _unregister(original: Callable[..., Any],
     """``atexit.unregister`` / ``codecs.unregister``: also the wrappers of ``function``."""
 
     def unregister(function: Any, /) -> None:
-        original(function)
+        if active_scope() is None:  # inside a sandbox: only what requests registered
+            original(function)
         for wrapper in [w for w in wrappers if w.wraps(function)]:
             wrappers.remove(wrapper)
             original(wrapper)
@@ -277,6 +295,11 @@ def build_patches() -> list[Patch]:
             patches.append((owner, attribute, original, make(original)))
 
     add(atexit, "register", _atexit_register)
+    # threading's own exit list (concurrent.futures registers there), and the hooks of
+    # asynchronous generators a thread keeps after the request
+    add(threading, "_register_atexit", lambda original: _wrapping(original, 0))
+    add(sys, "set_asyncgen_hooks", lambda original: _wrapping(
+        original, 0, 1, keywords=("firstiter", "finalizer")))
     add(atexit, "unregister", lambda original: _unregister(original, _exit_callbacks))
     add(os, "register_at_fork", lambda original: _wrapping(
         original, keywords=("before", "after_in_child", "after_in_parent")))

@@ -131,6 +131,10 @@ def interpreter_library_folders() -> tuple[str, ...]:
                                                                         sys.prefix)]
     tzpath = sysconfig.get_config_var("TZPATH") or ""
     folders += [p for p in tzpath.split(os.pathsep) if p]
+    # the standard library's zip archive on sys.path (python311.zip), which the import
+    # system and importlib.metadata look at whether it exists or not
+    stdlib_zip = f"python{sys.version_info[0]}{sys.version_info[1]}.zip"
+    folders += [p for p in sys.path if os.path.basename(p) == stdlib_zip]
     seen: dict[str, None] = {}
     for folder in folders:
         seen.setdefault(os.path.realpath(folder), None)

@@ -473,7 +473,7 @@ def test_current_sandbox_is_a_read_only_view(policy: Policy, app_root: Path) -> 
         with pytest.raises(PermissionError):
             open(app_root / "refused.txt", "w")  # noqa: SIM115 - recorded
         view = gae_sandbox.current_sandbox()
-        assert view == sandbox and view.policy is policy
+        assert view == sandbox and view.policy == policy and view.policy is not policy
         assert not hasattr(view, "__exit__") and not hasattr(view, "report")
         view.violations.clear()
         view.policy = policy.replace(filesystem="memory")  # the view's own attribute only

@@ -61,6 +61,8 @@ def _on_listdir(scope: Scope, args: tuple[Any, ...]) -> None:
     if path is None:
         path = "."
     if isinstance(path, int):
+        if path not in scope.opened_fds:  # a folder descriptor the host holds
+            scope.judge(check_read, f"<fd {path}>")
         return
     if type(path) is str and (path in loading_files(scope)[1] or path in sys.path
                               or path == ""):
@@ -107,10 +109,10 @@ def _on_tracer(event: str) -> Handler:
     on this thread. Debuggers (``pdb``, standard-library code) may still set one."""
 
     def on_tracer(scope: Scope, args: tuple[Any, ...]) -> None:
-        caller = sys._getframe(2).f_code.co_filename
-        if not is_stdlib_code(caller):
-            scope.judge(_refuse_system, f"{event}()",
-                        "a trace or profile function stays on the thread after the request")
+        # whoever calls it (bdb/pdb included: their tracer dispatches to the app's methods),
+        # the tracer would stay on the thread after the request
+        scope.judge(_refuse_system, f"{event}()",
+                    "a trace or profile function stays on the thread after the request")
 
     return on_tracer
 

@@ -301,8 +301,9 @@ def build_patches() -> list[Patch]:
     add(sys, "set_asyncgen_hooks", lambda original: _wrapping(
         original, 0, 1, keywords=("firstiter", "finalizer")))
     add(atexit, "unregister", lambda original: _unregister(original, _exit_callbacks))
-    add(os, "register_at_fork", lambda original: _wrapping(
-        original, keywords=("before", "after_in_child", "after_in_parent")))
+    for module in (os, sys.modules[os.name]):  # os re-exports posix's: both names
+        add(module, "register_at_fork", lambda original: _wrapping(
+            original, keywords=("before", "after_in_child", "after_in_parent")))
     for module in (codecs, sys.modules["_codecs"]):
         add(module, "register", _codecs_register)
         add(module, "unregister", lambda original: _unregister(original, _codec_searches))

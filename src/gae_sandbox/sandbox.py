@@ -399,14 +399,15 @@ class SandboxView:
     __slots__ = ("policy", "_key", "_violations")
 
     def __init__(self, sandbox: Sandbox) -> None:
-        self.policy = sandbox.policy
+        # copies: the policy the scope decides with, and the report, stay the host's
+        self.policy = sandbox.policy.replace()
         self._key = id(sandbox)
-        self._violations = sandbox.report.snapshot
+        self._violations = tuple(v.to_dict() for v in sandbox.report.snapshot())
 
     @property
     def violations(self) -> list[Violation]:
-        """Copies of the violations recorded so far."""
-        return [Violation(**v.to_dict()) for v in self._violations()]  # type: ignore[arg-type]
+        """Copies of the violations recorded before this view was made."""
+        return [Violation(**v) for v in self._violations]  # type: ignore[arg-type]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, SandboxView):

@@ -1,0 +1,992 @@
+"""Red team, round 2: new escape attempts, organised by the review's six weaknesses.
+
+1. trust by the caller's file name (standard-library trampolines that call a callable or
+   import a name given as data);
+2. deny-lists that fail open (process-wide functions and state no list covers);
+3. identity by number or by a value the app controls (descriptors, addresses);
+4. the sandbox's own state (the scope, the policy, the report, the deadline);
+5. the host consuming app objects later (the middleware, the server, logging, the timer);
+6. threads and exits (host threads, exit handlers, signals, asyncio).
+
+Every attempt runs in a child interpreter of its own (``sys.executable -c``), three ways:
+
+* ``plain``: the app code as ordinary Python, no sandbox: the control, which must show the
+  effect (so an attempt that could never do harm cannot pass by accident);
+* ``enforce``: ``exec`` of the same code inside ``with Sandbox(policy):`` (the default mode);
+* ``restricted``: ``Sandbox(policy).exec(source)`` (RestrictedPython), where the source is
+  restricted-valid (no ``_`` names) and the mode has something to say.
+
+Each is judged by its real effect on the host, never by an exception: a file on disk (written
+by the request, by host code the request steered, or at interpreter exit), a secret the app
+printed back, a connection the test's own loopback listener accepted, a marker file a shell
+command creates, host state after the request (an interrupted or dead host, a setting, its
+stdout, its exit handlers). The child prints ``EFFECT`` when its host-side probe sees the
+effect and ``SURVIVED`` (on stdout and stderr) when it got to its end.
+
+An attempt that escapes keeps its test: the sandboxed one is an ``xfail(strict=True)`` whose
+reason says what was reached and why no check sees it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# -- the child interpreter ----------------------------------------------------------------------
+
+#: The program every attempt runs in. CONFIG (argv[1], JSON) holds the mode, the paths, the
+#: listener's port, the policy changes and the attempt's own code: ``setup`` (host code run
+#: before the request), ``source`` (the app code), ``after`` (host code run after the
+#: request: the probe; it may run another request with ``run_request``).
+CHILD = r'''
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+
+CONFIG = json.loads(sys.argv[1])
+MODE = CONFIG["mode"]
+
+from gae_sandbox import Policy, Sandbox, SandboxMiddleware
+
+changes = {key: tuple(value) if isinstance(value, list) else value
+           for key, value in CONFIG["policy"].items()}
+policy = Policy.python27(app_root=CONFIG["app_root"], deadline=None).replace(**changes)
+sandbox = Sandbox(policy)
+ns = {
+    "__name__": "app",
+    "target": CONFIG["target"],
+    "outdir": CONFIG["outdir"],
+    "secret_path": CONFIG["secret_path"],
+    "outside_dir": CONFIG["outside_dir"],
+    "app_root": CONFIG["app_root"],
+    "port": CONFIG["port"],
+    "cmd": "touch '%s'" % CONFIG["marker"],
+}
+
+
+def request(source):
+    """One request running ``source`` in the mode under test."""
+    if MODE == "plain":
+        exec(compile(source, "<app>", "exec"), ns)
+    elif MODE == "enforce":
+        with sandbox:
+            exec(compile(source, "<app>", "exec"), ns)
+    else:
+        sandbox.exec(source, ns, filename="<app>")
+
+
+def run_request(source):
+    try:
+        request(source)
+        print("APP COMPLETED", flush=True)
+    except BaseException as error:
+        print("APP STOPPED", type(error).__name__, str(error)[:300].replace("\n", " "),
+              flush=True)
+
+
+def serve(app):
+    """What a WSGI server does with an app, in host code (after wsgiref and waitress):
+    re-raise exc_info once headers are out, log and format an app error, iterate the
+    body, close it."""
+    headers_sent = []
+
+    def start_response(status, headers, exc_info=None):
+        if exc_info:
+            try:
+                if headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+
+        def write(data):
+            headers_sent.append(True)
+
+        return write
+
+    try:
+        result = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, start_response)
+    except Exception as error:
+        logging.getLogger("gae_sandbox").error("request failed", exc_info=error)
+        traceback.format_exception(type(error), error, error.__traceback__)
+        return
+    try:
+        for _chunk in result:
+            headers_sent.append(True)
+    except Exception as error:
+        logging.getLogger("gae_sandbox").error("response failed", exc_info=error)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+
+
+exec(compile(CONFIG["setup"], "<host setup>", "exec"))
+runner = CONFIG["runner"]
+if runner == "request":
+    run_request(CONFIG["source"])
+elif runner == "thread":  # the request runs in a worker thread; the host waits in main
+    worker = threading.Thread(target=run_request, args=(CONFIG["source"],))
+    try:
+        worker.start()
+        worker.join()
+        for _ in range(50):
+            time.sleep(0.01)
+    except BaseException as error:
+        print("EFFECT: the host's main thread got", type(error).__name__, flush=True)
+        worker.join()
+else:  # "wsgi": the app module is imported, then served (through the middleware)
+    exec(compile(CONFIG["source"], "<app>", "exec"), ns)
+    served = ns["app"] if MODE == "plain" else SandboxMiddleware(ns["app"], policy,
+                                                                 sandbox=sandbox)
+    try:
+        serve(served)
+        print("APP COMPLETED", flush=True)
+    except BaseException as error:
+        print("APP STOPPED", type(error).__name__, flush=True)
+exec(compile(CONFIG["after"], "<host after>", "exec"))
+print("SURVIVED", flush=True)
+os.write(2, b"SURVIVED\n")
+'''
+
+
+@dataclass
+class Run:
+    """What one child did, and where to look for its effects."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    target: Path
+    marker: Path
+    home: Path
+    app_root: Path
+    listener: Any
+
+    @property
+    def survived(self) -> bool:
+        return "SURVIVED" in self.stdout or "SURVIVED" in self.stderr
+
+    def __str__(self) -> str:
+        return (f"status {self.returncode}\n--- stdout\n{self.stdout[-2000:]}\n"
+                f"--- stderr\n{self.stderr[-2000:]}")
+
+
+def _printed(run: Run) -> bool:
+    return "EFFECT" in run.stdout
+
+
+def _target_written(run: Run) -> bool:
+    return run.target.exists()
+
+
+def _marker_made(run: Run) -> bool:
+    return run.marker.exists()
+
+
+def _connected(run: Run) -> bool:
+    return run.listener.settle() > 0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    id: str
+    weakness: int
+    source: str
+    setup: str = ""
+    after: str = ""
+    runner: str = "request"  # "request", "thread" (the request in a worker thread), "wsgi"
+    policy: tuple[tuple[str, Any], ...] = ()  # Policy.replace changes ("{port}" formatted)
+    effect: Callable[[Run], bool] = _printed
+    death: bool = False  # the effect is the host process dying
+    restricted: bool = False  # also run in restricted mode
+    gap: str | None = None  # default mode escapes: the xfail reason (on every version)
+    restricted_gap: str | None = None
+    requires: str | None = None  # a module the attempt needs (skipped without it)
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+WRITE_TARGET = (
+    "    with open(target, 'w') as file:\n"
+    "        file.write('x')\n"
+)
+#: app code: ``later()`` writes the target when it runs outside the sandbox (refused inside)
+LATER = (
+    "def later(*args):\n"
+    "    try:\n"
+    "        with open(target, 'w') as file:\n"
+    "            file.write('x')\n"
+    "    except OSError:\n"
+    "        pass\n"
+)
+#: app code: the request's own scope, reached through the context it runs in (or None)
+SCOPE = (
+    "import contextvars\n"
+    "context = contextvars.copy_context()\n"
+    "found = [var for var in context if var.name == 'gae_sandbox.active']\n"
+    "scope = context[found[0]] if found else None\n"
+)
+SECRET_READ = "if b'host secret' in bytes(ns.get('result') or b''):\n    print('EFFECT')\n"
+
+# -- weakness 1: trust by the caller's file name --------------------------------------------------
+
+_PRIVATE_C_IMPORT = (
+    "the import gate lets a standard-library frame import any standard-library C module "
+    "(importer_trusted looks only at the importing frame's file), so {how} loads the private "
+    "C module readline for the app; readline.write_history_file then writes the file in C, "
+    "with no audit event")
+
+W1 = [
+    Attempt(
+        "pkgutil_resolve_name_loads_a_private_c_module", 1,
+        "import pkgutil\n"
+        "pkgutil.resolve_name('readline:write_history_file')(target)\n",
+        effect=_target_written, restricted=True, requires="readline",
+        gap=_PRIVATE_C_IMPORT.format(how="pkgutil.resolve_name (pkgutil.py)"),
+        restricted_gap=_PRIVATE_C_IMPORT.format(
+            how="pkgutil.resolve_name, which restricted mode offers,")),
+    Attempt(
+        "contextlib_exitstack_callback_calls_import_module", 1,
+        "import contextlib\n"
+        "import importlib\n"
+        "import sys\n"
+        "with contextlib.ExitStack() as stack:\n"
+        "    stack.callback(importlib.import_module, 'readline')\n"
+        "sys.modules['readline'].write_history_file(target)\n",
+        effect=_target_written, restricted=True, requires="readline",
+        gap=_PRIVATE_C_IMPORT.format(
+            how="ExitStack's _exit_wrapper (contextlib.py) calling importlib.import_module")),
+    Attempt(
+        "logging_config_dictconfig_factory_by_name", 1,
+        "import logging.config\n"
+        "logging.config.dictConfig({\n"
+        "    'version': 1, 'disable_existing_loggers': False,\n"
+        "    'filters': {'f': {'()': 'readline.write_history_file'}},\n"
+        "})\n",
+        effect=lambda run: (run.home / ".history").exists(), restricted=True,
+        requires="readline",
+        gap=_PRIVATE_C_IMPORT.format(
+            how="dictConfig's '()' factory, resolved by __import__ in logging/config.py,")
+        + " (~/.history)",
+        restricted_gap=_PRIVATE_C_IMPORT.format(
+            how="logging.config.dictConfig, which restricted mode offers,") + " (~/.history)"),
+    Attempt(
+        "pickle_python_unpickler_find_class", 1,
+        "import pickle\n"
+        "pickle._loads(b'creadline\\nwrite_history_file\\n(V' + target.encode()"
+        " + b'\\ntR.')\n",
+        effect=_target_written, requires="readline",
+        gap=_PRIVATE_C_IMPORT.format(
+            how="the pure-Python unpickler (pickle._loads: find_class in pickle.py)")),
+    Attempt(
+        "typing_get_type_hints_string_annotation", 1,
+        "import typing\n"
+        "def handler(value: \"__import__('readline').write_history_file(target)\"):\n"
+        "    pass\n"
+        "typing.get_type_hints(handler)\n",
+        effect=_target_written, restricted=True, requires="readline"),
+    Attempt(
+        "operator_methodcaller_import_module", 1,
+        "import importlib\n"
+        "import operator\n"
+        "module = operator.methodcaller('import_module', 'readline')(importlib)\n"
+        "module.write_history_file(target)\n",
+        effect=_target_written, restricted=True, requires="readline"),
+    Attempt(
+        "map_in_c_calls_import_module", 1,
+        "import importlib\n"
+        "[module] = map(importlib.import_module, ['readline'])\n"
+        "module.write_history_file(target)\n",
+        effect=_target_written, restricted=True, requires="readline"),
+    Attempt(
+        "bdb_set_trace_leaves_the_apps_tracer", 1,
+        "import bdb\n"
+        "import logging\n"
+        "class Tracer(bdb.Bdb):\n"
+        "    def trace_dispatch(self, frame, event, arg):\n"
+        "        try:  # a write restricted code can make too\n"
+        "            logging.FileHandler(target).close()\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "        return None\n"
+        "Tracer().set_trace()\n",
+        after="def host_work():\n    return 1\nhost_work()\nsys.settrace(None)\n",
+        effect=_target_written, restricted=True,),
+    Attempt(
+        "atexit_register_clone_of_a_stdlib_function", 1,
+        LATER +
+        "import atexit\n"
+        "import logging\n"
+        "import types\n"
+        "shutdown = types.FunctionType(logging.shutdown.__code__, {'raiseExceptions': False},\n"
+        "                              'shutdown', ([later],))\n"
+        "atexit.register(shutdown)\n",
+        effect=_target_written,),
+    Attempt(
+        "weakref_finalize_method_of_a_forged_stdlib_module", 1,
+        LATER +
+        "import logging\n"
+        "import types\n"
+        "import weakref\n"
+        "class Module(types.ModuleType):\n"
+        "    def __getitem__(self, index):\n"
+        "        return [later]\n"
+        "owner = Module('forged')\n"
+        "owner.__file__ = logging.__file__\n"
+        "class Holder:\n"
+        "    pass\n"
+        "keep = Holder()\n"
+        "weakref.finalize(keep, types.MethodType(logging.shutdown, owner))\n",
+        after="import gc\nns.pop('keep', None)\ngc.collect()\n",
+        effect=_target_written,),
+    Attempt(
+        "meta_path_finder_names_any_file_as_its_module", 1,
+        "import importlib.machinery\n"
+        "import io\n"
+        "import sys\n"
+        "class Finder:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'gae_redteam_spec':\n"
+        "            return importlib.machinery.ModuleSpec(name, None, origin=secret_path)\n"
+        "        return None\n"
+        "finder = Finder()\n"
+        "sys.meta_path.append(finder)\n"
+        "try:\n"
+        "    try:\n"
+        "        import gae_redteam_spec\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "    result = io.FileIO(secret_path).read()\n"
+        "finally:\n"
+        "    sys.meta_path.remove(finder)\n",
+        after=SECRET_READ,
+        gap="the gate notes the origin of any spec a finder returns as a file the import "
+            "machinery may read (note_module_files), and the 'open' audit handler lets "
+            "those files through for anyone: an app finder names the secret as its module's "
+            "origin and io.FileIO reads it"),
+    Attempt(
+        "sys_path_entry_is_listed_for_anyone", 1,
+        "import os\n"
+        "import sys\n"
+        "sys.path.append(outside_dir)\n"
+        "try:\n"
+        "    result = os.listdir(outside_dir)\n"
+        "finally:\n"
+        "    sys.path.remove(outside_dir)\n",
+        after="if 'secret.txt' in (ns.get('result') or ()):\n    print('EFFECT')\n",
+        gap="the os.listdir audit handler lets any folder on sys.path be listed (the import "
+            "system searching it), and sys.path is the app's to append to: the names in a "
+            "folder outside the readable set are revealed"),
+]
+
+# -- weakness 2: deny-lists that fail open -------------------------------------------------------
+
+W2 = [
+    Attempt(
+        "posix_register_at_fork_is_not_wrapped", 2,
+        LATER +
+        "import sys\n"
+        "sys.modules['posix'].register_at_fork(before=later)\n",
+        after="pid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)\n",
+        effect=_target_written, restricted=True,),
+    Attempt(
+        "faulthandler_of_the_host_exits_the_process", 2,
+        "import sys\n"
+        "sys.modules['faulthandler'].dump_traceback_later(0.2, exit=True)\n",
+        setup="import faulthandler\n", after="time.sleep(1.5)\n",
+        death=True, restricted=True,),
+    Attempt(
+        "threading_stack_size_for_every_new_thread", 2,
+        "import threading\n"
+        "threading.stack_size(1 << 20)\n",
+        after="if threading.stack_size() != 0:\n    print('EFFECT')\n", restricted=True,),
+    Attempt(
+        "tracemalloc_start_traces_the_whole_process", 2,
+        "import tracemalloc\n"
+        "tracemalloc.start(25)\n",
+        after="import tracemalloc\nif tracemalloc.is_tracing():\n    print('EFFECT')\n",
+        restricted=True,),
+    Attempt(
+        "locale_textdomain_is_process_wide", 2,
+        "import locale\n"
+        "locale.textdomain('gae_redteam')\n",
+        after="import locale\nif locale.textdomain(None) == 'gae_redteam':\n"
+              "    print('EFFECT')\n",
+        restricted=True,),
+    Attempt(
+        "atexit_clear_drops_the_hosts_exit_handlers", 2,
+        "import atexit\n"
+        "atexit._clear()\n",
+        setup="import atexit\n"
+              "def host_exit():\n"
+              "    open(os.path.join(CONFIG['outdir'], 'host_exit'), 'w').close()\n"
+              "atexit.register(host_exit)\n",
+        effect=lambda run: not (run.target.parent / "host_exit").exists(),),
+    Attempt(
+        "atexit_unregister_of_the_hosts_logging_shutdown", 2,
+        "import atexit\n"
+        "import logging\n"
+        "atexit.unregister(logging.shutdown)\n",
+        setup="import logging.handlers\n"
+              "host_log = os.path.join(CONFIG['outdir'], 'host.log')\n"
+              "buffered = logging.handlers.MemoryHandler(\n"
+              "    1000, flushLevel=logging.CRITICAL + 1, target=logging.FileHandler(host_log))\n"
+              "host_logger = logging.getLogger('host')\n"
+              "host_logger.propagate = False\n"
+              "host_logger.addHandler(buffered)\n"
+              "host_logger.error('a host record')\n",
+        effect=lambda run: "a host record" not in (
+            run.target.parent / "host.log").read_text(),
+        restricted=True,),
+    Attempt(
+        "warnings_simplefilter_error_for_the_host", 2,
+        "import warnings\n"
+        "warnings.simplefilter('error')\n",
+        after="import warnings\n"
+              "try:\n"
+              "    warnings.warn('a host warning', UserWarning)\n"
+              "except UserWarning:\n"
+              "    print('EFFECT')\n",
+        restricted=True,
+        gap="warnings.filters is one process-wide list and simplefilter changes it with no "
+            "audit event: the host's warnings now raise",
+        restricted_gap="restricted mode offers warnings.simplefilter, which changes the "
+                       "process-wide filters"),
+    Attempt(
+        "logging_disable_silences_the_host", 2,
+        "import logging\n"
+        "logging.disable(logging.CRITICAL)\n",
+        setup="host_records = []\n"
+              "class HostHandler(logging.Handler):\n"
+              "    def emit(self, record):\n"
+              "        host_records.append(record)\n"
+              "logging.getLogger('host').addHandler(HostHandler())\n",
+        after="logging.getLogger('host').error('a host error')\n"
+              "if not host_records:\n"
+              "    print('EFFECT')\n",
+        restricted=True,
+        gap="logging.disable sets the manager's process-wide level (no audit event): the "
+            "host's log lines, and the sandbox's own refusal warnings, are dropped",
+        restricted_gap="restricted mode offers logging.disable, a process-wide setting"),
+    Attempt(
+        "gc_callbacks_run_in_the_hosts_collections", 2,
+        LATER +
+        "import gc\n"
+        "gc.callbacks.append(later)\n",
+        after="import gc\ngc.collect()\n", effect=_target_written, restricted=True,
+        gap="gc.callbacks is a process-wide list the collector calls from whatever code "
+            "triggers a collection; appending raises no audit event and nothing wraps the "
+            "callback, so it runs unsandboxed in the host's next collection"),
+    Attempt(
+        "os_environ_data_reaches_the_host", 2,
+        "import os\n"
+        "os.environ._data[b'GAE_REDTEAM'] = b'from the request'\n",
+        after="if os.environ.get('GAE_REDTEAM'):\n    print('EFFECT')\n",
+        gap="ScopedEnviron shares the process environment's _data dict: an item written "
+            "into it (no putenv, no audit event) is the host's os.environ (HTTP_PROXY, "
+            "REQUESTS_CA_BUNDLE, ...)"),
+]
+
+# -- weakness 3: identity by number or by a value the app controls ------------------------------
+
+_HOST_FD = "ns['hostfd'] = os.open(CONFIG['secret_path'], os.O_RDONLY)\n"
+
+W3 = [
+    Attempt(
+        "sendfile_from_a_host_descriptor", 3,
+        "import os\n"
+        "read_end, write_end = os.pipe()\n"
+        "os.sendfile(write_end, hostfd, 0, 64)\n"
+        "result = os.read(read_end, 64)\n",
+        setup=_HOST_FD, after=SECRET_READ, restricted=True,),
+    Attempt(
+        "splice_from_a_host_descriptor", 3,
+        "import os\n"
+        "read_end, write_end = os.pipe()\n"
+        "os.splice(hostfd, write_end, 64, offset_src=0)\n"
+        "result = os.read(read_end, 64)\n",
+        setup=_HOST_FD, after=SECRET_READ,),
+    Attempt(
+        "open_opener_returns_a_host_descriptor", 3,
+        "with open(app_root + '/data.txt', 'rb', opener=lambda path, flags: hostfd) as file:\n"
+        "    result = file.read()\n",
+        setup=_HOST_FD, after=SECRET_READ, restricted=True,
+        gap="open() with an opener is judged on the path it names (a readable app file); "
+            "the descriptor the opener returns, the host's, is adopted by FileIO unchecked "
+            "(and closed with the file)"),
+    Attempt(
+        "listdir_of_a_host_directory_descriptor", 3,
+        "import os\n"
+        "result = os.listdir(hostdirfd)\n",
+        setup="ns['hostdirfd'] = os.open(CONFIG['outside_dir'], os.O_RDONLY)\n",
+        after="if 'secret.txt' in (ns.get('result') or ()):\n    print('EFFECT')\n",),
+    Attempt(
+        "o_path_descriptor_of_an_outside_folder", 3,
+        "import os\n"
+        "folder = os.open(outside_dir, os.O_PATH | os.O_DIRECTORY)\n"
+        "secret = os.open('secret.txt', os.O_RDONLY, dir_fd=folder)\n"
+        "result = os.read(secret, 64)\n",
+        after=SECRET_READ),
+    Attempt(
+        "dup2_over_the_hosts_stdout", 3,
+        "import os\n"
+        "read_end, write_end = os.pipe()\n"
+        "os.dup2(write_end, 1)\n",
+        setup="print('BEFORE', flush=True)\n", after="print('HOSTLINE', flush=True)\n",
+        effect=lambda run: "BEFORE" in run.stdout and "HOSTLINE" not in run.stdout,),
+    Attempt(
+        "dup2_host_writer_over_own_descriptor_of_the_same_file", 3,
+        "import os\n"
+        "own = os.open(app_root + '/host.log', os.O_RDONLY)\n"
+        "os.dup2(logfd, own)\n"
+        "os.write(own, b'written by the request')\n",
+        setup="ns['logfd'] = os.open(os.path.join(CONFIG['app_root'], 'host.log'),\n"
+              "                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)\n",
+        effect=lambda run: "written by the request" in (
+            run.app_root / "host.log").read_text(),),
+    Attempt(
+        "getaddrinfo_str_subclass_poisons_resolved_hosts", 3,
+        "import socket\n"
+        "class Host(str):\n"
+        "    def __str__(self):\n"
+        "        return 'api.allowed.example'\n"
+        "socket.getaddrinfo(Host('127.0.0.1'), port)\n"
+        "socket.create_connection(('127.0.0.1', port), timeout=5).close()\n",
+        policy=(("allowed_hosts", ("api.allowed.example:{port}",)),), effect=_connected,),
+    Attempt(
+        "getaddrinfo_bytes_subclass_poisons_resolved_hosts", 3,
+        "import socket\n"
+        "class Host(bytes):\n"
+        "    def decode(self, *args, **kwargs):\n"
+        "        return 'api.allowed.example'\n"
+        "socket.getaddrinfo(Host(b'127.0.0.1'), port)\n"
+        "socket.create_connection(('127.0.0.1', port), timeout=5).close()\n",
+        policy=(("allowed_hosts", ("api.allowed.example:{port}",)),), effect=_connected,),
+    Attempt(
+        "epoll_fromfd_adopts_the_hosts_event_loop", 3,
+        "import select\n"
+        "adopted = select.epoll.fromfd(epfd)\n"
+        "adopted.unregister(watched)\n"
+        "adopted.close()\n",
+        setup="import select\n"
+              "host_epoll = select.epoll()\n"
+              "host_read, host_write = os.pipe()\n"
+              "host_epoll.register(host_read, select.EPOLLIN)\n"
+              "ns['epfd'], ns['watched'] = host_epoll.fileno(), host_read\n",
+        after="os.write(host_write, b'x')\n"
+              "try:\n"
+              "    if not host_epoll.poll(0):\n"
+              "        print('EFFECT: the host loop no longer sees its descriptor')\n"
+              "except (OSError, ValueError):\n"
+              "    print('EFFECT: the host loop was closed')\n",
+        restricted=True,
+        gap="select.epoll.fromfd adopts any descriptor (select is on no allow-list, no audit "
+            "event): the host's epoll instance is changed and closed by the request",
+        restricted_gap="restricted mode offers select: epoll.fromfd adopts the host's epoll "
+                       "descriptor"),
+]
+
+# -- weakness 4: the sandbox's own state ---------------------------------------------------------
+
+W4 = [
+    Attempt(
+        "copy_context_finds_and_clears_the_active_scope", 4,
+        "import contextvars\n"
+        "context = contextvars.copy_context()\n"
+        "found = [var for var in context if var.name == 'gae_sandbox.active']\n"
+        "token = found[0].set(None) if found else None\n"
+        "try:\n" + WRITE_TARGET +
+        "finally:\n"
+        "    if token is not None:\n"
+        "        found[0].reset(token)\n",
+        effect=_target_written, restricted=True,
+        gap="contextvars.copy_context() lists the context's variables, the sandbox's "
+            "'gae_sandbox.active' ContextVar included: setting it to None leaves the sandbox "
+            "(no import of gae_sandbox, no sys.modules)"),
+    Attempt(
+        "scope_layer_widened_for_the_next_request", 4,
+        SCOPE +
+        "if scope is not None:\n"
+        "    for layer in scope.layers:\n"
+        "        layer.readable_roots = ('/',)\n",
+        after="run_request('with open(secret_path, \"rb\") as file:\\n"
+              "    result = file.read()\\n')\n" + SECRET_READ,
+        restricted=True,
+        gap="the scope (reached through copy_context) holds the Sandbox's Layer, whose "
+            "slots are writable: readable_roots = ('/',) lets every later request of that "
+            "Sandbox read any file"),
+    Attempt(
+        "policy_frozen_dataclass_changed_through_current_sandbox", 4,
+        "import gae_sandbox\n"
+        "import os\n"
+        "view = gae_sandbox.current_sandbox()\n"
+        "if view is not None:\n"
+        "    object.__setattr__(view.policy, 'allow_processes', True)\n"
+        "os.system(cmd)\n",
+        effect=_marker_made,),
+    Attempt(
+        "confine_process_of_the_public_api", 4,
+        "import gae_sandbox\n"
+        "gae_sandbox.confine_process(gae_sandbox.Policy.python27(\n"
+        "    app_root=app_root, os_confinement='best_effort'))\n",
+        after="try:\n"
+              "    with open(os.path.join(CONFIG['outdir'], 'host_write'), 'w') as file:\n"
+              "        file.write('host data')\n"
+              "except OSError:\n"
+              "    print('EFFECT')\n",
+        restricted=True),
+    Attempt(
+        "uninstall_of_the_public_api", 4,
+        "import gae_sandbox\n"
+        "gae_sandbox.uninstall()\n",
+        setup="import gae_sandbox\ngae_sandbox.install()\n",
+        after="if not gae_sandbox.is_installed():\n    print('EFFECT')\n", restricted=True),
+    Attempt(
+        "deadline_cancelled_through_the_scope", 4,
+        SCOPE +
+        "import time\n"
+        "if scope is not None:\n"
+        "    scope.deadline.cancel()\n"
+        "for step in range(30):\n"
+        "    time.sleep(0.02)\n"
+        "done = True\n",
+        policy=(("deadline", 0.2), ("hard_deadline_grace", 0.2)),
+        after="if ns.get('done'):\n    print('EFFECT')\n", restricted=True,
+        gap="the scope reached through copy_context holds its Deadline: cancel() ends it, "
+            "and the request runs past its deadline with no error"),
+]
+
+# -- weakness 5: the host consuming app objects --------------------------------------------------
+
+_IN_HOST = ("the middleware reads it in host code after the request's call returned, outside "
+            "call_in_scope, so the app's code runs unsandboxed")
+
+W5 = [
+    Attempt(
+        "wsgi_list_response_with_a_close_property", 5,
+        LATER +
+        "class Body(list):\n"
+        "    @property\n"
+        "    def close(self):\n"
+        "        later()\n"
+        "        return lambda: None\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    return Body([b'ok'])\n",
+        runner="wsgi", effect=_target_written,),
+    Attempt(
+        "wsgi_iterable_with_a_close_property", 5,
+        LATER +
+        "class Body:\n"
+        "    def __iter__(self):\n"
+        "        return iter([b'ok'])\n"
+        "    @property\n"
+        "    def close(self):\n"
+        "        later()\n"
+        "        return lambda: None\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    return Body()\n",
+        runner="wsgi", effect=_target_written,),
+    Attempt(
+        "wsgi_exception_with_a_traceback_property", 5,
+        LATER +
+        "class Failure(Exception):\n"
+        "    @property\n"
+        "    def __traceback__(self):\n"
+        "        later()\n"
+        "        return None\n"
+        "def app(environ, start_response):\n"
+        "    raise Failure('app failure')\n",
+        runner="wsgi", effect=_target_written,),
+    Attempt(
+        "wsgi_exc_info_tuple_subclass_handed_to_the_server", 5,
+        LATER +
+        "import sys\n"
+        "class ExcInfo(tuple):\n"
+        "    def __getitem__(self, index):\n"
+        "        later()\n"
+        "        return tuple.__getitem__(self, index)\n"
+        "def app(environ, start_response):\n"
+        "    write = start_response('200 OK', [])\n"
+        "    write(b'partial')\n"
+        "    try:\n"
+        "        raise ValueError('late failure')\n"
+        "    except ValueError:\n"
+        "        start_response('500 Error', [], ExcInfo(sys.exc_info()))\n"
+        "    return [b'']\n",
+        runner="wsgi", effect=_target_written,),
+    Attempt(
+        "wsgi_log_record_keeps_the_apps_exception", 5,
+        LATER +
+        "class Failure(Exception):\n"
+        "    def __str__(self):\n"
+        "        later()\n"
+        "        return 'app failure'\n"
+        "def app(environ, start_response):\n"
+        "    raise Failure()\n",
+        runner="wsgi", effect=_target_written,
+        setup="class HostHandler(logging.Handler):  # a JSON/Sentry-style handler\n"
+              "    def emit(self, record):\n"
+              "        if record.exc_info:\n"
+              "            traceback.format_exception(*record.exc_info)\n"
+              "logging.getLogger('gae_sandbox').addHandler(HostHandler())\n",),
+    Attempt(
+        "code_filename_str_subclass_in_refusal_bookkeeping", 5,
+        "busy = []\n"
+        "class Name(str):\n"
+        "    def __hash__(self):\n"
+        "        if not busy:\n"
+        "            busy.append(True)\n"
+        "            try:\n"
+        "                with open(target, 'w') as file:\n"
+        "                    file.write('x')\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "            finally:\n"
+        "                busy.pop()\n"
+        "        return str.__hash__(self)\n"
+        "code_filename = Name(app_root + '/evil.py')\n"
+        "scratch = {}\n"
+        "exec(compile('def go(path):\\n    return open(path).read()\\n', code_filename,\n"
+        "             'exec'), scratch)\n"
+        "try:\n"
+        "    scratch['go'](secret_path + '.missing')\n"
+        "except OSError:\n"
+        "    pass\n",
+        after="if MODE == 'plain':  # a host traceback formatter looking the file up\n"
+              "    import linecache\n"
+              "    linecache.getline(ns['code_filename'], 1)\n",
+        effect=_target_written,
+        gap="a code object keeps a str subclass as co_filename; a refusal is recorded "
+            "under unsandboxed() (Scope.refuse), where Layer.caused_by_library/location "
+            "look the frame's file name up in a dict and call its startswith: the app's "
+            "__hash__ runs as host code"),
+    Attempt(
+        "deadline_on_hard_callback_replaced", 5,
+        SCOPE +
+        "import time\n"
+        "ran = []\n"
+        "def later(deadline):\n"
+        "    with open(target, 'w') as file:\n"
+        "        file.write('x')\n"
+        "    ran.append(True)\n"
+        "if scope is not None:\n"
+        "    scope.deadline.on_hard = later\n"
+        "else:\n"
+        "    later(None)\n"
+        "def wait():\n"
+        "    for step in range(100):\n"
+        "        if ran:\n"
+        "            return\n"
+        "        time.sleep(0.02)\n"
+        "for attempt in range(20):\n"
+        "    try:\n"
+        "        wait()\n"
+        "    except BaseException:\n"
+        "        pass\n"
+        "    if ran:\n"
+        "        break\n",
+        policy=(("deadline", 0.1), ("hard_deadline_grace", 0.1)), effect=_target_written,
+        restricted=True,
+        gap="the Deadline reached through the scope is the timer's own object: the timer "
+            "thread (host code, an empty context) calls deadline.on_hard, now the app's "
+            "function, at the hard deadline"),
+    Attempt(
+        "close_scope_calls_a_replaced_memory_filesystem", 5,
+        SCOPE +
+        "class Memory:\n"
+        "    def discard(self):\n"
+        "        with open(target, 'w') as file:\n"
+        "            file.write('x')\n"
+        "if scope is not None:\n"
+        "    scope.memory = Memory()\n"
+        "else:\n"
+        "    Memory().discard()\n",
+        effect=_target_written, restricted=True,
+        gap="close_scope runs after the scope was left (host code) and calls "
+            "scope.memory.discard() (and scope.threads.running()): attributes the app "
+            "replaced through the scope it reached with copy_context"),
+    Attempt(
+        "sys_stdout_replaced_for_the_hosts_print", 5,
+        LATER +
+        "import sys\n"
+        "class Out:\n"
+        "    def write(self, text):\n"
+        "        later()\n"
+        "        return len(text)\n"
+        "    def flush(self):\n"
+        "        pass\n"
+        "sys.stdout = Out()\n",
+        after="print('host output')\nsys.stdout = sys.__stdout__\n", effect=_target_written,
+        restricted=True,
+        gap="sys.stdout is a plain attribute of sys (the hooked sys module wraps only the "
+            "four hooks): the host's print calls the app's write unsandboxed"),
+]
+
+# -- weakness 6: threads and exits ---------------------------------------------------------------
+
+W6 = [
+    Attempt(
+        "interrupt_main_from_the_request_thread", 6,
+        "import _thread\n"
+        "_thread.interrupt_main()\n",
+        runner="thread",),
+    Attempt(
+        "threading_register_atexit_runs_at_shutdown", 6,
+        LATER +
+        "import threading\n"
+        "threading._register_atexit(later)\n",
+        effect=_target_written,),
+    Attempt(
+        "host_thread_pool_work_queue", 6,
+        LATER +
+        "import concurrent.futures\n"
+        "import concurrent.futures.thread as pool_module\n"
+        "future = concurrent.futures.Future()\n"
+        "for queue in list(pool_module._threads_queues.values()):\n"
+        "    queue.put(pool_module._WorkItem(future, later, (), {}))\n",
+        setup="import concurrent.futures\n"
+              "host_pool = concurrent.futures.ThreadPoolExecutor(1)\n"
+              "host_pool.submit(int).result()\n",
+        after="host_pool.shutdown(wait=True)\n", effect=_target_written,
+        gap="concurrent.futures.thread._threads_queues holds the work queues of the host's "
+            "pool threads: a work item put there runs in a thread started outside any "
+            "sandbox"),
+    Attempt(
+        "asyncgen_firstiter_hook_stays_on_the_thread", 6,
+        LATER +
+        "import sys\n"
+        "sys.set_asyncgen_hooks(firstiter=later)\n",
+        after="async def host_generator():\n"
+              "    yield 1\n"
+              "step = host_generator().__anext__()\n"
+              "try:\n"
+              "    step.send(None)\n"
+              "except StopIteration:\n"
+              "    pass\n"
+              "sys.set_asyncgen_hooks(firstiter=None, finalizer=None)\n",
+        effect=_target_written, restricted=True,),
+    Attempt(
+        "asyncio_add_signal_handler", 6,
+        "import asyncio\n"
+        "import signal\n"
+        "loop = asyncio.new_event_loop()\n"
+        "loop.add_signal_handler(signal.SIGUSR1, print, 'app handler')\n",
+        after="import signal\n"
+              "if signal.getsignal(signal.SIGUSR1) is not signal.SIG_DFL:\n"
+              "    print('EFFECT')\n",
+        restricted=True),
+    Attempt(
+        "faulthandler_loaded_through_a_trampoline_exits", 6,
+        "import pkgutil\n"
+        "pkgutil.resolve_name('faulthandler:dump_traceback_later')(0.2, exit=True)\n",
+        after="time.sleep(1.5)\n", death=True, restricted=True,),
+    Attempt(
+        "pthread_kill_of_the_hosts_main_thread", 6,
+        "import signal\n"
+        "import threading\n"
+        "signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)\n",
+        runner="thread", restricted=True),
+]
+
+ATTEMPTS: list[Attempt] = [*W1, *W2, *W3, *W4, *W5, *W6]
+
+assert len(ATTEMPTS) >= 30, len(ATTEMPTS)
+assert len({attempt.id for attempt in ATTEMPTS}) == len(ATTEMPTS)
+
+
+# -- running one attempt -------------------------------------------------------------------------
+
+
+def _run(attempt: Attempt, mode: str, app_root: Path, outside: Path, tmp_path: Path,
+         listener: Any) -> Run:
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    marker = tmp_path / "marker"
+    changes = {key: [v.format(port=listener.port) for v in value]
+               if isinstance(value, tuple) else value for key, value in attempt.policy}
+    config = {
+        "mode": mode, "runner": attempt.runner, "policy": changes,
+        "app_root": str(app_root), "outdir": str(outdir),
+        "target": str(outdir / "written.txt"), "marker": str(marker),
+        "secret_path": str(outside / "secret.txt"), "outside_dir": str(outside),
+        "port": listener.port, "setup": attempt.setup,
+        "source": attempt.source, "after": attempt.after,
+    }
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("PYTHONFAULTHANDLER", None)
+    result = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config)],
+                            capture_output=True, text=True, timeout=120, check=False,
+                            cwd=tmp_path, env=env)
+    return Run(result.returncode, result.stdout, result.stderr, outdir / "written.txt",
+               marker, home, app_root, listener)
+
+
+def _effect(attempt: Attempt, run: Run) -> bool:
+    if attempt.death:
+        return run.returncode != 0 and not run.survived
+    return attempt.effect(run)
+
+
+def _params(mode: str) -> list[Any]:
+    params = []
+    for attempt in ATTEMPTS:
+        if mode == "restricted" and not attempt.restricted:
+            continue
+        marks = []
+        if attempt.requires is not None:
+            marks.append(pytest.mark.skipif(not _has(attempt.requires),
+                                            reason=f"needs {attempt.requires}"))
+        reason = attempt.gap if mode == "enforce" else (
+            attempt.restricted_gap if mode == "restricted" else None)
+        if reason is not None:
+            marks.append(pytest.mark.xfail(strict=True, reason=reason))
+        params.append(pytest.param(attempt, id=f"w{attempt.weakness}-{attempt.id}",
+                                   marks=marks))
+    return params
+
+
+@pytest.mark.parametrize("attempt", _params("plain"))
+def test_control_plain_python_has_the_effect(attempt: Attempt, app_root: Path, outside: Path,
+                                            tmp_path: Path, listener: Any) -> None:
+    run = _run(attempt, "plain", app_root, outside, tmp_path, listener)
+    assert _effect(attempt, run), f"the control did not produce the effect\n{run}"
+
+
+@pytest.mark.parametrize("attempt", _params("enforce"))
+def test_default_mode_stops_it(attempt: Attempt, app_root: Path, outside: Path,
+                               tmp_path: Path, listener: Any) -> None:
+    run = _run(attempt, "enforce", app_root, outside, tmp_path, listener)
+    assert not _effect(attempt, run), f"{attempt.id} escaped in the default mode\n{run}"
+    assert run.survived and run.returncode == 0, f"the host did not get to its end\n{run}"
+
+
+@pytest.mark.parametrize("attempt", _params("restricted"))
+def test_restricted_mode_stops_it(attempt: Attempt, app_root: Path, outside: Path,
+                                  tmp_path: Path, listener: Any) -> None:
+    run = _run(attempt, "restricted", app_root, outside, tmp_path, listener)
+    assert not _effect(attempt, run), f"{attempt.id} escaped in restricted mode\n{run}"
+    assert run.survived and run.returncode == 0, f"the host did not get to its end\n{run}"
+
+
+def test_the_attempts_cover_every_weakness() -> None:
+    counts = {weakness: sum(a.weakness == weakness for a in ATTEMPTS) for weakness in range(1, 7)}
+    assert all(count >= 4 for count in counts.values()), counts

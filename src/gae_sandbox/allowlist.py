@@ -64,7 +64,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         getrefcount getsizeof getswitchinterval gettrace getunicodeinternedsize intern
         is_finalizing setprofile settrace unraisablehook _getframe _getframemodulename
         _current_frames _current_exceptions is_stack_trampoline_active _is_gil_enabled
-        _is_interned _debugmallocstats
+        _is_interned _debugmallocstats __breakpointhook__ __displayhook__ __excepthook__
+        __unraisablehook__ _get_cpu_count_config
         """.split()),
     "_signal": frozenset("""
         default_int_handler getsignal getitimer sigpending strsignal valid_signals
@@ -93,6 +94,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         """.split()),
     "_locale": frozenset("""
         localeconv strcoll strxfrm nl_langinfo gettext dgettext dcgettext getencoding
+        _get_locale_encoding
         """.split()),
     "atexit": frozenset({"_ncallbacks", "register", "unregister"}),
 }

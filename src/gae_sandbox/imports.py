@@ -174,13 +174,66 @@ def _check_c(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
     if name in RUNTIME_C_MODULES or module_matches(name, policy.allowed_c_extensions):
         return None
     if name in STDLIB_C_MODULES:
-        if trusted:
+        if trusted and wraps(trusted, name):
             return None
         rule = ("the runtime offers this standard-library C module to app code only through "
                 "the module that wraps it")
     else:
         rule = "C extension modules are refused unless enabled (app.yaml libraries:)"
     return CExtensionRefused(name, rule, "allowed_c_extensions")
+
+
+#: Standard-library C modules whose wrapper is not their own name without the underscore
+#: (``_socket`` is wrapped by ``socket``, ``_json`` by ``json.*``): the modules that may load
+#: them. Any other standard-library module importing a private C module is a trampoline
+#: (``pkgutil.resolve_name``, ``logging.config``, ``pickle``) and is refused like app code.
+WRAPPERS: dict[str, tuple[str, ...]] = {
+    "posix": ("os",),
+    "_posixsubprocess": ("subprocess",),
+    "_elementtree": ("xml.etree.ElementTree",),
+    "_gdbm": ("dbm",),
+    "pwd": ("posixpath", "shutil", "tarfile", "pathlib", "getpass", "http.server", "netrc"),
+    "grp": ("shutil", "tarfile", "pathlib"),
+    "_pickle": ("pickle",),
+    "_sha2": ("hashlib",),
+    "_md5": ("hashlib",),
+    "_sha1": ("hashlib",),
+    "_sha3": ("hashlib",),
+    "_blake2": ("hashlib",),
+}
+
+
+def wraps(importer_file: Any, name: str) -> bool:
+    """Whether the standard-library module in ``importer_file`` is the one that wraps the C
+    module ``name`` (decided from the module that imports, never from who called it)."""
+    importer = _stdlib_module_name(importer_file) if isinstance(importer_file, str) else None
+    if importer is None:
+        return False
+    owners = WRAPPERS.get(name) or (name.lstrip("_"),)
+    return any(importer == owner or importer.startswith(owner + ".") for owner in owners)
+
+
+_module_names: dict[str, str | None] = {}
+
+
+def _stdlib_module_name(filename: str) -> str | None:
+    """``json.decoder`` for ``.../lib/python3.X/json/decoder.py``; ``None`` elsewhere."""
+    known = _module_names.get(filename, "")
+    if known != "":
+        return known
+    name = None
+    path = realpath(filename) or filename
+    for folder in _STDLIB_FOLDERS:
+        if path.startswith(folder + os.sep) and "site-packages" not in path:
+            relative = path[len(folder) + 1:]
+            if relative.endswith(".py"):
+                parts = relative[:-3].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts.pop()
+                name = ".".join(parts) or None
+            break
+    _module_names[filename] = name
+    return name
 
 
 def _check_hidden_file(layer: Layer, name: str, location: Any) -> SandboxViolation | None:
@@ -276,17 +329,21 @@ def is_stdlib_code(filename: str) -> bool:
     return known
 
 
-def importer_trusted(scope: Scope, frame: Any) -> bool:
-    """Whether the import runs in standard-library code (the frame that imports: the first
-    one outside importlib's own machinery and the gate's wrappers around it)."""
+def importer_trusted(scope: Scope, frame: Any) -> Any:
+    """The file of the standard-library module that imports (the frame that imports: the
+    first one outside importlib's own machinery and the gate's wrappers around it), or
+    ``False``: a private C module is then allowed only to the module that wraps it
+    (:func:`wraps`)."""
     while frame is not None and _passes_through(frame.f_code):
         frame = frame.f_back
     if frame is None:
         return False
     filename = frame.f_code.co_filename
-    if not is_stdlib_code(filename):
+    if type(filename) is not str or not is_stdlib_code(filename):
         return False
-    return all(layer.frame_kind(filename) != "app" for layer in scope.layers)
+    if all(layer.frame_kind(filename) != "app" for layer in scope.layers):
+        return filename
+    return False
 
 
 #: Files whose frames stand between an importer and the import machinery: ``importlib``'s

@@ -256,10 +256,7 @@ W1 = [
         "pkgutil_resolve_name_loads_a_private_c_module", 1,
         "import pkgutil\n"
         "pkgutil.resolve_name('readline:write_history_file')(target)\n",
-        effect=_target_written, restricted=True, requires="readline",
-        gap=_PRIVATE_C_IMPORT.format(how="pkgutil.resolve_name (pkgutil.py)"),
-        restricted_gap=_PRIVATE_C_IMPORT.format(
-            how="pkgutil.resolve_name, which restricted mode offers,")),
+        effect=_target_written, restricted=True, requires="readline",),
     Attempt(
         "contextlib_exitstack_callback_calls_import_module", 1,
         "import contextlib\n"
@@ -268,9 +265,7 @@ W1 = [
         "with contextlib.ExitStack() as stack:\n"
         "    stack.callback(importlib.import_module, 'readline')\n"
         "sys.modules['readline'].write_history_file(target)\n",
-        effect=_target_written, restricted=True, requires="readline",
-        gap=_PRIVATE_C_IMPORT.format(
-            how="ExitStack's _exit_wrapper (contextlib.py) calling importlib.import_module")),
+        effect=_target_written, restricted=True, requires="readline",),
     Attempt(
         "logging_config_dictconfig_factory_by_name", 1,
         "import logging.config\n"
@@ -279,20 +274,13 @@ W1 = [
         "    'filters': {'f': {'()': 'readline.write_history_file'}},\n"
         "})\n",
         effect=lambda run: (run.home / ".history").exists(), restricted=True,
-        requires="readline",
-        gap=_PRIVATE_C_IMPORT.format(
-            how="dictConfig's '()' factory, resolved by __import__ in logging/config.py,")
-        + " (~/.history)",
-        restricted_gap=_PRIVATE_C_IMPORT.format(
-            how="logging.config.dictConfig, which restricted mode offers,") + " (~/.history)"),
+        requires="readline",),
     Attempt(
         "pickle_python_unpickler_find_class", 1,
         "import pickle\n"
         "pickle._loads(b'creadline\\nwrite_history_file\\n(V' + target.encode()"
         " + b'\\ntR.')\n",
-        effect=_target_written, requires="readline",
-        gap=_PRIVATE_C_IMPORT.format(
-            how="the pure-Python unpickler (pickle._loads: find_class in pickle.py)")),
+        effect=_target_written, requires="readline",),
     Attempt(
         "typing_get_type_hints_string_annotation", 1,
         "import typing\n"

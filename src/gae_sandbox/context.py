@@ -81,7 +81,7 @@ class Layer:
         """
         frame: Any = sys._getframe(2)
         while frame is not None:
-            filename = frame.f_code.co_filename
+            filename = str.__str__(frame.f_code.co_filename)  # an exact str, never app code
             kind = self.frame_kind(filename)
             if kind != "self" and not _is_stdlib_file(filename):
                 return kind == "lib"  # installed packages; the app's or the host's own code
@@ -94,7 +94,7 @@ class Layer:
         frame: Any = sys._getframe(1)
         fallback = None
         while frame is not None:
-            filename = frame.f_code.co_filename
+            filename = str.__str__(frame.f_code.co_filename)
             kind = self.frame_kind(filename)
             if kind == "app":
                 return f"{filename}:{frame.f_lineno}"

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .context import Scope, active_scope
-from .patches import _named
+from .patches import _named, _refuse_system, _refused_call
 
 Patch = tuple[Any, str, Any, Any]
 
@@ -313,4 +313,8 @@ def build_patches() -> list[Patch]:
     add(logging.Filterer, "addFilter", _add_filter)
     add(logging, "_addHandlerRef", _add_handler_ref)
     add(logging, "setLogRecordFactory", lambda original: _wrapping(original, 0))
+    # logging.disable silences every logger of the process, the host's and the sandbox's own
+    add(logging, "disable", lambda original: _refused_call(
+        original, _refuse_system, "logging.disable()",
+        "it silences the logging of the whole process, the host's included"))
     return patches + hook_modules()

@@ -467,10 +467,7 @@ W2 = [
         after="logging.getLogger('host').error('a host error')\n"
               "if not host_records:\n"
               "    print('EFFECT')\n",
-        restricted=True,
-        gap="logging.disable sets the manager's process-wide level (no audit event): the "
-            "host's log lines, and the sandbox's own refusal warnings, are dropped",
-        restricted_gap="restricted mode offers logging.disable, a process-wide setting"),
+        restricted=True,),
     Attempt(
         "gc_callbacks_run_in_the_hosts_collections", 2,
         LATER +
@@ -760,11 +757,7 @@ W5 = [
         after="if MODE == 'plain':  # a host traceback formatter looking the file up\n"
               "    import linecache\n"
               "    linecache.getline(ns['code_filename'], 1)\n",
-        effect=_target_written,
-        gap="a code object keeps a str subclass as co_filename; a refusal is recorded "
-            "under unsandboxed() (Scope.refuse), where Layer.caused_by_library/location "
-            "look the frame's file name up in a dict and call its startswith: the app's "
-            "__hash__ runs as host code"),
+        effect=_target_written,),
     Attempt(
         "deadline_on_hard_callback_replaced", 5,
         SCOPE +

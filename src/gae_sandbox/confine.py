@@ -37,6 +37,11 @@ What each layer enforces:
 * **rlimits**: address space, open files, ``RLIMIT_FSIZE`` (0: no data written to any regular
   file), ``RLIMIT_CORE=0`` (a core dump is a file the kernel writes past Landlock), an optional
   CPU budget for the worker's lifetime.
+
+A process per request (``--isolation request``, ``gae_sandbox.worker``): the worker is confined
+with ``fork=True`` (it may fork, ``SIGKILL`` its children and set its own CPU, file-size and
+address-space limits), and each child it forks calls :func:`confine_child`, which adds its own
+rlimits, a Landlock layer of scopes and a second seccomp filter that takes those back.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import math
 import os
 import platform
 import resource
@@ -58,8 +64,8 @@ from .policy import Policy
 
 logger = logging.getLogger("gae_sandbox.confine")
 
-__all__ = ["Confinement", "confine_process", "landlock_abi", "missing_layers",
-           "seccomp_available"]
+__all__ = ["Confinement", "confine_child", "confine_process", "landlock_abi", "missing_layers",
+           "prepare_child", "seccomp_available"]
 
 # -- Landlock (include/uapi/linux/landlock.h) -------------------------------------------------
 
@@ -282,6 +288,7 @@ def confine_process(
     open_files: int | None = 1024,
     max_file_size: int | None = 0,
     cpu_seconds: int | None = None,
+    fork: bool = False,
 ) -> Confinement:
     """Confine the current process, irreversibly, to what ``policy`` allows (see the module
     docstring for the exact rules).
@@ -291,6 +298,13 @@ def confine_process(
     ``Policy.allow_threads`` is False: that rule is the in-process layer's); the limits are
     per process, ``None`` leaves one as it is. Must be called while the process has a single
     thread: Landlock applies to the calling thread and the threads it starts later.
+
+    ``fork=True`` is for the worker of ``--isolation request`` (``gae_sandbox.worker``), which
+    forks a child per request: it may ``clone`` without ``CLONE_THREAD`` (never with new
+    namespaces), send ``SIGKILL`` to a process (Landlock scopes, ABI >= 6, keep signals inside
+    its own domain: its children), and set its own ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` and
+    ``RLIMIT_AS`` (as root, with ``CAP_SYS_RESOURCE``, that includes raising them). Each child
+    takes these back with :func:`confine_child` before it runs app code.
 
     Raises :class:`~gae_sandbox.ConfinementUnavailable` naming what the kernel lacks, unless
     ``policy.os_confinement == "best_effort"``, which warns and applies the rest.
@@ -330,12 +344,140 @@ def confine_process(
     if abi >= 1:
         applied += _landlock(abi, readable, writable, ports)
     if seccomp_ok:
-        _load_seccomp(_seccomp_program(policy, threads, max_file_size == 0))
+        _load_seccomp(_seccomp_program(policy, threads, max_file_size == 0, fork))
         applied.append("seccomp")
     result = Confinement(abi, tuple(applied), tuple(missing), readable, writable,
                          None if ports is None else ports, limits)
     logger.debug("confined process %d: %s", os.getpid(), result)
     return result
+
+
+def confine_child(*, cpu_seconds: float | None = None, address_space_mb: int | None = None,
+                  max_file_size: int | None = 0) -> tuple[str, ...]:
+    """Confine a child forked by a process confined with ``confine_process(..., fork=True)``
+    (a request of ``--isolation request``), irreversibly, on top of what it inherited.
+
+    In this order: its own rlimits (``RLIMIT_CPU`` ``cpu_seconds`` rounded up, then
+    ``SIGKILL`` a second later; ``RLIMIT_AS``; ``RLIMIT_FSIZE``, 0 by default; ``None`` keeps
+    the inherited one), a Landlock layer of its own with only scopes (ABI >= 6: no signals to,
+    no abstract UNIX sockets of, its parent or its siblings), and a second seccomp filter
+    (filters stack; the strictest answer wins): no ``fork``/``vfork``/``clone`` without
+    ``CLONE_THREAD`` (no new processes), signals only to itself, no more changes to rlimits.
+    Must run while the process has one thread. Returns the layers applied.
+    """
+    for name, value in (("cpu_seconds", cpu_seconds), ("address_space_mb", address_space_mb),
+                        ("max_file_size", max_file_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value < 0):
+            raise ValueError(f"confine_child {name} must be a non-negative number or None, "
+                             f"got {value!r}")
+    task_count = _thread_count()
+    if task_count != 1:
+        raise RuntimeError(f"confine_child must run while the process has one thread (it has "
+                           f"{task_count})")
+    applied = ["rlimits"]
+    if cpu_seconds is not None:
+        seconds = max(1, math.ceil(cpu_seconds))
+        _lower_rlimit(resource.RLIMIT_CPU, seconds, seconds + 1)
+    if address_space_mb is not None:
+        size = address_space_mb * 1024 * 1024
+        _lower_rlimit(resource.RLIMIT_AS, size, size)
+    if max_file_size is not None:
+        _lower_rlimit(resource.RLIMIT_FSIZE, int(max_file_size), int(max_file_size))
+    if _prctl(ctypes.c_int(_PR_SET_NO_NEW_PRIVS), ctypes.c_ulong(1), ctypes.c_ulong(0),
+              ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        _raise_os("prctl(PR_SET_NO_NEW_PRIVS)")
+    if _child_prepared is None:
+        prepare_child()
+    assert _child_prepared is not None
+    abi, filters, pid_index = _child_prepared
+    if abi >= 6:
+        attr = _RulesetAttr(0, 0, _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL)
+        ruleset = _syscall(ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), ctypes.byref(attr),
+                           ctypes.c_size_t(24), ctypes.c_uint32(0))
+        if ruleset < 0:
+            _raise_os("landlock_create_ruleset (scopes)")
+        try:
+            if _syscall(ctypes.c_long(_SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(ruleset),
+                        ctypes.c_uint32(0)) != 0:
+                _raise_os("landlock_restrict_self (scopes)")
+        finally:
+            os.close(ruleset)
+        applied.append("landlock-scopes")
+    if filters is not None:
+        filters[pid_index].k = os.getpid()  # signals only to itself
+        fprog = _SockFprog(len(filters), filters)
+        if _prctl(ctypes.c_int(_PR_SET_SECCOMP), ctypes.c_ulong(_SECCOMP_MODE_FILTER),
+                  ctypes.byref(fprog), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+            _raise_os("prctl(PR_SET_SECCOMP) (child)")
+        applied.append("seccomp-child")
+    return tuple(applied)
+
+
+#: what confine_child loads: (Landlock ABI, the child filter as a ctypes array, the index of
+#: its pid instruction); built once by prepare_child, inherited by every fork
+_child_prepared: tuple[int, ctypes.Array[ctypes.Structure] | None, int] | None = None
+_PID_PLACEHOLDER = 0xFFFFFFFF
+
+
+def prepare_child() -> None:
+    """Build what :func:`confine_child` loads (its seccomp filter; the kernel's Landlock ABI)
+    in the parent, so that each forked child only patches in its pid and loads it."""
+    global _child_prepared
+    abi = landlock_abi()
+    if not seccomp_available():
+        _child_prepared = (abi, None, -1)
+        return
+    program = _child_seccomp_program()
+    index = next(i for i, insn in enumerate(program) if insn[3] == _PID_PLACEHOLDER)
+    filters = (_SockFilter * len(program))(*(_SockFilter(*insn) for insn in program))
+    _child_prepared = (abi, filters, index)
+
+
+def _lower_rlimit(which: int, soft: int, hard: int) -> None:
+    _, current = resource.getrlimit(which)
+    if current != resource.RLIM_INFINITY:
+        soft, hard = min(soft, current), min(hard, current)
+    resource.setrlimit(which, (min(soft, hard), hard))
+
+
+def _child_seccomp_program() -> list[tuple[int, int, int, int]]:
+    """The second filter of :func:`confine_child` (the first, inherited, stays in force)."""
+    audit_arch, _, numbers, _ = _ARCHES[platform.machine()]
+    deny = _RET_ERRNO | errno.EPERM
+    program = _Program()
+    program.load(_OFFSET_ARCH)
+    program.jump(_JEQ_K, audit_arch, "nr", None)
+    program.ret(_RET_KILL_PROCESS)
+    program.label("nr")
+    program.load(_OFFSET_NR)
+    for name in ("fork", "vfork", "setrlimit", "pidfd_send_signal"):
+        if name in numbers:
+            program.jump(_JEQ_K, numbers[name], "deny", None)
+    program.jump(_JEQ_K, numbers["clone3"], "enosys", None)
+    program.jump(_JEQ_K, numbers["clone"], "clone", None)
+    program.jump(_JEQ_K, numbers["prlimit64"], "prlimit64", None)
+    for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        program.jump(_JEQ_K, numbers[name], "signal", None)
+    program.ret(_RET_ALLOW)
+    program.label("clone")  # threads only
+    program.load(_arg_low(0))
+    program.jump(_JSET_K, _CLONE_THREAD, "allow", "deny")
+    program.label("prlimit64")  # reading only
+    program.load(_arg_low(2))
+    program.jump(_JEQ_K, 0, None, "deny")
+    program.load(_arg_high(2))
+    program.jump(_JEQ_K, 0, "allow", "deny")
+    program.label("signal")  # only this process: confine_child writes its pid here
+    program.load(_arg_low(0))
+    program.jump(_JEQ_K, _PID_PLACEHOLDER, "allow", "deny")
+    program.label("allow")
+    program.ret(_RET_ALLOW)
+    program.label("deny")
+    program.ret(deny)
+    program.label("enosys")
+    program.ret(_RET_ERRNO | errno.ENOSYS)
+    return program.assemble()
 
 
 # -- pieces -------------------------------------------------------------------------------------
@@ -509,7 +651,7 @@ def _add_path_rule(ruleset: int, path: str, allowed: int) -> None:
 # -- the seccomp filter -------------------------------------------------------------------------
 
 
-def _seccomp_program(policy: Policy, threads: bool, no_file_data: bool
+def _seccomp_program(policy: Policy, threads: bool, no_file_data: bool, fork: bool = False
                      ) -> list[tuple[int, int, int, int]]:
     """A classic-BPF program: check the architecture, then one block per filtered call."""
     audit_arch, x32_bit, numbers, _ = _ARCHES[platform.machine()]
@@ -535,10 +677,11 @@ def _seccomp_program(policy: Policy, threads: bool, no_file_data: bool
     program.ret(_RET_ALLOW)
 
     program.label("clone")  # threads only: CLONE_THREAD set, no new namespaces
-    if threads:
+    if threads or fork:  # fork: also a child process (--isolation request's worker)
         program.load(_arg_low(0))
         program.jump(_JSET_K, _CLONE_NAMESPACES, "deny", None)
-        program.jump(_JSET_K, _CLONE_THREAD, "allow", "deny")
+        program.jump(_JSET_K, _CLONE_THREAD, "allow" if threads else "deny",
+                     "allow" if fork else "deny")
     else:
         program.ret(deny)
 
@@ -567,13 +710,29 @@ def _seccomp_program(policy: Policy, threads: bool, no_file_data: bool
     for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
         program.label(name)  # only this process (its pid is its thread group id)
         program.load(_arg_low(0))
-        program.jump(_JEQ_K, pid, "allow", "deny")
+        program.jump(_JEQ_K, pid, "allow", "kill_child" if fork and name == "kill" else "deny")
+    if fork:  # SIGKILL to one process (pid > 0): Landlock scopes keep it to the children
+        program.label("kill_child")
+        program.jump(_JEQ_K, 0, "deny", None)
+        program.jump(_JGE_K, 0x80000000, "deny", None)
+        program.load(_arg_low(1))
+        program.jump(_JEQ_K, 9, "allow", "deny")  # SIGKILL
 
     program.label("prlimit64")  # reading limits is fine, setting them is not
     program.load(_arg_low(2))
-    program.jump(_JEQ_K, 0, None, "deny")
+    program.jump(_JEQ_K, 0, None, "own_limit" if fork else "deny")
     program.load(_arg_high(2))
-    program.jump(_JEQ_K, 0, "allow", "deny")
+    program.jump(_JEQ_K, 0, "allow", "own_limit" if fork else "deny")
+    if fork:  # its own RLIMIT_CPU (0), RLIMIT_FSIZE (1), RLIMIT_AS (9): for confine_child
+        program.label("own_limit")
+        program.load(_arg_low(0))
+        program.jump(_JEQ_K, 0, None, "deny")
+        program.load(_arg_high(0))
+        program.jump(_JEQ_K, 0, None, "deny")
+        program.load(_arg_low(1))
+        program.jump(_JEQ_K, 0, "allow", None)
+        program.jump(_JEQ_K, 1, "allow", None)
+        program.jump(_JEQ_K, 9, "allow", "deny")
 
     program.label("utimensat")  # futimens(fd) only (gunicorn's heartbeat), not paths
     program.load(_arg_low(1))

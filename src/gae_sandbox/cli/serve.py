@@ -7,6 +7,7 @@ Examples:
   gae-sandbox serve path/to/app.yaml --port 8080 --mode report --report violations.json
   gae-sandbox serve examples/flask_app --server gunicorn --workers 2
   gae-sandbox serve examples/guestbook --isolation os --max-requests 1000
+  gae-sandbox serve examples/guestbook --isolation request --workers 2 --threads 8
 """
 
 from __future__ import annotations
@@ -40,22 +41,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
     parser.add_argument("--server", choices=("waitress", "gunicorn"), default=None,
                         help="waitress (threaded, in this process; the default) or gunicorn "
-                             "(processes; the only choice with --isolation os)")
-    parser.add_argument("--isolation", choices=("none", "os"), default="none",
+                             "(processes; the only choice with --isolation os or request)")
+    parser.add_argument("--isolation", choices=("none", "os", "request"), default="none",
                         help="none: the in-process sandbox only; os: also confine each "
-                             "gunicorn worker with Landlock, seccomp and rlimits")
+                             "gunicorn worker with Landlock, seccomp and rlimits; request: a "
+                             "confined worker forks a confined child per request")
     parser.add_argument("--timeout", type=float, default=None,
                         help="gunicorn worker timeout in seconds, the hard deadline that kills "
                              "a stuck worker (default: deadline + grace + 5)")
     parser.add_argument("--max-requests", type=int, default=0,
                         help="gunicorn: replace a worker after this many requests (0: never)")
     parser.add_argument("--memory-limit", type=int, default=2048, metavar="MB",
-                        help="--isolation os: address space limit per worker (RLIMIT_AS)")
+                        help="--isolation os: address space limit per worker (RLIMIT_AS); "
+                             "request: per worker and per child")
     parser.add_argument("--cpu-limit", type=int, default=None, metavar="SECONDS",
                         help="--isolation os: CPU seconds a worker may use in its lifetime "
-                             "(RLIMIT_CPU; it is then replaced); default: no limit")
+                             "(RLIMIT_CPU; it is then replaced); request: a cap on each "
+                             "request's CPU besides deadline + grace; default: no limit")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=8, help="threads per process")
+    parser.add_argument("--threads", type=int, default=8,
+                        help="threads per process (--isolation request: requests each worker "
+                             "runs at once, each in its own child)")
+    parser.add_argument("--queue", type=int, default=64, metavar="N",
+                        help="--isolation request: connections a busy worker holds waiting; "
+                             "more are answered 503")
+    parser.add_argument("--health-path", metavar="PATH", default=None,
+                        help="--isolation request: answer GET PATH with 200 from a fresh "
+                             "confined child, without calling the app (readiness probes)")
     parser.add_argument("--report", metavar="FILE",
                         help="write every violation as JSON to FILE at exit")
     parser.add_argument("--wsgi-app", metavar="MODULE:APP", default=None,
@@ -69,10 +81,10 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port} is not a port number")
     if args.workers < 1 or args.threads < 1:
         raise UsageError("--workers and --threads must be at least 1")
-    if args.isolation == "os":
+    if args.isolation in ("os", "request"):
         if args.server == "waitress":
-            raise UsageError("--isolation os runs gunicorn worker processes; it cannot be used "
-                             "with --server waitress")
+            raise UsageError(f"--isolation {args.isolation} runs gunicorn worker processes; it "
+                             "cannot be used with --server waitress")
         args.server = "gunicorn"
     args.server = args.server or "waitress"
     if args.timeout is not None and args.timeout <= 0:
@@ -81,6 +93,11 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--max-requests must be 0 (never) or more")
     if args.memory_limit < 64 or (args.cpu_limit is not None and args.cpu_limit < 1):
         raise UsageError("--memory-limit must be at least 64 (MB), --cpu-limit at least 1")
+    if args.queue < 0:
+        raise UsageError("--queue must be 0 or more")
+    if args.health_path is not None and (args.isolation != "request"
+                                         or not args.health_path.startswith("/")):
+        raise UsageError("--health-path needs --isolation request and a path starting with /")
     try:
         loaded = build_policy(args.app, policy_file=args.policy_file, preset=args.preset,
                               flags=flag_settings(args), require_app_yaml=True)
@@ -91,12 +108,12 @@ def main(args: argparse.Namespace) -> int:
     if args.wsgi_app:
         config = dataclasses.replace(config, wsgi_app=args.wsgi_app)
     args.mode = policy.mode
-    if args.isolation == "os":
+    if args.isolation in ("os", "request"):
         from ..confine import missing_layers, unavailable_error
 
         missing = missing_layers(policy)
         if missing and policy.os_confinement == "required":
-            raise UsageError(f"--isolation os: {unavailable_error(missing)}")
+            raise UsageError(f"--isolation {args.isolation}: {unavailable_error(missing)}")
     if args.report:
         args.report = os.path.abspath(args.report)  # before the chdir below
     _configure_logging()
@@ -151,7 +168,8 @@ def _serve_gunicorn(config: Any, policy: Any, args: argparse.Namespace) -> list[
     port = args.port or _free_port(args.host)
     spool = f"{args.report or os.path.join(os.getcwd(), '.gae-sandbox-report')}.workers"
     state: dict[str, Any] = {}
-    isolated = args.isolation == "os"
+    isolated = args.isolation in ("os", "request")
+    per_request = args.isolation == "request"
     relays: list[tuple[int, int, int, threading.Thread]] = []
     # A confined worker writes no file data (RLIMIT_FSIZE=0) and only beneath writable_paths
     # (Landlock); the violations of report mode are the exception, in their own folder.
@@ -170,6 +188,8 @@ def _serve_gunicorn(config: Any, policy: Any, args: argparse.Namespace) -> list[
         for _, target, reader, _ in relays:  # the log files and the other workers' output
             os.close(target)
             os.close(reader)
+        if per_request:
+            return  # gae_sandbox.worker.RequestWorker confines itself (forks allowed to it)
         confinement = confine_process(
             policy,
             writable_paths=(spool,) if keep_violations else (),
@@ -196,6 +216,17 @@ def _serve_gunicorn(config: Any, policy: Any, args: argparse.Namespace) -> list[
             self.cfg.set("worker_exit", worker_exit)
             self.cfg.set("post_fork", post_fork)
             self.cfg.set("graceful_timeout", 5)
+            if per_request:  # a fresh confined child per request; SIGTERM lets them finish
+                from ..worker import RequestWorker
+
+                self.cfg.set("worker_class", RequestWorker.configured(
+                    policy=policy, memory_limit_mb=args.memory_limit, cpu_limit=args.cpu_limit,
+                    writable_paths=(spool,) if keep_violations else (),
+                    worker_file_size=None if keep_violations else 0,
+                    health_path=args.health_path))
+                self.cfg.set("worker_connections", args.threads + args.queue)
+                self.cfg.set("graceful_timeout", 30 if not policy.deadline else
+                             math.ceil(policy.deadline + policy.hard_deadline_grace + 1))
             self.cfg.set("max_requests", args.max_requests)
             # the worker timeout is the hard deadline that kills
             if args.timeout is not None:
@@ -209,7 +240,9 @@ def _serve_gunicorn(config: Any, policy: Any, args: argparse.Namespace) -> list[
 
     print(f"gae-sandbox: serving {config.path} ({policy.mode} mode) at "
           f"http://{args.host}:{port}/ with gunicorn, {args.workers} worker(s)"
-          f"{', each confined (--isolation os)' if isolated else ''} - Ctrl-C to stop",
+          f"{', each confined (--isolation os)' if args.isolation == 'os' else ''}"
+          f"{', a confined process per request (--isolation request)' if per_request else ''}"
+          " - Ctrl-C to stop",
           flush=True)
     arbiter = os.getpid()
     try:

@@ -42,7 +42,7 @@ from .errors import (
     SandboxViolation,
     SystemCallRefused,
 )
-from .filesystem import check_read, in_scope_cwd, stable_path
+from .filesystem import check_read, in_scope_cwd, open_file, stable_path
 from .patches import (
     Patch,
     _check_path_object,
@@ -134,14 +134,25 @@ def _resolved_folder(scope: Scope, folder: str) -> str:
 def _open(original: Callable[..., Any]) -> Callable[..., Any]:
     """``builtins.open``/``io.open`` (and the references ``tokenize`` and ``tarfile`` keep): a
     relative path opens the file in the request's working directory; the file object and
-    errors keep the name the app gave. The ``open`` audit event judges what is opened."""
+    errors keep the name the app gave. A file opened for reading is opened race-free
+    (``filesystem.open_file``: the kernel checks and opens in one call); the ``open`` audit
+    event judges what else is opened."""
     get = active_scope
 
     def open(file: Any, mode: str = "r", buffering: int = -1,  # noqa: A001
              encoding: str | None = None, errors: str | None = None,
              newline: str | None = None, closefd: bool = True, opener: Any = None) -> Any:
         scope = get()
-        if scope is None or scope.cwd is None or isinstance(file, int):
+        if scope is None or isinstance(file, int):
+            return original(file, mode, buffering, encoding, errors, newline, closefd, opener)
+        if closefd is True and opener is None and scope.memory is None:
+            value = file if type(file) is str else stable_path(file)
+            if value is not None:
+                handle = open_file(scope, value, mode, buffering, encoding, errors, newline,
+                                   original)
+                if handle is not None:
+                    return handle
+        if scope.cwd is None:
             return original(file, mode, buffering, encoding, errors, newline, closefd, opener)
         value = stable_path(file)
         used = value if value is None else in_scope_cwd(scope, value)

@@ -4,24 +4,34 @@ library folders, read-only.
 Paths are resolved the way the kernel will resolve them (relative to the working directory,
 ``..`` and symlinks followed) before they are compared by whole path components, so neither a
 string-prefix sibling (``/app/root2``), nor ``..``, nor a symlink leaves the readable set.
+
+Reads are judged and opened in one step where the kernel has ``openat2`` (Linux 5.6+): beneath
+a descriptor of the readable folder, so that a symlink swapped between a check and the open
+cannot lead outside (:func:`open_for_reading`; :func:`open_mode` says which way is in use).
 """
 
 from __future__ import annotations
 
+import errno
 import mimetypes
 import os
 import pathlib
+import sys
+import sysconfig
+import threading
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from .context import Layer, Scope
+from .context import Layer, Scope, passthrough, unsandboxed
 from .errors import FileReadRefused, FileWriteRefused, SandboxViolation, SystemCallRefused
+from .imports import loading_files
 from .paths import is_inside, realpath, walk
 
 #: os.open flags that change the filesystem.
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-if hasattr(os, "O_TMPFILE"):
-    WRITE_FLAGS |= os.O_TMPFILE
+if hasattr(os, "O_TMPFILE"):  # its own bit: O_TMPFILE includes O_DIRECTORY, which only reads
+    WRITE_FLAGS |= os.O_TMPFILE & ~os.O_DIRECTORY
 
 _READ_RULE = "path is outside the readable folders (the app root, the interpreter's library)"
 _WRITE_RULE = ("the filesystem is read-only (filesystem='memory' lets writes succeed in a "
@@ -213,6 +223,45 @@ def check_resolved(layer: Layer, path: Any, resolved: str | None) -> SandboxViol
     return refusal
 
 
+def _metadata_names() -> tuple[frozenset[str], tuple[str, ...]]:
+    """What the interpreter and the standard library look at besides the readable folders:
+    the system files ``mimetypes`` probes for (whether they exist or not), and the
+    interpreter's installation folders (``sysconfig``'s: include, scripts, data, ...), which
+    tracebacks and debuggers resolve to tell library frames from the app's."""
+    files = frozenset(path for path in (realpath(name) for name in mimetypes.knownfiles
+                                        if isinstance(name, str)) if path is not None)
+    base = sys.base_prefix
+    folders = {*sysconfig.get_paths().values(), *sysconfig.get_paths(vars={
+        "base": base, "platbase": base, "installed_base": base, "installed_platbase": base,
+    }).values()}
+    resolved = (realpath(folder) for folder in folders if isinstance(folder, str))
+    return files, tuple(sorted({folder for folder in resolved if folder}))
+
+
+_PROBED_FILES, _INSTALLATION_FOLDERS = _metadata_names()
+
+
+def check_metadata(layer: Layer, path: Any, resolved: str | None) -> SandboxViolation | None:
+    """``os.stat``/``os.lstat`` of ``path`` once resolved: :func:`check_resolved`, except for
+    what reveals nothing: the folders above a readable folder (resolving a readable path,
+    ``os.path.realpath``, looks at each of them), the interpreter's installation folders and
+    the files the standard library probes for (:func:`_metadata_names`), and a path with a
+    NUL character (the call raises ``ValueError``, as outside)."""
+    refusal = check_resolved(layer, path, resolved)
+    if refusal is None:
+        return None
+    if resolved is None:
+        value = path if isinstance(path, str) else os.fsdecode(path)
+        return None if "\0" in value else refusal
+    if resolved in _PROBED_FILES or resolved in _INSTALLATION_FOLDERS:
+        return None
+    above = resolved.rstrip("/") + "/"
+    for roots in (layer.readable_roots, _INSTALLATION_FOLDERS):
+        if any(root.startswith(above) for root in roots):
+            return None
+    return refusal
+
+
 def check_write(layer: Layer, path: Any, operation: str) -> SandboxViolation | None:
     """Refuse every write: the runtime's filesystem was read-only. (With
     ``filesystem="memory"`` the routed ``os`` functions never reach here; ``shutil``'s own
@@ -245,3 +294,402 @@ def check_open(layer: Layer, scope: Scope, path: Any, mode: Any,
         how = f"open mode {mode!r}" if isinstance(mode, str) else f"os.open flags {flags:#o}"
         return check_write(layer, path, how)
     return check_read(layer, path)
+
+
+# --- race-free opens for reading ------------------------------------------------------------
+
+RESOLVE_NO_MAGICLINKS = 0x02  # no /proc/self/fd/N-style links
+RESOLVE_NO_SYMLINKS = 0x04  # no symlink anywhere on the path
+RESOLVE_BENEATH = 0x08  # never leave the directory: no "..", absolute path or symlink out of it
+RESOLVE_IN_ROOT = 0x10  # (treat the directory as "/": not used, it changes what a path names)
+AT_FDCWD = -100
+#: ``openat2`` is 437 in the unified system call table both architectures use.
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}
+_ROOT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC if hasattr(os, "O_PATH") else 0
+
+_fstat = os.fstat
+_stat = os.stat
+_close = os.close
+_readlink = os.readlink
+_process_cwd = os.getcwd
+_posix_open = os.open
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
+def _load_openat2() -> Callable[[int, bytes, int, int], int] | None:
+    """``openat2(dirfd, path, flags, resolve)``: the new descriptor, or ``-errno``. ``None``
+    where the platform or the kernel lacks the call (not Linux, another architecture, Linux
+    before 5.6, or a seccomp filter answering ``ENOSYS``/``EPERM``).
+
+    ctypes is refused to app code, not to the library (imported here, by host code). A
+    foreign call raises no audit event; ``ctypes.get_errno`` does, and the sandbox refuses it
+    inside a request, so the error number is read outside the request's scope. The call
+    releases the GIL, as ``os.open`` does."""
+    number = _SYS_OPENAT2.get(os.uname().machine) if sys.platform.startswith("linux") else None
+    if number is None or not _ROOT_FLAGS:
+        return None
+    try:
+        import ctypes
+
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+    except (ImportError, OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                    ("resolve", ctypes.c_uint64)]
+
+    call_number = ctypes.c_long(number)
+    size = ctypes.c_size_t(ctypes.sizeof(OpenHow))
+    byref = ctypes.byref
+    get_errno = ctypes.get_errno
+    hows: dict[int, Any] = {}  # (flags, resolve) -> its open_how; read-only once made
+
+    def openat2(dirfd: int, path: bytes, flags: int, resolve: int) -> int:
+        key = flags << 8 | resolve
+        how = hows.get(key)
+        if how is None:
+            how = byref(OpenHow(flags, 0, resolve))  # keeps its structure alive
+            if len(hows) < 256:
+                hows[key] = how
+        fd: int = syscall(call_number, dirfd, path, how, size)
+        if fd >= 0:
+            return fd
+        with unsandboxed():  # ctypes.get_errno raises an audit event a request may not
+            return -get_errno()
+
+    probe = openat2(AT_FDCWD, b"/", os.O_PATH | os.O_CLOEXEC, RESOLVE_NO_MAGICLINKS)
+    if probe < 0:
+        return None
+    _close(probe)
+    return openat2
+
+
+#: The wrapper, or ``None`` where the kernel check is not available.
+openat2 = _load_openat2()
+
+
+class RootDescriptors:
+    """``O_PATH`` descriptors of readable folders, opened once per process and shared.
+
+    They are the library's: a request's ``os.close``, ``os.dup``, ``open(fd)`` or ``os.read``
+    of one is refused, as for every descriptor the request did not open itself, and an
+    ``O_PATH`` descriptor reads nothing anyway. Each scope checks a descriptor once, before its
+    first use (:meth:`current`): that it still is the folder it was opened for (``fstat``) and
+    that the folder's path still names it (``stat``). A folder the host replaced (renamed
+    away, deleted and made again) gets a new descriptor from the next request on; the old one
+    is left open, as another thread may be opening beneath it at this moment.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[int, int, int]] = {}  # folder -> (fd, st_dev, st_ino)
+        self._lock = threading.Lock()
+
+    def current(self, folder: str) -> int:
+        """The descriptor of ``folder`` (an absolute, symlink-free path), checked now; -1 when
+        the folder cannot be opened (missing, not a folder, a symlink on its path)."""
+        if openat2 is None:
+            return -1
+        with self._lock:
+            known = self._known.get(folder)
+            if known is not None:
+                fd, dev, ino = known
+                try:
+                    held, named = _fstat(fd), _stat(folder)
+                except (OSError, ValueError):
+                    pass  # closed under the library, or the folder is gone: open it again
+                else:
+                    if (held.st_dev, held.st_ino) == (dev, ino) == (named.st_dev,
+                                                                    named.st_ino):
+                        return fd
+            try:
+                encoded = folder.encode(_FS_ENCODING, _FS_ERRORS)
+            except UnicodeError:
+                return -1
+            # no symlink on the way: the descriptor is of the folder the path spells
+            fd = openat2(AT_FDCWD, encoded, _ROOT_FLAGS,
+                         RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+            if fd < 0:
+                return -1
+            held = _fstat(fd)
+            self._known[folder] = (fd, held.st_dev, held.st_ino)
+            return fd
+
+    def descriptors(self) -> dict[str, int]:
+        """Folder -> descriptor, as opened now (tests)."""
+        return {folder: known[0] for folder, known in self._known.items()}
+
+
+root_descriptors = RootDescriptors()
+
+
+#: Whether sandboxed reads are opened race-free (:func:`open_for_reading`): the kernel has
+#: ``openat2`` (Linux 5.6+). False elsewhere, and from the first ``ENOSYS`` on (a seccomp
+#: filter installed later); reads are then judged and opened in two steps (:func:`open_mode`).
+RACE_FREE_OPENS: bool = openat2 is not None
+
+
+def open_mode() -> str:
+    """How sandboxed reads are opened: ``"openat2"`` (race-free: the kernel resolves the path
+    beneath a readable folder in the call that opens it) or ``"check-then-open"`` (the path is
+    resolved and judged, then opened by name: a symlink swapped in between is followed)."""
+    return "openat2" if RACE_FREE_OPENS and openat2 is not None else "check-then-open"
+
+
+def _flag(name: str) -> int:
+    return int(getattr(os, name, 0))
+
+
+#: What a read's flags may hold besides the access mode: the flags ``open(2)`` knows, less
+#: the creating ones (``WRITE_FLAGS``, judged as writes). ``open(2)`` ignores unknown bits
+#: where ``openat2`` refuses them, so they are dropped first.
+_READ_FLAGS = 0
+for _name in ("O_NONBLOCK", "O_NDELAY", "O_SYNC", "O_DSYNC", "O_RSYNC", "O_ASYNC", "O_DIRECT",
+              "O_LARGEFILE", "O_DIRECTORY", "O_NOFOLLOW", "O_NOATIME", "O_CLOEXEC", "O_PATH",
+              "O_NOCTTY", "O_EXCL"):
+    _READ_FLAGS |= _flag(_name)
+#: ``O_PATH`` keeps only these (``open(2)`` drops the others, ``openat2`` refuses them).
+_PATH_FLAGS = _flag("O_PATH") | _flag("O_DIRECTORY") | _flag("O_NOFOLLOW") | _flag("O_CLOEXEC")
+_O_PATH, _O_NOFOLLOW, _O_CLOEXEC = _flag("O_PATH"), _flag("O_NOFOLLOW"), _flag("O_CLOEXEC")
+_BENEATH = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
+_BENEATH_DIRECT = _BENEATH | RESOLVE_NO_SYMLINKS
+_EXACT = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+_SCOPE_ROOTS = "gae_sandbox.root_descriptors"  # Scope.extras: the descriptors it checked
+_CHANGED_RULE = ("the path changed while the sandbox opened it (a symlink on it was swapped), "
+                 "so where it leads could not be confirmed inside the readable folders")
+_TRIES = 3
+_ELOOP, _ENOSYS = errno.ELOOP, errno.ENOSYS
+
+
+def open_for_reading(scope: Scope, path: str | bytes, flags: int) -> int | None:
+    """Open ``path`` (a :func:`stable_path` value, made absolute by :func:`in_scope_cwd`) for
+    reading, judged and opened in one step: the new descriptor, the caller's to own. ``None``
+    where reads are not opened this way (no ``openat2``, the memory filesystem, an empty path
+    or one with a NUL, the file of a module being imported: the caller's usual way gives the
+    usual answer). Raises the refusal, or the ``OSError`` of the open with ``filename`` set to
+    ``path``.
+
+    **The fast way.** A path spelt under a readable folder is opened with
+    ``openat2(folder_fd, rest, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)``, relative to a
+    descriptor of that folder (:class:`RootDescriptors`): the kernel follows ``..`` and
+    symlinks as it always does, but fails (``EXDEV``) rather than leave the folder, in the
+    very call that opens, so a symlink swapped by the host or another thread cannot lead the
+    open outside. No ``lstat`` walk in Python.
+
+    **Hidden files.** ``skip_files`` and ``unreadable_paths`` hide files *inside* the app
+    root, so staying beneath it is not enough: the decision needs where the opened file
+    really is. The path is opened with ``RESOLVE_NO_SYMLINKS`` as well: when that succeeds no
+    symlink was crossed, and the real path is the spelt one (``.``, ``..`` and ``//``
+    removed; the folder's descriptor was checked against its path when the request first
+    used it). Where a symlink is on the way the kernel refuses (``ELOOP``), and the path is
+    opened again without that flag and its real path read back from the descriptor itself
+    (``/proc/self/fd/N``), which no later swap changes. Either way what is judged
+    (:func:`check_resolved`) is the path of the file that was opened, so a symlink inside the
+    app root to a ``skip_files`` folder is refused like the folder itself. (Reading the real
+    path back every time would cost a ``readlink`` per open; a lexical answer alone would be
+    wrong once a symlink is crossed.) The same real path answers enclosing sandboxes (nested
+    layers), whose folders may be others. A policy that hides nothing, alone, needs no real
+    path: beneath the folder is the whole rule.
+
+    **Everything else** (a path spelt outside every readable folder, ``..`` above it, an
+    absolute symlink, a loop, an error): the path is resolved in Python
+    (:func:`~gae_sandbox.paths.walk`) and judged, then the resolved path, which has no symlink
+    left, is opened with ``RESOLVE_NO_SYMLINKS``: if a symlink appeared on it since, the
+    kernel refuses and it is resolved again (three tries, then refused). So the app sees the
+    answer it always saw: the file, its ``OSError`` (``FileNotFoundError``, ...), or
+    ``FileReadRefused`` (``PermissionError``, ``EACCES``) naming where the path resolves and
+    the setting that allows it. The kernel's ``EXDEV`` and ``ELOOP`` never reach it.
+    """
+    if not RACE_FREE_OPENS or openat2 is None or scope.memory is not None:
+        return None
+    text = path if type(path) is str else os.fsdecode(path)
+    if not text or "\0" in text:
+        return None
+    if text[0] != "/":  # the process's working directory (working_directory="host")
+        try:
+            text = f"{_process_cwd()}/{text}"
+        except OSError:
+            return None
+    flags = (flags & _READ_FLAGS) | _O_CLOEXEC
+    if flags & _O_PATH:
+        flags &= _PATH_FLAGS
+    for root in scope.layers[-1].readable_roots:
+        if text.startswith(root):
+            length = len(root)
+            if len(text) == length or text[length] == "/" or length == 1:
+                fd = _open_beneath(scope, root, text[length + (length > 1):] or ".", text,
+                                   path, flags)
+                if fd >= 0:
+                    return fd
+                if fd == -2:
+                    return None  # no openat2 after all
+                break
+    if _loading(scope, path):
+        return None  # the file of a module the import gate judged: the audit hook lets it be
+    return _open_resolved(scope, path, text, flags)
+
+
+def _open_beneath(scope: Scope, root: str, rest: str, text: str, path: Any,
+                  flags: int) -> int:
+    """:func:`open_for_reading` beneath ``root``: the descriptor; -1 when the kernel would not
+    open it there (the resolving way answers); -2 when the kernel has no ``openat2``."""
+    checked = scope.extras.get(_SCOPE_ROOTS)
+    if checked is None:
+        checked = scope.extras[_SCOPE_ROOTS] = {}
+    root_fd = checked.get(root)
+    if root_fd is None:
+        root_fd = checked[root] = root_descriptors.current(root)
+    if root_fd < 0:
+        return -1
+    try:
+        encoded = rest.encode(_FS_ENCODING, _FS_ERRORS)
+    except UnicodeError:
+        return -1
+    call: Any = openat2
+    layers = scope.layers
+    if len(layers) == 1:
+        policy = layers[0].policy
+        if not (policy.skip_files or policy.unreadable_paths):
+            fd = call(root_fd, encoded, flags, _BENEATH)
+            return fd if fd >= 0 else _unopened(fd)
+    fd = call(root_fd, encoded, flags, _BENEATH_DIRECT)
+    if fd >= 0:
+        real: str | None = text if _plain(rest) else os.path.normpath(text)
+    elif fd == -_ELOOP and not flags & _O_NOFOLLOW:  # a symlink on the way
+        fd = call(root_fd, encoded, flags, _BENEATH)
+        if fd < 0:
+            return _unopened(fd)
+        real = _opened_path(fd)
+        if real is None:
+            _close(fd)
+            return -1
+    else:
+        return _unopened(fd)
+    try:
+        for layer in layers:
+            refusal = check_resolved(layer, path, real)
+            # (the import system reads the files of a module the import gate judged, its
+            # bytecode cache too, which skip_files may hide: as the audit hook lets it)
+            if refusal is not None and not _loading(scope, path):
+                scope.refuse(layer, refusal)  # raises, or records (report mode)
+    except BaseException:
+        _close(fd)
+        raise
+    return fd
+
+
+def _loading(scope: Scope, path: Any) -> bool:
+    """Whether ``path`` is the file of a module being imported (``imports.loading_files``)."""
+    return type(path) is str and path in loading_files(scope)[0]
+
+
+def _plain(rest: str) -> bool:
+    """Whether ``rest`` has no empty, ``.`` or ``..`` component (nor a final ``/``)."""
+    return "//" not in rest and "/." not in rest and rest[0] != "." and rest[-1] != "/"
+
+
+def _opened_path(fd: int) -> str | None:
+    """Where the file open on ``fd`` is, as the kernel names it; ``None`` if unknown (no
+    ``/proc``, or deleted since)."""
+    try:
+        real = _readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    if real[:1] != "/" or real.endswith(" (deleted)"):
+        return None
+    return real
+
+
+def _unopened(result: int) -> int:
+    """The kernel did not open beneath the folder (``-errno``): -2 for no ``openat2``, else -1
+    (escapes, loops and plain errors alike: :func:`_open_resolved` answers them as the checked
+    way always did, the refusal or the error)."""
+    global RACE_FREE_OPENS
+    if result == -_ENOSYS:
+        RACE_FREE_OPENS = False
+        return -2
+    return -1
+
+
+def _open_resolved(scope: Scope, path: Any, text: str, flags: int) -> int:
+    """Resolve and judge ``text``, then open exactly the resolved path."""
+    global RACE_FREE_OPENS
+    call: Any = openat2
+    for _ in range(_TRIES):
+        head, _, name = text.rpartition("/")
+        if flags & _O_NOFOLLOW and name not in ("", ".", ".."):
+            folder = realpath(head or "/")  # the last component is opened as it is
+            resolved = None if folder is None else f"{folder.rstrip('/')}/{name}"
+        else:
+            resolved = realpath(text)
+        if scope.judge(check_resolved, path, resolved) or resolved is None:
+            return passthrough(_posix_open, path, flags)  # let through by report mode
+        fd = call(AT_FDCWD, resolved.encode(_FS_ENCODING, _FS_ERRORS), flags, _EXACT)
+        if fd >= 0:
+            return fd
+        if fd == -_ENOSYS:
+            RACE_FREE_OPENS = False
+            return passthrough(_posix_open, path, flags)  # judged just now, as before
+        if fd != -_ELOOP or flags & _O_NOFOLLOW:
+            raise OSError(-fd, os.strerror(-fd), path)
+    scope.judge(_refuse_changed, path)
+    return passthrough(_posix_open, path, flags)  # report mode
+
+
+def _refuse_changed(layer: Layer, path: Any) -> SandboxViolation:
+    refusal = FileReadRefused(describe(path), _CHANGED_RULE, "readable_paths")
+    refusal.filename = filename_of(path)
+    return refusal
+
+
+_READ_MODES = frozenset({"r", "rt", "tr", "rb", "br"})
+
+
+def open_file(scope: Scope, value: str | bytes, mode: Any, buffering: Any, encoding: Any,
+              errors: Any, newline: Any, io_open: Callable[..., Any]) -> Any:
+    """``builtins.open``/``io.open`` of ``value`` for reading: opened by
+    :func:`open_for_reading` and handed to ``io_open`` as a descriptor, which makes the file
+    object ``io_open(value, ...)`` would have made, named ``value``. ``None`` where it is
+    opened the usual way: other modes, and arguments ``io_open`` refuses (its error then comes
+    from where it always came, and no descriptor is made for a file object that fails).
+
+    The descriptor is registered as the request's own while ``io_open`` takes it: the
+    ``open`` audit event of ``FileIO(fd)`` judges it like any other."""
+    if type(mode) is not str or mode not in _READ_MODES or type(buffering) is not int:
+        return None
+    if "b" in mode:
+        if encoding is not None or errors is not None or newline is not None:
+            return None
+    elif buffering == 0 or not ((encoding is None or type(encoding) is str)
+                                and (errors is None or type(errors) is str)
+                                and (newline is None or type(newline) is str)):
+        return None
+    used = in_scope_cwd(scope, value)
+    try:
+        fd = open_for_reading(scope, used, os.O_RDONLY)
+    except OSError as error:
+        if error.filename is used:
+            error.filename = value
+        raise
+    if fd is None:
+        return None
+    owned = scope.opened_fds
+    owned.add(fd)
+    try:
+        # The file object owns the descriptor from here on and closes it if it fails, except
+        # where FileIO refuses it before taking it: a folder (or an asynchronous exception in
+        # the audit hook, which leaves it open rather than risk closing a number another
+        # thread has been given since).
+        file = io_open(fd, mode, buffering, encoding, errors, newline, True, None)
+    except IsADirectoryError as error:
+        if type(error.filename) is int:
+            _close(fd)
+            error.filename = value
+        raise
+    finally:
+        owned.discard(fd)
+    # text -> buffered -> FileIO, named as io.open(value) names it
+    raw = file if buffering == 0 else file.raw if "b" in mode else file.buffer.raw
+    raw.name = value
+    return file

@@ -32,17 +32,19 @@ from .errors import (
     TempfileRefused,
 )
 from .filesystem import (
+    WRITE_FLAGS,
     ScopedDirEntry,
     check_metadata,
     check_read,
     check_write,
     describe,
     in_scope_cwd,
+    open_for_reading,
     resolve,
     resolve_walk,
     stable_path,
 )
-from .network import check_lookup, check_server
+from .network import check_lookup, check_server, exact_host
 
 Patch = tuple[Any, str, Any, Any]  # (owner, attribute, original, replacement)
 
@@ -320,16 +322,42 @@ def _scandir(original: Callable[..., Any]) -> Callable[..., Any]:
     return _named(scandir, original)
 
 
-def _fd_writer(original: Callable[..., Any], what: str, argument: int = 0) -> Callable[..., Any]:
-    """Functions that write to the descriptor in position ``argument``."""
+def _fd_writer(original: Callable[..., Any], what: str, argument: int = 0,
+               sources: tuple[int, ...] = (), replaces: bool = False) -> Callable[..., Any]:
+    """Functions that write to the descriptor in position ``argument``, reading from those in
+    ``sources`` (``sendfile``, ``splice``: the request's own or standard input only);
+    ``replaces``: the target is replaced (``dup2``), so it must be the request's own, not
+    even standard output."""
 
     def write_fd(*args: Any, **kwargs: Any) -> Any:
         scope = active_scope()
-        if scope is not None and len(args) > argument:
-            scope.judge(_check_fd_write, scope, args[argument], what)
+        if scope is not None:
+            if len(args) > argument:
+                target = args[argument]
+                if replaces:
+                    scope.judge(_check_fd_own, scope, target, what)
+                else:
+                    scope.judge(_check_fd_write, scope, target, what)
+            for position in sources:
+                if len(args) > position:
+                    scope.judge(_check_fd_read, scope, args[position], what)
         return original(*args, **kwargs)
 
     return _named(write_fd, original)
+
+
+def _check_fd_own(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxViolation | None:
+    if fd in scope.opened_fds:
+        return None
+    return _refuse_system(layer, f"{what} onto fd {fd}",
+                          "only the request's own descriptors may be replaced")
+
+
+def _check_fd_read(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxViolation | None:
+    if fd == 0 or fd in scope.opened_fds:
+        return None
+    return _refuse_system(layer, f"{what} from fd {fd}",
+                          "file descriptors the host holds are not the app's to read")
 
 
 def _fd_maker(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -364,12 +392,23 @@ def _refused_call(original: Callable[..., Any], check: Callable[..., Any],
 
 
 def _named(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
-    for attribute in ("__name__", "__qualname__", "__doc__"):
+    """``wrapper`` named as ``original``, module included: tools that recognise a function by
+    its name and module (pyfakefs's ``Patcher`` fakes ``builtins.open`` so) take it for the
+    original."""
+    for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
         try:
             setattr(wrapper, attribute, getattr(original, attribute))
         except (AttributeError, TypeError):
             pass
     return wrapper
+
+
+def _plain_read(flags: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """``os.open(path, flags[, mode])`` that only reads, with arguments ``os.open`` accepts."""
+    if type(flags) is not int or flags & WRITE_FLAGS or len(args) > 1:
+        return False
+    mode = args[0] if args else kwargs.get("mode", 0)
+    return type(mode) is int and all(key in ("mode", "dir_fd") for key in kwargs)
 
 
 def _os_open(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -386,6 +425,15 @@ def _os_open(original: Callable[..., Any]) -> Callable[..., Any]:
                 spelt = path = value
                 if kwargs.get("dir_fd") is None:
                     path = in_scope_cwd(scope, value)
+                    if _plain_read(flags, args, kwargs):
+                        try:  # race-free: checked by the kernel as it opens
+                            fd = open_for_reading(scope, path, flags)
+                        except OSError as error:
+                            _respell(error, spelt, path)
+                            raise
+                        if fd is not None:
+                            scope.opened_fds.add(fd)
+                            return fd
                 elif not os.fsdecode(value).startswith("/"):
                     scope.judge(_check_dir_fd, f"os.open({os.fsdecode(value)!r}, dir_fd=...)")
         try:
@@ -546,8 +594,8 @@ def _getaddrinfo(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(host, port, *args, **kwargs)
         scope.judge(check_lookup, scope, host, port)  # the audit event would say the same
         results = passthrough(original, host, port, *args, **kwargs)
-        if host is not None:
-            name = (host.decode("ascii", "replace") if isinstance(host, bytes) else str(host))
+        name = exact_host(host)  # as the lookup read it, not what a subclass says
+        if name is not None:
             name = name.lower().rstrip(".")
             for *_, sockaddr in results:
                 scope.resolved_hosts.setdefault(str(sockaddr[0]), set()).add(name)
@@ -698,12 +746,13 @@ def build_patches() -> list[Patch]:
 
     for name in ("stat", "lstat", "readlink", "statvfs", "pathconf", "getxattr", "listxattr"):
         add(os, name, _path_reader)  # os.access answers instead (emulation.py)
-    for name in ("write", "pwrite", "writev", "pwritev", "sendfile", "posix_fallocate",
+    for name in ("write", "pwrite", "writev", "pwritev", "posix_fallocate",
                  "posix_fadvise", "fsync", "fdatasync", "lockf"):
         add(os, name, lambda original, name=name: _fd_writer(original, f"os.{name}"))
-    add(os, "dup2", lambda original: _fd_writer(original, "os.dup2", argument=1))
+    add(os, "sendfile", lambda original: _fd_writer(original, "os.sendfile", 0, (1,)))
+    add(os, "dup2", lambda original: _fd_writer(original, "os.dup2", 1, (0,), replaces=True))
     for name in ("copy_file_range", "splice"):
-        add(os, name, lambda original, name=name: _fd_writer(original, f"os.{name}", 1))
+        add(os, name, lambda original, name=name: _fd_writer(original, f"os.{name}", 1, (0,)))
     for name in ("pipe", "pipe2"):  # dup: allowlist.py (the request's own descriptors only)
         add(os, name, _fd_maker)
     add(os, "open", _os_open)

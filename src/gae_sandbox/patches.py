@@ -624,6 +624,20 @@ def note_child(scope: Scope, pid: Any) -> None:
         scope.extras.setdefault("children", set()).add(pid)
 
 
+def _spawn(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``os.posix_spawn``/``posix_spawnp`` (judged by their audit event): the process they
+    start is the request's child, which it may wait for."""
+
+    def spawn(*args: Any, **kwargs: Any) -> Any:
+        pid = original(*args, **kwargs)
+        scope = active_scope()
+        if scope is not None:
+            note_child(scope, pid)
+        return pid
+
+    return _named(spawn, original)
+
+
 def _fork_exec(original: Callable[..., Any]) -> Callable[..., Any]:
     def fork_exec(args: Any, *rest: Any, **kwargs: Any) -> Any:
         scope = active_scope()
@@ -756,6 +770,8 @@ def build_patches() -> list[Patch]:
     for name in ("pipe", "pipe2"):  # dup: allowlist.py (the request's own descriptors only)
         add(os, name, _fd_maker)
     add(os, "open", _os_open)
+    for name in ("posix_spawn", "posix_spawnp"):
+        add(os, name, _spawn)
     add(os, "close", _os_close)
     add(os, "closerange", _os_closerange)
     for name in ("mkfifo", "mknod"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -426,6 +427,32 @@ def make_app_dir() -> str:
     Path(folder, "data.txt").write_text("hello from the app\n" * 20)
     Path(folder, "main.py").write_text("# the app\n")
     return folder
+
+
+#: The hello-world WSGI app the server figures serve.
+HELLO_APP = """
+def app(environ, start_response):
+    body = b"Hello, world!\\n"
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def make_hello_app(prefix: str) -> str:
+    """A folder with an app.yaml (python27, every URL to ``main.app``) and :data:`HELLO_APP`."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    Path(folder, "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
+                                        "handlers:\n- url: /.*\n  script: main.app\n")
+    Path(folder, "main.py").write_text(HELLO_APP)
+    return folder
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def progress(message: str) -> None:

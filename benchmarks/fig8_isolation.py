@@ -17,12 +17,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from ._common import (
     MIN_ROUNDS,
@@ -34,34 +31,14 @@ from ._common import (
     alternate,
     child_env,
     cpu_ns,
+    free_port,
+    make_hello_app,
     paired_row,
     progress,
     schedule,
     value_row,
 )
 from .fig5_wsgi import LoadClient, measure_round, throughput_rows
-
-APP = """
-def app(environ, start_response):
-    body = b"Hello, world!\\n"
-    start_response("200 OK", [("Content-Type", "text/plain"),
-                              ("Content-Length", str(len(body)))])
-    return [body]
-"""
-
-
-def _make_app() -> str:
-    folder = tempfile.mkdtemp(prefix="gae_sandbox_bench_fig8_")
-    Path(folder, "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
-                                        "handlers:\n- url: /.*\n  script: main.app\n")
-    Path(folder, "main.py").write_text(APP)
-    return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_serving(port: int, server: subprocess.Popen) -> None:
@@ -85,7 +62,7 @@ def _wait_serving(port: int, server: subprocess.Popen) -> None:
 
 class _Server:
     def __init__(self, isolation: str, app_dir: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.process = subprocess.Popen(
             [PYTHON, "-m", "gae_sandbox", "serve", app_dir, "--port", str(self.port),
              "--server", "gunicorn", "--workers", "2", "--isolation", isolation],
@@ -111,7 +88,7 @@ def child(samples: int) -> dict[str, list[float]]:
     """Fork ``samples`` children each way, alternating; CPU ns per fork."""
     from gae_sandbox import Policy, confine_process
 
-    policy = Policy.python27(app_root=_make_app())
+    policy = Policy.python27(app_root=make_hello_app("gae_sandbox_bench_fig8_"))
     out: dict[str, list[float]] = {"plain": [], "confined": [], "confine": []}
     for _, arm in schedule(samples, ("plain", "confined")):
         reader, writer = os.pipe()
@@ -142,7 +119,7 @@ def child(samples: int) -> dict[str, list[float]]:
 
 
 def run(quick: bool) -> list[Row]:
-    app_dir = _make_app()
+    app_dir = make_hello_app("gae_sandbox_bench_fig8_")
     rounds = MIN_ROUNDS if quick else 12
     count = 400 if quick else 2000
     rows = []

@@ -32,10 +32,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from ._common import (
@@ -47,6 +45,8 @@ from ._common import (
     Target,
     child_env,
     children_of,
+    free_port,
+    make_hello_app,
     median,
     paired_row,
     percentile,
@@ -55,31 +55,10 @@ from ._common import (
     value_row,
 )
 
-APP = """
-def app(environ, start_response):
-    body = b"Hello, world!\\n"
-    start_response("200 OK", [("Content-Type", "text/plain"),
-                              ("Content-Length", str(len(body)))])
-    return [body]
-"""
 ISOLATIONS = ("none", "os", "request")
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 CLIENT_THREADS = 8
 LATENCY_GAP = 0.01  # seconds between the requests of the latency rounds
-
-
-def _make_app() -> str:
-    folder = tempfile.mkdtemp(prefix="gae_sandbox_bench_fig9_")
-    Path(folder, "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
-                                        "handlers:\n- url: /.*\n  script: main.app\n")
-    Path(folder, "main.py").write_text(APP)
-    return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _one(port: int) -> bool:
@@ -101,7 +80,7 @@ class _Server:
 
     def __init__(self, isolation: str, app_dir: str) -> None:
         self.isolation = isolation
-        self.port = _free_port()
+        self.port = free_port()
         self.process = subprocess.Popen(
             [PYTHON, "-m", "gae_sandbox", "serve", app_dir, "--port", str(self.port),
              "--server", "gunicorn", "--workers", "2", "--threads", "8", "--isolation",
@@ -261,7 +240,7 @@ def run(quick: bool) -> list[Row]:
     count = 200 if quick else 600
     samples = 60 if quick else 150
     leak_count = 300 if quick else 10000  # --quick: under a minute for the whole suite
-    app_dir = _make_app()
+    app_dir = make_hello_app("gae_sandbox_bench_fig9_")
     client = _Client()
     per: dict[str, list[dict[str, Any]]] = {name: [] for name in ISOLATIONS}
     memory: list[dict[str, float]] = []

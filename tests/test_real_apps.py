@@ -246,6 +246,93 @@ def test_hooks_and_finalizers_run_sandboxed(policy: Policy) -> None:
     assert calls == [("excepthook", True), ("finalize", True)]
 
 
+@pytest.mark.parametrize("held", ["deadline timer", "report", "root descriptors"])
+def test_finalizer_the_collector_runs_inside_the_sandboxs_own_lock_completes(
+        tmp_path: Path, held: str) -> None:
+    """The collector runs finalizers at any allocation, including one made while this library
+    holds a lock of its own; the finalizer opens a scope, which takes the same locks again.
+    (Seen as a CI run that never ended.) Run in a child: a deadlock would hang it."""
+    (tmp_path / "page.html").write_text("<p>")
+    result = run_child(f"""
+        import faulthandler, gc, weakref
+        faulthandler.dump_traceback_later(30, exit=True)
+        from gae_sandbox import Policy, Sandbox
+        from gae_sandbox.deadline import TIMER
+        from gae_sandbox.filesystem import root_descriptors
+
+        class Node:
+            pass
+
+        ran = []
+
+        def later():  # opens a scope, reads an app file, has a write refused (recorded)
+            with open("page.html") as page:
+                ran.append(page.read())
+            try:
+                open("written.txt", "w")
+            except PermissionError:
+                ran.append("refused")
+
+        sandbox = Sandbox(Policy.python27(app_root={str(tmp_path)!r}))
+        with sandbox:
+            node = Node()
+            node.cycle = node
+            weakref.finalize(node, later)
+            del node
+        lock = {{"deadline timer": TIMER._lock, "report": sandbox.report._lock,
+                 "root descriptors": root_descriptors._lock}}[{held!r}]
+        with lock:
+            gc.collect()
+        print(*ran, len(sandbox.violations))
+        """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["<p>", "refused", "1"]
+    assert not (tmp_path / "written.txt").exists()
+
+
+def test_app_code_never_runs_on_the_deadline_timer(policy: Policy) -> None:
+    """A logging handler the app adds is reached by the timer's own hard-deadline log line:
+    it runs, sandboxed, on a thread of its own, so a handler that blocks cannot stop the one
+    timer every request's deadline depends on."""
+    import time
+
+    from gae_sandbox import current_sandbox
+    from gae_sandbox.deadline import TIMER
+    from gae_sandbox.errors import DeadlineExceededError, HardDeadlineExceeded
+
+    seen: list[tuple[int, bool]] = []
+    arrived = threading.Event()
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "still running" in record.getMessage():  # the timer's line
+                seen.append((threading.get_ident(), current_sandbox() is not None))
+                arrived.set()
+
+    host_logger = logging.getLogger("gae_sandbox")
+    before = list(host_logger.handlers)
+    short = policy.replace(deadline=0.05, hard_deadline_grace=0.05)
+    try:
+        with Sandbox(short):
+            host_logger.addHandler(Recorder())
+            give_up = time.monotonic() + 10  # bounded; the hard deadline comes after 0.1 s
+            while time.monotonic() < give_up:  # pure Python: only the timer can interrupt it
+                try:
+                    sum(range(1000))
+                except DeadlineExceededError:
+                    continue
+                except HardDeadlineExceeded:
+                    break
+    except HardDeadlineExceeded:
+        pass
+    finally:
+        host_logger.handlers[:] = before
+    assert arrived.wait(10)
+    timer = TIMER._thread
+    assert timer is not None
+    assert seen and all(ident != timer.ident and sandboxed for ident, sandboxed in seen)
+
+
 # --- python3 app.yaml files -----------------------------------------------------------------
 
 PYTHON3_MAIN = """\

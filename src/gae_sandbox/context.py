@@ -22,6 +22,11 @@ from .runtime import interpreter_library_folders
 if TYPE_CHECKING:
     from .policy import Policy
 
+#: Threads of this library that never run app code (the deadline timer): a callback the app
+#: registered that is called on one of them (a finalizer the collector runs there, a logging
+#: handler reached by the timer's own log line) runs on a thread of its own instead.
+HOST_ONLY_THREADS: set[int] = set()
+
 _ACTIVE: ContextVar[Scope | None] = ContextVar("gae_sandbox.active", default=None)
 #: Set while a patched function lets a reported operation through, so the audit hook does not
 #: record the same operation a second time.

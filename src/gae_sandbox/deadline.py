@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .context import Scope, active_scope
+from .context import HOST_ONLY_THREADS, Scope, active_scope
 from .errors import DeadlineExceededError, HardDeadlineExceeded
 
 logger = logging.getLogger("gae_sandbox")
@@ -45,7 +45,9 @@ def _host_call(function: Callable[..., Any], *args: Any) -> Any:
 _original_sleep = time.sleep
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
-_allocate_lock = _thread.allocate_lock
+# Reentrant: a garbage collection inside a critical section may run a finalizer the app
+# registered, which opens a scope (and so schedules a deadline) in the same thread.
+_RLock = _thread.RLock
 
 
 def raise_in_thread(ident: int, error: type[BaseException]) -> bool:
@@ -89,7 +91,7 @@ class Deadline:
         self.grace = grace
         self.owner = owner
         self.on_hard = on_hard
-        self.lock = _allocate_lock()
+        self.lock = _RLock()
         self.thread: int | None = None
         self.attached = False
         self.active = True
@@ -213,7 +215,7 @@ class DeadlineTimer:
     """The one timer thread: a heap of (time, sequence, deadline)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = _RLock()
         self._wakeup = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, Deadline]] = []
         self._sequence = itertools.count()
@@ -224,7 +226,7 @@ class DeadlineTimer:
     def _after_fork(self) -> None:
         """A forked child (a gunicorn worker) has no timer thread and none of the parent's
         requests; its lock may have been held by another thread at the fork."""
-        self._lock = threading.Lock()
+        self._lock = _RLock()
         self._wakeup = threading.Condition(self._lock)
         self._heap = []
         self._thread = None
@@ -249,6 +251,7 @@ class DeadlineTimer:
         self._thread = thread
 
     def _run(self) -> None:
+        HOST_ONLY_THREADS.add(_get_ident())
         while True:
             with self._lock:
                 while True:

@@ -384,7 +384,7 @@ class RootDescriptors:
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[int, int, int]] = {}  # folder -> (fd, st_dev, st_ino)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a finalizer the collector runs
 
     def current(self, folder: str) -> int:
         """The descriptor of ``folder`` (an absolute, symlink-free path), checked now; -1 when

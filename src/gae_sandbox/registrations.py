@@ -20,8 +20,10 @@ app's reaches it.
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import codecs
+import contextvars
 import copyreg
 import logging
 import os
@@ -32,10 +34,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .context import Scope, active_scope
+from .context import HOST_ONLY_THREADS, Scope, active_scope
 from .patches import _named, _refuse_system, _refused_call
 
 Patch = tuple[Any, str, Any, Any]
+
+_get_ident = _thread.get_ident
 
 #: Set by sandbox.py: ``run_in_scope_of(scope, function, *args, **kwargs)``.
 _runner: Callable[..., Any] | None = None
@@ -95,6 +99,11 @@ class SandboxedCallback:
         if active_scope() is self.__scope:  # called back within the same request
             return self.__wrapped(*args, **kwargs)
         assert _runner is not None
+        if _get_ident() in HOST_ONLY_THREADS:  # never app code on the deadline timer
+            thread = threading.Thread(target=_runner, args=(self.__scope, self.__wrapped, *args),
+                                      kwargs=kwargs, name="gae_sandbox-callback", daemon=True)
+            contextvars.Context().run(thread.start)
+            return None
         return _runner(self.__scope, self.__wrapped, *args, **kwargs)
 
     def wraps(self, function: Any) -> bool:

@@ -34,7 +34,7 @@ class Report:
     """Thread-safe, de-duplicated list of violations for one :class:`Sandbox` object."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a finalizer run by the collector may record
         self._by_key: dict[tuple[str, str, str], Violation] = {}
 
     def record(self, violation: Violation, *, by_library: bool = False) -> bool:

@@ -549,7 +549,7 @@ class RestrictedFinder:
 
 
 FINDER = RestrictedFinder()
-_install_lock = threading.Lock()
+_install_lock = threading.RLock()
 
 
 def install_finder() -> None:

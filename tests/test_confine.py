@@ -570,3 +570,266 @@ def test_rlimits_bound_memory_and_open_files(dirs: tuple[Path, Path]) -> None:
     """
     result, _ = run_child(root, out, setup, body, confine=False)
     assert result["result"] == repr((((512 << 20, 512 << 20), (64, 64)), "MemoryError"))
+
+
+# -- the allow-list ------------------------------------------------------------------------
+
+
+def test_allow_list_names_known_calls_and_no_refused_one() -> None:
+    """Every listed call has a number on some architecture the filter knows (a typo would
+    silently allow nothing), and nothing the filter must refuse is on the list."""
+    from gae_sandbox.confine import _AARCH64, _CHECKED, _X86_64, allowed_system_calls
+
+    listed = allowed_system_calls(no_file_data=False)
+    assert len(set(listed)) == len(listed)
+    assert [name for name in (*listed, *_CHECKED) if name not in _X86_64 | _AARCH64] == []
+    refused = {"execve", "execveat", "fork", "vfork", "ptrace", "listen", "shmget", "shmat",
+               "semget", "msgget", "chmod", "fchmod", "fchown", "setxattr", "utime", "utimes",
+               "futimesat", "memfd_create", "mount", "unshare", "setns", "bpf", "io_uring_setup",
+               "keyctl", "setrlimit", "tkill", "pidfd_send_signal", "pidfd_getfd",
+               "process_vm_writev", "personality"}
+    assert refused & set(listed) == set() and refused & set(_CHECKED) == set()
+    assert "openat2" in listed and "statx" in listed  # filesystem.py's race-free reads
+    assert not {"truncate", "ftruncate", "fallocate"} & set(allowed_system_calls())
+
+
+@needs_kernel
+def test_calls_off_the_allow_list_answer_eperm(dirs: tuple[Path, Path]) -> None:
+    """SysV IPC, ioctl requests not listed, calls on another process: refused before the
+    kernel looks at their arguments. Unconfined, the same calls reach the kernel, which
+    answers something else (their arguments are invalid on purpose: no lasting effect)."""
+    root, out = dirs
+    body = """
+        import ctypes, platform, random
+        from gae_sandbox.confine import _ARCHES
+        numbers = _ARCHES[platform.machine()][2]
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(os.path.join(ROOT, "data.txt"), os.O_RDONLY)
+        key = random.randrange(1 << 24, 1 << 30)
+        calls = {
+            "shmget": (numbers["shmget"], 0, 0, 0),  # IPC_PRIVATE, size 0: EINVAL
+            "shmat": (numbers["shmat"], -1, 0, 0),
+            "shmctl": (numbers["shmctl"], -1, 2, 0),  # IPC_STAT
+            "semget": (numbers["semget"], 0, -1, 0),  # nsems -1: EINVAL
+            "msgget": (numbers["msgget"], key, 0),  # no IPC_CREAT: ENOENT
+            "ioctl FS_IOC_SETFLAGS": (numbers["ioctl"], fd, 0x40086602, 0),  # NULL: EFAULT
+            "ioctl FS_IOC_SETVERSION": (numbers["ioctl"], fd, 0x40087602, 0),
+            "ioctl FS_IOC_GETFLAGS": (numbers["ioctl"], fd, 0x80086601, 0),
+            "ioctl TIOCSTI": (numbers["ioctl"], fd, 0x5412, 0),
+            "prlimit64 of the parent": (numbers["prlimit64"], os.getppid(), 0, 1, 0),
+            "sched_setaffinity of the parent": (numbers["sched_setaffinity"], os.getppid(), 0, 0),
+            "ioprio_set of the parent": (numbers["ioprio_set"], 1, os.getppid(), -1),
+            "setpriority of a process group": (numbers["setpriority"], 1, 2**31 - 1, 0),
+            "utime of a path": (numbers["utimensat"], -100, ROOT.encode(), 1, 0),  # bad times
+            "memfd_create": (numbers["memfd_create"], 0, 0),  # NULL name: EFAULT
+        }
+        answers = {}
+        for name, (number, *args) in calls.items():
+            ctypes.set_errno(0)
+            result = libc.syscall(number, *args)
+            answers[name] = 0 if result >= 0 else ctypes.get_errno()
+        return answers
+    """
+    result, _ = run_child(root, out, "", body, confine=True)
+    answers = ast.literal_eval(result["result"])
+    assert set(answers.values()) == {1}, answers  # EPERM
+    result, _ = run_child(root, out, "", body, confine=False)
+    control = ast.literal_eval(result["result"])
+    assert 1 not in control.values() and 0 not in control.values(), control
+
+
+@needs_kernel
+def test_what_stays_allowed_works(dirs: tuple[Path, Path]) -> None:
+    """openat2 (filesystem.py's race-free reads), the listed ioctl requests (non-blocking
+    sockets, close-on-exec, isatty), priorities and affinity of the process itself, and
+    reading another process's limits."""
+    root, out = dirs
+    body = """
+        import ctypes, socket, resource
+        libc = ctypes.CDLL(None, use_errno=True)
+        how = (ctypes.c_uint64 * 3)(os.O_RDONLY | os.O_CLOEXEC, 0, 0x04)  # RESOLVE_NO_SYMLINKS
+        fd = libc.syscall(437, -100, os.path.join(ROOT, "data.txt").encode(), how, 24)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "openat2")
+        data = os.read(fd, 100)
+        s = socket.socket()
+        s.setblocking(False)
+        os.set_inheritable(fd, True)
+        os.setpriority(os.PRIO_PROCESS, 0, 2)
+        os.setpriority(os.PRIO_PROCESS, os.getpid(), 3)
+        os.sched_setaffinity(0, os.sched_getaffinity(0))
+        return (data, os.isatty(fd), s.getblocking(), os.get_inheritable(fd),
+                os.getpriority(os.PRIO_PROCESS, 0), resource.prlimit(os.getppid(),
+                resource.RLIMIT_NOFILE) == resource.getrlimit(resource.RLIMIT_NOFILE) or "read")
+    """
+    result, _ = run_child(root, out, "", body, confine=True)
+    assert result["ok"], result
+    data, tty, blocking, inheritable, nice, _ = ast.literal_eval(result["result"])
+    assert (data, tty, blocking, inheritable, nice) == (b"app data\n", False, False, True, 3)
+
+
+@pytest.mark.parametrize("bad", [-1, True, "3"])
+def test_heartbeat_fd_is_validated(bad: Any, tmp_path: Path) -> None:
+    """Checked before anything is applied (so this runs in the test process itself)."""
+    from gae_sandbox import confine_process
+
+    with pytest.raises(ValueError, match="heartbeat_fd must be a descriptor"):
+        confine_process(Policy(app_root=str(tmp_path)), heartbeat_fd=bad)
+
+
+@needs_kernel
+def test_futimens_only_on_the_heartbeat_descriptor(dirs: tuple[Path, Path]) -> None:
+    """gunicorn's heartbeat sets the times of its (unlinked) temporary file through its
+    descriptor; no other descriptor, and no path, gets new times."""
+    root, out = dirs
+    files = {name: out / name for name in ("heartbeat", "other", "by-path")}
+    for path in files.values():
+        path.write_text("x")
+    body = f"""
+        answers = {{}}
+        for name, target in (("heartbeat", heartbeat), ("other", other),
+                             ("by-path", {str(files["by-path"])!r})):
+            try:
+                os.utime(target, (1000000, 1000000))
+                answers[name] = "changed"
+            except OSError as error:
+                answers[name] = error.errno
+        return answers
+    """
+    setup = f"""
+    heartbeat = os.open({str(files["heartbeat"])!r}, os.O_RDONLY)
+    other = os.open({str(files["other"])!r}, os.O_RDONLY)
+    if CONFINE:
+        confine_process(policy, heartbeat_fd=heartbeat)
+    """
+    before = {name: path.stat().st_mtime for name, path in files.items()}
+    result, _ = run_child(root, out, setup.replace("CONFINE", "False"), body, confine=False)
+    assert all(path.stat().st_mtime == 1000000 for path in files.values()), result
+    for name, path in files.items():
+        os.utime(path, (before[name], before[name]))
+    result, _ = run_child(root, out, setup.replace("CONFINE", "True"), body, confine=False)
+    assert ast.literal_eval(result["result"]) == {"heartbeat": "changed", "other": 1,
+                                                  "by-path": 1}, result
+    assert files["heartbeat"].stat().st_mtime == 1000000
+    assert [files[name].stat().st_mtime for name in ("other", "by-path")] == [
+        before["other"], before["by-path"]]
+
+
+@needs_kernel
+def test_a_per_request_child_cannot_renice_its_worker(dirs: tuple[Path, Path]) -> None:
+    """The worker's filter (fork=True) names the worker's own pid; a child it forks inherits
+    that filter, so confine_child's filter is what keeps the child off its worker. The
+    control: the same child without confine_child reaches it."""
+    root, out = dirs
+    setup = """
+    from gae_sandbox.confine import confine_child, prepare_child
+    confine_process(policy, fork=True)
+    prepare_child()
+    def renice_worker(confine):
+        child = os.fork()
+        if child == 0:
+            if confine:
+                confine_child()
+            try:
+                os.setpriority(os.PRIO_PROCESS, os.getppid(), 9)
+            except OSError:
+                pass
+            os._exit(0)
+        os.waitpid(child, 0)
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    """
+    start = os.getpriority(os.PRIO_PROCESS, 0)
+    if start >= 9:
+        pytest.skip(f"the test already runs at nice {start}: no room to show a change")
+    result, _ = run_child(root, out, setup, "return renice_worker(False)", confine=False)
+    assert result["result"] == "9", f"control: a child without confine_child: {result}"
+    result, _ = run_child(root, out, setup, "return renice_worker(True)", confine=False)
+    assert result["result"] == str(start), result
+
+
+# -- servers under the allow-list ----------------------------------------------------------
+
+PID_APP = textwrap.dedent(
+    """
+    import os
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [("pid %d" % os.getpid()).encode()]
+    """
+)
+
+GUNICORN_CONFIG = textwrap.dedent(
+    """
+    import os
+    from gae_sandbox import Policy, confine_process
+
+    def post_fork(server, worker):
+        if os.environ["HEARTBEAT"] == "gunicorn's":
+            heartbeat = worker.tmp.fileno()
+        else:  # the control: a descriptor gunicorn does not touch
+            heartbeat = os.open(os.devnull, os.O_RDONLY)
+        # max_file_size=None: the log is a regular file here (RLIMIT_FSIZE=0 would drop it)
+        confine_process(Policy(app_root=os.environ["APP_ROOT"]), heartbeat_fd=heartbeat,
+                        max_file_size=None)
+        server.log.info("worker %s confined", os.getpid())
+    """
+)
+
+
+def _wait_for(predicate: Any, what: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Poll until ``predicate()``; the deadline only guards against a hang."""
+    deadline = time.monotonic() + 60
+    while not predicate():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{what}:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return _get(port, "/", timeout=5)[0] == 200
+    except OSError:
+        return False
+
+
+@needs_kernel
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+@pytest.mark.parametrize("heartbeat", ["gunicorn's", "another"])
+def test_gunicorn_worker_keeps_its_heartbeat(worker_class: str, heartbeat: str,
+                                             tmp_path: Path) -> None:
+    """A gunicorn worker confined in post_fork serves with the allow-list in force; its
+    heartbeat (futimens of WorkerTmp) works on the descriptor named, and only there: named
+    wrongly (the control), the heartbeat is refused and the worker dies."""
+    pytest.importorskip("gunicorn")
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / "pidapp.py").write_text(PID_APP)
+    config = tmp_path / "gunicorn_conf.py"
+    config.write_text(GUNICORN_CONFIG)
+    log = tmp_path / "gunicorn.log"
+    port = free_port()
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(config), "-k", worker_class, "-w", "1",
+             "-t", "30", "-b", f"127.0.0.1:{port}", "--chdir", str(root), "pidapp:app"],
+            stdout=output, stderr=subprocess.STDOUT,
+            env={**os.environ, "HEARTBEAT": heartbeat, "APP_ROOT": str(root)})
+    try:
+        if heartbeat == "gunicorn's":
+            _wait_for(lambda: _answers(port), "the worker did not answer", process, log)
+            first, second = _get(port, "/")[1], _get(port, "/")[1]
+            assert first == second and first.startswith(b"pid "), log.read_text()
+            assert "Exception in worker process" not in log.read_text()
+            assert "confined" in log.read_text()
+        else:
+            _wait_for(lambda: "PermissionError" in log.read_text(errors="replace"),
+                      "the heartbeat on another descriptor was not refused", process, log)
+            assert "tmp.notify()" in log.read_text()  # gunicorn's heartbeat
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)

@@ -236,7 +236,8 @@ class RequestWorker(base.Worker):
         mimetypes.init()  # reads /etc/mime.types, outside what the worker may read afterwards
         confinement = confine_process(policy, writable_paths=self.writable_paths,
                                       address_space_mb=self.memory_limit_mb,
-                                      max_file_size=self.worker_file_size, fork=True)
+                                      max_file_size=self.worker_file_size, fork=True,
+                                      heartbeat_fd=self.tmp.fileno())  # gunicorn's heartbeat
         self._confined = True
         self.log.info("worker %s confined: %s (Landlock ABI %s); a confined child per request",
                       os.getpid(), ", ".join(confinement.applied), confinement.landlock_abi)

@@ -196,6 +196,7 @@ def _serve_gunicorn(config: Any, policy: Any, args: argparse.Namespace) -> list[
             address_space_mb=args.memory_limit,
             cpu_seconds=args.cpu_limit,
             max_file_size=None if keep_violations else 0,
+            heartbeat_fd=worker.tmp.fileno(),  # gunicorn's heartbeat: futimens on it only
         )
         server.log.info("worker %s confined: %s (Landlock ABI %s)", os.getpid(),
                         ", ".join(confinement.applied), confinement.landlock_abi)

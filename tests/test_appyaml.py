@@ -1402,3 +1402,132 @@ def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
     message = str(load_error(path))
     assert message.startswith(f"{path}:{line_of(path, 'handlers:', nth=2)}: ")
     assert "handlers" in message
+
+
+# --- includes: -------------------------------------------------------------------------------
+
+
+def test_includes_merge_as_the_sdk_does(tmp_path: Path) -> None:
+    """Included handlers go before app.yaml's (``position: tail`` after), included
+    ``skip_files`` are added, included ``env_variables`` win; a folder means its
+    include.yaml, nested includes are followed, and each file is read once."""
+    write(tmp_path, """\
+        runtime: python27
+        api_version: 1
+        threadsafe: true
+        includes:
+        - admin.yaml
+        - lib/mapreduce
+        - admin.yaml
+        env_variables:
+          MODE: main
+          KEEP: yes-main
+        handlers:
+        - url: /.*
+          script: main.app
+        """)
+    write(tmp_path, """\
+        handlers:
+        - url: /admin/.*
+          script: admin.app
+        - url: /fallback/.*
+          script: fallback.app
+          position: tail
+        skip_files:
+        - ^secrets/.*$
+        env_variables:
+          MODE: included
+        includes:
+        - nested.yaml
+        """, "admin.yaml")
+    write(tmp_path, """\
+        handlers:
+        - url: /nested
+          script: nested.app
+        includes:
+        - admin.yaml
+        """, "nested.yaml")
+    write(tmp_path / "lib" / "mapreduce", """\
+        handlers:
+        - url: /mapreduce/.*
+          script: mapreduce.main.app
+        """, "include.yaml")
+
+    config = load_app_yaml(tmp_path)
+
+    assert [h.url for h in config.handlers] == [
+        "/admin/.*", "/nested", "/mapreduce/.*", "/.*", "/fallback/.*"]
+    assert "^secrets/.*$" in config.skip_files
+    assert set(DEFAULT_SKIP_FILES) <= set(config.skip_files)
+    assert dict(config.env_variables) == {"MODE": "included", "KEEP": "yes-main"}
+    policy = config.policy()
+    assert "^secrets/.*$" in policy.skip_files
+
+
+def test_handlers_may_all_come_from_includes(tmp_path: Path) -> None:
+    write(tmp_path, "runtime: python27\napi_version: 1\nthreadsafe: true\n"
+                    "includes:\n- routes.yaml\n")
+    write(tmp_path, "handlers:\n- url: /.*\n  script: main.app\n", "routes.yaml")
+    assert [h.script for h in load_app_yaml(tmp_path).handlers] == ["main.app"]
+
+    write(tmp_path, "skip_files:\n- ^x$\n", "routes.yaml")
+    assert "no handlers" in str(load_error(tmp_path))
+
+
+@pytest.mark.parametrize(("entry", "fragment"), [
+    ("../outside.yaml", "leaves the app folder"),
+    ("/etc/passwd", "must be a path relative to the app folder"),
+    ("missing.yaml", "no such file"),
+    ("link.yaml", "leaves the app folder"),
+])
+def test_include_paths_stay_in_the_app_folder(tmp_path: Path, entry: str,
+                                              fragment: str) -> None:
+    app = tmp_path / "app"
+    write(tmp_path, "handlers:\n- url: /.*\n  script: evil.app\n", "outside.yaml")
+    path = write(app, MINIMAL + f"includes:\n- {entry}\n")
+    (app / "link.yaml").symlink_to(tmp_path / "outside.yaml")
+    error = load_error(path)
+    assert fragment in str(error) and entry in str(error)
+    assert f"app.yaml:{line_of(path, 'includes:')}" in str(error)
+
+
+@pytest.mark.parametrize(("included", "fragment"), [
+    ("- just\n- a list\n", "must be a mapping"),
+    ("handlers:\n- url: /x\n  script: a.app\n  position: middle\n", "position must be head"),
+    ("handlers: [\n", "invalid YAML"),
+    ("env_variables:\n  A: [1]\n", "env_variables A must be a string"),
+])
+def test_a_broken_included_file_names_itself(tmp_path: Path, included: str,
+                                            fragment: str) -> None:
+    path = write(tmp_path, MINIMAL + "includes:\n- part.yaml\n")
+    write(tmp_path, included, "part.yaml")
+    error = str(load_error(path))
+    assert fragment in error and "part.yaml" in error
+
+
+def test_includes_must_be_a_list_of_paths(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "includes: part.yaml\n")
+    assert "includes must be a list" in str(load_error(path))
+
+
+def test_an_include_loop_ends(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "includes:\n- a.yaml\n")
+    write(tmp_path, "includes:\n- b.yaml\nhandlers:\n- url: /a\n  script: a.app\n", "a.yaml")
+    write(tmp_path, "includes:\n- a.yaml\n- app.yaml\n", "b.yaml")
+    assert [h.url for h in load_app_yaml(path).handlers] == ["/a", "/.*"]
+
+
+def test_a_handler_from_an_include_is_served(tmp_path: Path) -> None:
+    from gae_sandbox.devserver import DevServerApp
+
+    write(tmp_path, MINIMAL + "includes:\n- static.yaml\n")
+    write(tmp_path, "handlers:\n- url: /assets\n  static_dir: assets\n", "static.yaml")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "site.css").write_text("body {}")
+    app = DevServerApp(load_app_yaml(tmp_path))
+    statuses: list[str] = []
+    body = b"".join(app({"PATH_INFO": "/assets/site.css", "REQUEST_METHOD": "GET",
+                         "QUERY_STRING": "", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+                         "wsgi.url_scheme": "http"},
+                        lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses == ["200 OK"] and body == b"body {}"

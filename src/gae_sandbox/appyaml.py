@@ -354,13 +354,18 @@ def load_app_yaml(path: str | os.PathLike[str]) -> AppConfig:
                 break
         else:
             raise AppYamlError(f"{location}: no app.yaml in this folder")
+    return _parse(location, _read_yaml(location, "app.yaml"))
+
+
+def _read_yaml(location: str, what: str) -> Any:
+    """The document of one YAML file (app.yaml or a file it includes), bounded in size."""
     try:
         with open(location, "rb") as file:
             raw = file.read(_MAX_SIZE + 1)
     except OSError as error:
-        raise AppYamlError(f"{location}: cannot read app.yaml: {error.strerror or error}") from None
+        raise AppYamlError(f"{location}: cannot read {what}: {error.strerror or error}") from None
     if len(raw) > _MAX_SIZE:
-        raise AppYamlError(f"{location}: larger than {_MAX_SIZE} bytes; not an app.yaml")
+        raise AppYamlError(f"{location}: larger than {_MAX_SIZE} bytes; not an {what}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -377,7 +382,7 @@ def load_app_yaml(path: str | os.PathLike[str]) -> AppConfig:
     except (ValueError, OverflowError) as error:  # a value filled in after its node was built
         raise AppYamlError(f"{location}: invalid YAML: cannot read a value: "
                            f"{str(error)[:200]}") from None
-    return _parse(location, document)
+    return document
 
 
 def _parse(location: str, document: Any) -> AppConfig:
@@ -409,8 +414,10 @@ def _parse(location: str, document: Any) -> AppConfig:
                    lines.get("threadsafe", 0))
 
     app_root = os.path.dirname(os.path.abspath(location))
-    handlers = _handlers(document.get("handlers"), lines.get("handlers", 0), app_root,
-                         location, fail, python3)
+    handlers: tuple[Handler, ...] = ()
+    if document.get("handlers") is not None or not document.get("includes"):
+        handlers = _handlers(document.get("handlers"), lines.get("handlers", 0), app_root,
+                             location, fail, python3)
     entrypoint, wsgi_app = None, None
     if python3:
         entrypoint = document.get("entrypoint")
@@ -427,6 +434,18 @@ def _parse(location: str, document: Any) -> AppConfig:
                              () if python3 else DEFAULT_SKIP_FILES)
     env_variables = _env_variables(document.get("env_variables"),
                                    lines.get("env_variables", 0), fail)
+    included = _Included(main=os.path.realpath(location))
+    _include_all(document, location, app_root, python3, included, fail, depth=0)
+    if included.files:
+        handlers = (*included.head, *handlers, *included.tail)
+        skip_files = tuple(dict.fromkeys((*skip_files, *included.skip_files)))
+        environment = dict(env_variables)
+        environment.update(included.env_variables)  # as the SDK merges: the include wins
+        env_variables = tuple(environment.items())
+        if not handlers and not python3:
+            raise fail("no handlers: neither app.yaml nor the files it includes route a URL "
+                       "(runtime python27 needs a list of url: ... entries)",
+                       lines.get("includes", 0))
     extra = {k: v for k, v in document.items() if k not in {
         "runtime", "api_version", "threadsafe", "handlers", "libraries", "skip_files",
         "env_variables", "entrypoint"}}
@@ -519,6 +538,101 @@ def _positionals(words: list[str]) -> list[str]:
         else:
             found.append(word)
     return found
+
+
+#: What a file named in ``includes:`` may hold (the SDK's AppInclude); the rest is ignored.
+INCLUDE_KEYS = {"handlers", "env_variables", "skip_files", "includes", "builtins",
+                "admin_console", "manual_scaling", "vm", "vm_settings", "beta_settings"}
+_MAX_INCLUDES = 64  # files, all levels together: includes are a handful, not a graph
+
+
+@dataclass
+class _Included:
+    """What the ``includes:`` files add, in the order the SDK merges them: their handlers
+    before app.yaml's (``position: tail`` ones after), their ``skip_files`` added, their
+    ``env_variables`` over app.yaml's."""
+
+    main: str = ""  # app.yaml's own real path: an include naming it adds nothing
+    files: list[str] = field(default_factory=list)
+    head: list[Handler] = field(default_factory=list)
+    tail: list[Handler] = field(default_factory=list)
+    skip_files: list[str] = field(default_factory=list)
+    env_variables: dict[str, str] = field(default_factory=dict)
+
+
+def _include_all(document: dict[Any, Any], location: str, app_root: str, python3: bool,
+                 included: _Included, fail: Any, depth: int) -> None:
+    """Read the files ``document``'s ``includes:`` names (and theirs), once each."""
+    lines: dict[Any, int] = getattr(document, "key_lines", {})
+    value = document.get("includes")
+    line = lines.get("includes", 0)
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(item, str) and item
+                                              for item in value):
+        raise fail("includes must be a list of paths to YAML files (or folders holding an "
+                   "include.yaml), relative to the app folder", line)
+    for name in value:
+        path = _include_path(name, location, app_root, fail, line)
+        if path in included.files or path == included.main:
+            continue  # read already: the SDK reads each file once
+        if len(included.files) >= _MAX_INCLUDES or depth >= 16:
+            raise fail(f"includes: more than {_MAX_INCLUDES} files or 16 levels; is {name!r} "
+                       "part of a loop?", line)
+        included.files.append(path)
+        _merge_include(path, app_root, python3, included, depth)
+
+
+def _include_path(name: str, location: str, app_root: str, fail: Any, line: int) -> str:
+    """Where the SDK looks: beside the including file, then in the app folder; a folder means
+    its ``include.yaml``. Never outside the app folder."""
+    if "\0" in name or os.path.isabs(name):
+        raise fail(f"includes entry {name!r} must be a path relative to the app folder", line)
+    root = os.path.realpath(app_root)
+    for base in (os.path.dirname(os.path.abspath(location)), app_root):
+        candidate = os.path.realpath(os.path.join(base, name))
+        if candidate != root and not candidate.startswith(root + os.sep):
+            raise fail(f"includes entry {name!r} leaves the app folder", line)
+        if os.path.isdir(candidate):
+            candidate = os.path.join(candidate, "include.yaml")
+        if os.path.isfile(candidate):
+            return candidate
+    raise fail(f"includes entry {name!r}: no such file (looked beside "
+               f"{os.path.basename(location)} and in the app folder; a folder needs an "
+               "include.yaml)", line)
+
+
+def _merge_include(path: str, app_root: str, python3: bool, included: _Included,
+                   depth: int) -> None:
+    def fail(message: str, line: int = 0) -> AppYamlError:
+        return AppYamlError(f"{path}{f':{line}' if line else ''}: {message}")
+
+    document = _read_yaml(path, "included file")
+    if document is None:
+        return  # an empty include adds nothing
+    if not isinstance(document, dict):
+        raise fail("an included file must be a mapping of keys (handlers:, ...)")
+    lines: dict[Any, int] = getattr(document, "key_lines", {})
+    for key in document:
+        if key not in INCLUDE_KEYS:
+            warnings.warn(f"{path}:{lines.get(key, 0)}: key {_show(key)} is not one an "
+                          "included file may set; ignored", stacklevel=4)
+    if document.get("handlers") is not None:
+        handlers = _handlers(document["handlers"], lines.get("handlers", 0), app_root, path,
+                             fail, python3)
+        raw = document["handlers"]
+        for handler, entry in zip(handlers, raw, strict=True):
+            position = entry.get("position", "head")
+            if position not in ("head", "tail"):
+                raise fail(f"handler position must be head or tail, got {_show(position)}",
+                           handler.line)
+            (included.head if position == "head" else included.tail).append(handler)
+    if document.get("skip_files") is not None:
+        included.skip_files.extend(_skip_files(document["skip_files"],
+                                               lines.get("skip_files", 0), fail, ()))
+    included.env_variables.update(_env_variables(document.get("env_variables"),
+                                                 lines.get("env_variables", 0), fail))
+    _include_all(document, path, app_root, python3, included, fail, depth + 1)
 
 
 def _line(value: Any, default: int) -> int:

@@ -1531,3 +1531,60 @@ def test_a_handler_from_an_include_is_served(tmp_path: Path) -> None:
                          "wsgi.url_scheme": "http"},
                         lambda status, headers, exc_info=None: statuses.append(status)))
     assert statuses == ["200 OK"] and body == b"body {}"
+
+
+# --- entrypoint: the WSGI app, as gunicorn names it -----------------------------------------
+
+
+@pytest.mark.parametrize(("reference", "parsed"), [
+    ("main:app", ("main", "app", (), {})),
+    ("mysite.wsgi:application", ("mysite.wsgi", "application", (), {})),
+    ("main:create_app()", ("main", "create_app", (), {})),
+    ("main:create_app('prod', debug=False, n=[1, 2])",
+     ("main", "create_app", ("prod",), {"debug": False, "n": [1, 2]})),
+    ("guestbook.main.app", ("guestbook.main", "app", (), {})),
+])
+def test_wsgi_references_read_as_gunicorn_reads_them(reference: str, parsed: tuple) -> None:
+    assert appyaml.parse_wsgi_reference(reference) == parsed
+
+
+@pytest.mark.parametrize("reference", [
+    "main:create_app(__import__('os'))", "main:app.attr", "main:", ":app", "1main:app",
+    "main:create_app(**{'a': 1})", "main:" + "(" * 5000,
+])
+def test_a_wsgi_reference_that_is_not_a_name_or_a_literal_call_is_refused(
+        reference: str) -> None:
+    with pytest.raises(ValueError, match="main|module name"):
+        appyaml.parse_wsgi_reference(reference)
+
+
+def test_an_app_factory_with_arguments_is_served(tmp_path: Path) -> None:
+    from gae_sandbox.devserver import DevServerApp
+
+    write(tmp_path, "runtime: python312\n"
+                    "entrypoint: gunicorn -b :$PORT \"factory_app:create_app('blue')\"\n")
+    (tmp_path / "factory_app.py").write_text(textwrap.dedent("""\
+        def create_app(colour):
+            def app(environ, start_response):
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [colour.encode()]
+            return app
+        """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        app = DevServerApp(load_app_yaml(tmp_path))
+        body = b"".join(app({"PATH_INFO": "/", "REQUEST_METHOD": "GET", "QUERY_STRING": "",
+                             "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+                             "wsgi.url_scheme": "http"},
+                            lambda status, headers, exc_info=None: None))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("factory_app", None)
+    assert body == b"blue"
+
+
+def test_an_entrypoint_calling_with_code_is_refused_at_load(tmp_path: Path) -> None:
+    path = write(tmp_path, "runtime: python312\n"
+                           "entrypoint: gunicorn \"main:create_app(__import__('os'))\"\n")
+    error = str(load_error(path))
+    assert "must be literals" in error and "app.yaml:2" in error

@@ -426,6 +426,11 @@ def _parse(location: str, document: Any) -> AppConfig:
                        lines.get("entrypoint", 0))
         wsgi_app = (wsgi_app_of_entrypoint(entrypoint, fail, lines.get("entrypoint", 0))
                     if entrypoint else DEFAULT_WSGI_APP)
+        try:
+            parse_wsgi_reference(wsgi_app)
+        except ValueError as error:
+            raise fail(f"entrypoint names no WSGI app it can serve: {error}",
+                       lines.get("entrypoint", 0)) from None
     elif "entrypoint" in document:
         raise fail("entrypoint: is for the python3 runtimes; python27 apps name their WSGI "
                    "apps in handlers' script:", lines.get("entrypoint", 0))
@@ -510,6 +515,40 @@ def wsgi_app_of_entrypoint(command: str, fail: Any, line: int) -> str:
                "gae_sandbox reads 'gunicorn [options] module:app', 'uwsgi --wsgi-file FILE.py "
                "--callable app' or 'python FILE.py' (for another server, name the app with "
                "serve --wsgi-app module:app)", line)
+
+
+def parse_wsgi_reference(reference: str) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
+    """``module:name``, ``module:factory(literal, key=literal)`` (gunicorn's syntax) or a
+    python27 ``package.module.app``, as (module, name, args, kwargs) with the arguments
+    read as literals, never run; ``ValueError`` says what is wrong."""
+    import ast
+
+    if ":" in reference:
+        module, _, expression_text = reference.partition(":")
+    else:
+        module, _, expression_text = reference.rpartition(".")
+    if not module or not all(part.isidentifier() for part in module.split(".")):
+        raise ValueError(f"{reference!r}: {module!r} is not a module name")
+    try:
+        expression = ast.parse(expression_text.strip(), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise ValueError(f"{reference!r}: {expression_text!r} is neither a name nor a call "
+                         "like create_app()") from None
+    if isinstance(expression, ast.Name):
+        return module, expression.id, (), {}
+    if not isinstance(expression, ast.Call) or not isinstance(expression.func, ast.Name):
+        raise ValueError(f"{reference!r}: {expression_text!r} is neither a name nor a call of "
+                         "one, like create_app('production')")
+    try:
+        args = tuple(ast.literal_eval(arg) for arg in expression.args)
+        kwargs = {keyword.arg: ast.literal_eval(keyword.value)
+                  for keyword in expression.keywords if keyword.arg is not None}
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+        raise ValueError(f"{reference!r}: the arguments of {expression.func.id} must be "
+                         "literals (strings, numbers, lists...)") from None
+    if len(kwargs) != len(expression.keywords):
+        raise ValueError(f"{reference!r}: **arguments are not literals")
+    return module, expression.func.id, args, kwargs
 
 
 def _module_of_file(path: str) -> str:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .appyaml import AppConfig, Handler
+from .appyaml import AppConfig, Handler, parse_wsgi_reference
 from .middleware import SandboxMiddleware
 from .policy import Policy
 from .report import Violation
@@ -90,19 +90,18 @@ class DevServerApp:
         ``module:factory()`` (python3 entrypoints), imported inside the request's sandbox."""
         app = self._apps.get(script)
         if app is None:
-            if ":" in script:
-                module_name, _, attribute = script.partition(":")
-            else:
-                module_name, _, attribute = script.rpartition(".")
-            factory = attribute.endswith("()")
-            attribute = attribute.removesuffix("()")
+            try:
+                module_name, name, args, kwargs = parse_wsgi_reference(script)
+            except ValueError as error:
+                raise LookupError(f"app.yaml script: {error}") from None
+            factory = script.rstrip().endswith(")")
             module = importlib.import_module(module_name)  # app code: sandboxed
-            app = getattr(module, attribute, None)
+            app = getattr(module, name, None)
             if factory and callable(app):
-                app = app()
+                app = app(*args, **kwargs)  # gunicorn's module:create_app(...)
             if not callable(app):
                 raise LookupError(f"app.yaml script {script!r}: {module_name} has no WSGI "
-                                  f"callable {attribute!r}")
+                                  f"callable {name!r}")
             with self._load_lock:
                 self._apps.setdefault(script, app)
         return app

@@ -106,6 +106,12 @@ def main(args: argparse.Namespace) -> int:
     config: AppConfig = loaded.app_config  # type: ignore[assignment]
     policy = loaded.policy
     if args.wsgi_app:
+        from ..appyaml import parse_wsgi_reference
+
+        try:
+            parse_wsgi_reference(args.wsgi_app)
+        except ValueError as error:
+            raise UsageError(f"--wsgi-app {error}") from None
         config = dataclasses.replace(config, wsgi_app=args.wsgi_app)
     args.mode = policy.mode
     if args.isolation in ("os", "request"):

@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -1588,3 +1589,117 @@ def test_an_entrypoint_calling_with_code_is_refused_at_load(tmp_path: Path) -> N
                            "entrypoint: gunicorn \"main:create_app(__import__('os'))\"\n")
     error = str(load_error(path))
     assert "must be literals" in error and "app.yaml:2" in error
+
+
+# --- login: the development server's sign-in -------------------------------------------------
+
+LOGIN_APP = """\
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [("user=%s admin=%s header=%s" % (
+        environ.get("USER_EMAIL", ""), environ.get("USER_IS_ADMIN", ""),
+        environ.get("HTTP_X_APPENGINE_USER_EMAIL", "-"))).encode()]
+"""
+
+
+@pytest.fixture
+def login_app(tmp_path: Path) -> Iterator[Any]:
+    from gae_sandbox.devserver import DevServerApp
+
+    write(tmp_path, """\
+        runtime: python27
+        api_version: 1
+        threadsafe: true
+        handlers:
+        - url: /admin/.*
+          script: login_main.app
+          login: admin
+        - url: /api/.*
+          script: login_main.app
+          login: required
+          auth_fail_action: unauthorized
+        - url: /me
+          script: login_main.app
+          login: required
+        - url: /.*
+          script: login_main.app
+        """)
+    (tmp_path / "login_main.py").write_text(LOGIN_APP)
+    app = DevServerApp(load_app_yaml(tmp_path))
+    sys.path.insert(0, str(tmp_path))
+    yield app
+    sys.path.remove(str(tmp_path))
+    sys.modules.pop("login_main", None)
+
+
+def get(app: Any, path: str, query: str = "", cookie: str = "",
+        **headers: str) -> tuple[str, dict[str, str], bytes]:
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, response_headers: list[tuple[str, str]],
+                       exc_info: object = None) -> None:
+        seen["status"], seen["headers"] = status, dict(response_headers)
+
+    environ = {"PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": "GET",
+               "SERVER_NAME": "localhost", "SERVER_PORT": "8080", "wsgi.url_scheme": "http",
+               "HTTP_COOKIE": cookie, **headers}
+    body = b"".join(app(environ, start_response))
+    return seen["status"], seen["headers"], body
+
+
+def sign_in(app: Any, email: str, admin: bool) -> str:
+    status, headers, _ = get(app, "/_ah/login", f"email={email}&admin={admin}&action=Login"
+                                                "&continue=/me")
+    assert status == "302 Found" and headers["Location"] == "/me"
+    return headers["Set-Cookie"].split(";", 1)[0]
+
+
+def test_login_required_redirects_to_the_sign_in_page(login_app: Any) -> None:
+    status, headers, _ = get(login_app, "/me", "a=1")
+    assert status == "302 Found"
+    assert headers["Location"] == "/_ah/login?continue=%2Fme%3Fa%3D1"
+    status, _, body = get(login_app, "/_ah/login", "continue=/me")
+    assert status == "200 OK" and b"Sign in" in body and b'value="/me"' in body
+
+
+def test_signed_in_users_reach_the_app_with_the_users_api_variables(login_app: Any) -> None:
+    cookie = sign_in(login_app, "ann@example.com", admin=False)
+    assert get(login_app, "/me", cookie=cookie)[2] == \
+        b"user=ann@example.com admin=0 header=ann@example.com"
+    status, _, body = get(login_app, "/admin/panel", cookie=cookie)
+    assert status == "401 Unauthorized" and b"ann@example.com is not authorized" in body
+
+    admin = sign_in(login_app, "root@example.com", admin=True)
+    assert get(login_app, "/admin/panel", cookie=admin)[2] == \
+        b"user=root@example.com admin=1 header=root@example.com"
+
+
+def test_unauthorized_action_and_forged_headers(login_app: Any) -> None:
+    status, _, _ = get(login_app, "/api/x")
+    assert status == "401 Unauthorized"
+    # a client cannot name itself: App Engine's front end drops these headers
+    status, _, body = get(login_app, "/open", HTTP_X_APPENGINE_USER_EMAIL="evil@example.com")
+    assert status == "200 OK" and body == b"user= admin=0 header=-"
+    status, _, _ = get(login_app, "/admin/x", cookie='dev_appserver_login="x:True"')
+    assert status == "302 Found"  # a malformed cookie is nobody
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/",
+                                    "/ok\r\nSet-Cookie: x=1", "javascript:alert(1)"])
+def test_sign_in_never_redirects_off_the_site(login_app: Any, target: str) -> None:
+    query = urllib.parse.urlencode({"email": "a@b.co", "action": "Login", "continue": target})
+    status, headers, _ = get(login_app, "/_ah/login", query)
+    assert status == "302 Found" and headers["Location"] == "/"
+
+
+def test_sign_out_clears_the_cookie(login_app: Any) -> None:
+    status, headers, _ = get(login_app, "/_ah/login", "action=Logout&continue=/")
+    assert status == "302 Found" and "Max-Age=0" in headers["Set-Cookie"]
+
+
+@pytest.mark.parametrize(("key", "value"), [("login", "sometimes"),
+                                            ("auth_fail_action", "shrug")])
+def test_bad_login_settings_name_the_line(tmp_path: Path, key: str, value: str) -> None:
+    path = write(tmp_path, MINIMAL + f"  {key}: {value}\n")
+    error = str(load_error(path))
+    assert f"handler {key} must be" in error and f"app.yaml:{line_of(path, key)}" in error

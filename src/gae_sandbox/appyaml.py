@@ -139,6 +139,11 @@ class Handler:
     mime_type: str | None = None
     http_headers: tuple[tuple[str, str], ...] = ()
     line: int = 0
+    #: ``optional``, ``required`` (a signed-in user) or ``admin``; the development server
+    #: emulates the runtime's sign-in (``/_ah/login``), answering ``auth_fail_action``
+    #: (``redirect`` to the sign-in page, or ``unauthorized``: 401) to anyone else.
+    login: str = "optional"
+    auth_fail_action: str = "redirect"
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -748,6 +753,14 @@ def _handlers(value: Any, line: int, app_root: str, location: str,
         if not isinstance(readable, bool):
             raise fail("application_readable must be true or false",
                        key_lines.get("application_readable", entry_line))
+        login = entry.get("login", "optional")
+        if login not in ("optional", "required", "admin"):
+            raise fail(f"handler login must be optional, required or admin, got {_show(login)}",
+                       key_lines.get("login", entry_line))
+        auth_fail_action = entry.get("auth_fail_action", "redirect")
+        if auth_fail_action not in ("redirect", "unauthorized"):
+            raise fail("handler auth_fail_action must be redirect or unauthorized, got "
+                       f"{_show(auth_fail_action)}", key_lines.get("auth_fail_action", entry_line))
         headers = entry.get("http_headers") or {}
         if not isinstance(headers, dict) or not all(
             isinstance(k, str) and isinstance(v, (str, int)) for k, v in headers.items()
@@ -759,6 +772,7 @@ def _handlers(value: Any, line: int, app_root: str, location: str,
             static_files=strings["static_files"], upload=strings["upload"],
             application_readable=readable, mime_type=strings["mime_type"],
             http_headers=tuple((k, str(v)) for k, v in headers.items()), line=entry_line,
+            login=login, auth_fail_action=auth_fail_action,
         ))
     return tuple(handlers)
 

@@ -8,6 +8,9 @@ sandbox scope through :class:`SandboxMiddleware`.
 
 from __future__ import annotations
 
+import hashlib
+import html
+import http.cookies
 import importlib
 import logging
 import mimetypes
@@ -16,6 +19,7 @@ import re
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -60,10 +64,18 @@ class DevServerApp:
 
     def _dispatch(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         path = environ.get("PATH_INFO", "") or "/"
+        if path == LOGIN_PATH:
+            return _login_page(environ, start_response)
+        user = _signed_in_user(environ)
+        _set_user(environ, user)
         for handler in self.config.handlers:
             match = handler.pattern.fullmatch(path)
             if match is None:
                 continue
+            if handler.login != "optional":
+                refused = _login_refusal(handler, user, environ, start_response)
+                if refused is not None:
+                    return refused
             if handler.script is not None:
                 environ["gae_sandbox.script"] = self._script_of(handler)
                 return self.scripts(environ, start_response)
@@ -142,6 +154,126 @@ class DevServerApp:
         if wrapper is not None:
             return wrapper(file, 65536)
         return _FileIterator(file)
+
+
+# --- sign-in, as the runtime's development server emulated it ---------------------------------
+
+LOGIN_PATH = "/_ah/login"
+LOGIN_COOKIE = "dev_appserver_login"
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}")
+
+
+def _signed_in_user(environ: dict[str, Any]) -> tuple[str, bool] | None:
+    """(email, is_admin) from the sign-in cookie, or None; a malformed cookie is no user."""
+    cookies = http.cookies.SimpleCookie()
+    try:
+        cookies.load(str(environ.get("HTTP_COOKIE", "")))
+    except http.cookies.CookieError:
+        return None
+    morsel = cookies.get(LOGIN_COOKIE)
+    if morsel is None:
+        return None
+    email, _, admin = morsel.value.partition(":")
+    if not _EMAIL.fullmatch(email) or admin not in ("True", "False"):
+        return None
+    return email, admin == "True"
+
+
+def _user_id(email: str) -> str:
+    """A stable numeric id per address, 21 digits like the runtime's."""
+    digest = hashlib.md5(email.lower().encode(), usedforsecurity=False).digest()
+    return "1" + "".join(f"{byte:02d}" for byte in digest)[:20]
+
+
+def _set_user(environ: dict[str, Any], user: tuple[str, bool] | None) -> None:
+    """The variables the Users API reads: python27's CGI ones and the python3 runtime's
+    ``X-Appengine-User-*`` headers. The client's own such headers are dropped first, as
+    App Engine's front end drops them: only the sign-in cookie names a user."""
+    for key in [k for k in environ if k.startswith(("HTTP_X_APPENGINE_USER_",
+                                                    "HTTP_X_APPENGINE_AUTH_DOMAIN"))]:
+        del environ[key]
+    email, admin = user or ("", False)
+    user_id = _user_id(email) if email else ""
+    environ.update({"USER_EMAIL": email, "USER_ID": user_id,
+                    "USER_NICKNAME": email.partition("@")[0], "USER_ORGANIZATION": "",
+                    "USER_IS_ADMIN": "1" if admin else "0", "AUTH_DOMAIN": "gmail.com"})
+    if user is not None:
+        environ.update({"HTTP_X_APPENGINE_USER_EMAIL": email,
+                        "HTTP_X_APPENGINE_USER_ID": user_id,
+                        "HTTP_X_APPENGINE_USER_NICKNAME": email.partition("@")[0],
+                        "HTTP_X_APPENGINE_USER_IS_ADMIN": "1" if admin else "0",
+                        "HTTP_X_APPENGINE_AUTH_DOMAIN": "gmail.com"})
+
+
+def _login_refusal(handler: Handler, user: tuple[str, bool] | None,
+                   environ: dict[str, Any], start_response: StartResponse) -> Any:
+    """The answer to a request a ``login:`` handler does not let through, or None."""
+    if user is not None and (handler.login == "required" or user[1]):
+        return None
+    if user is not None:  # signed in, not an admin
+        return _plain(start_response, "401 Unauthorized",
+                      f"Current logged in user {user[0]} is not authorized to view this "
+                      "page.\n".encode())
+    if handler.auth_fail_action == "unauthorized":
+        return _plain(start_response, "401 Unauthorized", b"Login required to view page.\n")
+    here = urllib.parse.quote(environ.get("PATH_INFO", "") or "/")
+    if environ.get("QUERY_STRING"):
+        here += "?" + str(environ["QUERY_STRING"])
+    location = f"{LOGIN_PATH}?continue={urllib.parse.quote(here, safe='')}"
+    start_response("302 Found", [("Location", location), ("Content-Length", "0")])
+    return [b""]
+
+
+def _same_site(target: str) -> str:
+    """``continue=``, kept only as a path on this server (no open redirect, no header
+    injection)."""
+    if not target.startswith("/") or target.startswith("//") or any(
+            ch in target for ch in "\r\n\\"):
+        return "/"
+    return target
+
+
+def _login_page(environ: dict[str, Any], start_response: StartResponse) -> Any:
+    """``/_ah/login``: a form to sign in as any address (an admin or not), and sign-out."""
+    query = urllib.parse.parse_qs(str(environ.get("QUERY_STRING", "")))
+    target = _same_site(query.get("continue", ["/"])[0])
+    action = query.get("action", [""])[0].lower()
+    if action in ("login", "logout"):
+        email = query.get("email", [""])[0].strip()
+        cookie = http.cookies.SimpleCookie()
+        if action == "login":
+            if not _EMAIL.fullmatch(email):
+                return _plain(start_response, "400 Bad Request",
+                              b"Sign in with an email address like test@example.com\n")
+            admin = query.get("admin", [""])[0] in ("True", "true", "on", "1")
+            cookie[LOGIN_COOKIE] = f"{email}:{admin}"
+        else:
+            cookie[LOGIN_COOKIE] = ""
+            cookie[LOGIN_COOKIE]["max-age"] = 0
+        cookie[LOGIN_COOKIE]["path"] = "/"
+        start_response("302 Found", [("Location", target), ("Content-Length", "0"),
+                                     ("Set-Cookie", cookie[LOGIN_COOKIE].OutputString())])
+        return [b""]
+    user = _signed_in_user(environ)
+    page = _LOGIN_FORM.format(continue_=html.escape(target, quote=True),
+                              user=html.escape(user[0]) if user else "nobody")
+    body = page.encode()
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+_LOGIN_FORM = """<!doctype html>
+<title>Sign in (gae-sandbox development server)</title>
+<p>Signed in: {user}. This server emulates App Engine's sign-in: any address works.</p>
+<form action="/_ah/login" method="get">
+<input type="hidden" name="continue" value="{continue_}">
+<label>Email <input name="email" value="test@example.com"></label>
+<label><input type="checkbox" name="admin" value="True"> Sign in as administrator</label>
+<button name="action" value="Login">Sign in</button>
+<button name="action" value="Logout">Sign out</button>
+</form>
+"""
 
 
 def _matches(pattern: str, text: str) -> bool:

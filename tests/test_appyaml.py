@@ -1685,11 +1685,14 @@ def test_unauthorized_action_and_forged_headers(login_app: Any) -> None:
 
 
 @pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/",
-                                    "/ok\r\nSet-Cookie: x=1", "javascript:alert(1)"])
+                                    "/ok\r\nSet-Cookie: x=1", "javascript:alert(1)",
+                                    "/caf\u00e9\u2603", "/\\evil.example"])
 def test_sign_in_never_redirects_off_the_site(login_app: Any, target: str) -> None:
     query = urllib.parse.urlencode({"email": "a@b.co", "action": "Login", "continue": target})
     status, headers, _ = get(login_app, "/_ah/login", query)
-    assert status == "302 Found" and headers["Location"] == "/"
+    location = headers["Location"]
+    assert status == "302 Found" and location.startswith("/") and not location.startswith("//")
+    assert location.isascii() and "\r" not in location and "\n" not in location
 
 
 def test_sign_out_clears_the_cookie(login_app: Any) -> None:

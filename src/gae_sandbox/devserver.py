@@ -227,10 +227,9 @@ def _login_refusal(handler: Handler, user: tuple[str, bool] | None,
 def _same_site(target: str) -> str:
     """``continue=``, kept only as a path on this server (no open redirect, no header
     injection)."""
-    if not target.startswith("/") or target.startswith("//") or any(
-            ch in target for ch in "\r\n\\"):
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
-    return target
+    return urllib.parse.quote(target, safe="/?&=%#:@!$'()*+,;~-._")  # ASCII, no CR/LF
 
 
 def _login_page(environ: dict[str, Any], start_response: StartResponse) -> Any:

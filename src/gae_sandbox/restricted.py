@@ -113,6 +113,19 @@ REFUSED_BUILTINS: dict[str, str] = {
 }
 
 _FORMAT_NAMES = frozenset(("format", "format_map"))
+
+
+def _descriptor_adopters() -> tuple[tuple[type, str], ...]:
+    """Class methods that adopt a descriptor given as a number: the host's as readily as the
+    request's (``select.epoll.fromfd`` of the server's event loop), with no audit event."""
+    import select
+
+    return tuple((kind, "fromfd") for kind in (getattr(select, name, None)
+                                               for name in ("epoll", "kqueue", "devpoll"))
+                 if isinstance(kind, type))
+
+
+_DESCRIPTOR_ADOPTERS = _descriptor_adopters()
 _MISSING: Any = object()
 
 
@@ -255,6 +268,11 @@ def _gadget_callables() -> dict[int, str]:
                         (types.CodeType, "types.CodeType"),
                         (sys._getframe, "sys._getframe"), (gated_import, "__import__")):
         found[id(value)] = name
+    import warnings
+
+    for name in ("simplefilter", "filterwarnings", "resetwarnings"):
+        found[id(getattr(warnings, name))] = (f"warnings.{name} (it changes the one "
+                                              "process-wide list of warning filters)")
     return found
 
 
@@ -288,6 +306,11 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
             isinstance(obj, type) and issubclass(obj, str))):
         _raise(AttributeRefused(what, "str.format and format_map walk attributes from a "
                                       "format string (the format-string gadget)"))
+    for kind, adopter in _DESCRIPTOR_ADOPTERS:
+        if name == adopter and (isinstance(obj, kind) or (isinstance(obj, type)
+                                                          and issubclass(obj, kind))):
+            _raise(AttributeRefused(what, "it adopts any descriptor number, the host's too "
+                                          "(restricted mode hands out no such method)"))
     if name == "obj" and isinstance(obj, BaseException):
         _raise(AttributeRefused(what, "an exception's obj hands out the object a failed "
                                       "lookup was made on"))

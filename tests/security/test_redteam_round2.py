@@ -452,9 +452,7 @@ W2 = [
               "    print('EFFECT')\n",
         restricted=True,
         gap="warnings.filters is one process-wide list and simplefilter changes it with no "
-            "audit event: the host's warnings now raise",
-        restricted_gap="restricted mode offers warnings.simplefilter, which changes the "
-                       "process-wide filters"),
+            "audit event: the host's warnings now raise"),
     Attempt(
         "logging_disable_silences_the_host", 2,
         "import logging\n"
@@ -581,9 +579,7 @@ W3 = [
               "    print('EFFECT: the host loop was closed')\n",
         restricted=True,
         gap="select.epoll.fromfd adopts any descriptor (select is on no allow-list, no audit "
-            "event): the host's epoll instance is changed and closed by the request",
-        restricted_gap="restricted mode offers select: epoll.fromfd adopts the host's epoll "
-                       "descriptor"),
+            "event): the host's epoll instance is changed and closed by the request"),
 ]
 
 # -- weakness 4: the sandbox's own state ---------------------------------------------------------

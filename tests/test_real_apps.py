@@ -335,6 +335,61 @@ def test_app_code_never_runs_on_the_deadline_timer(policy: Policy) -> None:
     assert seen and all(ident != timer.ident and sandboxed for ident, sandboxed in seen)
 
 
+def test_objects_and_hooks_the_app_leaves_in_sys_warnings_logging_run_sandboxed(
+        policy: Policy, tmp_path: Path) -> None:
+    """``sys.stdout``, ``warnings.showwarning`` and ``logging.lastResort`` set by the app are
+    called later by host code (a print, a warning, a log line no handler takes): they run in
+    the app's sandbox, where its write is refused. Putting back the host's own value (what
+    ``contextlib.redirect_stdout`` does) leaves exactly that value, unwrapped."""
+    import contextlib
+    import io
+    import warnings
+
+    target = tmp_path / "written.txt"
+
+    def write_target(*args: object, **kwargs: object) -> int:
+        with open(target, "w") as file:
+            file.write("x")
+        return 0
+
+    class Out:
+        write = staticmethod(write_target)
+
+        def flush(self) -> None:
+            pass
+
+    class LastResort(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            write_target()
+
+    write_target()  # control: plain Python writes the file
+    assert target.exists()
+    target.unlink()
+
+    host_stdout, host_show, host_last = sys.stdout, warnings.showwarning, logging.lastResort
+    orphan = logging.getLogger("gae_sandbox.test.orphan")
+    orphan.propagate, level = False, orphan.level
+    try:
+        with Sandbox(policy):
+            buffer = io.StringIO()
+            with contextlib.redirect_stdout(buffer):
+                print("inside")
+            assert buffer.getvalue() == "inside\n"
+            assert sys.stdout is host_stdout  # put back as it was, not wrapped
+            sys.stdout = Out()
+            warnings.showwarning = write_target
+            logging.lastResort = LastResort()
+        for host_call in (lambda: print("host line"),
+                          lambda: warnings.warn("host warning", UserWarning, stacklevel=1),
+                          lambda: orphan.error("no handler takes this")):
+            with pytest.raises(PermissionError):
+                host_call()
+    finally:
+        sys.stdout, warnings.showwarning, logging.lastResort = host_stdout, host_show, host_last
+        orphan.propagate, orphan.level = True, level
+    assert not target.exists()
+
+
 # --- python3 app.yaml files -----------------------------------------------------------------
 
 PYTHON3_MAIN = """\

@@ -270,24 +270,104 @@ def _add_handler_ref(original: Callable[..., Any]) -> Callable[..., Any]:
 HOOK_ATTRIBUTES: dict[str, frozenset[str]] = {
     "sys": frozenset({"excepthook", "unraisablehook", "displayhook", "breakpointhook"}),
     "threading": frozenset({"excepthook"}),
+    "warnings": frozenset({"showwarning", "formatwarning"}),
 }
+#: Module attributes holding objects whose methods host code calls later: the standard
+#: streams (every host ``print``) and logging's handler of last resort.
+OBJECT_ATTRIBUTES: dict[str, frozenset[str]] = {
+    "sys": frozenset({"stdout", "stderr", "stdin", "__stdout__", "__stderr__", "__stdin__"}),
+    "logging": frozenset({"lastResort"}),
+}
+_PLAIN_TYPES = (str, bytes, int, float, bool, type(None))
+
+
+class SandboxedObject:
+    """An object the app put where host code uses it (``sys.stdout = Out()``): attributes
+    are read, and methods called, inside the sandbox that put it there; what they give back
+    is an exact ``str``/``bytes``/number, or wrapped again. The app itself, in that sandbox,
+    reaches its object directly."""
+
+    __slots__ = ("__target", "__scope")
+
+    def __init__(self, target: Any, scope: Scope) -> None:
+        object.__setattr__(self, "_SandboxedObject__target", target)
+        object.__setattr__(self, "_SandboxedObject__scope", scope)
+
+    def __getattr__(self, name: str) -> Any:
+        if active_scope() is self.__scope:
+            return getattr(self.__target, name)
+        assert _runner is not None
+        return _exported(_runner(self.__scope, _read_plain, self.__target, name), self.__scope)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if active_scope() is self.__scope:
+            setattr(self.__target, name, value)
+            return
+        assert _runner is not None
+        _runner(self.__scope, setattr, self.__target, name, value)
+
+    def __repr__(self) -> str:
+        return f"<sandboxed {type(self.__target).__name__} object>"
+
+
+def _read_plain(target: Any, name: str) -> Any:
+    """``getattr``, run in the app's sandbox: a value of a plain type comes back exact (a
+    ``str`` subclass's own methods never reach the host)."""
+    value = getattr(target, name)
+    for plain in _PLAIN_TYPES:
+        if isinstance(value, plain) and type(value) is not plain:
+            return plain(value)
+    return value
+
+
+def _exported(value: Any, scope: Scope) -> Any:
+    if type(value) in _PLAIN_TYPES or isinstance(value, (SandboxedObject, SandboxedCallback)):
+        return value
+    if callable(value):
+        return SandboxedCallback(value, scope)
+    return SandboxedObject(value, scope)
 
 
 class _HookedModule(types.ModuleType):
-    """The class of ``sys`` and ``threading`` while installed: a hook assigned from inside a
-    sandbox is wrapped to run in it. Reads are untouched (no ``__getattribute__``)."""
+    """The class of ``sys``, ``threading``, ``warnings`` and ``logging`` while installed: a
+    hook or object assigned from inside a sandbox is wrapped to run in it, unless it is a
+    value the host had there (``contextlib.redirect_stdout`` putting the host's stream
+    back). Reads are untouched (no ``__getattribute__``)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if active_scope() is not None and name in HOOK_ATTRIBUTES.get(
-                types.ModuleType.__getattribute__(self, "__name__"), ()):
+        module = types.ModuleType.__getattribute__(self, "__name__")
+        host_values = _host_values.setdefault((module, name), [])
+        scope = active_scope()
+        if scope is None:  # the host's own value (pytest's capture swapping sys.stdout)
+            if not any(value is v for v in host_values):
+                host_values.append(value)
+                del host_values[:-8]  # the recent ones: what a request can put back
+        elif any(value is v for v in host_values) or type(value) in _PLAIN_TYPES:
+            pass
+        elif name in HOOK_ATTRIBUTES.get(module, ()):
             value = sandboxed(value)
+        elif name in OBJECT_ATTRIBUTES.get(module, ()) and not isinstance(
+                value, (SandboxedObject, SandboxedCallback)):
+            value = SandboxedObject(value, scope)
         types.ModuleType.__setattr__(self, name, value)
+
+
+#: (module, attribute) -> values host code assigned (or found at install): never wrapped.
+_host_values: dict[tuple[str, str], list[Any]] = {}
 
 
 def hook_modules() -> list[Patch]:
     """Patches (as ``(module, "__class__", old, new)``) that route hook assignments."""
-    return [(module, "__class__", type(module), _HookedModule)
-            for module in (sys, threading) if type(module) is types.ModuleType]
+    modules = [sys.modules.get(name) for name in (*HOOK_ATTRIBUTES, *OBJECT_ATTRIBUTES)]
+    found = [m for m in dict.fromkeys(modules) if type(m) is types.ModuleType]
+    for module in found:
+        for name in (*HOOK_ATTRIBUTES.get(module.__name__, ()),
+                     *OBJECT_ATTRIBUTES.get(module.__name__, ())):
+            values = _host_values.setdefault((module.__name__, name), [])
+            current = vars(module).get(name)
+            if not any(current is v for v in values):
+                values.append(current)
+    return [(module, "__class__", type(module), _HookedModule) for module in found]
 
 
 # --- the table ------------------------------------------------------------------------------

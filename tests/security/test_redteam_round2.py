@@ -810,10 +810,9 @@ W5 = [
         "    def flush(self):\n"
         "        pass\n"
         "sys.stdout = Out()\n",
-        after="print('host output')\nsys.stdout = sys.__stdout__\n", effect=_target_written,
-        restricted=True,
-        gap="sys.stdout is a plain attribute of sys (the hooked sys module wraps only the "
-            "four hooks): the host's print calls the app's write unsandboxed"),
+        after="try:\n    print('host output')\nexcept Exception:\n    pass\n"
+              "sys.stdout = sys.__stdout__\n", effect=_target_written,
+        restricted=True,),
 ]
 
 # -- weakness 6: threads and exits ---------------------------------------------------------------

@@ -300,15 +300,18 @@ def test_hard_deadline_told_when_blocked_in_sleep(policy: Policy,
 
 
 def test_no_timer_exception_after_the_scope(policy: Policy) -> None:
+    """Requests that end around their deadline leave nothing behind. They run through
+    ``Sandbox.call`` (what the middleware does): with a ``with`` statement the error can land
+    as ``__exit__`` starts, a known limit shown by the strict xfail below, and a scope left
+    attached that way would interrupt every later test of this process."""
     box = Sandbox(policy.replace(deadline=0.05, hard_deadline_grace=0.03))
     inside = 0
     finished = 0
     leaked: list[tuple[int, str]] = []
     for i in range(50):
         try:
-            with box:
-                # ends around the deadline: 0.04 .. 0.06 s
-                spin(0.04 + 0.02 * (i % 11) / 10)
+            # ends around the deadline: 0.04 .. 0.06 s
+            box.call(spin, 0.04 + 0.02 * (i % 11) / 10)
             finished += 1
         except DeadlineExceededError:
             inside += 1
@@ -618,3 +621,71 @@ def test_signal_c_module_refused(policy: Policy, name: str) -> None:
         assert signal.getsignal(signal.SIGALRM) == signal.SIG_IGN
     finally:
         c_signal.signal(signal.SIGALRM, int(signal.SIG_DFL) if previous is None else previous)
+
+
+# --- one record per worker thread -----------------------------------------------------------
+
+
+def test_a_thread_reuses_its_deadline_record_and_the_timer_keeps_one_entry(
+        short: Policy) -> None:
+    """Requests one after another in a thread reuse one record, and add no entry to the
+    timer's heap while the record is queued at or before their time."""
+    from gae_sandbox.deadline import TIMER
+
+    long = short.replace(deadline=60.0)
+    records = set()
+
+    def entries(record: Any) -> int:
+        with TIMER._lock:
+            return sum(1 for _, _, queued in TIMER._heap if queued is record)
+
+    counts = []
+    for _ in range(20):
+        with Sandbox(long):
+            scope = active_scope()
+            assert scope is not None
+            records.add(scope.deadline)
+        counts.append(entries(scope.deadline))
+    assert len(records) == 1
+    (record,) = records
+    assert not record.active
+    # an entry comes and goes only as the timer meets it (an earlier test's, here): never
+    # one more per request
+    assert counts[-1] <= counts[0] and max(counts) <= counts[0], counts
+
+
+@pytest.mark.parametrize("order", ["long-then-short", "short-then-long"])
+def test_a_reused_record_fires_at_its_new_time_only(short: Policy, order: str) -> None:
+    """The record's entry from the previous request (60 s away, or about to come due) never
+    decides the next request's deadline: a short one after a long one fires at its own
+    time, and a long one after a short one is not cut at the short one's time."""
+    long = short.replace(deadline=60.0)
+    quick = short.replace(deadline=0.15)
+    if order == "long-then-short":
+        with Sandbox(long):
+            pass
+        error, elapsed = timed(lambda: spin(10), Sandbox(quick))
+        assert_deadline_at(error, elapsed, 0.15)
+    else:
+        with Sandbox(quick):
+            pass
+        error, _ = timed(lambda: spin(0.6), Sandbox(long))  # past the short one's time
+        assert error is None
+
+
+def test_a_reused_record_no_longer_bounds_the_scopes_that_held_it(short: Policy) -> None:
+    """A nested scope (or a thread it started) holding the record of a request that ended
+    sees no deadline once the record serves the next request of the thread."""
+    from gae_sandbox.deadline import _deadline_of
+
+    outer = Sandbox(short.replace(deadline=60.0))
+    inner = Sandbox(short.replace(deadline=None))
+    with outer:
+        with inner:
+            nested = active_scope()
+            assert nested is not None and _deadline_of(nested) is nested.deadline
+    with outer:
+        current = active_scope()
+        assert current is not None and current.deadline is nested.deadline  # the same record
+        assert _deadline_of(current) is current.deadline
+        assert _deadline_of(nested) is None

@@ -1025,3 +1025,46 @@ def test_report_mode_records_each_write_once(
     assert all(v.count == 1 for v in sandbox.violations)
     assert all(v.location.startswith(f"{__file__}:") for v in sandbox.violations)
     assert all(v.enforced is False for v in sandbox.violations)
+
+
+# --- the descriptor open() hands to io.open ----------------------------------------------------
+
+
+def test_a_read_hands_its_descriptor_to_io_open_in_its_own_thread_only(
+        policy: Policy, app_root: Path) -> None:
+    """``open(path)`` opens the descriptor itself and lets ``io.open`` take it: the ``open``
+    event of that number is let through for that thread alone, and only while it is handed
+    over; another thread of the request, or the same thread after, is refused it."""
+    import threading
+
+    from gae_sandbox import filesystem
+    from gae_sandbox.context import active_scope
+
+    seen: dict[str, Any] = {}
+    host_fd = os.open(app_root / "data.txt", os.O_RDONLY)
+    try:
+        def other_thread() -> None:
+            seen["other"] = filesystem.check_open(seen["layer"], seen["scope"], host_fd, "r",
+                                                  None)
+
+        with Sandbox(policy):
+            scope = active_scope()
+            assert scope is not None
+            seen["scope"], seen["layer"] = scope, scope.layers[-1]
+            handing = scope.extras.setdefault(filesystem._HANDING, {})
+            handing[threading.get_ident()] = host_fd  # as open_file does around io.open
+            assert filesystem.check_open(seen["layer"], scope, host_fd, "r", None) is None
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join()
+            del handing[threading.get_ident()]
+            with pytest.raises(SystemCallRefused):
+                open(host_fd)  # noqa: SIM115
+            with open(app_root / "data.txt") as file:  # the real hand-over
+                assert file.read() == DATA
+                with pytest.raises(SystemCallRefused):
+                    open(file.fileno())  # noqa: SIM115  (a second owner of it)
+            assert handing == {}
+        assert isinstance(seen["other"], SystemCallRefused)
+    finally:
+        os.close(host_fd)

@@ -746,3 +746,102 @@ def test_reload_of_a_shared_module_refused(policy: Policy, app_on_path: Path) ->
         helpers = importlib.import_module("pkg.helpers")
         assert importlib.reload(helpers) is helpers
     assert json.dumps is dumps and signal.signal is handler
+
+
+# --- decisions made once ----------------------------------------------------------------------
+
+
+class _Sly(str):
+    """A module name whose own comparisons lie: the gate must judge the exact characters."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("json")
+
+    def startswith(self, *args: Any) -> bool:  # type: ignore[override]
+        return True
+
+
+PATTERN_LISTS = [
+    ("*",), (), ("flask",), ("flask", "jinja2.ext"), ("_codecs_*", "numpy"), ("a?c", "x[yz]"),
+    "blocked by default", ("pkg", "pkg.sub"),
+]
+NAMES = ["flask", "flask.app", "flaskx", "jinja2", "jinja2.ext", "jinja2.ext.more", "jinja2.e",
+         "_codecs_jp", "_codecs", "numpy.linalg", "abc", "axc", "abcd", "xy", "xz", "xa",
+         "ctypes", "ctypes.util", "_ctypes", "os", "pkg..x", "pkg...sub", "pkg..sub.more",
+         "", ".", "a.b.c"]
+
+
+@pytest.mark.parametrize("patterns", PATTERN_LISTS)
+def test_compiled_module_patterns_answer_as_module_matches(
+        patterns: Any, app_root: Path) -> None:
+    from gae_sandbox import imports
+    from gae_sandbox.policy import module_matches
+
+    if patterns == "blocked by default":
+        patterns = Policy.python27(app_root=app_root).blocked_modules
+    policy = Policy.python27(app_root=app_root, allowed_modules=patterns)
+    for name in NAMES:
+        assert imports._matches(policy, "allowed_modules", name) == module_matches(
+            name, patterns), name
+    # judged by its exact characters, not by what a str subclass says of itself
+    if patterns and "*" not in patterns:
+        assert not imports._matches(policy, "allowed_modules", _Sly("not.listed.anywhere"))
+
+
+def test_a_parent_allowed_by_one_policy_is_judged_again_by_another(
+        policy: Policy, site_dir: Path) -> None:
+    """Parents are judged once per policy (the decision is the policy's), never shared."""
+    name = unique("gae_purelib")
+    write_package(site_dir, name)
+    importlib.import_module(name)
+    with Sandbox(policy):
+        importlib.import_module(f"{name}.core")  # allowed_modules=("*",): parent decided
+    with Sandbox(policy.replace(allowed_modules=("somepkg",))):
+        with pytest.raises(ImportRefused) as info:
+            importlib.import_module(f"{name}.core")
+    assert info.value.target == name
+
+
+@pytest.mark.parametrize("route", ["__import__", "import_module", "import", "from-import"])
+def test_a_wrapped_c_module_stays_refused_to_the_app_after_its_wrapper_loaded_it(
+        policy: Policy, route: str) -> None:
+    """``socket``'s own import of ``_socket`` is allowed by who imports; the app's import of
+    the same module, judged after, still needs that trust (what is decided without looking
+    for the importer is only what an untrusted importer gets too)."""
+    with fresh_modules("socket", "_socket"), Sandbox(policy):
+        importlib.import_module("socket")  # socket.py imports _socket
+        assert "_socket" in sys.modules
+        for _ in range(2):  # the second time from the decisions kept
+            with pytest.raises(CExtensionRefused):
+                ROUTES[route]("_socket", "socket")
+        importlib.import_module("socket")
+
+
+def test_a_module_file_is_judged_from_where_it_was_loaded(
+        policy: Policy, app_on_path: Path, outside: Path) -> None:
+    """A module's file is resolved when the module is judged before loading; a symlink
+    moved after loading does not change where the loaded module came from, and a fresh
+    import through the moved link is judged from where it leads now."""
+    (outside / "elsewhere").mkdir()
+    (outside / "elsewhere" / "third.py").write_text("VALUE = 'outside'\n")
+    (app_on_path / "real").mkdir()
+    (app_on_path / "real" / "third.py").write_text("VALUE = 'app'\n")
+    link = app_on_path / "linked"
+    link.symlink_to(app_on_path / "real", target_is_directory=True)
+    sandbox = Sandbox(policy.replace(allowed_modules=("somepkg",)))
+    sys.path.insert(0, str(link))
+    try:
+        with fresh_modules("third"):
+            assert sandbox.call(importlib.import_module, "third").VALUE == "app"  # the app's
+            link.unlink()
+            link.symlink_to(outside / "elsewhere", target_is_directory=True)
+            assert sandbox.call(importlib.import_module, "third").VALUE == "app"
+            del sys.modules["third"]
+            importlib.invalidate_caches()
+            with pytest.raises(ImportRefused):  # third-party now, outside allowed_modules
+                sandbox.call(importlib.import_module, "third")
+    finally:
+        sys.path.remove(str(link))

@@ -26,6 +26,8 @@ from gae_sandbox import (
     SandboxMiddleware,
     current_sandbox,
 )
+from gae_sandbox.context import active_scope
+from gae_sandbox.sandbox import active_scope_count
 
 pytestmark = pytest.mark.filterwarnings("error::wsgiref.validate.WSGIWarning")
 
@@ -570,3 +572,48 @@ def test_500_log_shows_the_app_frames_not_the_sandbox_frames(
     package = str(Path(gae_sandbox.__file__).parent)
     assert package not in logged.split("Traceback", 1)[1]
     assert not (app_root / "refused.txt").exists()
+
+
+# --- a list response is one call into the scope ------------------------------------------------
+
+
+class ClosingList(list):  # type: ignore[type-arg]
+    """A list response with a close() of its own: app code, so it runs in the scope."""
+
+    def __init__(self, parts: list[bytes], writes: Path) -> None:
+        super().__init__(parts)
+        self.writes = writes
+        self.closes: list[Any] = []
+
+    def close(self) -> None:
+        outcome: Any = "wrote"
+        try:
+            self.writes.write_text("from close\n")
+        except FileWriteRefused as error:
+            outcome = error
+        self.closes.append((current_sandbox(), outcome))
+
+
+@pytest.mark.parametrize("kind", [list, tuple, ClosingList])
+def test_a_list_response_ends_its_scope_and_closes_it_sandboxed(
+        kind: type, policy: Policy, app_root: Path) -> None:
+    target = app_root / "from-close.txt"
+    body = ClosingList([b"a", b"b"], target) if kind is ClosingList else kind([b"a", b"b"])
+    deadlines: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        deadlines.append(active_scope().deadline)  # type: ignore[union-attr]
+        start_response("200 OK", OK_HEADERS)
+        return body
+
+    middleware = SandboxMiddleware(app, policy.replace(deadline=30.0))
+    served = middleware(make_environ(), lambda status, headers, exc_info=None: None)
+    assert list(served) == [b"a", b"b"]
+    assert active_scope_count() == 0
+    assert not deadlines[0].active  # cancelled when the response was returned
+    if kind is ClosingList:
+        assert len(body.closes) == 1
+        sandbox, outcome = body.closes[0]
+        assert sandbox == middleware.sandbox
+        assert isinstance(outcome, FileWriteRefused)
+        assert not target.exists()

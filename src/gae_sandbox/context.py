@@ -43,10 +43,34 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 LIBRARY_FOLDERS: tuple[str, ...] = interpreter_library_folders()
 
 
+#: Source file names (module origins, code objects' ``co_filename``) -> their resolved path:
+#: the decisions made from them (``Layer.frame_kind``, ``imports.is_stdlib_code``) are kept
+#: per file name for the process's life anyway, so each file is walked once for all of them.
+_resolved_files: dict[str, str] = {}
+
+
+def resolve_file(filename: str, fresh: bool = False) -> str:
+    """``realpath(filename)``, or ``filename`` when it cannot be resolved; remembered.
+    ``fresh``: walk it now (a module about to be loaded is judged from where it is now)."""
+    if type(filename) is not str:  # a module's __file__ may be anything the app set
+        filename = str.__str__(filename)
+    if not fresh:
+        known = _resolved_files.get(filename)
+        if known is not None:
+            return known
+    resolved = realpath(filename) or filename
+    if type(resolved) is str:
+        if len(_resolved_files) >= 16384:
+            _resolved_files.clear()
+        _resolved_files[filename] = resolved
+    return resolved
+
+
 class Layer:
     """One entered :class:`~gae_sandbox.Sandbox`: its policy, report and readable folders."""
 
-    __slots__ = ("policy", "report", "readable_roots", "app_roots", "enforce", "_frame_kinds")
+    __slots__ = ("policy", "report", "readable_roots", "app_roots", "enforce", "_frame_kinds",
+                 "readable", "imports_any")
 
     def __init__(self, policy: Policy, report: Report) -> None:
         self.policy = policy
@@ -57,6 +81,11 @@ class Layer:
         self.readable_roots = (policy.app_root, *policy.readable_paths, *LIBRARY_FOLDERS,
                                _PACKAGE_DIR)
         self._frame_kinds: dict[str, str] = policy._cache.setdefault("frame_kinds", {})
+        #: Resolved paths this policy lets the app read (filesystem.check_resolved): the
+        #: answer depends on the exact path and the frozen policy only.
+        self.readable: set[str] = policy._cache.setdefault("readable_resolved", set())
+        #: Cached Python modules this policy allows whoever imports them (imports.py).
+        self.imports_any: set[str] = policy._cache.setdefault("imports_any", set())
 
     def frame_kind(self, filename: str) -> str:
         """``app``, ``lib`` (interpreter, site-packages), ``self`` (gae_sandbox) or ``other``."""
@@ -67,7 +96,7 @@ class Layer:
             elif filename.startswith("<"):
                 kind = "other"
             else:
-                path = realpath(filename) or filename
+                path = resolve_file(filename)
                 if is_inside(path, (_PACKAGE_DIR,)):
                     kind = "self"
                 elif is_inside(path, self.app_roots):
@@ -162,7 +191,7 @@ class Scope:
 
     __slots__ = ("layers", "parent", "owner", "resolved_hosts", "opened_fds", "extras",
                  "deadline", "threads", "token", "closed", "reported_imports", "thread",
-                 "memory", "cwd")
+                 "memory", "cwd", "known_imports")
 
     def __init__(self, layer: Layer, parent: Scope | None, owner: Any) -> None:
         self.layers: tuple[Layer, ...] = (*parent.layers, layer) if parent else (layer,)
@@ -187,6 +216,8 @@ class Scope:
         self.memory: Any = None
         #: The request's working directory (emulation.py): the app root, or with
         #: working_directory="host" the enclosing scope's (None: the process's own).
+        #: With one layer, its ``Layer.imports_any``: a repeated import is one set lookup.
+        self.known_imports: set[str] | None = None if parent else layer.imports_any
         policy = layer.policy
         self.cwd: str | None = policy.app_root if policy.working_directory == "app_root" else (
             parent.cwd if parent else None)

@@ -84,14 +84,25 @@ class Deadline:
     calls into a WSGI app it is not), and never after :meth:`cancel`.
     """
 
+    __slots__ = ("started", "when", "grace", "owner", "on_hard", "lock", "thread", "attached",
+                 "active", "soft_fired", "hard_fired", "told_host", "raised_at", "pending",
+                 "queued_at", "__weakref__")
+
     def __init__(self, seconds: float, grace: float, owner: Any,
                  on_hard: HardDeadlineCallback | None) -> None:
+        self.lock = _RLock()
+        #: The time of this record's entry in the timer's heap, None if it has none (read
+        #: and written under the timer's lock).
+        self.queued_at: float | None = None
+        self._begin(seconds, grace, owner, on_hard)
+
+    def _begin(self, seconds: float, grace: float, owner: Any,
+               on_hard: HardDeadlineCallback | None) -> None:
         self.started = _monotonic()
         self.when = self.started + seconds
         self.grace = grace
         self.owner = owner
         self.on_hard = on_hard
-        self.lock = _RLock()
         self.thread: int | None = None
         self.attached = False
         self.active = True
@@ -100,6 +111,13 @@ class Deadline:
         self.told_host = False
         self.raised_at: float | None = None  # when a bounded call last raised the error
         self.pending = False  # an injected exception may not have been raised yet
+
+    def restart(self, seconds: float, grace: float, owner: Any,
+                on_hard: HardDeadlineCallback | None) -> None:
+        """Use a cancelled record (:func:`recycle`) for a new deadline: every field anew,
+        under its lock, so the timer sees either the old, cancelled state or the new one."""
+        with self.lock:
+            self._begin(seconds, grace, owner, on_hard)
 
     # -- the request thread ----------------------------------------------------------------
 
@@ -226,26 +244,55 @@ class DeadlineTimer:
     def _after_fork(self) -> None:
         """A forked child (a gunicorn worker) has no timer thread and none of the parent's
         requests; its lock may have been held by another thread at the fork."""
+        for _, _, deadline in self._heap:
+            deadline.queued_at = None
+        _spares.clear()
         self._lock = _RLock()
         self._wakeup = threading.Condition(self._lock)
         self._heap = []
         self._thread = None
 
     def schedule(self, deadline: Deadline, when: float) -> None:
+        """Have the timer call ``deadline.fire`` at ``when`` or before. A record already in
+        the heap at that time or earlier (a recycled one) needs nothing: the timer meets
+        that entry first and queues the record again for its time then. The timer is woken
+        only when the new entry is earlier than every other, its next wake-up.
+
+        The usual case takes no lock (the worker threads would all queue on this one): the
+        timer sets ``queued_at`` to None when it pops the entry, before it calls ``fire``, and
+        the record was restarted before this read, so either ``fire`` sees the new deadline
+        (and queues it again) or this read sees None (and queues it here)."""
+        queued = deadline.queued_at
+        if queued is not None and queued <= when:
+            return
         with self._lock:
             if self._thread is None:
                 self._start()
+            queued = deadline.queued_at
+            if queued is not None and queued <= when:
+                return
             heapq.heappush(self._heap, (when, next(self._sequence), deadline))
+            deadline.queued_at = when
             if self._heap[0][2] is deadline:
                 self._wakeup.notify()
             if len(self._heap) > 4096:
-                self._heap = [item for item in self._heap if item[2].active]
-                heapq.heapify(self._heap)
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop the entries of cancelled records (they would only be popped and ignored)."""
+        kept = []
+        for item in self._heap:
+            deadline = item[2]
+            if deadline.active:
+                kept.append(item)
+            elif deadline.queued_at == item[0]:
+                deadline.queued_at = None
+        heapq.heapify(kept)
+        self._heap = kept
 
     def _start(self) -> None:
         # Started in an empty context: the timer must never run inside a sandbox.
-        self._heap = [item for item in self._heap if item[2].active]
-        heapq.heapify(self._heap)
+        self._compact()
         thread = threading.Thread(target=self._run, name="gae_sandbox-deadline", daemon=True)
         _host_call(thread.start)
         self._thread = thread
@@ -257,7 +304,9 @@ class DeadlineTimer:
                 while True:
                     now = _monotonic()
                     if self._heap and self._heap[0][0] <= now:
-                        _, _, deadline = heapq.heappop(self._heap)
+                        when, _, deadline = heapq.heappop(self._heap)
+                        if deadline.queued_at == when:
+                            deadline.queued_at = None
                         break
                     timeout = self._heap[0][0] - now if self._heap else None
                     self._wakeup.wait(timeout)
@@ -268,34 +317,69 @@ class DeadlineTimer:
                 next_time = None
             if next_time is not None:
                 with self._lock:
-                    heapq.heappush(self._heap, (next_time, next(self._sequence), deadline))
+                    queued = deadline.queued_at  # (a recycled record may be queued again)
+                    if queued is None or next_time < queued:
+                        heapq.heappush(self._heap, (next_time, next(self._sequence), deadline))
+                        deadline.queued_at = next_time
 
 
 TIMER = DeadlineTimer()
 
 
+#: Thread ident -> the record of that thread's last deadline, cancelled, for its next one.
+_spares: dict[int, Deadline] = {}
+
+
 def start_deadline(seconds: float, grace: float, owner: Any,
                    on_hard: HardDeadlineCallback | None) -> Deadline:
-    deadline = Deadline(seconds, grace, owner, on_hard)
+    """A running deadline: this thread's spare record (:func:`recycle`) if it has one, which
+    is usually still in the timer's heap, so that no heap entry is added; else a new one."""
+    deadline = _spares.pop(_get_ident(), None)  # one atomic step: a finalizer may be here too
+    if deadline is None:
+        deadline = Deadline(seconds, grace, owner, on_hard)
+    else:
+        deadline.restart(seconds, grace, owner, on_hard)
     TIMER.schedule(deadline, deadline.when)
     return deadline
+
+
+def recycle(deadline: Deadline) -> None:
+    """Keep a cancelled record for this thread's next deadline (``close_scope``, once the
+    scope that owned it has ended). Whoever still holds it (a thread the request started, a
+    nested scope) reads it through :func:`_deadline_of`, which honours a record only for the
+    scope that owns it now and the scopes inside that one."""
+    if deadline.active or deadline.pending or deadline.thread not in (None, _get_ident()):
+        return
+    if len(_spares) >= 4096:  # threads that ended left theirs
+        _spares.clear()
+    _spares[_get_ident()] = deadline
 
 
 # --- bounded blocking calls -----------------------------------------------------------------
 
 
 def _deadline_of(scope: Scope | None) -> Deadline | None:
+    """The running deadline that bounds ``scope``: its own or an enclosing scope's, and only
+    while that scope owns it (a record is reused once its scope ends)."""
     if scope is None:
         return None
     deadline = scope.deadline
     if deadline is None or not deadline.active:
         return None
-    return deadline
+    owner = deadline.owner
+    while scope is not None:
+        if scope is owner:
+            return deadline
+        scope = scope.parent
+    return None
 
 
 def bounded_sleep(seconds: float) -> None:
     """``time.sleep`` that ends at the deadline with ``DeadlineExceededError``."""
-    deadline = _deadline_of(active_scope())
+    scope = active_scope()
+    if scope is None:
+        return _original_sleep(seconds)
+    deadline = _deadline_of(scope)
     if deadline is None:
         return _original_sleep(seconds)
     remaining = deadline.remaining()
@@ -314,7 +398,10 @@ def _bounded_wait(original: Callable[..., Any],
     and ``Barrier.wait``; ``Thread.join`` is the other."""
 
     def wait(self: Any, timeout: float | None = None) -> Any:
-        deadline = _deadline_of(active_scope())
+        scope = active_scope()
+        if scope is None:  # host code (a server's worker pool): one ContextVar read
+            return original(self, timeout)
+        deadline = _deadline_of(scope)
         if deadline is None:
             return original(self, timeout)
         remaining = deadline.remaining()
@@ -334,7 +421,10 @@ def _bounded_socket_call(original: Callable[..., Any]) -> Callable[..., Any]:
     """Socket operations: the socket's timeout is lowered to the time left for the call."""
 
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        deadline = _deadline_of(active_scope())
+        scope = active_scope()
+        if scope is None:  # host code (the server's own sockets)
+            return original(self, *args, **kwargs)
+        deadline = _deadline_of(scope)
         if deadline is None:
             return original(self, *args, **kwargs)
         remaining = deadline.remaining()

@@ -169,19 +169,84 @@ def resolve(path: Any) -> str | None:
     value = stable_path(path)
     if value is None:
         return None
-    try:
-        return realpath(value if type(value) is str else os.fsdecode(value))
-    except (TypeError, ValueError, OSError):
-        return None
+    walked = resolve_walk(value)
+    return None if walked is None else walked[0]
+
+
+#: Absolute path (the exact ``str`` or ``bytes`` value) -> ``(resolved, direct, st_dev,
+#: st_ino, st_mode, st_ctime_ns)``: where a walk found it leads, and the identity of the file
+#: there. Never trusted alone: :func:`resolve_walk` uses an entry only when the one ``stat``
+#: (``lstat`` for a ``direct`` entry) it makes of the path now names that very file.
+_RESOLVED: dict[str | bytes, tuple[str, bool, int, int, int, int]] = {}
+#: Entries kept at most; the cache is emptied when full (an app naming endless paths).
+RESOLVED_CACHE_SIZE = 4096
 
 
 def resolve_walk(value: str | bytes) -> tuple[str, os.stat_result | None, bool] | None:
     """:func:`paths.walk` of a :func:`stable_path` value: the resolved path and the
-    ``lstat`` of its target, for ``os.stat`` to answer from the very file it checked."""
+    ``lstat`` of its target, for ``os.stat`` to answer from the very file it checked.
+
+    An absolute path walked before costs one ``stat`` instead of an ``lstat`` per
+    component: the cached resolution (:data:`_RESOLVED`) is used only when the file the
+    path names now has the identity (device, inode, mode, ctime) of the file the walk found,
+    and that ``stat`` is the answer returned. A symlink flipped to another file, a file
+    replaced, renamed over or changed (ctime) fails the check and the path is walked again.
+    Whichever route leads to that same file, its metadata is the same and the policy allowed
+    it by the resolved path; ctime keeps a freed inode number that a new file reuses from
+    passing for the old one."""
+    known = _RESOLVED.get(value)
+    if known is not None:
+        resolved, direct, dev, ino, mode, ctime = known
+        try:
+            # direct: no symlink was on the way, so the last component must still be no
+            # symlink (lstat); then lstat and stat say the same
+            now = _lstat(value) if direct else _stat(value)
+        except (OSError, ValueError):
+            now = None
+        if (now is not None and now.st_ino == ino and now.st_dev == dev
+                and now.st_mode == mode and now.st_ctime_ns == ctime):
+            return resolved, now, direct
+        _RESOLVED.pop(value, None)
     try:
-        return walk(value if type(value) is str else os.fsdecode(value))
+        walked = walk(value if type(value) is str else os.fsdecode(value))
     except (TypeError, ValueError, OSError):
         return None
+    absolute = value[:1] == "/" if type(value) is str else value[:1] == b"/"
+    if absolute and walked is not None and walked[1] is not None:
+        _remember(value, walked[0], walked[1], walked[2])
+    return walked
+
+
+def _remember(value: str | bytes, resolved: str, final: os.stat_result, direct: bool) -> None:
+    """Cache ``value -> resolved`` when the resolved path, opened with no symlink allowed on
+    it, is the file the walk saw: the walk's ``lstat`` calls are separate, and a folder on
+    the way swapped for a symlink in between would pair the path with another file."""
+    if openat2 is None or type(resolved) is not str:
+        return  # no kernel check of the pairing: always walk
+    try:
+        encoded = resolved.encode(_FS_ENCODING, _FS_ERRORS)
+    except UnicodeError:
+        return
+    fd = openat2(AT_FDCWD, encoded, _O_PATH | _O_CLOEXEC | _O_NOFOLLOW, _EXACT)
+    if fd < 0:
+        return
+    try:
+        held = _fstat(fd)
+    except OSError:
+        return
+    finally:
+        _close(fd)
+    identity = (final.st_dev, final.st_ino, final.st_mode, final.st_ctime_ns)
+    if (held.st_dev, held.st_ino, held.st_mode, held.st_ctime_ns) != identity:
+        return
+    if len(_RESOLVED) >= RESOLVED_CACHE_SIZE:
+        _RESOLVED.clear()
+    _RESOLVED[value] = (resolved, direct, *identity)
+
+
+def forget_resolutions() -> None:
+    """Empty the resolution cache (tests; a host that wants no cached entry)."""
+    _RESOLVED.clear()
 
 
 def describe(path: Any) -> str:
@@ -202,13 +267,23 @@ def check_read(layer: Layer, path: Any) -> SandboxViolation | None:
 
 
 def check_resolved(layer: Layer, path: Any, resolved: str | None) -> SandboxViolation | None:
-    """:func:`check_read` of ``path`` once resolved (``None``: it could not be)."""
+    """:func:`check_read` of ``path`` once resolved (``None``: it could not be).
+
+    A resolved path allowed once is remembered by the layer (``Layer.readable``): the answer
+    depends only on that exact string and the layer's frozen policy and folders."""
+    allowed = layer.readable
+    exact = type(resolved) is str
+    if exact and resolved in allowed:
+        return None
     if resolved is not None and is_inside(resolved, layer.readable_roots):
         policy = layer.policy
-        if not (policy.unreadable_paths or policy.skip_files):
-            return None  # the two settings Policy.hidden_by looks at
-        hidden_by = policy.hidden_by(resolved)
+        hidden_by = policy.hidden_by(resolved) if (
+            policy.unreadable_paths or policy.skip_files) else None
         if hidden_by is None:
+            if exact:
+                if len(allowed) >= RESOLVED_CACHE_SIZE:
+                    allowed.clear()
+                allowed.add(resolved)
             return None
         refusal = FileReadRefused(describe(path), _HIDDEN_RULES[hidden_by], hidden_by)
         refusal.filename = filename_of(path)
@@ -247,6 +322,8 @@ def check_metadata(layer: Layer, path: Any, resolved: str | None) -> SandboxViol
     ``os.path.realpath``, looks at each of them), the interpreter's installation folders and
     the files the standard library probes for (:func:`_metadata_names`), and a path with a
     NUL character (the call raises ``ValueError``, as outside)."""
+    if type(resolved) is str and resolved in layer.readable:
+        return None  # check_resolved's first step, without the call
     refusal = check_resolved(layer, path, resolved)
     if refusal is None:
         return None
@@ -282,6 +359,9 @@ def check_open(layer: Layer, scope: Scope, path: Any, mode: Any,
     """The ``open`` audit event: writes refused, reads limited to the readable folders, and
     file descriptors only those the request opened itself (``open(fd)`` can close it)."""
     if isinstance(path, int):
+        handing = scope.extras.get(_HANDING)
+        if handing is not None and type(path) is int and handing.get(_get_ident()) == path:
+            return None  # open_file handing its own descriptor to io.open, in this thread
         if path in scope.opened_fds:
             return None
         return SystemCallRefused(
@@ -309,6 +389,7 @@ _ROOT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC if hasattr(os, "O_PATH")
 
 _fstat = os.fstat
 _stat = os.stat
+_lstat = os.lstat
 _close = os.close
 _readlink = os.readlink
 _process_cwd = os.getcwd
@@ -644,6 +725,9 @@ def _refuse_changed(layer: Layer, path: Any) -> SandboxViolation:
 
 
 _READ_MODES = frozenset({"r", "rt", "tr", "rb", "br"})
+#: Scope.extras: thread ident -> the descriptor :func:`open_file` is handing to ``io.open``.
+_HANDING = "gae_sandbox.handing"
+_get_ident = threading.get_ident
 
 
 def open_file(scope: Scope, value: str | bytes, mode: Any, buffering: Any, encoding: Any,
@@ -674,8 +758,14 @@ def open_file(scope: Scope, value: str | bytes, mode: Any, buffering: Any, encod
         raise
     if fd is None:
         return None
-    owned = scope.opened_fds
-    owned.add(fd)
+    # The descriptor is not the request's (its os.close is refused) while io_open takes
+    # it; check_open lets this thread's ``open`` event for exactly this number through.
+    handing = scope.extras.get(_HANDING)
+    if handing is None:
+        handing = scope.extras.setdefault(_HANDING, {})
+    thread = _get_ident()
+    outer = handing.get(thread)  # a finalizer the collector runs here may open a file too
+    handing[thread] = fd
     try:
         # The file object owns the descriptor from here on and closes it if it fails, except
         # where FileIO refuses it before taking it: a folder (or an asynchronous exception in
@@ -688,7 +778,10 @@ def open_file(scope: Scope, value: str | bytes, mode: Any, buffering: Any, encod
             error.filename = value
         raise
     finally:
-        owned.discard(fd)
+        if outer is None:
+            handing.pop(thread, None)
+        else:
+            handing[thread] = outer
     # text -> buffered -> FileIO, named as io.open(value) names it
     raw = file if buffering == 0 else file.raw if "b" in mode else file.buffer.raw
     raw.name = value

@@ -20,18 +20,19 @@ Rules, for each module and each of its parent packages:
 from __future__ import annotations
 
 import builtins
+import fnmatch
 import importlib
 import importlib.util
 import opcode
 import os
+import re
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, ExtensionFileLoader
 from typing import Any
 
-from .context import Layer, Scope, active_scope
+from .context import Layer, Scope, active_scope, resolve_file
 from .errors import CExtensionRefused, ImportRefused, SandboxViolation
-from .paths import is_inside, realpath
-from .policy import module_matches
+from .paths import is_inside
 from .runtime import (
     LIBRARY_MODULES,
     RUNTIME_C_MODULES,
@@ -56,6 +57,45 @@ _BUILTIN_NAMES = frozenset(sys.builtin_module_names)
 # --- decisions ------------------------------------------------------------------------------
 
 
+class _Patterns:
+    """A policy's module pattern list compiled once: what ``policy.module_matches`` answers,
+    as one set lookup per dotted prefix of the name and one expression for the globs."""
+
+    __slots__ = ("any", "names", "globs")
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.any = "*" in patterns
+        self.names = frozenset(patterns)
+        globs = [p for p in patterns if any(c in p for c in "*?[")]
+        self.globs = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in globs)).match \
+            if globs else None
+
+    def matches(self, name: str) -> bool:
+        if self.any:
+            return True
+        if type(name) is not str:
+            name = str.__str__(name)  # an exact copy: a subclass cannot answer for itself
+        names = self.names
+        if name in names:
+            return True
+        dot = name.find(".")
+        while dot != -1:
+            if name[:dot] in names:
+                return True
+            dot = name.find(".", dot + 1)
+        return self.globs is not None and self.globs(name) is not None
+
+
+def _matches(policy: Any, field: str, name: str) -> bool:
+    """Whether ``name`` matches the module patterns of ``policy.<field>``, the list compiled
+    once per policy (a frozen object: its fields never change)."""
+    key = ("module patterns", field)
+    compiled = policy._cache.get(key)
+    if compiled is None:
+        compiled = policy._cache[key] = _Patterns(getattr(policy, field))
+    return bool(compiled.matches(name))
+
+
 def check_import(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
     """Judge ``name`` and its parents by name and, where loaded already, by the module."""
     decided: set[Any] = layer.policy._cache.setdefault("imports_allowed", set())
@@ -65,6 +105,8 @@ def check_import(layer: Layer, name: str, trusted: bool) -> SandboxViolation | N
     prefix = ""
     for part in name.split("."):
         prefix = f"{prefix}.{part}" if prefix else part
+        if (prefix, trusted) in decided:
+            continue  # a parent allowed (and loaded) before: judged once
         refusal = _judge_name(layer, prefix, trusted)
         if refusal is not None:
             return refusal
@@ -73,7 +115,7 @@ def check_import(layer: Layer, name: str, trusted: bool) -> SandboxViolation | N
         if _python_only(name) and (not name.startswith("gae_sandbox.")
                                    or name in PUBLIC_SANDBOX_MODULES):
             # allowed whoever imports it: the fast path may skip judging
-            layer.policy._cache.setdefault("imports_any", set()).add(name)
+            layer.imports_any.add(name)
     return None
 
 
@@ -90,9 +132,11 @@ def _python_only(name: str) -> bool:
 def _known_everywhere(scope: Scope, name: str) -> bool:
     """Whether every layer already allowed the cached Python module ``name`` (for any
     importer): a repeated ``import json`` then costs a few set lookups."""
+    known = scope.known_imports
+    if known is not None:
+        return name in known
     for layer in scope.layers:
-        known = layer.policy._cache.get("imports_any")
-        if known is None or name not in known:
+        if name not in layer.imports_any:
             return False
     return True
 
@@ -105,7 +149,7 @@ def check_spec(layer: Layer, name: str, spec: Any, trusted: bool) -> SandboxViol
         "namespace", "frozen", "built-in") else None
     if origin is None and spec.submodule_search_locations:
         origin = next(iter(spec.submodule_search_locations), None)
-    return _check_python(layer, name, origin)
+    return _check_python(layer, name, origin, fresh=True)
 
 
 def check_extension_file(layer: Layer, name: str, filename: str,
@@ -124,7 +168,7 @@ def check_reload(layer: Layer, module: Any, trusted: bool) -> SandboxViolation |
     if trusted:
         return None
     location = _module_file(module)
-    if location is not None and is_inside(realpath(location) or location, layer.app_roots):
+    if location is not None and is_inside(resolve_file(location), layer.app_roots):
         return None
     return ImportRefused(
         f"{getattr(module, '__name__', module)!s} (reload)",
@@ -140,14 +184,14 @@ def _judge_name(layer: Layer, name: str, trusted: bool) -> SandboxViolation | No
             name, "the sandbox's own modules hold its state and are not the app's to import "
             "(the package gae_sandbox is its public API)", None,
         )
-    if module_matches(name, policy.blocked_modules):
+    if _matches(policy, "blocked_modules", name):
         return ImportRefused(
             name, "the runtime does not offer this module (it is in Policy.blocked_modules)",
             "blocked_modules",
         )
     library = LIBRARY_MODULES.get(name)
-    if library is not None and not (module_matches(library, policy.allowed_c_extensions)
-                                    or module_matches(name, policy.allowed_c_extensions)):
+    if library is not None and not (_matches(policy, "allowed_c_extensions", library)
+                                    or _matches(policy, "allowed_c_extensions", name)):
         return CExtensionRefused(
             name, f"the runtime offers {library} only when app.yaml asks for it "
             f"(libraries: - name: {library}; on the command line --allow-c-extension "
@@ -166,12 +210,12 @@ def _judge_name(layer: Layer, name: str, trusted: bool) -> SandboxViolation | No
 
 def _check_c(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
     policy = layer.policy
-    if module_matches(name, policy.blocked_modules):
+    if _matches(policy, "blocked_modules", name):
         return ImportRefused(
             name, "the runtime does not offer this module (it is in Policy.blocked_modules)",
             "blocked_modules",
         )
-    if name in RUNTIME_C_MODULES or module_matches(name, policy.allowed_c_extensions):
+    if name in RUNTIME_C_MODULES or _matches(policy, "allowed_c_extensions", name):
         return None
     if name in STDLIB_C_MODULES:
         if trusted and wraps(trusted, name):
@@ -222,7 +266,7 @@ def _stdlib_module_name(filename: str) -> str | None:
     if known != "":
         return known
     name = None
-    path = realpath(filename) or filename
+    path = resolve_file(filename)
     for folder in _STDLIB_FOLDERS:
         if path.startswith(folder + os.sep) and "site-packages" not in path:
             relative = path[len(folder) + 1:]
@@ -241,7 +285,7 @@ def _check_hidden_file(layer: Layer, name: str, location: Any) -> SandboxViolati
     is one the app does not see (skip_files, static files), as the runtime refused it."""
     if not isinstance(location, str) or not location.endswith(_SUFFIXES):
         return None
-    resolved = realpath(location) or location
+    resolved = resolve_file(location, fresh=True)
     if is_inside(resolved, layer.app_roots):
         hidden_by = layer.policy.hidden_by(resolved)
         if hidden_by is not None:
@@ -250,9 +294,12 @@ def _check_hidden_file(layer: Layer, name: str, location: Any) -> SandboxViolati
     return None
 
 
-def _check_python(layer: Layer, name: str, location: str | None) -> SandboxViolation | None:
+def _check_python(layer: Layer, name: str, location: str | None, *,
+                  fresh: bool = False) -> SandboxViolation | None:
+    """``fresh``: the module is about to be loaded, so its file is resolved now; a loaded
+    module's file is where it was loaded from, resolved then (``context.resolve_file``)."""
     if location is not None:
-        resolved = realpath(location) or location
+        resolved = resolve_file(location, fresh)
         if is_inside(resolved, layer.app_roots):
             if layer.policy.hidden_by(resolved):
                 return ImportRefused(name, "the module's file is listed in skip_files",
@@ -260,7 +307,7 @@ def _check_python(layer: Layer, name: str, location: str | None) -> SandboxViola
             return None
     if name.partition(".")[0] in STDLIB_MODULE_NAMES:
         return None
-    if module_matches(name, layer.policy.allowed_modules):
+    if _matches(layer.policy, "allowed_modules", name):
         return None
     return ImportRefused(
         name, "third-party module outside the allowed modules", "allowed_modules"
@@ -322,11 +369,22 @@ def is_stdlib_code(filename: str) -> bool:
         elif filename.startswith("<"):
             known = False
         else:
-            path = realpath(filename) or filename
+            path = resolve_file(filename)
             known = (is_inside(path, _STDLIB_FOLDERS) and "site-packages" not in path) or (
                 is_inside(path, (_PACKAGE_FOLDER,)))
         _stdlib_code[filename] = known
     return known
+
+
+def _allowed_untrusted(scope: Scope, check: Any, *args: Any) -> bool:
+    """Whether every layer allows it to an importer that is not trusted, the strictest case
+    (trust only ever adds: a standard-library module's own C module, reloads): then who
+    imports need not be found (:func:`importer_trusted` walks the stack). Records nothing;
+    otherwise the caller judges with the importer's trust."""
+    for layer in scope.layers:
+        if check(layer, *args, False) is not None:
+            return False
+    return True
 
 
 def importer_trusted(scope: Scope, frame: Any) -> Any:
@@ -413,9 +471,12 @@ def _spec_initializing(spec: Any) -> Any:
         scope = active_scope()
         if scope is not None:
             name = values.get("name")
-            if (type(name) is not str or not _known_everywhere(scope, name)) and _importing(
-                    _frame(1)):
-                return True
+            known = scope.known_imports
+            if type(name) is not str or (
+                    name not in known if known is not None else
+                    not _known_everywhere(scope, name)):
+                if _importing(_frame(1)):
+                    return True
     if value is _UNSET:
         raise AttributeError("_initializing")
     return value
@@ -441,7 +502,8 @@ def gated_lock_unlock_module(name: str) -> None:
     if scope is not None:
         frame = _frame(1)
         if not frame.f_code.co_filename.startswith("<frozen importlib"):
-            if type(name) is str and not _known_everywhere(scope, name):
+            if type(name) is str and not _known_everywhere(scope, name) and not (
+                    _allowed_untrusted(scope, check_import, name)):
                 scope.judge(check_import, name, importer_trusted(scope, frame))
             spec = getattr(sys.modules.get(name), "__spec__", None)
             if getattr(spec, "__dict__", {}).get("_initializing") is not True:
@@ -460,7 +522,8 @@ def _fromlist_judged(module: Any, fromlist: Any, import_: Any, *, recursive: boo
         for item in fromlist:
             if isinstance(item, str) and item != "*":
                 name = f"{base}.{item}"
-                if name in sys.modules and not _known_everywhere(scope, name):
+                if name in sys.modules and not _known_everywhere(scope, name) and not (
+                        _allowed_untrusted(scope, check_import, name)):
                     if trusted is None:
                         trusted = importer_trusted(scope, _frame(1))
                     scope.judge(check_import, name, trusted)
@@ -547,9 +610,9 @@ def gated_gcd_import(name: str, package: str | None = None, level: int = 0) -> A
             absolute = importlib.util.resolve_name("." * level + name, package) if level else name
         except (ImportError, ValueError, TypeError, AttributeError):
             absolute = None
-        if absolute and absolute not in scope.reported_imports and scope.judge(
-            check_import, absolute, importer_trusted(scope, _frame(1))
-        ):
+        if absolute and absolute not in scope.reported_imports and not _allowed_untrusted(
+            scope, check_import, absolute
+        ) and scope.judge(check_import, absolute, importer_trusted(scope, _frame(1))):
             scope.reported_imports.add(absolute)
             try:
                 return original_gcd_import(name, package, level)
@@ -571,16 +634,24 @@ class ImportGateFinder:
             return None
         if fullname in scope.reported_imports:  # report mode: recorded once already
             return _noted(scope, _find_elsewhere(self, fullname, path, target))
-        trusted = importer_trusted(scope, _frame(1))
+        caller = _frame(1)
+        trusted: Any = None  # who imports: found only when a decision depends on it
         if target is not None and sys.modules.get(fullname) is target:  # importlib.reload
+            trusted = importer_trusted(scope, caller)
             scope.judge(check_reload, target, trusted)
-        if scope.judge(check_import, fullname, trusted):
-            scope.reported_imports.add(fullname)
-            return _noted(scope, _find_elsewhere(self, fullname, path, target))
+        if not _allowed_untrusted(scope, check_import, fullname):
+            if trusted is None:
+                trusted = importer_trusted(scope, caller)
+            if scope.judge(check_import, fullname, trusted):
+                scope.reported_imports.add(fullname)
+                return _noted(scope, _find_elsewhere(self, fullname, path, target))
         spec = _find_elsewhere(self, fullname, path, target)
-        if spec is not None and scope.judge(check_spec, fullname, spec, trusted):
-            # the audit hook sees the extension load next: one record is enough
-            scope.reported_imports.add(fullname)
+        if spec is not None and not _allowed_untrusted(scope, check_spec, fullname, spec):
+            if trusted is None:
+                trusted = importer_trusted(scope, caller)
+            if scope.judge(check_spec, fullname, spec, trusted):
+                # the audit hook sees the extension load next: one record is enough
+                scope.reported_imports.add(fullname)
         return _noted(scope, spec)
 
     def invalidate_caches(self) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from .context import Scope, quietly, unsandboxed
+from .context import _ACTIVE, Scope, quietly, unsandboxed
 from .errors import DeadlineExceededError, HardDeadlineExceeded
 from .policy import Policy
 from .sandbox import Sandbox, call_in_scope, close_scope
@@ -117,15 +117,19 @@ class _Request:
         # the app's objects become exact str here, in the scope: the server formats them
         # later in host code, where a subclass's __str__ or __iter__ would run unsandboxed
         status = _exact_str(status, "status")
-        headers = [(_exact_str(name, "header name"), _exact_str(value, "header value"))
+        headers = [(name, value) if type(name) is str and type(value) is str else
+                   (_exact_str(name, "header name"), _exact_str(value, "header value"))
                    for name, value in headers]
         if exc_info is not None:  # an exact tuple of the error, its class and traceback
             error = tuple.__getitem__(exc_info, 1) if isinstance(exc_info, tuple) else None
             exc_info = _exc_info(error) if isinstance(error, BaseException) else None
-        with unsandboxed():
+        token = _set_active(None)  # unsandboxed(), inline: once per request
+        try:
             self.server_write = self.server_start_response(status, headers, exc_info) if (
                 exc_info is not None
             ) else self.server_start_response(status, headers)
+        finally:
+            _reset_active(token)
         self.headers_started = True
         return self.write
 
@@ -149,7 +153,10 @@ class _Request:
             raise
         if kind == "list":
             # Nothing of the app's runs while a list is sent: end the scope now (its threads
-            # are joined before the response goes out, as on the runtime).
+            # are joined before the response goes out, as on the runtime). An exact list or
+            # tuple has no close() to call in the scope: the request was one call into it.
+            if type(self.iterable) in (list, tuple):
+                self.iterable = None
             self.close()
             return chunks
         if kind == "sized":
@@ -269,6 +276,7 @@ class _Request:
                     serial.release()
 
 
+_set_active, _reset_active = _ACTIVE.set, _ACTIVE.reset
 _PACKAGE_PREFIX = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
@@ -305,7 +313,7 @@ def _exact_bytes(value: Any) -> bytes:
 
 
 def _exact_chunks(iterable: Any) -> list[bytes]:
-    return [_exact_bytes(chunk) for chunk in iterable]
+    return [chunk if type(chunk) is bytes else _exact_bytes(chunk) for chunk in iterable]
 
 
 def _response_kind(iterable: Any) -> str:

@@ -21,7 +21,7 @@ from . import allowlist, emulation, imports, memoryfs, patches, registrations, t
 from . import deadline as deadline_layer
 from .audit import install_audit_hook
 from .context import _ACTIVE, Layer, Scope
-from .deadline import Deadline, start_deadline
+from .deadline import Deadline, recycle, start_deadline
 from .policy import Policy
 from .report import Report, Violation
 from .threads import join_scope_threads
@@ -224,18 +224,17 @@ class Sandbox:
 
             install_finder()  # compiles the restricted modules when they are imported
             self._restricted_finder = True
+        policy = self.policy
         scope = Scope(self._layer, _ACTIVE.get(), self)
-        if self.policy.filesystem != "readonly":
+        if policy.filesystem != "readonly":
             self._attach_memory(scope)
-        seconds = self.policy.deadline
-        inherited = scope.deadline  # the enclosing sandbox's, if any
-        if seconds is not None and (
-            inherited is None or not inherited.active or inherited.remaining() > seconds
-        ):
-            scope.deadline = start_deadline(
-                seconds, self.policy.hard_deadline_grace, scope, self._hard_deadline
-            )
-        _count(scope, True)
+        seconds = policy.deadline
+        if seconds is not None:
+            inherited = scope.deadline  # the enclosing sandbox's, if any
+            if inherited is None or not inherited.active or inherited.remaining() > seconds:
+                scope.deadline = start_deadline(seconds, policy.hard_deadline_grace, scope,
+                                                self._hard_deadline)
+        _open_scopes.add(scope)  # _count, inline
         return scope
 
     def _attach_memory(self, scope: Scope) -> None:
@@ -276,16 +275,25 @@ def call_in_scope(scope: Scope, function: Callable[..., Any], *args: Any,
     if scope.closed:
         raise RuntimeError("this sandbox scope has already ended")
     context = scope.extras.get("context")
-    if context is None:
-        context = contextvars.copy_context()
-        context.run(_ACTIVE.set, scope)
-        scope.extras["context"] = context
+    first = context is None
+    if first:
+        context = scope.extras["context"] = contextvars.copy_context()
     deadline = _own_deadline(scope)
     try:
-        return context.run(_attached_call, scope, deadline, function, args, kwargs)
+        return context.run(_first_call if first else _attached_call, scope, deadline,
+                           function, args, kwargs)
     finally:
-        if deadline is not None:
-            deadline.detach()  # again, from host code: idempotent
+        # again, from host code, unless the call's own detach completed (it clears
+        # ``attached`` under the deadline's lock, after which nothing is injected)
+        if deadline is not None and deadline.attached:
+            deadline.detach()
+
+
+def _first_call(scope: Scope, deadline: Deadline | None, function: Callable[..., Any],
+                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """:func:`_attached_call` in the scope's new context, which it first makes the scope's."""
+    _ACTIVE.set(scope)
+    return _attached_call(scope, deadline, function, args, kwargs)
 
 
 def _attached_call(scope: Scope, deadline: Deadline | None, function: Callable[..., Any],
@@ -346,20 +354,24 @@ def close_scope(scope: Scope) -> None:
     scope.closed = True
     deadline = _own_deadline(scope)
     try:
-        if deadline is not None:
-            deadline.detach()  # no asynchronous error while this thread waits and cleans up
-        outlived = join_scope_threads(scope, scope.policy.hard_deadline_grace)
-        for tracked in outlived:
-            logger.warning(
-                "thread %r (ident %s) outlived its request; it stays sandboxed",
-                tracked.name, tracked.ident,
-            )
+        if scope.threads is not None:  # the request started threads: wait for them
+            if deadline is not None:
+                deadline.detach()  # no asynchronous error while this thread waits
+            outlived = join_scope_threads(scope, scope.policy.hard_deadline_grace)
+            for tracked in outlived:
+                logger.warning(
+                    "thread %r (ident %s) outlived its request; it stays sandboxed",
+                    tracked.name, tracked.ident,
+                )
     finally:
         if deadline is not None:
             deadline.cancel()
+            recycle(deadline)  # this thread's next deadline reuses the record
         if scope.memory is not None and not getattr(scope.owner, "keep_memory_filesystem",
                                                     False):
             scope.memory.discard()  # the request's files are gone with it
+        if "left_objects" in scope.extras:  # sys.stdout = the app's object, left there
+            registrations.wrap_left_objects(scope)
         _count(scope, False)
 
 
@@ -372,6 +384,7 @@ def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,
     current = _ACTIVE.get()
     scope = Scope(registered.layers[-1], current, registered.owner)
     scope.layers = (*(current.layers if current else ()), *registered.layers)
+    scope.known_imports = scope.layers[0].imports_any if len(scope.layers) == 1 else None
     scope.memory = memoryfs.scope_memory(scope.layers)
     policy = registered.policy
     if policy.deadline is not None:

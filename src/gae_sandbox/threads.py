@@ -174,6 +174,7 @@ def start_background_thread(target: Callable[..., Any], *args: Any,
     scope.judge(_check_background, getattr(target, "__name__", "thread"))
     background = Scope(scope.layers[-1], scope.parent, scope.owner)
     background.layers = scope.layers
+    background.known_imports = scope.known_imports
     background.deadline = None
     context = contextvars.copy_context()
     context.run(_set_scope, background)

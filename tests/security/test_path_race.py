@@ -524,3 +524,157 @@ def test_the_import_system_reads_bytecode_that_skip_files_hides(
     assert module.__spec__ is not None and module.__spec__.cached == str(cached)
     assert caught.value.setting == "skip_files"
     assert [v.setting for v in sandbox.violations] == ["skip_files"]
+
+
+# --- os.stat: the cached resolution -----------------------------------------------------------
+#
+# os.stat and os.lstat inside a sandbox reuse where a path resolved (filesystem.resolve_walk)
+# only when the one stat the call makes names the same file (device, inode, mode, ctime):
+# a flipped symlink, a replaced file or a folder swapped for a symlink is walked again.
+
+
+def _stat_identity(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def race_stat(path: Path, link: Path, targets: tuple[str, str], sandboxes: tuple[Sandbox, ...],
+              secret: tuple[int, int]) -> tuple[Counter[str], list[BaseException]]:
+    """``os.stat(path)`` while a host thread flips ``link``: how often the secret's identity
+    came back, how often another file's, and the refusals."""
+    seen: Counter[str] = Counter()
+    refusals: list[BaseException] = []
+    flipper = Flipper(link, targets)
+    flipper.start()
+    try:
+        with ExitStack() as stack:
+            for sandbox in sandboxes:
+                stack.enter_context(sandbox)
+            for _ in range(MAX_READS):
+                try:
+                    seen["secret" if _stat_identity(path) == secret else "app"] += 1
+                except FileReadRefused as refusal:
+                    seen["refused"] += 1
+                    if len(refusals) < 50:
+                        refusals.append(refusal)
+                except FileNotFoundError:  # between the unlink and the rename of a flip
+                    seen["missing"] += 1
+                if not flipper.is_alive():
+                    break
+    finally:
+        flipper.join()
+    return seen, refusals
+
+
+@pytest.fixture
+def fresh_resolutions() -> Iterator[None]:
+    filesystem.forget_resolutions()
+    yield
+    filesystem.forget_resolutions()
+
+
+@pytest.mark.parametrize("kind", ["file-link", "folder-link"])
+def test_a_flipped_symlink_never_leads_a_stat_outside(
+        policy: Policy, app_root: Path, outside: Path, kind: str,
+        fresh_resolutions: None) -> None:
+    path, link, targets = LINKS[kind](app_root, outside)
+    secret_file = outside / ("secret.txt" if kind == "file-link" else "item.txt")
+    secret = _stat_identity(secret_file)
+    seen, refusals = race_stat(path, link, targets, (Sandbox(policy),), secret)
+    assert seen["secret"] == 0, seen
+    assert seen["app"] > 0 and seen["refused"] > 0, seen  # both states were met
+    for refusal in refusals:
+        assert isinstance(refusal, PermissionError)
+        assert refusal.setting == "readable_paths"  # type: ignore[attr-defined]
+
+
+def test_control_the_same_stat_loop_without_the_sandbox_sees_the_secret(
+        app_root: Path, outside: Path) -> None:
+    path, link, targets = _file_link(app_root, outside)
+    seen, _ = race_stat(path, link, targets, (), _stat_identity(outside / "secret.txt"))
+    assert seen["secret"] > 0, seen
+
+
+def test_a_stat_flipped_into_a_skip_files_folder_is_refused(
+        hidden_policy: Policy, app_root: Path, fresh_resolutions: None) -> None:
+    link = app_root / "current.txt"
+    link.symlink_to("data.txt")
+    hidden = _stat_identity(app_root / "private" / "key.txt")
+    seen, refusals = race_stat(link, link, ("data.txt", "private/key.txt"),
+                               (Sandbox(hidden_policy),), hidden)
+    assert seen["secret"] == 0, seen
+    assert seen["app"] > 0 and seen["refused"] > 0, seen
+    assert {refusal.setting for refusal in refusals} == {"skip_files"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("call", ["stat", "lstat"])
+def test_a_cached_resolution_is_checked_against_the_file_every_time(
+        policy: Policy, app_root: Path, outside: Path, call: str,
+        fresh_resolutions: None) -> None:
+    """Each change after a cached answer: the next call answers about the file now there."""
+    function = getattr(os, call)
+    link = app_root / "current.txt"
+    link.symlink_to("data.txt")
+    (app_root / "dir").mkdir()
+    (app_root / "dir" / "secret.txt").write_text(DATA)
+    inner = app_root / "dir" / "secret.txt"
+    with Sandbox(policy):
+        for _ in range(2):  # the second answer comes from the cache
+            assert function(link).st_ino == os.lstat(link).st_ino if call == "lstat" else (
+                function(link).st_ino == (app_root / "data.txt").stat().st_ino)
+            assert function(inner).st_ino == inner.stat().st_ino
+    assert str(link) in filesystem._RESOLVED or call == "lstat"
+    assert str(inner) in filesystem._RESOLVED
+    # the symlink now leads outside
+    spare = app_root / "next"
+    spare.symlink_to(outside / "secret.txt")
+    os.replace(spare, link)
+    # the folder on the way is now a symlink to an outside folder holding "secret.txt"
+    os.rename(app_root / "dir", app_root / "old-dir")
+    (app_root / "dir").symlink_to(outside, target_is_directory=True)
+    with Sandbox(policy):
+        if call == "stat":
+            with pytest.raises(FileReadRefused):
+                function(link)
+        with pytest.raises(FileReadRefused):
+            function(inner)
+    # a file replaced by another (a new inode at the same name) is answered anew
+    (app_root / "dir").unlink()
+    os.rename(app_root / "old-dir", app_root / "dir")
+    sandbox = Sandbox(policy)
+    before = sandbox.call(function, inner).st_ino
+    replacement = app_root / "replacement.txt"
+    replacement.write_text("new\n")
+    os.replace(replacement, inner)
+    assert sandbox.call(function, inner).st_ino == inner.stat().st_ino != before
+
+
+def test_a_cached_resolution_needs_the_same_ctime(
+        policy: Policy, app_root: Path, fresh_resolutions: None) -> None:
+    """An entry whose file changed since (its ctime: a new file reusing a freed inode number
+    has another) is not used: the path is walked again."""
+    data = app_root / "data.txt"
+    with Sandbox(policy):
+        os.stat(data)
+    resolved, direct, dev, ino, mode, ctime = filesystem._RESOLVED[str(data)]
+    filesystem._RESOLVED[str(data)] = ("/etc/passwd", direct, dev, ino, mode, ctime - 1)
+    with Sandbox(policy):
+        assert os.stat(data).st_ino == ino
+    assert filesystem._RESOLVED[str(data)][0] == resolved  # walked and cached anew
+
+
+def test_relative_stats_follow_the_requests_working_directory(
+        policy: Policy, app_root: Path, outside: Path, fresh_resolutions: None) -> None:
+    """Per-request working directories: a relative path is cached by the absolute path it
+    names, so two apps with the same relative name never share an answer."""
+    other_root = outside / "other-app"
+    other_root.mkdir()
+    (other_root / "data.txt").write_text("other\n")
+    other = Policy.python27(app_root=other_root, deadline=None)
+    with Sandbox(policy):
+        assert os.stat("data.txt").st_ino == (app_root / "data.txt").stat().st_ino
+    with Sandbox(other):
+        assert os.stat("data.txt").st_ino == (other_root / "data.txt").stat().st_ino
+    with Sandbox(policy):
+        assert os.stat("data.txt").st_ino == (app_root / "data.txt").stat().st_ino
+    assert "data.txt" not in filesystem._RESOLVED

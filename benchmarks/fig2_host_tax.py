@@ -10,6 +10,11 @@ it is, the "after" one calls ``install()`` first. Both start from the same memor
 difference is the install. Each grandchild runs every operation once untimed, then measures it
 in interleaved batches (CPU time of the thread, ``thread_time_ns``) and reports the median
 batch; the row is the median and IQR of the per-round ratios after/before.
+
+The "after" arm installs whichever implementation is active (the C accelerator
+``gae_sandbox._speedups`` where it is built, unless ``GAE_SANDBOX_PURE_PYTHON=1``). With the
+accelerator active, a third arm ("pure") installs the pure-Python code instead, and its rows
+(information, no target) give the C-versus-Python figure against the same "before" arm.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from ._common import (
     MIN_ROUNDS,
@@ -48,11 +54,22 @@ def run(quick: bool) -> list[Row]:
         result = run_child("fig2_host_tax", app, str(rounds), str(samples))
     finally:
         shutil.rmtree(app, ignore_errors=True)
-    return [paired_row("2", f"host {op} after install()", unit="us",
+    accelerator = result["accelerator"]
+    rows = [paired_row("2", f"host {op} after install()", unit="us",
                        baseline_name="same calls before install()",
                        baseline=result["before"][op], candidate=result["after"][op],
-                       target=TARGET, scale=1e-3, note="CPU per call, outside any sandbox")
+                       target=TARGET, scale=1e-3,
+                       note=f"CPU per call, outside any sandbox; accelerator: {accelerator}")
             for op in OPS]
+    if "pure" in result:
+        rows += [paired_row("2", f"host {op} after install(), pure Python", unit="us",
+                            baseline_name="same calls before install()",
+                            baseline=result["before"][op], candidate=result["pure"][op],
+                            target=None, scale=1e-3,
+                            note="the same, with the pure-Python code instead of the C "
+                                 "accelerator (GAE_SANDBOX_PURE_PYTHON=1)")
+                 for op in OPS]
+    return rows
 
 
 def _operations(app: str) -> dict[str, tuple[Callable[[int], None], int]]:
@@ -89,10 +106,13 @@ def _operations(app: str) -> dict[str, tuple[Callable[[int], None], int]]:
             "logging.info": (info, 200)}
 
 
-def _arm(install: bool, app: str, samples: int) -> dict[str, float]:
+def _arm(install: bool, app: str, samples: int, pure: bool = False) -> dict[str, float]:
     if install:
         import gae_sandbox
+        from gae_sandbox import patches
 
+        if pure:  # what GAE_SANDBOX_PURE_PYTHON=1 selects when gae_sandbox is imported
+            patches.SPEEDUPS = None
         gae_sandbox.install()
     operations = _operations(app)
     for fn, batch in operations.values():  # warm-up, outside the timed region
@@ -104,8 +124,9 @@ def _arm(install: bool, app: str, samples: int) -> dict[str, float]:
     return {op: median(values) for op, values in collected.items()}
 
 
-def child(app: str, rounds: int, samples: int) -> dict[str, dict[str, list[float]]]:
-    import gae_sandbox  # imported by both arms; only "after" installs it
+def child(app: str, rounds: int, samples: int) -> dict[str, Any]:
+    import gae_sandbox  # imported by every arm; only "after" and "pure" install it
+    from gae_sandbox.patches import SPEEDUPS, accelerator
 
     if gae_sandbox.is_installed():
         raise SystemExit("fig2: gae_sandbox installed itself on import")
@@ -114,12 +135,13 @@ def child(app: str, rounds: int, samples: int) -> dict[str, dict[str, list[float
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO)
     _arm(False, app, 1)  # page cache, lazy imports: in the parent, before any fork
-    out: dict[str, dict[str, list[float]]] = {arm: {op: [] for op in OPS}
-                                             for arm in ("before", "after")}
-    for _, arm in schedule(rounds, ("before", "after")):
-        result = in_fork(lambda arm=arm: _arm(arm == "after", app, samples))
+    arms = ("before", "after", "pure") if SPEEDUPS is not None else ("before", "after")
+    out: dict[str, Any] = {arm: {op: [] for op in OPS} for arm in arms}
+    for _, arm in schedule(rounds, arms):
+        result = in_fork(lambda arm=arm: _arm(arm != "before", app, samples, arm == "pure"))
         for op in OPS:
             out[arm][op].append(result[op])
+    out["accelerator"] = accelerator()
     return out
 
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
-from .context import Scope, active_scope, unsandboxed
+from . import patches
+from .context import _ACTIVE, Scope, active_scope, unsandboxed
 from .filesystem import check_open, check_read, check_write
 from .imports import (
     check_extension_file,
@@ -386,8 +387,16 @@ _installed = False
 
 
 def install_audit_hook() -> None:
-    """Add the hook once per process (audit hooks cannot be removed)."""
+    """Add the hook once per process (audit hooks cannot be removed).
+
+    With the C accelerator (``patches.SPEEDUPS``) a C hook is added instead, which returns
+    at once for host code (no sandbox active: one ContextVar read, no Python call) and calls
+    ``audit_hook`` otherwise; the C module adds it only once per process."""
     global _installed
     if not _installed:
-        sys.addaudithook(audit_hook)
+        speedups = patches.SPEEDUPS  # read now: the same choice as the patches installed
+        if speedups is not None:
+            speedups.install_audit_hook(audit_hook, _ACTIVE)
+        else:
+            sys.addaudithook(audit_hook)
         _installed = True

@@ -5,10 +5,14 @@ audit hook (``audit.py``) covers the audited operations, also through references
 before install; the patches cover the rest: ``os.stat`` and friends (no audit event),
 fd-level writes, ``tempfile``'s file makers, ``socket.listen``, name lookups, signal handlers
 and ``_posixsubprocess.fork_exec`` (spawns a process without an audit event).
+
+With the optional C accelerator (``_speedups.c``; see :data:`SPEEDUPS`) each replacement made
+here sits behind a C ``Guard`` that makes the host-code call itself (:func:`_guarded`).
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import signal
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from .context import Layer, Scope, active_scope, passthrough
+from .context import _ACTIVE, Layer, Scope, active_scope, passthrough
 from .errors import (
     FileReadRefused,
     NotAvailableRefused,
@@ -47,6 +51,36 @@ from .filesystem import (
 from .network import check_lookup, check_server, exact_host
 
 Patch = tuple[Any, str, Any, Any]  # (owner, attribute, original, replacement)
+
+
+# --- the optional C accelerator -------------------------------------------------------------
+
+#: Set to 1 to run the pure-Python code even where the C accelerator is built.
+PURE_PYTHON_VARIABLE = "GAE_SANDBOX_PURE_PYTHON"
+
+
+def _load_speedups() -> tuple[Any, str]:
+    """``gae_sandbox._speedups`` (``_speedups.c``) and why not, when it is not used."""
+    if os.environ.get(PURE_PYTHON_VARIABLE) == "1":
+        return None, f"{PURE_PYTHON_VARIABLE}=1"
+    name = f"{__package__}._speedups"
+    try:
+        return importlib.import_module(name), ""
+    except ImportError as error:
+        if isinstance(error, ModuleNotFoundError) and error.name == name:
+            return None, f"{name} is not built"  # no compiler where it was installed
+        return None, f"{name} does not import: {error}"  # built for another Python, broken
+
+
+#: The C accelerator module, or ``None``: the pure-Python code (the same checks) is used.
+SPEEDUPS, _PURE_PYTHON_REASON = _load_speedups()
+
+
+def accelerator() -> str:
+    """Which implementation of the host-code fast path is active, for ``--version``."""
+    if SPEEDUPS is not None:
+        return "C"
+    return f"pure Python ({_PURE_PYTHON_REASON})"
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -203,7 +237,7 @@ def _path_reader(original: Callable[..., Any], argument: int = 0) -> Callable[..
                 return checked_stat(scope, path, False)
             return read_path(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
 
-        return _named(stat, original)
+        return _guarded(stat, original)
     if what == "os.lstat":
         def lstat(path: Any, *, dir_fd: Any = None) -> Any:
             if dir_fd is None:
@@ -213,8 +247,8 @@ def _path_reader(original: Callable[..., Any], argument: int = 0) -> Callable[..
                 return checked_stat(scope, path, True)
             return read_path(path, dir_fd=dir_fd)
 
-        return _named(lstat, original)
-    return _named(read_path, original)
+        return _guarded(lstat, original)
+    return _guarded(read_path, original)
 
 
 def _hidden_names(scope: Scope, folder: Any) -> Callable[[str], bool] | None:
@@ -257,7 +291,7 @@ def _listdir(original: Callable[..., Any]) -> Callable[..., Any]:
         hidden = _hidden_names(scope, used)
         return names if hidden is None else [n for n in names if not hidden(n)]
 
-    return _named(listdir, original)
+    return _guarded(listdir, original)
 
 
 def _listed_folder(scope: Scope, path: Any) -> tuple[Any, Any]:
@@ -319,7 +353,7 @@ def _scandir(original: Callable[..., Any]) -> Callable[..., Any]:
             return iterator
         return _FilteredScandir(iterator, hidden, spelt if relocated else None)
 
-    return _named(scandir, original)
+    return _guarded(scandir, original)
 
 
 def _fd_writer(original: Callable[..., Any], what: str, argument: int = 0,
@@ -343,7 +377,7 @@ def _fd_writer(original: Callable[..., Any], what: str, argument: int = 0,
                     scope.judge(_check_fd_read, scope, args[position], what)
         return original(*args, **kwargs)
 
-    return _named(write_fd, original)
+    return _guarded(write_fd, original)
 
 
 def _check_fd_own(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxViolation | None:
@@ -373,7 +407,7 @@ def _fd_maker(original: Callable[..., Any]) -> Callable[..., Any]:
                 scope.opened_fds.add(result)
         return result
 
-    return _named(make_fds, original)
+    return _guarded(make_fds, original)
 
 
 def _refused_call(original: Callable[..., Any], check: Callable[..., Any],
@@ -388,7 +422,7 @@ def _refused_call(original: Callable[..., Any], check: Callable[..., Any],
             return passthrough(original, *args, **kwargs)
         return original(*args, **kwargs)
 
-    return _named(refused, original)
+    return _guarded(refused, original)
 
 
 def _named(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
@@ -401,6 +435,19 @@ def _named(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callabl
         except (AttributeError, TypeError):
             pass
     return wrapper
+
+
+def _guarded(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    """``_named(wrapper, original)`` for a ``wrapper`` that, when no sandbox is active, only
+    calls ``original`` with its own arguments. With the C accelerator it is put behind a
+    ``Guard`` that makes that call itself: host code pays one ContextVar read and no Python
+    frame, and code in a sandbox gets ``wrapper`` (which reads the ContextVar again and
+    checks). The Guard exposes neither ``original`` nor ``wrapper`` (whose closure holds it).
+    """
+    wrapper = _named(wrapper, original)
+    if SPEEDUPS is None:
+        return wrapper
+    return _named(SPEEDUPS.Guard(original, wrapper, _ACTIVE), original)
 
 
 def _plain_read(flags: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -444,7 +491,7 @@ def _os_open(original: Callable[..., Any]) -> Callable[..., Any]:
         scope.opened_fds.add(fd)
         return fd
 
-    return _named(open_fd, original)
+    return _guarded(open_fd, original)
 
 
 def _os_close(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -455,7 +502,7 @@ def _os_close(original: Callable[..., Any]) -> Callable[..., Any]:
             scope.opened_fds.discard(fd)
         return original(fd)
 
-    return _named(close_fd, original)
+    return _guarded(close_fd, original)
 
 
 def _os_closerange(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -466,7 +513,7 @@ def _os_closerange(original: Callable[..., Any]) -> Callable[..., Any]:
                         "closing file descriptors the host holds")
         return original(low, high)
 
-    return _named(closerange, original)
+    return _guarded(closerange, original)
 
 
 class _MemoryTemporaryFile(io.BytesIO):
@@ -499,7 +546,7 @@ def _temporary_file(original: Callable[..., Any]) -> Callable[..., Any]:
         return io.TextIOWrapper(buffer, encoding=encoding or "utf-8", errors=errors,
                                 newline=newline, write_through=True)
 
-    return _named(TemporaryFile, original)
+    return _guarded(TemporaryFile, original)
 
 
 def _host_copy(original: Any) -> Any:
@@ -584,7 +631,7 @@ def _listen(original: Callable[..., Any]) -> Callable[..., Any]:
             scope.judge(check_server, "listen on a socket")
         return original(self, *args)
 
-    return _named(listen, original)
+    return _guarded(listen, original)
 
 
 def _getaddrinfo(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -601,7 +648,7 @@ def _getaddrinfo(original: Callable[..., Any]) -> Callable[..., Any]:
                 scope.resolved_hosts.setdefault(str(sockaddr[0]), set()).add(name)
         return results
 
-    return _named(getaddrinfo, original)
+    return _guarded(getaddrinfo, original)
 
 
 #: Set by the audit hook when it let a ``subprocess.Popen`` through (allowed, or recorded in
@@ -635,7 +682,7 @@ def _spawn(original: Callable[..., Any]) -> Callable[..., Any]:
             note_child(scope, pid)
         return pid
 
-    return _named(spawn, original)
+    return _guarded(spawn, original)
 
 
 def _fork_exec(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -651,7 +698,7 @@ def _fork_exec(original: Callable[..., Any]) -> Callable[..., Any]:
         note_child(scope, pid)
         return pid
 
-    return _named(fork_exec, original)
+    return _guarded(fork_exec, original)
 
 
 def describe_command(args: Any) -> str:
@@ -838,7 +885,7 @@ def _path_writer(original: Callable[..., Any], name: str) -> Callable[..., Any]:
             return passthrough(original, path, *args, **kwargs)
         return original(path, *args, **kwargs)
 
-    return _named(write_path, original)
+    return _guarded(write_path, original)
 
 
 #: (owner, attribute) pairs whose attribute was inherited, not the owner's own, before patching.

@@ -16,11 +16,35 @@ from .common import UsageError
 COMMANDS = {"serve": serve, "check": check, "run": run}
 
 
+def version_text() -> str:
+    """The installed version and the implementation of the host-code fast path: ``C`` (the
+    ``gae_sandbox._speedups`` accelerator) or ``pure Python (why)``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..patches import accelerator
+
+    try:
+        number = version("gae-sandbox")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        number = "unknown"
+    return f"gae-sandbox {number}\naccelerator: {accelerator()}"
+
+
+class _Version(argparse.Action):
+    """``--version``: two lines as they are (argparse's own action would refill them)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gae-sandbox",
         description="The App Engine python27 sandbox, in process: serve, check or run an app.",
     )
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print the version and which accelerator is active, and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
         doc = (module.__doc__ or "").strip().splitlines()[0]

@@ -1,0 +1,343 @@
+/* gae_sandbox._speedups: the optional C accelerator of the host-code fast path.
+ *
+ * Host code (no sandbox active) pays for every replaced function and for the audit hook on
+ * every audited operation. In Python each costs a frame; here it costs one ContextVar read:
+ *
+ * - Guard(original, checked, var): a callable that calls `original` directly when `var`
+ *   holds None (host code) and the Python `checked` function otherwise. `checked` reads the
+ *   ContextVar again and does every check, so this is only a shortcut for host code. The
+ *   original is never exposed: no attribute names it, pickling goes by qualified name (as a
+ *   function's does), and only the garbage collector's traversal sees it.
+ * - install_audit_hook(hook, var): PySys_AddAuditHook with a C hook that returns at once
+ *   when `var` holds None (or in another interpreter) and calls `hook(event, args)`
+ *   otherwise.
+ *
+ * The pure-Python code in patches.py and audit.py does the same and is used when this module
+ * does not build or import, or when GAE_SANDBOX_PURE_PYTHON=1.
+ *
+ * CPython 3.10+ (PyObject_Vectorcall and Py_TPFLAGS_HAVE_VECTORCALL are public since 3.9,
+ * PyContextVar_Get since 3.7, PySys_AddAuditHook since 3.8).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>  /* offsetof */
+
+/* --- Guard ------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *original;   /* called for host code; never exposed */
+    PyObject *checked;    /* the Python wrapper: called when a scope is active */
+    PyObject *var;        /* the ContextVar of the active scope */
+    PyObject *dict;       /* __name__, __qualname__, __doc__, __module__, as a function's */
+    PyObject *weakrefs;   /* weak references work as they do to a function */
+    vectorcallfunc vectorcall;
+} GuardObject;
+
+static PyObject *
+guard_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    GuardObject *self = (GuardObject *)callable;
+    PyObject *scope;
+    if (self->var == NULL) {  /* cleared by the collector (a cycle being freed) */
+        PyErr_SetString(PyExc_RuntimeError, "gae_sandbox guard used after it was cleared");
+        return NULL;
+    }
+    if (PyContextVar_Get(self->var, NULL, &scope) < 0) {
+        return NULL;
+    }
+    /* the ContextVar has a default (None), so scope is never NULL; be safe anyway */
+    int host = (scope == NULL || scope == Py_None);
+    Py_XDECREF(scope);
+    /* nargsf passes on PY_VECTORCALL_ARGUMENTS_OFFSET: the arguments are the caller's own */
+    return PyObject_Vectorcall(host ? self->original : self->checked, args, nargsf, kwnames);
+}
+
+static PyObject *
+guard_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *original, *checked, *var;
+    static char *keywords[] = {"original", "checked", "var", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO:Guard", keywords,
+                                     &original, &checked, &var)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(original) || !PyCallable_Check(checked)) {
+        PyErr_SetString(PyExc_TypeError, "Guard: original and checked must be callable");
+        return NULL;
+    }
+    if (!PyContextVar_CheckExact(var)) {
+        PyErr_SetString(PyExc_TypeError, "Guard: var must be a contextvars.ContextVar");
+        return NULL;
+    }
+    GuardObject *self = (GuardObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(original);
+    self->original = original;
+    Py_INCREF(checked);
+    self->checked = checked;
+    Py_INCREF(var);
+    self->var = var;
+    self->dict = NULL;
+    self->weakrefs = NULL;
+    self->vectorcall = guard_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+guard_traverse(GuardObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->original);
+    Py_VISIT(self->checked);
+    Py_VISIT(self->var);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+guard_clear(GuardObject *self)
+{
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->checked);
+    Py_CLEAR(self->var);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+guard_dealloc(GuardObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    guard_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* As a class attribute (socket.socket.listen), bind like a function does. */
+static PyObject *
+guard_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(self);
+        return self;
+    }
+    return PyMethod_New(self, obj);
+}
+
+/* The name as set by patches._named (the original's), else the type's. */
+static PyObject *
+guard_name(GuardObject *self, const char *attribute)
+{
+    if (self->dict != NULL) {
+        PyObject *name = PyDict_GetItemString(self->dict, attribute);  /* borrowed */
+        if (name != NULL && PyUnicode_Check(name)) {
+            Py_INCREF(name);
+            return name;
+        }
+    }
+    return NULL;
+}
+
+static PyObject *
+guard_repr(GuardObject *self)
+{
+    PyObject *name = guard_name(self, "__qualname__");
+    if (name == NULL) {
+        name = guard_name(self, "__name__");
+    }
+    if (name == NULL) {
+        return PyUnicode_FromFormat("<gae_sandbox guard at %p>", self);
+    }
+    PyObject *repr = PyUnicode_FromFormat("<gae_sandbox guard of %U at %p>", name, self);
+    Py_DECREF(name);
+    return repr;
+}
+
+/* Pickled by qualified name, as a function is (the name leads back to this very object);
+ * never by its contents. */
+static PyObject *
+guard_reduce(GuardObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *name = guard_name(self, "__qualname__");
+    if (name == NULL) {
+        name = guard_name(self, "__name__");
+    }
+    if (name == NULL) {
+        PyErr_SetString(PyExc_TypeError, "cannot pickle an unnamed gae_sandbox guard");
+    }
+    return name;
+}
+
+/* inspect.signature() answers with the Python wrapper's signature, as it does for the
+ * pure-Python code. Only inspect asks, so it is in sys.modules; None lets inspect go on. */
+static PyObject *
+guard_signature(GuardObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *name = PyUnicode_FromString("inspect");
+    if (name == NULL) {
+        return NULL;
+    }
+    PyObject *inspect = PyImport_GetModule(name);
+    Py_DECREF(name);
+    PyObject *signature = NULL;
+    if (inspect != NULL && self->checked != NULL) {
+        signature = PyObject_CallMethod(inspect, "signature", "O", self->checked);
+    }
+    Py_XDECREF(inspect);
+    if (signature == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return signature;
+}
+
+static PyMethodDef guard_methods[] = {
+    {"__reduce__", (PyCFunction)guard_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef guard_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {"__signature__", (getter)guard_signature, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject GuardType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gae_sandbox._speedups.Guard",
+    .tp_doc = PyDoc_STR("Guard(original, checked, var): calls original when var holds None "
+                        "(host code), else checked."),
+    .tp_basicsize = sizeof(GuardObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = guard_new,
+    .tp_dealloc = (destructor)guard_dealloc,
+    .tp_traverse = (traverseproc)guard_traverse,
+    .tp_clear = (inquiry)guard_clear,
+    .tp_vectorcall_offset = offsetof(GuardObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = guard_descr_get,
+    .tp_repr = (reprfunc)guard_repr,
+    .tp_dictoffset = offsetof(GuardObject, dict),
+    .tp_weaklistoffset = offsetof(GuardObject, weakrefs),
+    .tp_methods = guard_methods,
+    .tp_getset = guard_getset,
+};
+
+/* --- the audit hook ---------------------------------------------------------------------- */
+
+/* Set once (audit hooks cannot be removed); the references are kept for the process's life. */
+static PyObject *hook_function = NULL;
+static PyObject *hook_var = NULL;
+static PyInterpreterState *hook_interpreter = NULL;
+
+static int
+audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
+{
+    /* C hooks are process-wide; the Python hook was the main interpreter's only, and the
+     * objects below belong to it */
+    if (PyInterpreterState_Get() != hook_interpreter) {
+        return 0;
+    }
+    PyObject *scope;
+    if (PyContextVar_Get(hook_var, NULL, &scope) < 0) {
+        return -1;
+    }
+    if (scope == NULL || scope == Py_None) {
+        Py_XDECREF(scope);
+        return 0;  /* host code */
+    }
+    Py_DECREF(scope);
+    PyObject *name = PyUnicode_FromString(event);
+    if (name == NULL) {
+        return -1;
+    }
+    PyObject *call_args[2] = {name, args};
+    PyObject *result = PyObject_Vectorcall(hook_function, call_args, 2, NULL);
+    Py_DECREF(name);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+static PyObject *
+install_audit_hook(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *function, *var;
+    if (!PyArg_ParseTuple(args, "OO:install_audit_hook", &function, &var)) {
+        return NULL;
+    }
+    if (hook_function != NULL) {
+        Py_RETURN_FALSE;  /* once per process: hooks cannot be removed */
+    }
+    if (!PyCallable_Check(function) || !PyContextVar_CheckExact(var)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "install_audit_hook(hook, var): a callable and a ContextVar");
+        return NULL;
+    }
+    Py_INCREF(function);
+    Py_INCREF(var);
+    hook_function = function;
+    hook_var = var;
+    hook_interpreter = PyInterpreterState_Get();
+    if (PySys_AddAuditHook(audit_hook, NULL) < 0) {
+        /* refused by an existing hook: this one was not added */
+        Py_CLEAR(hook_function);
+        Py_CLEAR(hook_var);
+        hook_interpreter = NULL;
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+audit_hook_installed(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(hook_function != NULL);
+}
+
+/* --- the module -------------------------------------------------------------------------- */
+
+static PyMethodDef module_methods[] = {
+    {"install_audit_hook", install_audit_hook, METH_VARARGS,
+     PyDoc_STR("install_audit_hook(hook, var): add, once per process, an audit hook that "
+               "calls hook(event, args) only while var holds something other than None. "
+               "Returns whether it added it (False: it was there already).")},
+    {"audit_hook_installed", audit_hook_installed, METH_NOARGS,
+     PyDoc_STR("Whether install_audit_hook has added the hook.")},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "gae_sandbox._speedups",
+    .m_doc = PyDoc_STR("The optional C accelerator of gae_sandbox's host-code fast path."),
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (PyType_Ready(&GuardType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&GuardType);
+    if (PyModule_AddObject(module, "Guard", (PyObject *)&GuardType) < 0) {
+        Py_DECREF(&GuardType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -376,6 +376,10 @@ def test_objects_and_hooks_the_app_leaves_in_sys_warnings_logging_run_sandboxed(
                 print("inside")
             assert buffer.getvalue() == "inside\n"
             assert sys.stdout is host_stdout  # put back as it was, not wrapped
+            host_stdin = sys.stdin
+            sys.stdin = io.StringIO("a\nb\n")  # the request uses its own object as it is
+            assert isinstance(sys.stdin, io.StringIO) and list(sys.stdin) == ["a\n", "b\n"]
+            sys.stdin = host_stdin
             sys.stdout = Out()
             warnings.showwarning = write_target
             logging.lastResort = LastResort()

@@ -282,10 +282,10 @@ _PLAIN_TYPES = (str, bytes, int, float, bool, type(None))
 
 
 class SandboxedObject:
-    """An object the app put where host code uses it (``sys.stdout = Out()``): attributes
+    """An object the app left where host code uses it (``sys.stdout = Out()``): attributes
     are read, and methods called, inside the sandbox that put it there; what they give back
-    is an exact ``str``/``bytes``/number, or wrapped again. The app itself, in that sandbox,
-    reaches its object directly."""
+    is an exact ``str``/``bytes``/number, or wrapped again. Threads of that request still
+    reach the object directly."""
 
     __slots__ = ("__target", "__scope")
 
@@ -354,8 +354,19 @@ class _HookedModule(types.ModuleType):
             value = sandboxed(value)
         elif name in OBJECT_ATTRIBUTES.get(module, ()) and not isinstance(
                 value, (SandboxedObject, SandboxedCallback)):
-            value = SandboxedObject(value, scope)
+            # the request uses its own object as it is (iteration, isinstance, with); what
+            # it leaves there is wrapped when its scope closes (wrap_left_objects)
+            scope.extras.setdefault("left_objects", []).append((self, name, value))
         types.ModuleType.__setattr__(self, name, value)
+
+
+def wrap_left_objects(scope: Scope) -> None:
+    """Called as ``scope`` closes: an object the request put in ``sys.stdout`` (or another
+    of :data:`OBJECT_ATTRIBUTES`) and left there is wrapped, so later host code reaches it
+    only through the request's sandbox."""
+    for module, name, value in scope.extras.pop("left_objects", ()):
+        if vars(module).get(name) is value:
+            types.ModuleType.__setattr__(module, name, SandboxedObject(value, scope))
 
 
 #: (module, attribute) -> values host code assigned (or found at install): never wrapped.

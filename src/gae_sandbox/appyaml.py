@@ -11,6 +11,7 @@ import os
 import re
 import reprlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -390,9 +391,17 @@ def _read_yaml(location: str, what: str) -> Any:
     return document
 
 
-def _parse(location: str, document: Any) -> AppConfig:
+def _failure(location: str) -> Callable[..., AppYamlError]:
+    """``fail(message, line=0)``: the error naming ``location`` (and the line, when known)."""
+
     def fail(message: str, line: int = 0) -> AppYamlError:
         return AppYamlError(f"{location}{f':{line}' if line else ''}: {message}")
+
+    return fail
+
+
+def _parse(location: str, document: Any) -> AppConfig:
+    fail = _failure(location)
 
     if not isinstance(document, dict):
         raise fail("app.yaml must be a mapping of keys (runtime:, handlers:, ...)")
@@ -648,8 +657,7 @@ def _include_path(name: str, location: str, app_root: str, fail: Any, line: int)
 
 def _merge_include(path: str, app_root: str, python3: bool, included: _Included,
                    depth: int) -> None:
-    def fail(message: str, line: int = 0) -> AppYamlError:
-        return AppYamlError(f"{path}{f':{line}' if line else ''}: {message}")
+    fail = _failure(path)
 
     document = _read_yaml(path, "included file")
     if document is None:

@@ -1706,3 +1706,29 @@ def test_bad_login_settings_name_the_line(tmp_path: Path, key: str, value: str) 
     path = write(tmp_path, MINIMAL + f"  {key}: {value}\n")
     error = str(load_error(path))
     assert f"handler {key} must be" in error and f"app.yaml:{line_of(path, key)}" in error
+
+
+def test_python27_apps_see_the_sdk_servers_variables_in_os_environ(tmp_path: Path) -> None:
+    from gae_sandbox.devserver import DevServerApp
+
+    write(tmp_path, "application: guestbook\nversion: two\n" + MINIMAL.replace(
+        "main.app", "environ_main.app"))
+    (tmp_path / "environ_main.py").write_text(textwrap.dedent("""\
+        import os
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            names = ("APPLICATION_ID", "CURRENT_VERSION_ID", "DEFAULT_VERSION_HOSTNAME",
+                     "PATH_INFO", "USER_EMAIL")
+            return [" ".join(os.environ.get(n, "-") for n in names).encode()]
+        """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        app = DevServerApp(load_app_yaml(tmp_path))
+        status, _, body = get(app, "/page", HTTP_HOST="localhost:8080")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("environ_main", None)
+    assert status == "200 OK"
+    assert body == b"dev~guestbook two.1 localhost:8080 /page "
+    assert "APPLICATION_ID" not in os.environ

@@ -5,7 +5,9 @@ the server's own code left unsandboxed.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -617,3 +619,46 @@ def test_a_list_response_ends_its_scope_and_closes_it_sandboxed(
         assert sandbox == middleware.sandbox
         assert isinstance(outcome, FileWriteRefused)
         assert not target.exists()
+
+
+# --- the request's CGI variables in os.environ (python27) -------------------------------------
+
+
+def _environ_app(environ: dict, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    names = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "HTTP_HOST", "USER_EMAIL")
+    return [repr([os.environ.get(name) for name in names]).encode()]
+
+
+def _get(app: Any, path: str, **extra: Any) -> bytes:
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "a=1",
+               "HTTP_HOST": "example.test", "SERVER_NAME": "example.test",
+               "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
+               **extra}
+    result = app(environ, lambda status, headers, exc_info=None: None)
+    try:
+        return b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+
+
+def test_python27_requests_see_their_cgi_variables_in_os_environ(policy: Policy) -> None:
+    """As on the python27 runtime: each request's own variables, never the process's."""
+    app = SandboxMiddleware(_environ_app, policy)
+    before = dict(os.environ)
+    assert _get(app, "/one", USER_EMAIL="a@example.com", NUL_VALUE="x\0y",
+                **{"wsgi.errors": io.StringIO()}) == \
+        repr(["GET", "/one", "a=1", "example.test", "a@example.com"]).encode()
+    assert _get(app, "/two") == repr(["GET", "/two", "a=1", "example.test", None]).encode()
+    assert dict(os.environ) == before  # the host's environment is untouched
+    assert "PATH_INFO" not in os.environ
+
+
+def test_python3_and_the_setting_off_leave_os_environ_alone(tmp_path: Path) -> None:
+    assert "PATH_INFO" not in os.environ
+    for policy in (Policy.python3(app_root=tmp_path),
+                   Policy.python27(app_root=tmp_path, request_environ=False)):
+        app = SandboxMiddleware(_environ_app, policy)
+        host = [os.environ.get(name) for name in ("REQUEST_METHOD", "PATH_INFO",
+                                                   "QUERY_STRING", "HTTP_HOST", "USER_EMAIL")]
+        assert _get(app, "/x") == repr(host).encode()  # the process's, not the request's

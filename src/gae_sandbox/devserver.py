@@ -68,6 +68,13 @@ class DevServerApp:
             return _login_page(environ, start_response)
         user = _signed_in_user(environ)
         _set_user(environ, user)
+        if self.config.preset == "python27":  # what the SDK's server told python27 apps
+            application = str(self.config.extra.get("application") or "app")
+            environ.setdefault("APPLICATION_ID", f"dev~{application}")
+            environ.setdefault("CURRENT_VERSION_ID",
+                               f"{self.config.extra.get('version') or '1'}.1")
+            environ.setdefault("DEFAULT_VERSION_HOSTNAME", str(environ.get("HTTP_HOST") or (
+                f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '80')}")))
         for handler in self.config.handlers:
             match = handler.pattern.fullmatch(path)
             if match is None:

@@ -61,6 +61,7 @@ SETTING_FLAGS: dict[str, str] = {
     "deadline": "--deadline SECONDS",
     "restricted_modules": "--restricted-module NAME",
     "working_directory": "--working-directory",
+    "request_environ": "--request-environ / --no-request-environ",
 }
 
 

@@ -731,6 +731,7 @@ class ScopedEnviron(type(os.environ)):  # type: ignore[misc]
             overlay = {}
             for layer in scope.layers:
                 overlay.update(layer.policy.env_variables)
+            overlay.update(scope.extras.get("cgi", ()))  # the request's (SandboxMiddleware)
             scope.extras["env"] = overlay
         return overlay
 

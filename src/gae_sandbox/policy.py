@@ -104,6 +104,10 @@ class Policy:
     #: way it is per request: ``os.chdir`` in a sandbox moves only that request's (and its
     #: threads'), never the process's.
     working_directory: Literal["app_root", "host"] = "app_root"
+    #: Whether a request served through ``SandboxMiddleware`` sees its CGI variables
+    #: (``REQUEST_METHOD``, ``PATH_INFO``, ``HTTP_HOST``, ``SERVER_SOFTWARE``, ``USER_EMAIL``
+    #: ...) in ``os.environ``, as on the python27 runtime; the python3 runtime did not.
+    request_environ: bool = True
 
     _host_rules: tuple[HostRule, ...] = field(
         init=False, repr=False, compare=False, default=()
@@ -156,7 +160,8 @@ class Policy:
         if self.working_directory not in ("app_root", "host"):
             raise ValueError("Policy.working_directory must be 'app_root' or 'host', "
                              f"got {self.working_directory!r}")
-        for name in ("allow_threads", "allow_background_threads", "allow_processes"):
+        for name in ("allow_threads", "allow_background_threads", "allow_processes",
+                     "request_environ"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(
                     f"Policy.{name} must be True or False, got {getattr(self, name)!r}"
@@ -188,6 +193,7 @@ class Policy:
             "allow_processes": True,
             "allow_background_threads": True,
             "deadline": PYTHON3_DEADLINE,
+            "request_environ": False,
         }
         base.update(changes)
         return cls(app_root=app_root, **base)  # type: ignore[arg-type]

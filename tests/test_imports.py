@@ -845,3 +845,37 @@ def test_a_module_file_is_judged_from_where_it_was_loaded(
                 sandbox.call(importlib.import_module, "third")
     finally:
         sys.path.remove(str(link))
+
+
+# --- a refused C extension with its pure-Python source beside it ----------------------------
+
+
+def test_a_refused_c_extension_falls_back_to_the_python_file_beside_it(
+        policy: Policy, app_on_path: Path) -> None:
+    """Cython and mypyc packages ship ``name.py`` beside ``name.cpython-*.so`` (SQLAlchemy
+    2.1, chardet): the runtime refused the C file and ran the source; so does the gate. With
+    no source beside it, the C extension is refused as before."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    suffix = EXTENSION_SUFFIXES[0]
+    package = app_on_path / "compiled"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    for stem, folder in (("speedy", package), ("__init__", package / "sub"),
+                         ("only_c", package)):
+        (folder / f"{stem}{suffix}").write_bytes(b"not an ELF file: never loaded")
+    (package / "speedy.py").write_text("VALUE = 'pure speedy'\n")
+    (package / "sub" / "__init__.py").write_text("VALUE = 'pure sub'\n")
+    importlib.invalidate_caches()
+    with fresh_modules("compiled"):
+        # control: plain Python's import system picks the C files
+        assert importlib.util.find_spec("compiled.speedy").origin.endswith(suffix)
+        with Sandbox(policy):
+            import compiled.speedy
+            import compiled.sub
+
+            assert compiled.speedy.VALUE == "pure speedy"
+            assert compiled.sub.VALUE == "pure sub"
+            assert compiled.sub.__path__ == [str(package / "sub")]
+            with pytest.raises(CExtensionRefused):
+                import compiled.only_c  # noqa: F401

@@ -332,8 +332,10 @@ def test_a_stuck_request_is_killed_at_deadline_plus_grace(per_request: tuple[Ser
     assert re.search(r'request "GET /loop" from 127\.0\.0\.1:\d+ \(child \d+\) '
                      rf"(?:{killed}|ended abnormally after [\d.]+ s \(SIGXCPU: its CPU time "
                      r"limit\): answered 500)", text), text
-    assert re.search(r'request "GET /started" .* killed at its hard deadline .*: connection '
-                     r"closed \(the response had started\)", text)
+    # the same C loop after the response began: the same race, the connection cut either way
+    assert re.search(r'request "GET /started" .* (?:killed at its hard deadline|ended '
+                     r"abnormally after [\d.]+ s \(SIGXCPU: its CPU time limit\)).*: "
+                     r"connection closed \(the response had started\)", text), text
 
 
 def test_no_process_or_descriptor_left_after_many_requests(per_request: tuple[Server, Path]

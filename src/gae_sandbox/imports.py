@@ -26,6 +26,7 @@ import importlib.util
 import opcode
 import os
 import re
+import stat
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, ExtensionFileLoader
 from typing import Any
@@ -647,6 +648,10 @@ class ImportGateFinder:
                 return _noted(scope, _find_elsewhere(self, fullname, path, target))
         spec = _find_elsewhere(self, fullname, path, target)
         if spec is not None and not _allowed_untrusted(scope, check_spec, fullname, spec):
+            source = _pure_python_sibling(fullname, spec)
+            if source is not None and _allowed_untrusted(scope, check_spec, fullname, source):
+                return _noted(scope, source)  # what the runtime ran: the .py beside the .so
+        if spec is not None and not _allowed_untrusted(scope, check_spec, fullname, spec):
             if trusted is None:
                 trusted = importer_trusted(scope, caller)
             if scope.judge(check_spec, fullname, spec, trusted):
@@ -659,6 +664,33 @@ class ImportGateFinder:
 
     def __repr__(self) -> str:
         return "<gae_sandbox import gate>"
+
+
+_original_stat = os.stat  # taken before install(): the gate's own look is not the app's
+
+
+def _isfile(path: str) -> bool:
+    try:
+        return stat.S_ISREG(_original_stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _pure_python_sibling(fullname: str, spec: Any) -> Any:
+    """For a C extension module with a ``.py`` of the same name beside it (a package's
+    ``__init__.py``), as packages compiled with Cython or mypyc ship (SQLAlchemy 2.1,
+    chardet), the spec of that source: the module the runtime imported, where C extensions
+    were refused."""
+    origin = getattr(spec, "origin", None)
+    if not isinstance(spec.loader, ExtensionFileLoader) or type(origin) is not str:
+        return None
+    package = spec.submodule_search_locations
+    stem = "__init__" if package is not None else fullname.rpartition(".")[2]
+    source = os.path.join(os.path.dirname(origin), stem + ".py")
+    if not _isfile(source):
+        return None
+    return importlib.util.spec_from_file_location(
+        fullname, source, submodule_search_locations=None if package is None else list(package))
 
 
 def note_module_files(scope: Scope, spec: Any) -> None:

@@ -342,21 +342,20 @@ class _HookedModule(types.ModuleType):
 
     def __setattr__(self, name: str, value: Any) -> None:
         module = types.ModuleType.__getattribute__(self, "__name__")
-        host_values = _host_values.setdefault((module, name), [])
-        scope = active_scope()
-        if scope is None:  # the host's own value (pytest's capture swapping sys.stdout)
-            if not any(value is v for v in host_values):
-                host_values.append(value)
-                del host_values[:-8]  # the recent ones: what a request can put back
-        elif any(value is v for v in host_values) or type(value) in _PLAIN_TYPES:
-            pass
-        elif name in HOOK_ATTRIBUTES.get(module, ()):
-            value = sandboxed(value)
-        elif name in OBJECT_ATTRIBUTES.get(module, ()) and not isinstance(
-                value, (SandboxedObject, SandboxedCallback)):
-            # the request uses its own object as it is (iteration, isinstance, with); what
-            # it leaves there is wrapped when its scope closes (wrap_left_objects)
-            scope.extras.setdefault("left_objects", []).append((self, name, value))
+        hook = name in HOOK_ATTRIBUTES.get(module, ())
+        if hook or name in OBJECT_ATTRIBUTES.get(module, ()):  # any other name: as it is
+            scope = active_scope()
+            if scope is None:  # the host's own value (pytest's capture swapping sys.stdout)
+                _remember_host_value(module, name, value)
+            elif any(value is v for v in _host_values.get((module, name), ())) or (
+                    type(value) in _PLAIN_TYPES):
+                pass
+            elif hook:
+                value = sandboxed(value)
+            elif not isinstance(value, (SandboxedObject, SandboxedCallback)):
+                # the request uses its own object as it is (iteration, isinstance, with);
+                # what it leaves there is wrapped when its scope closes (wrap_left_objects)
+                scope.extras.setdefault("left_objects", []).append((self, name, value))
         types.ModuleType.__setattr__(self, name, value)
 
 
@@ -373,6 +372,15 @@ def wrap_left_objects(scope: Scope) -> None:
 _host_values: dict[tuple[str, str], list[Any]] = {}
 
 
+def _remember_host_value(module: str, name: str, value: Any) -> None:
+    """Keep ``value`` among the recent host values of ``module.name`` (what a request may
+    put back, unwrapped)."""
+    values = _host_values.setdefault((module, name), [])
+    if not any(value is v for v in values):
+        values.append(value)
+        del values[:-8]
+
+
 def hook_modules() -> list[Patch]:
     """Patches (as ``(module, "__class__", old, new)``) that route hook assignments."""
     modules = [sys.modules.get(name) for name in (*HOOK_ATTRIBUTES, *OBJECT_ATTRIBUTES)]
@@ -380,10 +388,7 @@ def hook_modules() -> list[Patch]:
     for module in found:
         for name in (*HOOK_ATTRIBUTES.get(module.__name__, ()),
                      *OBJECT_ATTRIBUTES.get(module.__name__, ())):
-            values = _host_values.setdefault((module.__name__, name), [])
-            current = vars(module).get(name)
-            if not any(current is v for v in values):
-                values.append(current)
+            _remember_host_value(module.__name__, name, vars(module).get(name))
     return [(module, "__class__", type(module), _HookedModule) for module in found]
 
 

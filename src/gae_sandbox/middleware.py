@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import threading
 import traceback
@@ -82,8 +81,8 @@ class SandboxMiddleware:
             if self._serial is not None:
                 self._serial.release()
             raise
-        if self.sandbox.policy.request_environ:
-            scope.extras["cgi"] = cgi_variables(environ)
+        if self.sandbox.policy.request_environ:  # read if the app reads os.environ
+            scope.extras["cgi_environ"] = environ
         request = _Request(self, scope, environ, start_response)
         return request.run()
 
@@ -94,17 +93,6 @@ class SandboxMiddleware:
             logger.critical("gae_sandbox: asking gunicorn worker %s to exit (hard deadline)",
                             os.getpid())
             os.kill(os.getpid(), signal.SIGTERM)
-
-
-_CGI_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
-
-
-def cgi_variables(environ: dict[str, Any]) -> dict[str, str]:
-    """The request's CGI variables (upper-case names with exact ``str`` values, no NUL) that
-    the python27 runtime put in ``os.environ``: not ``wsgi.*`` nor the server's objects."""
-    return {name: value for name, value in environ.items()
-            if type(name) is str and type(value) is str and _CGI_NAME.fullmatch(name)
-            and "\0" not in value}
 
 
 class _Request:

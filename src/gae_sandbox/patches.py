@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -731,7 +732,9 @@ class ScopedEnviron(type(os.environ)):  # type: ignore[misc]
             overlay = {}
             for layer in scope.layers:
                 overlay.update(layer.policy.env_variables)
-            overlay.update(scope.extras.get("cgi", ()))  # the request's (SandboxMiddleware)
+            environ = scope.extras.get("cgi_environ")  # the request's (SandboxMiddleware)
+            if environ is not None:
+                overlay.update(cgi_variables(environ))
             scope.extras["env"] = overlay
         return overlay
 
@@ -776,6 +779,18 @@ class ScopedEnviron(type(os.environ)):  # type: ignore[misc]
 
     def copy(self) -> dict[str, str]:
         return dict(self)
+
+
+_CGI_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def cgi_variables(environ: dict[str, Any]) -> dict[str, str]:
+    """The request's CGI variables (upper-case names with exact ``str`` values, no NUL) that
+    the python27 runtime put in ``os.environ``: not ``wsgi.*`` nor the server's objects.
+    Read when the request first uses ``os.environ``, not on every request."""
+    return {name: value for name, value in environ.items()
+            if type(name) is str and type(value) is str and _CGI_NAME.fullmatch(name)
+            and "\0" not in value}
 
 
 def _scoped_environ(original: Any) -> Any:

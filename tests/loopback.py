@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 #: The command line, as a user runs it (``python -m gae_sandbox`` is ``gae-sandbox``).
@@ -21,6 +23,28 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextmanager
+def backlog_listener() -> Iterator[socket.socket]:
+    """A non-blocking TCP listener on 127.0.0.1: connections wait in its backlog, so
+    :func:`accepted_any` can tell afterwards whether anything reached it."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.setblocking(False)
+        yield server
+
+
+def accepted_any(server: socket.socket) -> bool:
+    """Whether a connection reached ``server`` (the process that would make it has exited by
+    now: a connection it made is already in the backlog)."""
+    try:
+        connection, _ = server.accept()
+    except BlockingIOError:
+        return False
+    connection.close()
+    return True
 
 
 def http_get(port: int, path: str, timeout: float) -> tuple[int, bytes]:

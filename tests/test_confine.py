@@ -29,7 +29,7 @@ import pytest
 
 from gae_sandbox import ConfinementUnavailable, Policy
 from gae_sandbox.confine import landlock_abi, seccomp_available
-from loopback import free_port, http_get
+from loopback import accepted_any, backlog_listener, free_port, http_get
 
 ABI = landlock_abi()
 needs_kernel = pytest.mark.skipif(
@@ -90,22 +90,8 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def listener() -> Iterator[socket.socket]:
     """A loopback TCP listener nobody is allowed to reach."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        server.setblocking(False)
+    with backlog_listener() as server:
         yield server
-
-
-def accepted_any(server: socket.socket) -> bool:
-    """Whether a connection reached the listener (the child has exited: a connection it made
-    is already in the backlog)."""
-    try:
-        connection, _ = server.accept()
-    except BlockingIOError:
-        return False
-    connection.close()
-    return True
 
 
 # -- escapes the in-process layer cannot stop ----------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from gae_sandbox.confine import landlock_abi, seccomp_available
+from loopback import accepted_any, backlog_listener
 
 ABI = landlock_abi()
 SECCOMP = seccomp_available()
@@ -107,22 +108,8 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture
 def listener() -> Iterator[socket.socket]:
     """A loopback TCP listener the confined worker is not allowed to reach."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        server.setblocking(False)
+    with backlog_listener() as server:
         yield server
-
-
-def accepted_any(server: socket.socket) -> bool:
-    """Whether a connection reached the listener (the worker has exited by now: a connection
-    it made is already in the backlog)."""
-    try:
-        connection, _ = server.accept()
-    except BlockingIOError:
-        return False
-    connection.close()
-    return True
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -213,10 +200,7 @@ def test_no_execve(dirs: dict[str, Path]) -> None:
 @pytest.fixture
 def allowed_server() -> Iterator[socket.socket]:
     """The one loopback port the policy names: it stays reachable when confined."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        server.setblocking(False)
+    with backlog_listener() as server:
         yield server
 
 

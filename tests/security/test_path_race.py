@@ -118,9 +118,11 @@ class Flipper(threading.Thread):
 
 
 def race(read: Callable[[Path], str], path: Path, link: Path, targets: tuple[str, str],
-         sandboxes: tuple[Sandbox, ...]) -> tuple[Counter[str], list[BaseException]]:
+         sandboxes: tuple[Sandbox, ...], *, missing_ok: bool = False
+         ) -> tuple[Counter[str], list[BaseException]]:
     """Read ``path`` (through ``link``) while a host thread flips ``link``: how often each
-    content came back, and the refusals."""
+    content came back, and the refusals. ``missing_ok``: a ``FileNotFoundError`` counts as
+    ``"missing"`` (otherwise it fails the test)."""
     seen: Counter[str] = Counter()
     refusals: list[BaseException] = []
     flipper = Flipper(link, targets)
@@ -136,6 +138,10 @@ def race(read: Callable[[Path], str], path: Path, link: Path, targets: tuple[str
                     seen["refused"] += 1
                     if len(refusals) < 50:
                         refusals.append(refusal)
+                except FileNotFoundError:
+                    if not missing_ok:
+                        raise
+                    seen["missing"] += 1
                 if not flipper.is_alive():
                     break
     finally:
@@ -541,29 +547,10 @@ def _stat_identity(path: Path) -> tuple[int, int]:
 def race_stat(path: Path, link: Path, targets: tuple[str, str], sandboxes: tuple[Sandbox, ...],
               secret: tuple[int, int]) -> tuple[Counter[str], list[BaseException]]:
     """``os.stat(path)`` while a host thread flips ``link``: how often the secret's identity
-    came back, how often another file's, and the refusals."""
-    seen: Counter[str] = Counter()
-    refusals: list[BaseException] = []
-    flipper = Flipper(link, targets)
-    flipper.start()
-    try:
-        with ExitStack() as stack:
-            for sandbox in sandboxes:
-                stack.enter_context(sandbox)
-            for _ in range(MAX_READS):
-                try:
-                    seen["secret" if _stat_identity(path) == secret else "app"] += 1
-                except FileReadRefused as refusal:
-                    seen["refused"] += 1
-                    if len(refusals) < 50:
-                        refusals.append(refusal)
-                except FileNotFoundError:  # between the unlink and the rename of a flip
-                    seen["missing"] += 1
-                if not flipper.is_alive():
-                    break
-    finally:
-        flipper.join()
-    return seen, refusals
+    came back, how often another file's, and the refusals (a flip of a folder can leave the
+    path missing for a moment: ``"missing"``)."""
+    return race(lambda checked: "secret" if _stat_identity(checked) == secret else "app",
+                path, link, targets, sandboxes, missing_ok=True)
 
 
 @pytest.fixture

@@ -200,16 +200,13 @@ def _set_user(environ: dict[str, Any], user: tuple[str, bool] | None) -> None:
                                                     "HTTP_X_APPENGINE_AUTH_DOMAIN"))]:
         del environ[key]
     email, admin = user or ("", False)
-    user_id = _user_id(email) if email else ""
-    environ.update({"USER_EMAIL": email, "USER_ID": user_id,
-                    "USER_NICKNAME": email.partition("@")[0], "USER_ORGANIZATION": "",
-                    "USER_IS_ADMIN": "1" if admin else "0", "AUTH_DOMAIN": "gmail.com"})
-    if user is not None:
-        environ.update({"HTTP_X_APPENGINE_USER_EMAIL": email,
-                        "HTTP_X_APPENGINE_USER_ID": user_id,
-                        "HTTP_X_APPENGINE_USER_NICKNAME": email.partition("@")[0],
-                        "HTTP_X_APPENGINE_USER_IS_ADMIN": "1" if admin else "0",
-                        "HTTP_X_APPENGINE_AUTH_DOMAIN": "gmail.com"})
+    fields = {"EMAIL": email, "ID": _user_id(email) if email else "",
+              "NICKNAME": email.partition("@")[0], "IS_ADMIN": "1" if admin else "0"}
+    environ.update({f"USER_{key}": value for key, value in fields.items()},
+                   USER_ORGANIZATION="", AUTH_DOMAIN="gmail.com")
+    if user is not None:  # the same, as the python3 runtime's front end sends them
+        environ.update({f"HTTP_X_APPENGINE_USER_{key}": value for key, value in fields.items()},
+                       HTTP_X_APPENGINE_AUTH_DOMAIN="gmail.com")
 
 
 def _login_refusal(handler: Handler, user: tuple[str, bool] | None,

@@ -35,21 +35,75 @@ typedef struct {
     vectorcallfunc vectorcall;
 } GuardObject;
 
+/* thread ident -> the ticket of the scope that thread runs (context.py's _thread_tickets):
+ * a thread running a scope's code is sandboxed even where its context carries no ticket */
+static PyObject *thread_tickets = NULL;
+
+/* 1: the current thread is marked as running a scope; 0: not; -1: error */
+static int
+thread_marked(void)
+{
+    if (thread_tickets == NULL || PyDict_GET_SIZE(thread_tickets) == 0) {
+        return 0;
+    }
+    PyObject *ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (ident == NULL) {
+        return -1;
+    }
+    PyObject *ticket = PyDict_GetItemWithError(thread_tickets, ident);  /* borrowed */
+    Py_DECREF(ident);
+    if (ticket == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    return ticket != Py_None;
+}
+
+/* 1: host code (no ticket in the context, none on the thread); 0: sandboxed; -1: error */
+static int
+is_host(PyObject *var)
+{
+    PyObject *ticket;
+    if (PyContextVar_Get(var, NULL, &ticket) < 0) {
+        return -1;
+    }
+    /* the ContextVar has a default (None), so ticket is never NULL; be safe anyway */
+    int empty = (ticket == NULL || ticket == Py_None);
+    Py_XDECREF(ticket);
+    if (!empty) {
+        return 0;
+    }
+    int marked = thread_marked();
+    return marked < 0 ? -1 : !marked;
+}
+
+static PyObject *
+watch_threads(PyObject *Py_UNUSED(module), PyObject *tickets)
+{
+    if (!PyDict_CheckExact(tickets)) {
+        PyErr_SetString(PyExc_TypeError, "watch_threads(tickets): a dict");
+        return NULL;
+    }
+    if (thread_tickets != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "watch_threads: already set for this process");
+        return NULL;
+    }
+    Py_INCREF(tickets);
+    thread_tickets = tickets;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 guard_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     GuardObject *self = (GuardObject *)callable;
-    PyObject *scope;
     if (self->var == NULL) {  /* cleared by the collector (a cycle being freed) */
         PyErr_SetString(PyExc_RuntimeError, "gae_sandbox guard used after it was cleared");
         return NULL;
     }
-    if (PyContextVar_Get(self->var, NULL, &scope) < 0) {
+    int host = is_host(self->var);
+    if (host < 0) {
         return NULL;
     }
-    /* the ContextVar has a default (None), so scope is never NULL; be safe anyway */
-    int host = (scope == NULL || scope == Py_None);
-    Py_XDECREF(scope);
     /* nargsf passes on PY_VECTORCALL_ARGUMENTS_OFFSET: the arguments are the caller's own */
     return PyObject_Vectorcall(host ? self->original : self->checked, args, nargsf, kwnames);
 }
@@ -244,15 +298,10 @@ audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
     if (PyInterpreterState_Get() != hook_interpreter) {
         return 0;
     }
-    PyObject *scope;
-    if (PyContextVar_Get(hook_var, NULL, &scope) < 0) {
-        return -1;
+    int host = is_host(hook_var);
+    if (host != 0) {
+        return host < 0 ? -1 : 0;  /* 1: host code */
     }
-    if (scope == NULL || scope == Py_None) {
-        Py_XDECREF(scope);
-        return 0;  /* host code */
-    }
-    Py_DECREF(scope);
     PyObject *name = PyUnicode_FromString(event);
     if (name == NULL) {
         return -1;
@@ -308,8 +357,12 @@ audit_hook_installed(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 static PyMethodDef module_methods[] = {
     {"install_audit_hook", install_audit_hook, METH_VARARGS,
      PyDoc_STR("install_audit_hook(hook, var): add, once per process, an audit hook that "
-               "calls hook(event, args) only while var holds something other than None. "
+               "calls hook(event, args) only while var holds something other than None or the "
+               "thread is marked (watch_threads). "
                "Returns whether it added it (False: it was there already).")},
+    {"watch_threads", watch_threads, METH_O,
+     PyDoc_STR("watch_threads(tickets): once per process, the dict of thread ident -> "
+               "ticket that marks a thread as sandboxed where its context has no ticket.")},
     {"audit_hook_installed", audit_hook_installed, METH_NOARGS,
      PyDoc_STR("Whether install_audit_hook has added the hook.")},
     {NULL, NULL, 0, NULL},

@@ -1,20 +1,29 @@
-"""Which sandbox, if any, governs the running code: one ContextVar read decides.
+"""Which sandbox, if any, governs the running code.
 
 Every enforcement point starts with ``active_scope()``; ``None`` means host code, straight
 through to the original function. A :class:`Scope` is one entered ``Sandbox``; nested
 sandboxes form a stack of layers, and an operation must pass every layer, so nesting can only
 narrow what is allowed.
+
+The execution context carries a :class:`ScopeTicket`, not the scope: app code can list the
+context's variables (``contextvars.copy_context()``) and set them, so what it finds there must
+hold nothing to change. The scope is looked up by the ticket here. And each thread running a
+scope's code is marked with its ticket, so a context with no ticket (``contextvars.Context()``,
+the variable set to ``None``) on such a thread is still that scope's: no ticket means host code
+only on a thread no scope runs on, or inside :func:`host_call`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from _thread import get_ident as _get_ident
+from _weakref import ref as _weak_reference
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from .errors import SandboxViolation
+from .errors import SandboxStateRefused, SandboxViolation
 from .paths import is_inside, realpath
 from .report import Report, Violation
 from .runtime import interpreter_library_folders
@@ -27,7 +36,7 @@ if TYPE_CHECKING:
 #: handler reached by the timer's own log line) runs on a thread of its own instead.
 HOST_ONLY_THREADS: set[int] = set()
 
-_ACTIVE: ContextVar[Scope | None] = ContextVar("gae_sandbox.active", default=None)
+_ACTIVE: ContextVar[ScopeTicket | None] = ContextVar("gae_sandbox.active", default=None)
 #: Set while a patched function lets a reported operation through, so the audit hook does not
 #: record the same operation a second time.
 _PASSTHROUGH: ContextVar[bool] = ContextVar("gae_sandbox.passthrough", default=False)
@@ -37,7 +46,82 @@ _PASSTHROUGH: ContextVar[bool] = ContextVar("gae_sandbox.passthrough", default=F
 #: they are not recorded.
 _QUIET: ContextVar[bool] = ContextVar("gae_sandbox.quiet", default=False)
 
-active_scope = _ACTIVE.get
+
+class ScopeTicket:
+    """What the context carries for a scope: an object with no state of its own."""
+
+    __slots__ = ("__weakref__",)
+
+    def __repr__(self) -> str:
+        return "<gae_sandbox scope ticket>"
+
+
+#: hash(ticket) -> its Scope, while the ticket lives (a weak reference's callback forgets it).
+_scopes: dict[int, Scope] = {}
+#: thread ident -> the ticket of the scope whose code that thread runs (the C accelerator
+#: reads it too).
+_thread_tickets: dict[int, ScopeTicket] = {}
+_get_ticket = _ACTIVE.get
+
+
+def active_scope() -> Scope | None:
+    """The scope governing the running code, or ``None`` for host code."""
+    ticket = _get_ticket()
+    if ticket is None:
+        if not _thread_tickets:
+            return None
+        ticket = _thread_tickets.get(_get_ident())
+        if ticket is None:
+            return None
+    # a ScopeTicket's hash comes from its address: no other live ticket has it (and id(),
+    # which would say the same, raises an audit event)
+    scope = _scopes.get(hash(ticket)) if type(ticket) is ScopeTicket else None
+    if scope is None:
+        raise SandboxStateRefused(
+            "the sandbox's context variable", "it holds a value the sandbox did not put there "
+            "(app code set it); every operation in this context is refused")
+    return scope
+
+
+def mark_thread(ticket: ScopeTicket | None) -> ScopeTicket | None:
+    """Mark the current thread as running ``ticket``'s scope (``None``: host code); returns
+    the previous mark, for :func:`restore_mark`."""
+    ident = _get_ident()
+    previous = _thread_tickets.get(ident)
+    if ticket is None:
+        _thread_tickets.pop(ident, None)
+    else:
+        _thread_tickets[ident] = ticket
+    return previous
+
+
+def restore_mark(previous: ScopeTicket | None) -> None:
+    if previous is None:
+        _thread_tickets.pop(_get_ident(), None)
+    else:
+        _thread_tickets[_get_ident()] = previous
+
+
+def run_marked(ticket: ScopeTicket | None, function: Callable[..., Any], *args: Any,
+               **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` with this thread marked as running ``ticket``'s scope."""
+    previous = mark_thread(ticket)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        restore_mark(previous)
+
+
+def host_call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call host code (the server's ``start_response``, this library's own ctypes calls)
+    from inside a scope: no ticket in the context, none on the thread."""
+    previous = mark_thread(None)
+    token = _ACTIVE.set(None)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        _ACTIVE.reset(token)
+        restore_mark(previous)
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 LIBRARY_FOLDERS: tuple[str, ...] = interpreter_library_folders()
@@ -191,7 +275,8 @@ class Scope:
 
     __slots__ = ("layers", "parent", "owner", "resolved_hosts", "opened_fds", "extras",
                  "deadline", "threads", "token", "closed", "reported_imports", "thread",
-                 "memory", "cwd", "known_imports")
+                 "memory", "cwd", "known_imports", "_ticket", "_ticket_reference",
+                 "previous_mark")
 
     def __init__(self, layer: Layer, parent: Scope | None, owner: Any) -> None:
         self.layers: tuple[Layer, ...] = (*parent.layers, layer) if parent else (layer,)
@@ -221,6 +306,25 @@ class Scope:
         policy = layer.policy
         self.cwd: str | None = policy.app_root if policy.working_directory == "app_root" else (
             parent.cwd if parent else None)
+        # The ticket lives while the scope is open (held here) and then while any context or
+        # thread still carries it; when it dies the scope is forgotten.
+        ticket = self._ticket = ScopeTicket()
+        key = hash(ticket)
+        _scopes[key] = self
+        self._ticket_reference = _weak_reference(ticket, lambda _, key=key: _scopes.pop(key, None))
+        #: The thread's mark before this scope was entered with ``attach`` (restored after).
+        self.previous_mark: ScopeTicket | None = None
+
+    @property
+    def ticket(self) -> ScopeTicket:
+        """What contexts and threads running this scope's code carry."""
+        ticket = self._ticket_reference()
+        assert ticket is not None  # only code running under the ticket asks
+        return ticket
+
+    def release_ticket(self) -> None:
+        """The scope is closed: it lives on only while something still runs under it."""
+        self._ticket = None
 
     @property
     def policy(self) -> Policy:
@@ -286,10 +390,12 @@ class unsandboxed:
     """``with unsandboxed():`` runs host code (a server's ``start_response`` or ``write``)
     from inside a sandboxed call without the sandbox."""
 
-    __slots__ = ("_token",)
+    __slots__ = ("_token", "_previous")
 
     def __enter__(self) -> None:
+        self._previous = mark_thread(None)
         self._token = _ACTIVE.set(None)
 
     def __exit__(self, *exc_info: object) -> None:
         _ACTIVE.reset(self._token)
+        restore_mark(self._previous)

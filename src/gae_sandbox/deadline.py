@@ -13,7 +13,6 @@ killed, so the host should recycle the worker.
 from __future__ import annotations
 
 import _thread
-import contextvars
 import ctypes
 import heapq
 import itertools
@@ -26,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .context import HOST_ONLY_THREADS, Scope, active_scope
+from .context import HOST_ONLY_THREADS, Scope, active_scope, host_call
 from .errors import DeadlineExceededError, HardDeadlineExceeded
 
 logger = logging.getLogger("gae_sandbox")
@@ -37,10 +36,9 @@ _set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_objec
 
 
 def _host_call(function: Callable[..., Any], *args: Any) -> Any:
-    """Call ``function`` in a new, empty context: no sandbox, so the audit hook lets this
-    library's own ctypes calls through. (A Context can be entered by one thread at a time,
-    hence a new one each call.)"""
-    return contextvars.Context().run(function, *args)
+    """Call ``function`` as host code (no sandbox), so the audit hook lets this library's own
+    ctypes calls through."""
+    return host_call(function, *args)
 
 _original_sleep = time.sleep
 _monotonic = time.monotonic

@@ -201,6 +201,13 @@ class ThreadRefused(SandboxViolation, RuntimeError):
     kind = "thread"
 
 
+class SandboxStateRefused(SandboxViolation, RuntimeError):
+    """App code changed the sandbox's own state (its context variable): nothing it does in
+    that context is allowed any more."""
+
+    kind = "sandbox_state"
+
+
 class RestrictedCodeError(SandboxViolation, SyntaxError):
     """Code that restricted mode (RestrictedPython) rejects when compiling it: one error that
     lists every rejected construct with its line, so the author fixes them all at once."""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from .context import _ACTIVE, Scope, quietly, unsandboxed
+from .context import Scope, host_call, quietly, unsandboxed
 from .errors import DeadlineExceededError, HardDeadlineExceeded
 from .policy import Policy
 from .sandbox import Sandbox, call_in_scope, close_scope
@@ -125,13 +125,8 @@ class _Request:
         if exc_info is not None:  # an exact tuple of the error, its class and traceback
             error = tuple.__getitem__(exc_info, 1) if isinstance(exc_info, tuple) else None
             exc_info = _exc_info(error) if isinstance(error, BaseException) else None
-        token = _set_active(None)  # unsandboxed(), inline: once per request
-        try:
-            self.server_write = self.server_start_response(status, headers, exc_info) if (
-                exc_info is not None
-            ) else self.server_start_response(status, headers)
-        finally:
-            _reset_active(token)
+        self.server_write = host_call(self.server_start_response, status, headers, exc_info) \
+            if exc_info is not None else host_call(self.server_start_response, status, headers)
         self.headers_started = True
         return self.write
 
@@ -278,7 +273,6 @@ class _Request:
                     serial.release()
 
 
-_set_active, _reset_active = _ACTIVE.set, _ACTIVE.reset
 _PACKAGE_PREFIX = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import _thread
 import atexit
 import codecs
-import contextvars
 import copyreg
 import logging
 import os
@@ -34,7 +33,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .context import HOST_ONLY_THREADS, Scope, active_scope
+from .context import HOST_ONLY_THREADS, Scope, active_scope, host_call
 from .patches import _named, _refuse_system, _refused_call
 
 Patch = tuple[Any, str, Any, Any]
@@ -102,7 +101,7 @@ class SandboxedCallback:
         if _get_ident() in HOST_ONLY_THREADS:  # never app code on the deadline timer
             thread = threading.Thread(target=_runner, args=(self.__scope, self.__wrapped, *args),
                                       kwargs=kwargs, name="gae_sandbox-callback", daemon=True)
-            contextvars.Context().run(thread.start)
+            host_call(thread.start)
             return None
         return _runner(self.__scope, self.__wrapped, *args, **kwargs)
 

@@ -85,7 +85,7 @@ GADGET_MODULES: dict[str, str] = {
     "signal": "handlers that run later in host code",
     "subprocess": "processes",
     "shutil": "file operations",
-    "contextvars": "Context().run runs a function outside the sandbox (an empty context)",
+    "contextvars": "lists and changes the context's variables, the host's included",
     "codecs": "register adds a search function that runs later in host code",
     "copyreg": "registrations run later when the host pickles",
 }

@@ -20,7 +20,16 @@ from typing import Any
 from . import allowlist, emulation, imports, memoryfs, patches, registrations, threads
 from . import deadline as deadline_layer
 from .audit import install_audit_hook
-from .context import _ACTIVE, Layer, Scope
+from .context import (
+    _ACTIVE,
+    Layer,
+    Scope,
+    _scopes,
+    _thread_tickets,
+    active_scope,
+    mark_thread,
+    restore_mark,
+)
 from .deadline import Deadline, recycle, start_deadline
 from .policy import Policy
 from .report import Report, Violation
@@ -174,7 +183,10 @@ class Sandbox:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        scope = _ACTIVE.get()
+        # found by this thread's mark, which app code cannot change (the context variable it
+        # can: the reset below undoes whatever it set)
+        ticket = _thread_tickets.get(threading.get_ident())
+        scope = _scopes.get(hash(ticket)) if ticket is not None else None
         if (scope is None or scope.owner is not self or scope.token is None
                 or scope.thread != threading.get_ident()):
             raise RuntimeError(
@@ -205,7 +217,7 @@ class Sandbox:
         from .restricted import compile_restricted, run_code
 
         code = compile_restricted(source, filename)  # reject before any scope
-        scope = _ACTIVE.get()
+        scope = active_scope()
         if scope is not None and self._layer in scope.layers:
             return run_code(code, globals)
         return self.call(run_code, code, globals)
@@ -225,7 +237,7 @@ class Sandbox:
             install_finder()  # compiles the restricted modules when they are imported
             self._restricted_finder = True
         policy = self.policy
-        scope = Scope(self._layer, _ACTIVE.get(), self)
+        scope = Scope(self._layer, active_scope(), self)
         if policy.filesystem != "readonly":
             self._attach_memory(scope)
         seconds = policy.deadline
@@ -279,10 +291,13 @@ def call_in_scope(scope: Scope, function: Callable[..., Any], *args: Any,
     if first:
         context = scope.extras["context"] = contextvars.copy_context()
     deadline = _own_deadline(scope)
+    mark = _thread_tickets.get(threading.get_ident())
     try:
         return context.run(_first_call if first else _attached_call, scope, deadline,
                            function, args, kwargs)
     finally:
+        if _thread_tickets.get(threading.get_ident()) is not mark:  # an error cut it short
+            restore_mark(mark)
         # again, from host code, unless the call's own detach completed (it clears
         # ``attached`` under the deadline's lock, after which nothing is injected)
         if deadline is not None and deadline.attached:
@@ -292,20 +307,24 @@ def call_in_scope(scope: Scope, function: Callable[..., Any], *args: Any,
 def _first_call(scope: Scope, deadline: Deadline | None, function: Callable[..., Any],
                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """:func:`_attached_call` in the scope's new context, which it first makes the scope's."""
-    _ACTIVE.set(scope)
+    _ACTIVE.set(scope.ticket)
     return _attached_call(scope, deadline, function, args, kwargs)
 
 
 def _attached_call(scope: Scope, deadline: Deadline | None, function: Callable[..., Any],
                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     scope.thread = threading.get_ident()
-    if deadline is not None:
-        deadline.attach()
+    previous = mark_thread(scope.ticket)
     try:
-        return function(*args, **kwargs)
-    finally:
         if deadline is not None:
-            deadline.detach()
+            deadline.attach()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if deadline is not None:
+                deadline.detach()
+    finally:
+        restore_mark(previous)
 
 
 def _own_deadline(scope: Scope) -> Deadline | None:
@@ -318,8 +337,10 @@ def attach(scope: Scope) -> None:
     current thread). Raises ``DeadlineExceededError`` if the deadline has already passed."""
     if scope.closed:
         raise RuntimeError("this sandbox scope has already ended")
-    scope.token = _ACTIVE.set(scope)
+    ticket = scope.ticket
+    scope.token = _ACTIVE.set(ticket)
     scope.thread = threading.get_ident()
+    scope.previous_mark = mark_thread(ticket)
     deadline = _own_deadline(scope)
     if deadline is not None:
         try:
@@ -341,6 +362,8 @@ def detach(scope: Scope) -> None:
                 "a sandbox scope must be left in the context (thread or task) that entered it"
             ) from None
         scope.token = None
+        restore_mark(scope.previous_mark)
+        scope.previous_mark = None
     deadline = _own_deadline(scope)
     if deadline is not None:
         deadline.detach()
@@ -372,6 +395,8 @@ def close_scope(scope: Scope) -> None:
             scope.memory.discard()  # the request's files are gone with it
         if "left_objects" in scope.extras:  # sys.stdout = the app's object, left there
             registrations.wrap_left_objects(scope)
+        scope.extras.pop("context", None)  # it carries the ticket
+        scope.release_ticket()
         _count(scope, False)
 
 
@@ -381,7 +406,7 @@ def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,
     under the same policies, inside whatever scope is active now (nesting narrows), with the
     innermost policy's deadline when a timer can still be started (not at interpreter exit).
     """
-    current = _ACTIVE.get()
+    current = active_scope()
     scope = Scope(registered.layers[-1], current, registered.owner)
     scope.layers = (*(current.layers if current else ()), *registered.layers)
     scope.known_imports = scope.layers[0].imports_any if len(scope.layers) == 1 else None
@@ -436,6 +461,6 @@ class SandboxView:
 
 def current_sandbox() -> SandboxView | None:
     """A read-only view of the innermost active ``Sandbox`` in this context, or ``None``."""
-    scope = _ACTIVE.get()
+    scope = active_scope()
     owner = scope.owner if scope is not None else None
     return SandboxView(owner) if isinstance(owner, Sandbox) else None

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .context import _ACTIVE, Layer, Scope, active_scope
+from .context import _ACTIVE, Layer, Scope, ScopeTicket, active_scope, host_call, run_marked
 from .deadline import raise_in_thread
 from .errors import DeadlineExceededError, SandboxViolation, ThreadRefused
 
@@ -86,14 +86,15 @@ def _track(scope: Scope, name: str) -> TrackedThread:
     return tracked
 
 
-def _carried(tracked: TrackedThread, context: contextvars.Context,
+def _carried(tracked: TrackedThread, ticket: ScopeTicket, context: contextvars.Context,
              function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function`` run in the starter's context, marking the thread finished at the end."""
+    """``function`` run in the starter's context on a thread marked with the starter's scope
+    (whatever the app did to that context), marking the thread finished at the end."""
 
     def run(*args: Any, **kwargs: Any) -> Any:
         tracked.ident = _get_ident()
         try:
-            return context.run(function, *args, **kwargs)
+            return run_marked(ticket, context.run, function, *args, **kwargs)
         except DeadlineExceededError:
             return None  # the request ended it; not an error of the thread
         finally:
@@ -116,7 +117,8 @@ def _function_start(original: Callable[..., Any]) -> Callable[..., Any]:
             function, "__name__", "thread")
         tracked = _track(scope, str(name))
         try:
-            return original(_carried(tracked, contextvars.copy_context(), function),
+            return original(_carried(tracked, scope.ticket, contextvars.copy_context(),
+                                     function),
                             *rest, **options)
         except BaseException:
             tracked.finished()
@@ -176,17 +178,16 @@ def start_background_thread(target: Callable[..., Any], *args: Any,
     background.layers = scope.layers
     background.known_imports = scope.known_imports
     background.deadline = None
+    ticket = background.ticket
     context = contextvars.copy_context()
-    context.run(_set_scope, background)
-    thread = threading.Thread(target=context.run, args=(target, *args), kwargs=kwargs,
+    context.run(_ACTIVE.set, ticket)
+    thread = threading.Thread(target=run_marked, args=(ticket, context.run, target, *args),
+                              kwargs=kwargs,
                               name=f"background-{getattr(target, '__name__', 'thread')}",
                               daemon=True)
-    contextvars.Context().run(thread.start)  # untracked: the request does not wait for it
+    host_call(thread.start)  # untracked: the request does not wait for it
+    background.release_ticket()  # it lives as long as the thread
     return thread
-
-
-def _set_scope(scope: Scope) -> None:
-    _ACTIVE.set(scope)
 
 
 def _check_background(layer: Layer, what: str) -> SandboxViolation | None:

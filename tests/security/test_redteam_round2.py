@@ -595,10 +595,7 @@ W4 = [
         "finally:\n"
         "    if token is not None:\n"
         "        found[0].reset(token)\n",
-        effect=_target_written, restricted=True,
-        gap="contextvars.copy_context() lists the context's variables, the sandbox's "
-            "'gae_sandbox.active' ContextVar included: setting it to None leaves the sandbox "
-            "(no import of gae_sandbox, no sys.modules)"),
+        effect=_target_written, restricted=True,),
     Attempt(
         "scope_layer_widened_for_the_next_request", 4,
         SCOPE +
@@ -607,10 +604,7 @@ W4 = [
         "        layer.readable_roots = ('/',)\n",
         after="run_request('with open(secret_path, \"rb\") as file:\\n"
               "    result = file.read()\\n')\n" + SECRET_READ,
-        restricted=True,
-        gap="the scope (reached through copy_context) holds the Sandbox's Layer, whose "
-            "slots are writable: readable_roots = ('/',) lets every later request of that "
-            "Sandbox read any file"),
+        restricted=True,),
     Attempt(
         "policy_frozen_dataclass_changed_through_current_sandbox", 4,
         "import gae_sandbox\n"
@@ -647,9 +641,130 @@ W4 = [
         "    time.sleep(0.02)\n"
         "done = True\n",
         policy=(("deadline", 0.2), ("hard_deadline_grace", 0.2)),
-        after="if ns.get('done'):\n    print('EFFECT')\n", restricted=True,
-        gap="the scope reached through copy_context holds its Deadline: cancel() ends it, "
-            "and the request runs past its deadline with no error"),
+        after="if ns.get('done'):\n    print('EFFECT')\n", restricted=True,),
+    # the context carries an opaque ticket; the thread running the scope is marked with it
+    Attempt(
+        "context_variable_set_to_a_forged_value", 4,
+        "import contextvars\n"
+        "found = [var for var in contextvars.copy_context() if var.name == 'gae_sandbox.active']\n"
+        "if found:\n"
+        "    found[0].set(object())\n"
+        "try:\n" + WRITE_TARGET +
+        "except OSError:\n"
+        "    pass\n",
+        effect=_target_written),
+    Attempt(
+        "context_variable_set_to_a_new_ticket_of_the_same_class", 4,
+        SCOPE +
+        "import copy\n"
+        "forged = []\n"
+        "if scope is not None:\n"
+        "    forged = [type(scope)(), copy.copy(scope)]\n"
+        "for ticket in forged:\n"
+        "    found[0].set(ticket)\n"
+        "    try:\n"
+        "        with open(target, 'w') as file:\n"
+        "            file.write('x')\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "if not forged:\n" + WRITE_TARGET,
+        effect=_target_written),
+    Attempt(
+        "ticket_introspection_reaches_the_scope", 4,
+        SCOPE +
+        "import gc\n"
+        "reached = []\n"
+        "if scope is not None:\n"
+        "    for probe in (lambda: gc.get_referents(scope), lambda: scope.__reduce_ex__(2),\n"
+        "                  lambda: [getattr(scope, name) for name in dir(scope)],\n"
+        "                  lambda: vars(scope)):\n"
+        "        try:\n"
+        "            reached.extend(probe())\n"
+        "        except Exception:\n"
+        "            pass\n"
+        "else:\n"
+        "    reached.append(type('Scope', (), {'layers': ()})())\n"
+        "def holds_state(value):\n"
+        "    return any(hasattr(value, name) for name in ('layers', 'deadline', 'policy'))\n"
+        "if any(holds_state(value) for value in reached):\n" + WRITE_TARGET.replace(
+            "    ", "        "),
+        effect=_target_written),
+    Attempt(
+        "empty_context_in_a_thread_the_request_started", 4,
+        "import contextvars\n"
+        "import threading\n"
+        "def write():\n"
+        "    try:\n"
+        "        with open(target, 'w') as file:\n"
+        "            file.write('x')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "worker = threading.Thread(target=contextvars.Context().run, args=(write,))\n"
+        "worker.start()\n"
+        "worker.join()\n",
+        policy=(("allow_threads", True),), effect=_target_written),
+    Attempt(
+        "variable_cleared_before_a_thread_starts", 4,
+        "import contextvars\n"
+        "import threading\n"
+        "found = [var for var in contextvars.copy_context() if var.name == 'gae_sandbox.active']\n"
+        "if found:\n"
+        "    found[0].set(None)\n"
+        "def write():\n"
+        "    try:\n"
+        "        with open(target, 'w') as file:\n"
+        "            file.write('x')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "worker = threading.Thread(target=write)\n"
+        "worker.start()\n"
+        "worker.join()\n",
+        policy=(("allow_threads", True),), effect=_target_written),
+    Attempt(
+        "pool_work_in_an_empty_context", 4,
+        "import concurrent.futures\n"
+        "import contextvars\n"
+        "def write():\n"
+        "    with open(target, 'w') as file:\n"
+        "        file.write('x')\n"
+        "with concurrent.futures.ThreadPoolExecutor(2) as pool:\n"
+        "    try:\n"
+        "        pool.submit(contextvars.Context().run, write).result()\n"
+        "    except OSError:\n"
+        "        pass\n",
+        policy=(("allow_threads", True),), effect=_target_written),
+    Attempt(
+        "event_loop_callback_in_an_empty_context", 4,
+        "import asyncio\n"
+        "import contextvars\n"
+        "def write():\n"
+        "    try:\n"
+        "        with open(target, 'w') as file:\n"
+        "            file.write('x')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "async def main():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    loop.call_soon(write, context=contextvars.Context())\n"
+        "    await asyncio.sleep(0)\n"
+        "asyncio.run(main())\n",
+        effect=_target_written),
+    Attempt(
+        "variable_reset_leaves_the_with_statement_host_broken", 4,
+        "import contextvars\n"
+        "found = [var for var in contextvars.copy_context() if var.name == 'gae_sandbox.active']\n"
+        "if found:\n"
+        "    found[0].set(None)\n",
+        after="import gae_sandbox\n"
+              "try:\n"
+              "    with open(CONFIG['target'] + '.host', 'w') as file:\n"
+              "        file.write('host')\n"
+              "except OSError:\n"
+              "    print('EFFECT: host code is still sandboxed after the request')\n"
+              "if MODE != 'plain' and gae_sandbox.current_sandbox() is not None:\n"
+              "    print('EFFECT: the request never ended')\n"
+              "if MODE == 'plain':\n"
+              "    print('EFFECT (control: nothing to break)')\n"),
 ]
 
 # -- weakness 5: the host consuming app objects --------------------------------------------------
@@ -780,10 +895,7 @@ W5 = [
         "    if ran:\n"
         "        break\n",
         policy=(("deadline", 0.1), ("hard_deadline_grace", 0.1)), effect=_target_written,
-        restricted=True,
-        gap="the Deadline reached through the scope is the timer's own object: the timer "
-            "thread (host code, an empty context) calls deadline.on_hard, now the app's "
-            "function, at the hard deadline"),
+        restricted=True,),
     Attempt(
         "close_scope_calls_a_replaced_memory_filesystem", 5,
         SCOPE +
@@ -795,10 +907,7 @@ W5 = [
         "    scope.memory = Memory()\n"
         "else:\n"
         "    Memory().discard()\n",
-        effect=_target_written, restricted=True,
-        gap="close_scope runs after the scope was left (host code) and calls "
-            "scope.memory.discard() (and scope.threads.running()): attributes the app "
-            "replaced through the scope it reached with copy_context"),
+        effect=_target_written, restricted=True,),
     Attempt(
         "sys_stdout_replaced_for_the_hosts_print", 5,
         LATER +

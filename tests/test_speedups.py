@@ -335,3 +335,38 @@ def test_version_names_the_active_implementation() -> None:
         assert lines[1] == "accelerator: C"
     else:
         assert lines[1].startswith("accelerator: pure Python (gae_sandbox._speedups ")
+
+
+# --- the spec flag the C import reads on every cached import ----------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_spec_flag_answers_host_code_with_the_specs_own_value(kind: str,
+                                                              tmp_path: Path) -> None:
+    """``ModuleSpec._initializing`` (C ``Attribute`` or Python property): host code reads the
+    spec's own value, set and delete work, and inside a sandbox an import of a cached module
+    no layer allowed yet is still judged (refused), while host code beside it imports it."""
+    from importlib.machinery import ModuleSpec
+
+    from gae_sandbox import imports
+
+    [(_owner, _name, _original, flag)] = [
+        patch for patch in imports.build_patches(_speedups if kind == "c" else None)
+        if patch[1] == "_initializing"]
+    assert (type(flag) is not property) == (kind == "c")
+    spec = ModuleSpec("example", None)
+    with pytest.raises(AttributeError):  # set only while the module loads
+        flag.__get__(spec, ModuleSpec)
+    flag.__set__(spec, True)
+    assert flag.__get__(spec, ModuleSpec) is True
+    flag.__delete__(spec)
+    with pytest.raises(AttributeError):
+        flag.__get__(spec, ModuleSpec)
+
+    import _ctypes  # noqa: F401  (cached now: the sandbox must judge it from sys.modules)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(ModuleSpec, "_initializing", flag, raising=False)
+        with Sandbox(Policy.python27(app_root=str(tmp_path))), pytest.raises(ImportError):
+            import _ctypes  # noqa: F401,F811
+        import _ctypes  # noqa: F401,F811  (host code again)

@@ -352,6 +352,140 @@ audit_hook_installed(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(hook_function != NULL);
 }
 
+/* --- Attribute: a data descriptor whose host read is the instance's own value ------------- */
+
+/* ModuleSpec._initializing, read by the C import on every import of a cached module: host
+ * code gets the instance dict's value (or AttributeError) with no Python call; inside a
+ * scope the Python getter decides. Setting and deleting call the Python functions. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *name;      /* the attribute's name: the key in the instance dict */
+    PyObject *getter;    /* getter(obj): called when a scope is active */
+    PyObject *setter;    /* setter(obj, value) */
+    PyObject *deleter;   /* deleter(obj) */
+    PyObject *var;       /* the ContextVar of the active scope */
+} AttributeObject;
+
+static PyObject *
+attribute_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    AttributeObject *self = (AttributeObject *)op;
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(op);
+        return op;
+    }
+    int host = is_host(self->var);
+    if (host < 0) {
+        return NULL;
+    }
+    if (!host) {
+        return PyObject_CallOneArg(self->getter, obj);
+    }
+    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
+    if (dict == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyDict_GetItemWithError(dict, self->name);  /* borrowed */
+    Py_XINCREF(value);
+    Py_DECREF(dict);
+    if (value == NULL && !PyErr_Occurred()) {
+        PyErr_SetObject(PyExc_AttributeError, self->name);
+    }
+    return value;
+}
+
+static int
+attribute_set(PyObject *op, PyObject *obj, PyObject *value)
+{
+    AttributeObject *self = (AttributeObject *)op;
+    PyObject *result = value == NULL ? PyObject_CallOneArg(self->deleter, obj)
+                                     : PyObject_CallFunctionObjArgs(self->setter, obj, value,
+                                                                    NULL);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+static PyObject *
+attribute_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *name, *getter, *setter, *deleter, *var;
+    static char *keywords[] = {"name", "getter", "setter", "deleter", "var", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UOOOO:Attribute", keywords,
+                                     &name, &getter, &setter, &deleter, &var)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(getter) || !PyCallable_Check(setter) || !PyCallable_Check(deleter)
+            || !PyContextVar_CheckExact(var)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "Attribute: a name, three callables and a ContextVar");
+        return NULL;
+    }
+    AttributeObject *self = (AttributeObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(name);
+    self->name = name;
+    Py_INCREF(getter);
+    self->getter = getter;
+    Py_INCREF(setter);
+    self->setter = setter;
+    Py_INCREF(deleter);
+    self->deleter = deleter;
+    Py_INCREF(var);
+    self->var = var;
+    return (PyObject *)self;
+}
+
+static int
+attribute_traverse(AttributeObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->name);
+    Py_VISIT(self->getter);
+    Py_VISIT(self->setter);
+    Py_VISIT(self->deleter);
+    Py_VISIT(self->var);
+    return 0;
+}
+
+static int
+attribute_clear(AttributeObject *self)
+{
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->getter);
+    Py_CLEAR(self->setter);
+    Py_CLEAR(self->deleter);
+    Py_CLEAR(self->var);
+    return 0;
+}
+
+static void
+attribute_dealloc(AttributeObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    attribute_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject AttributeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gae_sandbox._speedups.Attribute",
+    .tp_basicsize = sizeof(AttributeObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = PyDoc_STR("Attribute(name, getter, setter, deleter, var): a data descriptor; "
+                        "host code reads the instance dict's value, code in a sandbox "
+                        "getter(obj)."),
+    .tp_new = attribute_new,
+    .tp_dealloc = (destructor)attribute_dealloc,
+    .tp_traverse = (traverseproc)attribute_traverse,
+    .tp_clear = (inquiry)attribute_clear,
+    .tp_descr_get = attribute_get,
+    .tp_descr_set = attribute_set,
+};
+
 /* --- the module -------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -379,7 +513,7 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&GuardType) < 0) {
+    if (PyType_Ready(&GuardType) < 0 || PyType_Ready(&AttributeType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&speedups_module);
@@ -389,6 +523,12 @@ PyInit__speedups(void)
     Py_INCREF(&GuardType);
     if (PyModule_AddObject(module, "Guard", (PyObject *)&GuardType) < 0) {
         Py_DECREF(&GuardType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&AttributeType);
+    if (PyModule_AddObject(module, "Attribute", (PyObject *)&AttributeType) < 0) {
+        Py_DECREF(&AttributeType);
         Py_DECREF(module);
         return NULL;
     }

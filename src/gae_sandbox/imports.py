@@ -31,7 +31,7 @@ import sys
 from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, ExtensionFileLoader
 from typing import Any
 
-from .context import Layer, Scope, active_scope, resolve_file
+from .context import _ACTIVE, Layer, Scope, active_scope, resolve_file
 from .errors import CExtensionRefused, ImportRefused, SandboxViolation
 from .paths import is_inside
 from .runtime import (
@@ -437,8 +437,8 @@ def _passes_through(code: Any) -> bool:
 # - ``from package import name``: ``_bootstrap._handle_fromlist`` judges cached submodules;
 # - a failed fresh load: ``_bootstrap._load_unlocked`` forgets the submodules it left behind.
 #
-# Host code pays one Python call per import of a cached module (the spec's answer) and no
-# frame: the last two hooks are objects whose ``__call__`` property hands C the original
+# Host code pays one Python call per import of a cached module (the spec's answer; none
+# with the C accelerator) and no frame: the last two hooks are objects whose ``__call__`` property hands C the original
 # function when no sandbox is active.
 
 gated_import = original_import  # builtins.__import__, inside and outside sandboxes
@@ -571,11 +571,16 @@ class _InScope:
         return f"<gae_sandbox: {self._host!r} (judged inside a sandbox)>"
 
 
-def build_patches() -> list[tuple[Any, str, Any, Any]]:
-    """The hooks the gate adds to importlib (``sandbox.install`` applies them)."""
+def build_patches(speedups: Any = None) -> list[tuple[Any, str, Any, Any]]:
+    """The hooks the gate adds to importlib (``sandbox.install`` applies them). With the C
+    accelerator (``speedups``) the spec's flag is its ``Attribute``: host code reads the
+    spec's own value with no Python call."""
+    flag = (property(_spec_initializing, _set_spec_initializing, _del_spec_initializing)
+            if speedups is None else speedups.Attribute(
+                "_initializing", _spec_initializing, _set_spec_initializing,
+                _del_spec_initializing, _ACTIVE))
     return [
-        (_bootstrap.ModuleSpec, "_initializing", None,
-         property(_spec_initializing, _set_spec_initializing, _del_spec_initializing)),
+        (_bootstrap.ModuleSpec, "_initializing", None, flag),
         (_bootstrap, "_lock_unlock_module", original_lock_unlock_module,
          gated_lock_unlock_module),
         (_bootstrap, "_handle_fromlist", original_handle_fromlist,

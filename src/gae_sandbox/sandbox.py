@@ -66,7 +66,7 @@ def install() -> None:
             (imports._bootstrap, "_gcd_import", imports.original_gcd_import,
              imports.gated_gcd_import),
         ])
-        _patches.extend(imports.build_patches())
+        _patches.extend(imports.build_patches(patches.SPEEDUPS))
         patches.apply(_patches)
         # last: what the layers above replaced is no longer a C function to list or refuse
         listed = allowlist.build_patches()

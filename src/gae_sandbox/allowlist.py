@@ -231,6 +231,7 @@ def build_patches() -> list[Patch]:
                 if getattr(holder, name, None) is original:
                     patches.append((holder, name, original, replacement))
     patches.extend(_socket_adoption())
+    patches.extend(_descriptor_adoption())
     return patches
 
 
@@ -269,3 +270,99 @@ def _socket_adoption() -> list[Patch]:
 
     return [(socket.socket, "__init__", original, __init__),
             (_socket, "socketpair", pair, _named(socketpair, pair))]
+
+
+#: The event-loop types whose ``fromfd`` adopts a descriptor given as a number.
+_POLLER_TYPES = ("epoll", "kqueue", "devpoll")
+
+
+def _descriptor_adoption() -> list[Patch]:
+    """``select.epoll.fromfd(fd)`` (and ``kqueue``/``devpoll`` where they exist) adopts any
+    descriptor, with no audit event: the host's event loop (the server's) could be changed
+    and closed by the request. Inside a sandbox it adopts only the request's own
+    descriptors (``Scope.opened_fds``, known by the open file), as ``socket.fromfd`` and
+    ``socket.socket(fileno=)`` do; an event loop the request makes (``select.epoll()``) is its
+    own, and one it closes (``close()``, ``with``) is no longer. These types are mutable, so
+    the replacements sit on the C types themselves: a subclass, or the type reached through
+    an instance (``type(loop)``), gets them too. (``socket.fromfd`` goes through
+    ``_socket.dup``, ``os.fdopen`` and ``open(fd)`` through the ``open`` audit event and
+    ``mmap`` is refused: those are covered elsewhere.)"""
+    import select
+
+    patches: list[Patch] = []
+    for name in _POLLER_TYPES:
+        kind = getattr(select, name, None)
+        if not isinstance(kind, type) or "fromfd" not in vars(kind):
+            continue
+        raw = vars(kind)["fromfd"]
+        what = f"select.{name}.fromfd()"
+        try:  # a type a Python build made immutable keeps its fromfd: not adopted then
+            type.__setattr__(kind, "fromfd", raw)
+        except TypeError:
+            continue
+        patches.append((kind, "fromfd", raw, classmethod(_adopting(raw, what))))
+        patches.append((kind, "__init__", vars(kind).get("__init__", object.__init__),
+                        _poller_made(name)))
+        close = vars(kind).get("close")
+        if close is not None:
+            patches.append((kind, "close", close, _poller_closed(close)))
+    return patches
+
+
+def _adopting(raw: Any, what: str) -> Callable[..., Any]:
+    """``fromfd`` (``raw``, the class method's descriptor): the request's own descriptors
+    only."""
+    from .patches import _guarded
+
+    def fromfd(cls: Any, fd: Any, *args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            scope.judge(_check_adopted, scope, fd, what)
+            return passthrough(raw, cls, fd, *args, **kwargs)
+        return raw(cls, fd, *args, **kwargs)
+
+    return _guarded(fromfd, raw)
+
+
+def _check_adopted(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxViolation | None:
+    if type(fd) is int and fd in scope.opened_fds:
+        return None
+    return SystemCallRefused(f"{what} of fd {fd!r}", _DESCRIPTOR_RULE, None)
+
+
+def _poller_made(name: str) -> Callable[..., None]:
+    """``__init__`` of an event loop: one made in a request is the request's own. (A plain
+    function: the type's ``__init__`` slot calls it, with ``self``, for every new object.)"""
+    get = active_scope
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        scope = get()
+        if scope is not None:
+            try:
+                scope.opened_fds.add(self.fileno())
+            except (OSError, ValueError):
+                pass
+
+    __init__.__qualname__ = f"{name}.__init__"
+    return __init__
+
+
+def _poller_closed(close: Any) -> Callable[..., Any]:
+    """``close`` of an event loop: a descriptor the request closed is no longer its own
+    (event loops share one anonymous inode, so its number alone would still match)."""
+    get = active_scope
+
+    def closed(self: Any) -> Any:
+        scope = get()
+        if scope is None:
+            return close(self)
+        try:
+            fd = self.fileno()
+        except (OSError, ValueError):
+            fd = None
+        result = close(self)
+        if fd is not None:
+            scope.opened_fds.discard(fd)
+        return result
+
+    return _named(closed, close)

@@ -42,10 +42,11 @@ from .errors import (
     SandboxViolation,
     SystemCallRefused,
 )
-from .filesystem import check_read, in_scope_cwd, open_file, stable_path
+from .filesystem import check_read, checked_opener, in_scope_cwd, open_file, stable_path
 from .patches import (
     Patch,
     _check_path_object,
+    _guarded,
     _named,
     _refuse_tempfile,
     _refused_call,
@@ -145,6 +146,8 @@ def _open(original: Callable[..., Any]) -> Callable[..., Any]:
         scope = get()
         if scope is None or isinstance(file, int):
             return original(file, mode, buffering, encoding, errors, newline, closefd, opener)
+        if opener is not None:  # FileIO adopts whatever it returns: judged (filesystem.py)
+            opener = checked_opener(scope, opener)
         if closefd is True and opener is None and scope.memory is None:
             value = file if type(file) is str else stable_path(file)
             if value is not None:
@@ -172,7 +175,7 @@ def _open(original: Callable[..., Any]) -> Callable[..., Any]:
             pass
         return handle
 
-    return _named(open, original)
+    return _guarded(open, original)
 
 
 #: ``os`` functions that change the filesystem, and which of their arguments are paths: made

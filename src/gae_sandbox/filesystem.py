@@ -376,6 +376,40 @@ def check_open(layer: Layer, scope: Scope, path: Any, mode: Any,
     return check_read(layer, path)
 
 
+_OPENER_RULE = ("the descriptor an open() opener returns must be one the request opened "
+                "itself (os.open of a file it may read): another is the host's or another "
+                "request's")
+
+
+def checked_opener(scope: Scope, opener: Any,
+                   owns: Callable[[int], bool] | None = None) -> Callable[[Any, int], Any]:
+    """``opener`` (an ``open(..., opener=)`` argument) whose answer is judged: ``FileIO``
+    adopts the descriptor it returns, which the path's own check never saw. Allowed: a
+    descriptor the request opened itself (``Scope.opened_fds``, known by the open file, not
+    the number; ``owns``: the request's in-memory filesystem's). Refused: any other (an
+    ``int`` subclass or ``bool`` too, which ``FileIO`` reads as a number); the refusal is
+    raised from the opener, so ``FileIO`` neither adopts nor closes the descriptor. A
+    negative number and, outside memory mode, anything not an ``int`` go on to ``FileIO``'s
+    own error."""
+
+    def judged_opener(path: Any, flags: int) -> Any:
+        fd = opener(path, flags)
+        if type(fd) is int and (fd < 0 and owns is None or fd in scope.opened_fds
+                                or (owns is not None and owns(fd))):
+            return fd
+        if isinstance(fd, int) or owns is not None:
+            scope.judge(_refuse_opened, fd, path)
+        return fd
+
+    return judged_opener
+
+
+def _refuse_opened(layer: Layer, fd: Any, path: Any) -> SandboxViolation:
+    number = int.__index__(fd) if isinstance(fd, int) else f"<{type(fd).__name__}>"
+    return SystemCallRefused(f"open({describe(path)!r}, opener=...) returning fd {number}",
+                             _OPENER_RULE, None)
+
+
 # --- race-free opens for reading ------------------------------------------------------------
 
 RESOLVE_NO_MAGICLINKS = 0x02  # no /proc/self/fd/N-style links

@@ -438,8 +438,8 @@ def _passes_through(code: Any) -> bool:
 # - a failed fresh load: ``_bootstrap._load_unlocked`` forgets the submodules it left behind.
 #
 # Host code pays one Python call per import of a cached module (the spec's answer; none
-# with the C accelerator) and no frame: the last two hooks are objects whose ``__call__`` property hands C the original
-# function when no sandbox is active.
+# with the C accelerator) and no frame: the last two hooks are objects whose ``__call__``
+# property hands C the original function when no sandbox is active.
 
 gated_import = original_import  # builtins.__import__, inside and outside sandboxes
 gated_import_module = original_import_module  # judged by _gcd_import

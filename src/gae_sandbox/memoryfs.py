@@ -29,7 +29,7 @@ from typing import Any
 
 from .context import Layer, Scope, active_scope, unsandboxed
 from .errors import FileWriteRefused, SandboxViolation
-from .filesystem import SYSTEM_FILES, WRITE_FLAGS, check_read, describe
+from .filesystem import SYSTEM_FILES, WRITE_FLAGS, check_read, checked_opener, describe
 from .patches import _hidden_names, _named
 from .paths import is_inside
 
@@ -286,8 +286,13 @@ def _open_router(inner: Callable[..., Any]) -> Callable[..., Any]:
         memory = _memory_of(scope)
         if memory is None or (type(file) is int and not memory.owns_fd(file)):
             return inner(file, *args, **kwargs)
+        if len(args) > 6 and "opener" not in kwargs:  # open(file, mode, buffering, encoding,
+            kwargs = {**kwargs, "opener": args[6]}  # errors, newline, closefd, opener)
+            args = args[:6]
         if kwargs.get("opener") is not None:
-            kwargs["opener"] = memory.as_app_code(kwargs["opener"])
+            # the app's, run as app code; what it returns must be the request's own
+            kwargs["opener"] = checked_opener(scope, memory.as_app_code(kwargs["opener"]),
+                                              memory.owns_fd)
         mode = args[0] if args else kwargs.get("mode", "r")
 
         def call(fs: Any, fake_os: Any, fake_open: Any) -> Any:

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -714,73 +714,189 @@ def describe_command(args: Any) -> str:
 
 
 _UNSET = object()  # a variable the request deleted
+_ABSENT = object()  # not in the request's overlay
+_putenv, _unsetenv = os.putenv, os.unsetenv  # the C functions (audited: refused in a request)
+_FS_ENCODING = sys.getfilesystemencoding()
 
 
-class ScopedEnviron(type(os.environ)):  # type: ignore[misc]
-    """``os.environ`` as the runtime had it: per request.
+def _env_bytes(text: str) -> bytes:
+    """``os.environ``'s own encoding of a name or value (checked ``str`` values only)."""
+    return text.encode(_FS_ENCODING, "surrogateescape")
 
-    It shares the real environment's storage, so host code sees no difference. Inside a
-    sandbox the request sees the process environment with ``Policy.env_variables`` laid over
-    it, and its own changes go into that overlay: they last for the request (and its
-    threads) and never reach the process (``os.putenv`` itself stays refused).
-    """
 
-    def _overlay(self) -> dict[str, Any] | None:
-        scope = active_scope()
-        if scope is None:
-            return None
-        overlay = scope.extras.get("env")
-        if overlay is None:
-            overlay = {}
-            for layer in scope.layers:
-                overlay.update(layer.policy.env_variables)
-            environ = scope.extras.get("cgi_environ")  # the request's (SandboxMiddleware)
-            if environ is not None:
-                overlay.update(cgi_variables(environ))
-            scope.extras["env"] = overlay
-        return overlay
+def _env_overlay(scope: Scope) -> dict[bytes, Any]:
+    """The request's changes to the environment, keyed as the process environment's storage
+    is (encoded ``bytes``; ``_UNSET`` for a deleted variable): ``Policy.env_variables`` and,
+    under ``SandboxMiddleware``, the request's CGI variables, then whatever the request sets.
+    Made on the request's first use of ``os.environ`` (``Scope.extras["env"]``)."""
+    overlay = scope.extras.get("env")
+    if overlay is None:
+        overlay = {}
+        for layer in scope.layers:
+            for name, value in layer.policy.env_variables:
+                overlay[_env_bytes(name)] = _env_bytes(value)
+        environ = scope.extras.get("cgi_environ")  # the request's (SandboxMiddleware)
+        if environ is not None:
+            for name, value in cgi_variables(environ).items():
+                try:
+                    overlay[_env_bytes(name)] = _env_bytes(value)
+                except UnicodeError:
+                    continue
+        overlay = scope.extras.setdefault("env", overlay)
+    return overlay  # type: ignore[no-any-return]
 
-    def __getitem__(self, key: str) -> str:
-        overlay = self._overlay()
-        if overlay is not None and key in overlay:
-            value = overlay[key]
+
+def environ_patches(environ: Any, environb: Any, posix: Any) -> list[Patch]:
+    """``os.environ``, ``os.environb`` and ``posix.environ`` as the runtime had them: per
+    request.
+
+    The three share one dict, the process environment's storage (``os.environ._data``), and
+    nothing about it is audited: an item written into it is the host's ``os.environ``
+    (``HTTP_PROXY``, ``REQUESTS_CA_BUNDLE``, ...). So a request never gets that dict. Host
+    code gets what it always got (``os.environ``'s methods read and write the dict directly,
+    with no extra call). Inside a sandbox each of them is a view: the process environment
+    with the request's overlay (:func:`_env_overlay`) laid over it; a change, through
+    ``os.environ``, ``os.environb``, their ``_data`` or ``posix.environ``, goes into the
+    overlay and lasts for the request (and its threads); ``os.putenv`` stays refused.
+
+    The dict is held in these functions' closures only: the objects handed out keep no
+    reference to it in their attributes."""
+    host: dict[bytes, bytes] = environ._data
+    get = active_scope
+
+    class EnvironData(MutableMapping):  # type: ignore[type-arg]
+        """The storage ``os.environ._data`` is (bytes names and values): the process's for
+        host code, the request's view inside a sandbox (``posix.environ`` is this too)."""
+
+        __slots__ = ()
+
+        def __getitem__(self, key: Any) -> Any:
+            scope = get()
+            if scope is None:
+                return host[key]
+            value = _env_overlay(scope).get(key, _ABSENT)
             if value is _UNSET:
                 raise KeyError(key)
-            return value  # type: ignore[no-any-return]
-        return super().__getitem__(key)
+            return host[key] if value is _ABSENT else value
 
-    def __setitem__(self, key: str, value: str) -> None:
-        overlay = self._overlay()
-        if overlay is None:
-            return super().__setitem__(key, value)
-        self.encodekey(key)  # the same type and NUL checks as the real environment
-        self.encodevalue(value)
-        overlay[key] = value
-        return None
+        def __setitem__(self, key: Any, value: Any) -> None:
+            scope = get()
+            if scope is None:
+                host[key] = value
+                return
+            if type(key) is not bytes or type(value) is not bytes:
+                raise TypeError("the environment's storage holds bytes names and values, "
+                                f"not {type(key).__name__}: {type(value).__name__}")
+            _env_overlay(scope)[key] = value
 
-    def __delitem__(self, key: str) -> None:
-        overlay = self._overlay()
-        if overlay is None:
-            return super().__delitem__(key)
-        self[key]  # KeyError if absent  # noqa: B018
-        overlay[key] = _UNSET
-        return None
+        def __delitem__(self, key: Any) -> None:
+            scope = get()
+            if scope is None:
+                del host[key]
+                return
+            self[key]  # KeyError if absent  # noqa: B018
+            _env_overlay(scope)[key] = _UNSET
 
-    def __iter__(self) -> Any:
-        overlay = self._overlay()
-        keys = list(super().__iter__())
-        if overlay:
-            keys = [k for k in keys if overlay.get(k) is not _UNSET]
-            keys += [k for k, v in overlay.items() if v is not _UNSET and k not in keys]
-        return iter(keys)
+        def __iter__(self) -> Any:
+            scope = get()
+            if scope is None:
+                return iter(host)
+            return iter(_env_keys(host, _env_overlay(scope)))
 
-    def __len__(self) -> int:
-        if not self._overlay():
-            return super().__len__()
-        return sum(1 for _ in self)
+        def __len__(self) -> int:
+            scope = get()
+            if scope is None:
+                return len(host)
+            return len(_env_keys(host, _env_overlay(scope)))
 
-    def copy(self) -> dict[str, str]:
-        return dict(self)
+        def __repr__(self) -> str:
+            return repr(dict(self))
+
+        def copy(self) -> dict[bytes, bytes]:
+            return dict(self)
+
+    data = EnvironData()
+
+    class ScopedEnviron(type(environ)):  # type: ignore[misc]
+        """``os.environ`` (or ``os.environb``) per request: see :func:`environ_patches`."""
+
+        def __init__(self, original: Any) -> None:  # noqa: D107 - no _data attribute
+            self.encodekey = original.encodekey
+            self.decodekey = original.decodekey
+            self.encodevalue = original.encodevalue
+            self.decodevalue = original.decodevalue
+
+        @property
+        def _data(self) -> Any:
+            return host if get() is None else data
+
+        def __getitem__(self, key: Any) -> Any:
+            scope = get()
+            encoded = self.encodekey(key)
+            if scope is None:
+                value = host.get(encoded, _ABSENT)
+            else:
+                value = _env_overlay(scope).get(encoded, _ABSENT)
+                if value is _ABSENT:
+                    value = host.get(encoded, _ABSENT)
+            if value is _ABSENT or value is _UNSET:
+                raise KeyError(key)
+            return self.decodevalue(value)
+
+        def __setitem__(self, key: Any, value: Any) -> None:
+            encoded, encoded_value = self.encodekey(key), self.encodevalue(value)
+            scope = get()
+            if scope is None:
+                _putenv(encoded, encoded_value)
+                host[encoded] = encoded_value
+            else:
+                _env_overlay(scope)[encoded] = encoded_value
+
+        def __delitem__(self, key: Any) -> None:
+            encoded = self.encodekey(key)
+            scope = get()
+            if scope is None:
+                _unsetenv(encoded)
+                try:
+                    del host[encoded]
+                except KeyError:
+                    raise KeyError(key) from None
+                return
+            self[key]  # KeyError if absent  # noqa: B018
+            _env_overlay(scope)[encoded] = _UNSET
+
+        def __iter__(self) -> Any:
+            scope = get()
+            keys = list(host) if scope is None else _env_keys(host, _env_overlay(scope))
+            decode = self.decodekey
+            return iter([decode(key) for key in keys])
+
+        def __len__(self) -> int:
+            scope = get()
+            if scope is None:
+                return len(host)
+            return len(_env_keys(host, _env_overlay(scope)))
+
+        def copy(self) -> dict[Any, Any]:
+            return dict(self)
+
+    ScopedEnviron.__module__ = type(environ).__module__
+    ScopedEnviron.__qualname__ = ScopedEnviron.__name__ = type(environ).__name__
+    patches: list[Patch] = [(os, "environ", environ, ScopedEnviron(environ))]
+    if environb is not None and environb._data is host:
+        patches.append((os, "environb", environb, ScopedEnviron(environb)))
+    if posix is not None and getattr(posix, "environ", None) is host:
+        patches.append((posix, "environ", host, data))
+    return patches
+
+
+def _env_keys(host: dict[bytes, bytes], overlay: dict[bytes, Any]) -> list[bytes]:
+    """The names a request sees: the process's less those it deleted, then its own."""
+    if not overlay:
+        return list(host)
+    keys = [key for key in host if overlay.get(key) is not _UNSET]
+    keys += [key for key, value in overlay.items() if value is not _UNSET and key not in host]
+    return keys
 
 
 _CGI_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -793,11 +909,6 @@ def cgi_variables(environ: dict[str, Any]) -> dict[str, str]:
     return {name: value for name, value in environ.items()
             if type(name) is str and type(value) is str and _CGI_NAME.fullmatch(name)
             and "\0" not in value}
-
-
-def _scoped_environ(original: Any) -> Any:
-    return ScopedEnviron(original._data, original.encodekey, original.decodekey,
-                         original.encodevalue, original.decodevalue)
 
 
 # --- the patch table ------------------------------------------------------------------------
@@ -849,7 +960,8 @@ def build_patches() -> list[Patch]:
         add(os, name, lambda original, name=name, rule=rule: _refused_call(
             original, _refuse_system, f"os.{name}()", rule))
 
-    add(os, "environ", _scoped_environ)
+    patches += environ_patches(os.environ, getattr(os, "environb", None),
+                               sys.modules.get(os.name))
     add(os, "listdir", _listdir)
     add(os, "scandir", _scandir)
     add_in_place(tempfile, "TemporaryFile", _temporary_file)
@@ -919,7 +1031,10 @@ def apply(patches: list[Patch]) -> None:
 
 def restore(patches: list[Patch]) -> None:
     for owner, attribute, original, replacement in reversed(patches):
-        if getattr(owner, attribute, None) is replacement:
+        # a class's own entry, as set: a class method reads back as a new bound method
+        current = (vars(owner).get(attribute) if isinstance(owner, type)
+                   else getattr(owner, attribute, None))
+        if current is replacement:
             if (id(owner), attribute) in _inherited:
                 delattr(owner, attribute)
                 _inherited.discard((id(owner), attribute))

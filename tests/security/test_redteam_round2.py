@@ -479,10 +479,31 @@ W2 = [
         "os_environ_data_reaches_the_host", 2,
         "import os\n"
         "os.environ._data[b'GAE_REDTEAM'] = b'from the request'\n",
-        after="if os.environ.get('GAE_REDTEAM'):\n    print('EFFECT')\n",
-        gap="ScopedEnviron shares the process environment's _data dict: an item written "
-            "into it (no putenv, no audit event) is the host's os.environ (HTTP_PROXY, "
-            "REQUESTS_CA_BUNDLE, ...)"),
+        after="if os.environ.get('GAE_REDTEAM'):\n    print('EFFECT')\n"),
+    Attempt(
+        "posix_environ_is_the_hosts_storage", 2,
+        "import sys\n"
+        "sys.modules['posix'].environ[b'GAE_REDTEAM'] = b'from the request'\n",
+        after="if os.environ.get('GAE_REDTEAM'):\n    print('EFFECT')\n"),
+    Attempt(
+        "os_environb_data_reaches_the_host", 2,
+        "import os\n"
+        "os.environb._data.update({b'GAE_REDTEAM': b'from the request'})\n",
+        after="if os.environ.get('GAE_REDTEAM'):\n    print('EFFECT')\n"),
+    Attempt(
+        "dict_setitem_on_the_environ_storage", 2,
+        "import os\n"
+        "data = os.environ._data\n"
+        "try:\n"
+        "    dict.__setitem__(data, b'GAE_REDTEAM', b'from the request')\n"
+        "except TypeError:  # not a dict inside the sandbox\n"
+        "    pass\n"
+        "for key in list(data):  # nor does deleting through it reach the host\n"
+        "    if key == b'GAE_REDTEAM_HOST':\n"
+        "        del data[key]\n",
+        setup="os.environ['GAE_REDTEAM_HOST'] = 'kept'\n",
+        after="if os.environ.get('GAE_REDTEAM') or 'GAE_REDTEAM_HOST' not in os.environ:\n"
+              "    print('EFFECT')\n"),
 ]
 
 # -- weakness 3: identity by number or by a value the app controls ------------------------------
@@ -508,10 +529,41 @@ W3 = [
         "open_opener_returns_a_host_descriptor", 3,
         "with open(app_root + '/data.txt', 'rb', opener=lambda path, flags: hostfd) as file:\n"
         "    result = file.read()\n",
-        setup=_HOST_FD, after=SECRET_READ, restricted=True,
-        gap="open() with an opener is judged on the path it names (a readable app file); "
-            "the descriptor the opener returns, the host's, is adopted by FileIO unchecked "
-            "(and closed with the file)"),
+        setup=_HOST_FD, after=SECRET_READ, restricted=True),
+    Attempt(
+        "io_open_opener_returns_an_int_subclass_of_a_host_descriptor", 3,
+        "import io\n"
+        "class Number(int):\n"
+        "    pass\n"
+        "with io.open(app_root + '/data.txt', 'rb', 0, None, None, None, True,\n"
+        "             lambda path, flags: Number(hostfd)) as file:\n"
+        "    result = file.read()\n",
+        setup=_HOST_FD, after=SECRET_READ),
+    Attempt(
+        "private_io_open_with_a_c_callable_opener", 3,
+        "import _io\n"
+        "import pathlib\n"
+        "opener = {str(pathlib.Path(app_root, 'data.txt')): hostfd}.get  # a C callable\n"
+        "with _io.open(str(pathlib.Path(app_root, 'data.txt')), 'r', opener=opener) as file:\n"
+        "    result = file.read().encode()\n",
+        setup=_HOST_FD, after=SECRET_READ),
+    Attempt(
+        "open_opener_returns_a_host_descriptor_in_memory_mode", 3,
+        "with open(app_root + '/data.txt', 'rb', opener=lambda path, flags: hostfd) as file:\n"
+        "    result = file.read()\n",
+        setup=_HOST_FD, after=SECRET_READ, policy=(("filesystem", "memory"),),
+        requires="pyfakefs"),
+    Attempt(
+        "fileio_type_opener_returns_a_host_descriptor", 3,
+        "import io\n"
+        "with io.FileIO(app_root + '/data.txt', 'r', opener=lambda path, flags: hostfd) as file:\n"
+        "    result = file.read()\n",
+        setup=_HOST_FD, after=SECRET_READ,
+        gap="io.FileIO is the C type _io.FileIO, immutable (its __init__ cannot be replaced) "
+            "and reachable from any raw file (type(f)); its only audit event ('open', the "
+            "path) comes before it calls the opener, and nothing is raised after, so the "
+            "descriptor it adopts is never seen: open(), io.open and _io.open judge it, a "
+            "direct FileIO(name, opener=) does not"),
     Attempt(
         "listdir_of_a_host_directory_descriptor", 3,
         "import os\n"
@@ -577,9 +629,71 @@ W3 = [
               "        print('EFFECT: the host loop no longer sees its descriptor')\n"
               "except (OSError, ValueError):\n"
               "    print('EFFECT: the host loop was closed')\n",
-        restricted=True,
-        gap="select.epoll.fromfd adopts any descriptor (select is on no allow-list, no audit "
-            "event): the host's epoll instance is changed and closed by the request"),
+        restricted=True),
+    Attempt(
+        "epoll_fromfd_through_the_type_of_an_instance", 3,
+        "import select\n"
+        "own = select.epoll()\n"
+        "adopted = type(own).fromfd(epfd)\n"
+        "adopted.unregister(watched)\n"
+        "adopted.close()\n",
+        setup="import select\n"
+              "host_epoll = select.epoll()\n"
+              "host_read, host_write = os.pipe()\n"
+              "host_epoll.register(host_read, select.EPOLLIN)\n"
+              "ns['epfd'], ns['watched'] = host_epoll.fileno(), host_read\n",
+        after="os.write(host_write, b'x')\n"
+              "try:\n"
+              "    if not host_epoll.poll(0):\n"
+              "        print('EFFECT: the host loop no longer sees its descriptor')\n"
+              "except (OSError, ValueError):\n"
+              "    print('EFFECT: the host loop was closed')\n"),
+    Attempt(
+        "epoll_fromfd_closes_the_hosts_selector", 3,
+        "import select\n"
+        "import functools\n"
+        "adopt = functools.partial(select.epoll.fromfd)  # called from C\n"
+        "adopt(selector_fd).close()\n",
+        setup="import selectors\n"
+              "host_selector = selectors.EpollSelector()\n"
+              "host_read, host_write = os.pipe()\n"
+              "host_selector.register(host_read, selectors.EVENT_READ)\n"
+              "ns['selector_fd'] = host_selector.fileno()\n",
+        after="os.write(host_write, b'x')\n"
+              "try:\n"
+              "    if not host_selector.select(0):\n"
+              "        print('EFFECT: the host selector sees nothing')\n"
+              "except (OSError, ValueError):\n"
+              "    print('EFFECT: the host selector was closed')\n"),
+    Attempt(
+        "epoll_fromfd_of_a_number_its_own_loop_had", 3,
+        "import os\n"
+        "import select\n"
+        "own = select.epoll()\n"
+        "number = own.fileno()\n"
+        "own.close()\n"
+        "host_reopens(number)\n"
+        "select.epoll.fromfd(number).close()\n",
+        setup="import select\n"
+              "import gae_sandbox.context as sandbox_context\n"
+              "host_read, host_write = os.pipe()\n"
+              "host_loop = []\n"
+              "def host_reopens(number):  # the host's next event loop gets the freed number\n"
+              "    with sandbox_context.unsandboxed():\n"
+              "        loop = select.epoll()\n"
+              "        if loop.fileno() != number:\n"
+              "            os.dup2(loop.fileno(), number)\n"
+              "            loop.close()\n"
+              "            loop = select.epoll.fromfd(number)\n"
+              "        loop.register(host_read, select.EPOLLIN)\n"
+              "        host_loop.append(loop)\n"
+              "ns['host_reopens'] = host_reopens\n",
+        after="os.write(host_write, b'x')\n"
+              "try:\n"
+              "    if not host_loop[0].poll(0):\n"
+              "        print('EFFECT: the host loop no longer sees its descriptor')\n"
+              "except (OSError, ValueError, IndexError):\n"
+              "    print('EFFECT: the host loop was closed')\n"),
 ]
 
 # -- weakness 4: the sandbox's own state ---------------------------------------------------------
@@ -1075,3 +1189,92 @@ def test_restricted_mode_stops_it(attempt: Attempt, app_root: Path, outside: Pat
 def test_the_attempts_cover_every_weakness() -> None:
     counts = {weakness: sum(a.weakness == weakness for a in ATTEMPTS) for weakness in range(1, 7)}
     assert all(count >= 4 for count in counts.values()), counts
+
+
+# -- well-behaved apps: what the closed gaps must still allow -------------------------------------
+
+
+def test_an_opener_returning_its_own_descriptor_still_works(app_root: Path) -> None:
+    """``open(..., opener=)`` with the request's own ``os.open`` (pathlib's way, ``dir_fd``
+    openers), through ``open``, ``io.open`` and ``os.fdopen`` of its own descriptor."""
+    import io
+
+    from gae_sandbox import Policy, Sandbox
+
+    policy = Policy.python27(app_root=app_root, deadline=None)
+    with Sandbox(policy) as box:
+        with open(app_root / "data.txt", "rb", opener=os.open) as file:
+            first = file.read()
+        with io.open("data.txt", encoding="utf-8",  # noqa: UP020 - io.open is patched too
+                     opener=lambda path, flags: os.open(path, flags)) as file:
+            second = file.read()
+        own = os.open(app_root / "data.txt", os.O_RDONLY)
+        with os.fdopen(own, "rb") as file:
+            third = file.read()
+        text = (app_root / "pkg" / "helpers.py").read_text()
+    assert first == third == b"app data\n" and second == "app data\n"
+    assert "def double" in text
+    assert box.violations == []
+
+
+def test_epoll_fromfd_of_the_requests_own_loop_still_works(app_root: Path) -> None:
+    import select
+    import selectors
+
+    from gae_sandbox import Policy, Sandbox
+
+    policy = Policy.python27(app_root=app_root, deadline=None)
+    with Sandbox(policy) as box:
+        own = select.epoll()
+        read_end, write_end = os.pipe()
+        own.register(read_end, select.EPOLLIN)
+        adopted = select.epoll.fromfd(os.dup(own.fileno()))
+        os.write(write_end, b"x")
+        events = adopted.poll(0)
+        adopted.close()
+        with select.epoll() as scoped:  # closed by the with block
+            scoped.register(read_end, select.EPOLLIN)
+        with selectors.DefaultSelector() as selector:
+            selector.register(read_end, selectors.EVENT_READ)
+            ready = selector.select(0)
+        own.close()
+        os.close(read_end)
+        os.close(write_end)
+    assert events == [(read_end, select.EPOLLIN)] and len(ready) == 1
+    assert box.violations == []
+    host = select.epoll()  # host code: any descriptor, as without the sandbox
+    select.epoll.fromfd(os.dup(host.fileno())).close()
+    host.close()
+
+
+def test_environ_writes_stay_in_the_request_through_every_view(app_root: Path) -> None:
+    """Writes through ``os.environ``, its ``_data``, ``os.environb`` and ``posix.environ``
+    are the request's: it sees them, the host and the next request do not."""
+    from gae_sandbox import Policy, Sandbox
+
+    name = "GAE_REDTEAM_WELL_BEHAVED"
+    posix = sys.modules[os.name]
+    host_data = os.environ._data
+    assert name not in os.environ
+    policy = Policy.python27(app_root=app_root, deadline=None, env_variables={name + "_P": "p"})
+    with Sandbox(policy) as box:
+        os.environ[name] = "1"
+        os.environ._data[(name + "_DATA").encode()] = b"2"
+        os.environb[(name + "_B").encode()] = b"3"
+        posix.environ[(name + "_POSIX").encode()] = b"4"
+        seen = {key: os.environ.get(key) for key in (name, name + "_DATA", name + "_B",
+                                                      name + "_POSIX", name + "_P")}
+        listed = {key for key in os.environ if key.startswith(name)}
+        assert os.environ._data is not host_data
+        assert os.getenvb((name + "_P").encode()) == b"p"
+        del os.environ[name + "_P"]
+        assert os.environ.get(name + "_P") is None and name + "_P" not in dict(os.environ)
+    assert seen == {name: "1", name + "_DATA": "2", name + "_B": "3", name + "_POSIX": "4",
+                    name + "_P": "p"}
+    assert listed == set(seen)
+    assert box.violations == []
+    assert not [key for key in os.environ if key.startswith(name)]
+    assert os.environ._data is host_data
+    assert not [key for key in host_data if key.startswith(name.encode())]
+    with Sandbox(policy):
+        assert os.environ.get(name) is None and os.environ.get(name + "_P") == "p"

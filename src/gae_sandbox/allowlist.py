@@ -155,11 +155,12 @@ def _check_descriptor(layer: Layer, scope: Scope, fd: Any,
     return SystemCallRefused(f"{what} on fd {fd!r}", _DESCRIPTOR_RULE, None)
 
 
-def _named(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
-    wrapper.__name__ = getattr(original, "__name__", wrapper.__name__)
-    wrapper.__qualname__ = wrapper.__name__
-    wrapper.__doc__ = getattr(original, "__doc__", None)
-    return wrapper
+def _guarded(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    """``patches._guarded``: behind the C accelerator's Guard, host code calls ``original``
+    with no Python frame (every wrapper here only calls it when no sandbox is active)."""
+    from .patches import _guarded as guarded
+
+    return guarded(wrapper, original)
 
 
 def _refused(original: Callable[..., Any], module: str, name: str) -> Callable[..., Any]:
@@ -172,7 +173,7 @@ def _refused(original: Callable[..., Any], module: str, name: str) -> Callable[.
             return passthrough(original, *args, **kwargs)
         return original(*args, **kwargs)
 
-    return _named(refused, original)
+    return _guarded(refused, original)
 
 
 def _own_descriptor(original: Callable[..., Any], module: str,
@@ -191,7 +192,7 @@ def _own_descriptor(original: Callable[..., Any], module: str,
             return result
         return original(fd, *args, **kwargs)
 
-    return _named(on_descriptor, original)
+    return _guarded(on_descriptor, original)
 
 
 def _process(original: Callable[..., Any], what: str) -> Callable[..., Any]:
@@ -207,7 +208,7 @@ def _process(original: Callable[..., Any], what: str) -> Callable[..., Any]:
             return passthrough(original, *args, **kwargs)
         return original(*args, **kwargs)
 
-    return _named(process, original)
+    return _guarded(process, original)
 
 
 def build_patches() -> list[Patch]:
@@ -268,8 +269,8 @@ def _socket_adoption() -> list[Patch]:
                     pass
         return made
 
-    return [(socket.socket, "__init__", original, __init__),
-            (_socket, "socketpair", pair, _named(socketpair, pair))]
+    return [(socket.socket, "__init__", original, _guarded(__init__, original)),
+            (_socket, "socketpair", pair, _guarded(socketpair, pair))]
 
 
 #: The event-loop types whose ``fromfd`` adopts a descriptor given as a number.
@@ -365,4 +366,4 @@ def _poller_closed(close: Any) -> Callable[..., Any]:
             scope.opened_fds.discard(fd)
         return result
 
-    return _named(closed, close)
+    return _guarded(closed, close)

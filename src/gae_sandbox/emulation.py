@@ -47,7 +47,6 @@ from .patches import (
     Patch,
     _check_path_object,
     _guarded,
-    _named,
     _refuse_tempfile,
     _refused_call,
     _respell,
@@ -69,7 +68,7 @@ def _getcwd(original: Callable[[], Any], encode: bool) -> Callable[[], Any]:
             return original()
         return os.fsencode(scope.cwd) if encode else scope.cwd
 
-    return _named(getcwd, original)
+    return _guarded(getcwd, original)
 
 
 _CHDIR_FD_RULE = ("a request changes its working directory by path only (a descriptor's "
@@ -107,7 +106,7 @@ def _chdir(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         scope.cwd = _resolved_folder(scope, os.fsdecode(used))
         return None
 
-    return _named(chdir, original)
+    return _guarded(chdir, original)
 
 
 def _fchdir(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -120,7 +119,7 @@ def _fchdir(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         _refuse_always(scope, SystemCallRefused(f"os.fchdir({fd!r})", _CHDIR_FD_RULE, None))
         return None
 
-    return _named(fchdir, original)
+    return _guarded(fchdir, original)
 
 
 def _resolved_folder(scope: Scope, folder: str) -> str:
@@ -224,7 +223,7 @@ def _relative_writer(original: Callable[..., Any], positions: tuple[int, ...],
                     error.filename2 = spelt
             raise
 
-    return _named(write, original)
+    return _guarded(write, original)
 
 
 def _relative_to_fd(kwargs: dict[str, Any], position: int, name: str) -> bool:
@@ -308,7 +307,7 @@ def _access(original: Callable[..., Any]) -> Callable[..., Any]:
         return original(value, bits, dir_fd=dir_fd, effective_ids=effective_ids,
                         follow_symlinks=follow_symlinks)
 
-    return _named(access, original)
+    return _guarded(access, original)
 
 
 # --- locale -----------------------------------------------------------------------------------
@@ -345,7 +344,7 @@ def _setlocale(original: Callable[..., Any]) -> Callable[..., Any]:
         scope.judge(_refuse_locale, what)
         return "C"  # report mode: recorded; the request's locale stays C
 
-    return _named(setlocale, original)
+    return _guarded(setlocale, original)
 
 
 # --- ids, uname, stubs ------------------------------------------------------------------------
@@ -374,7 +373,7 @@ def _minus_one(original: Callable[[], Any]) -> Callable[[], Any]:
             return original()
         return -1
 
-    return _named(fake_id, original)
+    return _guarded(fake_id, original)
 
 
 def _uname(original: Callable[[], Any]) -> Callable[[], Any]:
@@ -383,7 +382,7 @@ def _uname(original: Callable[[], Any]) -> Callable[[], Any]:
     def uname() -> Any:
         return original() if get() is None else FAKE_UNAME
 
-    return _named(uname, original)
+    return _guarded(uname, original)
 
 
 def _platform_uname(original: Callable[[], Any]) -> Callable[[], Any]:
@@ -403,7 +402,7 @@ def _platform_uname(original: Callable[[], Any]) -> Callable[[], Any]:
             pass
         return result
 
-    return _named(uname, original)
+    return _guarded(uname, original)
 
 
 #: Process-wide calls the runtime replaced by stubs raising ``OSError(ENOSYS)``: who the
@@ -436,7 +435,7 @@ def _stub(original: Callable[..., Any], name: str, rule: str) -> Callable[..., A
         # report mode: recorded, and not carried out (it would change the host's process)
         return original(0) if name == "nice" else None  # nice(0) only reads the niceness
 
-    return _named(stub, original)
+    return _guarded(stub, original)
 
 
 def _refuse_always(scope: Scope, refusal: SandboxViolation) -> None:

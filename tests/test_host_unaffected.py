@@ -216,21 +216,20 @@ def test_one_sandbox_entered_by_several_threads(policy: Policy, tmp_path: Path) 
         assert sum(f"worker-{index}.txt" in v.target for v in writes) == 1
 
 
-def test_exiting_out_of_order_raises(policy: Policy) -> None:
+def test_exiting_out_of_order_raises_and_ends_the_sandboxes_left_open(
+        policy: Policy, tmp_path: Path) -> None:
+    """The outer sandbox's exit ends an inner one still open (app code may enter one and
+    never leave it): the host is not left sandboxed, and is told."""
     outer = Sandbox(policy)
     inner = Sandbox(policy)
     outer.__enter__()
-    try:
-        inner.__enter__()
-        try:
-            with pytest.raises(RuntimeError, match="out of order"):
-                outer.__exit__(None, None, None)
-            assert current_sandbox() == inner  # nothing was left by the failed exit
-        finally:
-            inner.__exit__(None, None, None)
-        assert current_sandbox() == outer
-    finally:
+    inner.__enter__()
+    with pytest.raises(RuntimeError, match="out of order"):
         outer.__exit__(None, None, None)
+    assert current_sandbox() is None
+    (tmp_path / "host.txt").write_text("host code again")  # not refused
+    with pytest.raises(RuntimeError, match="out of order"):
+        inner.__exit__(None, None, None)  # it ended with the outer one
     assert current_sandbox() is None
 
 

@@ -662,3 +662,35 @@ def test_python3_and_the_setting_off_leave_os_environ_alone(tmp_path: Path) -> N
         host = [os.environ.get(name) for name in ("REQUEST_METHOD", "PATH_INFO",
                                                    "QUERY_STRING", "HTTP_HOST", "USER_EMAIL")]
         assert _get(app, "/x") == repr(host).encode()  # the process's, not the request's
+
+
+def test_deadline_never_lands_in_the_servers_own_write(policy: Policy) -> None:
+    """The app's deadline passes while the server's write() (host code) is busy: the write
+    finishes, and the app gets the error once it is back in its own code."""
+    steps: list[int] = []
+
+    def server_write(data: bytes) -> None:
+        for step in range(30):  # ~0.3 s of the server's own work, past the 0.1 s deadline
+            time.sleep(0.01)
+            steps.append(step)
+
+    def start_response(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+        return server_write
+
+    reached: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        write = start_response("200 OK", OK_HEADERS)
+        try:
+            write(b"early")
+        except DeadlineExceededError:
+            reached.append("error after the write")
+            raise
+        reached.append("no error")
+        return [b""]
+
+    wrapped = SandboxMiddleware(app, policy.replace(deadline=0.1, hard_deadline_grace=5))
+    with pytest.raises(DeadlineExceededError):  # the body started: it goes to the server
+        list(wrapped(make_environ(), start_response))
+    assert len(steps) == 30  # the server's write was not cut short
+    assert reached == ["error after the write"]

@@ -13,6 +13,7 @@ import sys as _sys
 
 from .confine import Confinement, confine_process
 from .errors import (
+    AppFailedError,
     CExtensionRefused,
     ConfinementUnavailable,
     DeadlineExceededError,
@@ -64,6 +65,7 @@ class _PublicPackage(type(logging)):  # type: ignore[misc]
 from .context import active_scope as _active_scope  # noqa: E402
 
 __all__ = [
+    "AppFailedError",
     "AttributeRefused",
     "BuiltinRefused",
     "CExtensionRefused",

@@ -38,6 +38,8 @@ typedef struct {
 /* thread ident -> the ticket of the scope that thread runs (context.py's _thread_tickets):
  * a thread running a scope's code is sandboxed even where its context carries no ticket */
 static PyObject *thread_tickets = NULL;
+/* the variable's value for host code called from inside a scope (context.py's _HOST) */
+static PyObject *host_ticket = NULL;
 
 /* 1: the current thread is marked as running a scope; 0: not; -1: error */
 static int
@@ -68,7 +70,11 @@ is_host(PyObject *var)
     }
     /* the ContextVar has a default (None), so ticket is never NULL; be safe anyway */
     int empty = (ticket == NULL || ticket == Py_None);
+    int host = (ticket != NULL && ticket == host_ticket);
     Py_XDECREF(ticket);
+    if (host) {
+        return 1;
+    }
     if (!empty) {
         return 0;
     }
@@ -77,10 +83,14 @@ is_host(PyObject *var)
 }
 
 static PyObject *
-watch_threads(PyObject *Py_UNUSED(module), PyObject *tickets)
+watch_threads(PyObject *Py_UNUSED(module), PyObject *args)
 {
+    PyObject *tickets, *host;
+    if (!PyArg_ParseTuple(args, "OO:watch_threads", &tickets, &host)) {
+        return NULL;
+    }
     if (!PyDict_CheckExact(tickets)) {
-        PyErr_SetString(PyExc_TypeError, "watch_threads(tickets): a dict");
+        PyErr_SetString(PyExc_TypeError, "watch_threads(tickets, host): a dict");
         return NULL;
     }
     if (thread_tickets != NULL) {
@@ -89,6 +99,8 @@ watch_threads(PyObject *Py_UNUSED(module), PyObject *tickets)
     }
     Py_INCREF(tickets);
     thread_tickets = tickets;
+    Py_INCREF(host);
+    host_ticket = host;
     Py_RETURN_NONE;
 }
 
@@ -494,9 +506,10 @@ static PyMethodDef module_methods[] = {
                "calls hook(event, args) only while var holds something other than None or the "
                "thread is marked (watch_threads). "
                "Returns whether it added it (False: it was there already).")},
-    {"watch_threads", watch_threads, METH_O,
-     PyDoc_STR("watch_threads(tickets): once per process, the dict of thread ident -> "
-               "ticket that marks a thread as sandboxed where its context has no ticket.")},
+    {"watch_threads", watch_threads, METH_VARARGS,
+     PyDoc_STR("watch_threads(tickets, host): once per process, the dict of thread ident -> "
+               "ticket that marks a thread as sandboxed where its context has no ticket, "
+               "and the value that means host code whatever the thread.")},
     {"audit_hook_installed", audit_hook_installed, METH_NOARGS,
      PyDoc_STR("Whether install_audit_hook has added the hook.")},
     {NULL, NULL, 0, NULL},

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import patches
-from .context import _ACTIVE, Scope, active_scope, unsandboxed
+from .context import _ACTIVE, Scope, active_scope, host_call
 from .filesystem import check_open, check_read, check_write
 from .imports import (
     check_extension_file,
@@ -34,6 +34,7 @@ from .patches import (
     take_judged_spawn,
 )
 from .runtime import STDLIB_MODULE_NAMES
+from .threads import is_carried
 
 Handler = Callable[[Scope, tuple[Any, ...]], None]
 
@@ -105,6 +106,20 @@ def _system(what: Callable[[tuple[Any, ...]], str], rule: str) -> Handler:
     return on_system
 
 
+def _on_thread_start(event: str) -> Handler:
+    """A thread started inside a scope must run the function the patched starters give it
+    (``threads._carried``: it carries the scope and marks the thread): one started through
+    an unpatched ``start_new_thread`` (a second ``_thread`` module made with
+    ``_imp.create_builtin``) would run with no sandbox."""
+
+    def handler(scope: Scope, args: tuple[Any, ...]) -> None:
+        if not (args and is_carried(args[0])):
+            scope.judge(_refuse_system, f"{event}() outside threading's patched starters",
+                        "a thread a request starts must carry its sandbox")
+
+    return handler
+
+
 def _on_tracer(event: str) -> Handler:
     """``sys.settrace``/``setprofile`` from app code: the tracer would outlive the request
     on this thread. Debuggers (``pdb``, standard-library code) may still set one."""
@@ -133,13 +148,17 @@ def _claimed_trusted_file(filename: Any) -> str | None:
     return None
 
 
+def _read_file(filename: str) -> bytes:
+    with open(filename, "rb") as file:  # noqa: PTH123
+        return file.read()
+
+
 def _is_file_source(source: Any, filename: str) -> bool:
     """Whether ``source`` is the file's own text: the import system compiling it."""
     if filename.startswith("<") or not isinstance(source, (str, bytes, bytearray, memoryview)):
         return False
     try:
-        with unsandboxed(), open(filename, "rb") as file:  # noqa: PTH123
-            text = file.read()
+        text = host_call(_read_file, filename)
     except OSError:
         return False
     if isinstance(source, str):
@@ -299,6 +318,8 @@ def _handlers() -> dict[str, Handler]:
         "sqlite3.load_extension": _system(lambda a: "sqlite3.load_extension()", _NATIVE_RULE),
         "compile": _on_compile,
         "code.__new__": _on_code_new,
+        "_thread.start_new_thread": _on_thread_start("_thread.start_new_thread"),
+        "_thread.start_joinable_thread": _on_thread_start("_thread.start_joinable_thread"),
         "sys.settrace": _on_tracer("sys.settrace"),
         "sys.setprofile": _on_tracer("sys.setprofile"),
     }
@@ -315,8 +336,7 @@ ALLOWED_EVENTS: frozenset[str] = frozenset({
     "object.__delattr__", "array.__new__", "marshal.dumps", "marshal.load", "marshal.loads",
     "pickle.find_class", "time.sleep", "sys._getframe", "sys._getframemodulename",
     "sys.excepthook", "sys.unraisablehook", "sys.set_asyncgen_hook_finalizer",
-    "sys.set_asyncgen_hook_firstiter", "_thread.start_new_thread",
-    "_thread.start_joinable_thread", "cpython._PySys_ClearAuditHooks",
+    "sys.set_asyncgen_hook_firstiter", "cpython._PySys_ClearAuditHooks",
     "cpython.run_command", "cpython.run_file", "cpython.run_interactivehook",
     "cpython.run_module", "cpython.run_startup", "cpython.run_stdin",
     "glob.glob", "glob.glob/2", "os.walk", "os.fwalk", "pathlib.Path.glob",

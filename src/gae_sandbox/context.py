@@ -15,12 +15,15 @@ only on a thread no scope runs on, or inside :func:`host_call`.
 
 from __future__ import annotations
 
+import builtins
+import contextvars
 import os
 import sys
 from _thread import get_ident as _get_ident
 from _weakref import ref as _weak_reference
 from collections.abc import Callable
 from contextvars import ContextVar
+from functools import partial as _partial
 from typing import TYPE_CHECKING, Any
 
 from .errors import SandboxStateRefused, SandboxViolation
@@ -64,22 +67,46 @@ _thread_tickets: dict[int, ScopeTicket] = {}
 _get_ticket = _ACTIVE.get
 
 
-def active_scope() -> Scope | None:
-    """The scope governing the running code, or ``None`` for host code."""
-    ticket = _get_ticket()
-    if ticket is None:
-        if not _thread_tickets:
-            return None
-        ticket = _thread_tickets.get(_get_ident())
-        if ticket is None:
-            return None
+#: What host code run from inside a scope has in the variable (:func:`host_call`): a fresh
+#: copy of the context holds it for the call, so no exception can leave it behind.
+_HOST = ScopeTicket()
+
+
+def _refuse_state() -> SandboxStateRefused:
+    return SandboxStateRefused(
+        "the sandbox's context variable", "it holds a value the sandbox did not put there "
+        "(app code set it); every operation in this context is refused")
+
+
+def _scope_of(ticket: Any) -> Scope:
     # a ScopeTicket's hash comes from its address: no other live ticket has it (and id(),
     # which would say the same, raises an audit event)
     scope = _scopes.get(hash(ticket)) if type(ticket) is ScopeTicket else None
     if scope is None:
-        raise SandboxStateRefused(
-            "the sandbox's context variable", "it holds a value the sandbox did not put there "
-            "(app code set it); every operation in this context is refused")
+        raise _refuse_state()
+    return scope
+
+
+def active_scope() -> Scope | None:
+    """The scope governing the running code, or ``None`` for host code.
+
+    On a thread marked as running a scope, that scope governs, whatever the context holds,
+    unless the context holds an open scope nested inside it (a sandbox entered within)."""
+    ticket = _get_ticket()
+    if ticket is _HOST:
+        return None
+    mark = _thread_tickets.get(_get_ident()) if _thread_tickets else None
+    if mark is None or ticket is mark:
+        return None if ticket is None else _scope_of(ticket)
+    if ticket is None:
+        return _scope_of(mark)
+    scope = _scope_of(ticket)
+    marked = _scope_of(mark)
+    within = scope.parent
+    while within is not None and within is not marked:
+        within = within.parent
+    if within is None or scope.closed:  # another request's ticket, or an ended one
+        raise _refuse_state()
     return scope
 
 
@@ -113,15 +140,18 @@ def run_marked(ticket: ScopeTicket | None, function: Callable[..., Any], *args: 
 
 
 def host_call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call host code (the server's ``start_response``, this library's own ctypes calls)
-    from inside a scope: no ticket in the context, none on the thread."""
-    previous = mark_thread(None)
-    token = _ACTIVE.set(None)
-    try:
-        return function(*args, **kwargs)
-    finally:
-        _ACTIVE.reset(token)
-        restore_mark(previous)
+    """Call host code (the server's ``start_response``, this library's own log records and
+    ctypes calls) from inside a scope. It runs in a copy of the current context whose
+    variable says "host"; the thread's mark stays, and ``Context.run`` (C) returns to the
+    caller's context however the call ends, so nothing an exception interrupts can leave a
+    request's code outside its sandbox."""
+    context = _copy_context()
+    context.run(_set_ticket, _HOST)
+    return context.run(function, *args, **kwargs)
+
+
+_set_ticket = _ACTIVE.set
+_copy_context = contextvars.copy_context
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 LIBRARY_FOLDERS: tuple[str, ...] = interpreter_library_folders()
@@ -223,9 +253,9 @@ class Layer:
 
 
 def _is_stdlib_file(filename: str) -> bool:
-    from .imports import is_stdlib_code  # imports.py imports this module
-
-    return is_stdlib_code(filename)
+    # imports.py imports this module; no import statement here: inside a scope it would go
+    # through the import gate, which may be what is refusing
+    return sys.modules[f"{__package__}.imports"].is_stdlib_code(filename)  # type: ignore
 
 
 class OwnedFds:
@@ -276,7 +306,7 @@ class Scope:
     __slots__ = ("layers", "parent", "owner", "resolved_hosts", "opened_fds", "extras",
                  "deadline", "threads", "token", "closed", "reported_imports", "thread",
                  "memory", "cwd", "known_imports", "_ticket", "_ticket_reference",
-                 "previous_mark")
+                 "previous_mark", "children")
 
     def __init__(self, layer: Layer, parent: Scope | None, owner: Any) -> None:
         self.layers: tuple[Layer, ...] = (*parent.layers, layer) if parent else (layer,)
@@ -307,13 +337,17 @@ class Scope:
         self.cwd: str | None = policy.app_root if policy.working_directory == "app_root" else (
             parent.cwd if parent else None)
         # The ticket lives while the scope is open (held here) and then while any context or
-        # thread still carries it; when it dies the scope is forgotten.
+        # thread still carries it; when it dies the scope is forgotten. The callback is C
+        # (dict.pop, the weak reference its default): no asynchronous error (a deadline's)
+        # can cut it short and leave a dead ticket's address mapped to this scope.
         ticket = self._ticket = ScopeTicket()
         key = hash(ticket)
+        self._ticket_reference = _weak_reference(ticket, _partial(_scopes.pop, key))
         _scopes[key] = self
-        self._ticket_reference = _weak_reference(ticket, lambda _, key=key: _scopes.pop(key, None))
         #: The thread's mark before this scope was entered with ``attach`` (restored after).
         self.previous_mark: ScopeTicket | None = None
+        #: Scopes opened inside this one and not closed yet (sandbox.py): they end with it.
+        self.children: set[Scope] | None = None
 
     @property
     def ticket(self) -> ScopeTicket:
@@ -351,19 +385,17 @@ class Scope:
             if not layer.enforce:  # report mode let it through
                 message = message.replace("gae_sandbox refused ", "gae_sandbox would refuse ",
                                           1)
-            with unsandboxed():  # the host's log handlers are not the app's
-                layer.report.record(
-                    Violation(
-                        kind=refusal.kind,
-                        target=refusal.target,
-                        location=layer.location(),
-                        rule=refusal.rule,
-                        setting=refusal.setting,
-                        message=message,
-                        enforced=layer.enforce,
-                    ),
-                    by_library=layer.caused_by_library(),
-                )
+            violation = Violation(
+                kind=refusal.kind,
+                target=refusal.target,
+                location=layer.location(),
+                rule=refusal.rule,
+                setting=refusal.setting,
+                message=message,
+                enforced=layer.enforce,
+            )
+            # the host's log handlers are not the app's
+            host_call(layer.report.record, violation, by_library=layer.caused_by_library())
         if layer.enforce:
             raise refusal
 
@@ -377,6 +409,71 @@ def passthrough(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         _PASSTHROUGH.reset(token)
 
 
+# --- what crosses from a sandbox to host code ---------------------------------------------
+
+
+def type_name(value: Any) -> str:
+    """The qualified name of ``value``'s class, read from the type's slot as an exact
+    ``str``: never a metaclass property or a ``str`` subclass of the app's (app code)."""
+    return str.__str__(type.__dict__["__qualname__"].__get__(type(value)))
+
+
+def error_text(error: BaseException) -> str:
+    """``str(error)`` as an exact ``str`` ("" if it fails). It runs the app's ``__str__``:
+    call it inside the request's scope."""
+    try:
+        text = str(error)
+    except Exception:  # noqa: BLE001 - the app's __str__ may raise anything
+        return ""
+    return str.__str__(text) if issubclass(type(text), str) else ""
+
+
+#: The interpreter's own exception classes: a stand-in keeps the class, so host code that
+#: catches ``LookupError`` from a codec search or ``TypeError`` from a reducer still does.
+_BUILTIN_ERRORS = frozenset(
+    value for value in vars(builtins).values()
+    if isinstance(value, type) and issubclass(value, BaseException))
+
+
+def stand_in(error: BaseException) -> BaseException:
+    """The copy of an app error that host code gets (call inside the request's scope): the
+    same built-in class, or the library's ``AppFailedError`` for an app-defined one,
+    carrying the text only, so no method or attribute of the app's object reaches host
+    code when it formats or inspects the error."""
+    from . import errors
+
+    kind = type(error)
+    text = error_text(error)
+    if kind in (errors.DeadlineExceededError, errors.HardDeadlineExceeded):
+        return kind(text)
+    if kind in errors.REFUSAL_CLASSES:  # its fields as exact str (app code may have made it)
+        fields = [getattr(error, name, None) for name in ("target", "rule", "setting")]
+        target, rule, setting = (str.__str__(value) if issubclass(type(value), str) else None
+                                 for value in fields)
+        try:
+            return kind(target or text, rule or "", setting)  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001 - a refusal with a constructor of its own
+            pass
+    if kind in _BUILTIN_ERRORS:
+        try:
+            return kind(text)  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001 - UnicodeDecodeError & co. want more arguments
+            pass
+    name = type_name(error)
+    return errors.AppFailedError(f"{name}: {text}" if text else name)
+
+
+def contained(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` in a request's scope, for host code that called it (a
+    callback the app registered): an error it raises leaves as :func:`stand_in`, with no
+    ``__context__`` leading back to the app's."""
+    try:
+        return function(*args, **kwargs)
+    except BaseException as error:  # noqa: BLE001 - every error crosses as a stand-in
+        replacement = stand_in(error)
+    raise replacement
+
+
 def quietly(function: Callable[..., Any], *args: Any) -> Any:
     """Call ``function`` with its refusals unrecorded (see ``_QUIET``)."""
     token = _QUIET.set(True)
@@ -387,15 +484,15 @@ def quietly(function: Callable[..., Any], *args: Any) -> Any:
 
 
 class unsandboxed:
-    """``with unsandboxed():`` runs host code (a server's ``start_response`` or ``write``)
-    from inside a sandboxed call without the sandbox."""
+    """``with unsandboxed():`` runs host code inside a sandboxed call without the sandbox:
+    for host code only (the pytest plugin's fixture), never around code the app can
+    interrupt (an asynchronous error between the two steps would leave the context's
+    variable saying "host"): the library itself uses :func:`host_call`."""
 
-    __slots__ = ("_token", "_previous")
+    __slots__ = ("_token",)
 
     def __enter__(self) -> None:
-        self._previous = mark_thread(None)
-        self._token = _ACTIVE.set(None)
+        self._token = _ACTIVE.set(_HOST)
 
     def __exit__(self, *exc_info: object) -> None:
         _ACTIVE.reset(self._token)
-        restore_mark(self._previous)

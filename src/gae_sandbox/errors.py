@@ -201,6 +201,13 @@ class ThreadRefused(SandboxViolation, RuntimeError):
     kind = "thread"
 
 
+class AppFailedError(RuntimeError):
+    """What a server gets instead of the app's own exception (``SandboxMiddleware``): when
+    the app fails after its response started, and as the ``exc_info`` of an error response.
+    Its message is the app error's text, made inside the request's sandbox; the app's
+    exception object, whose methods are app code, never reaches host code."""
+
+
 class SandboxStateRefused(SandboxViolation, RuntimeError):
     """App code changed the sandbox's own state (its context variable): nothing it does in
     that context is allowed any more."""
@@ -226,3 +233,10 @@ class RestrictedCodeError(SandboxViolation, SyntaxError):
     def errors(self) -> tuple[str, ...]:
         """The rejected constructs, one ``"Line N: ..."`` string each."""
         return tuple(line.strip() for line in self.rule.splitlines()[1:] if line.strip())
+
+
+#: The refusal classes defined here, captured as the module is made (never looked up by
+#: name or module later: an app class can claim any ``__module__``).
+REFUSAL_CLASSES: frozenset[type[SandboxViolation]] = frozenset(
+    value for value in list(globals().values())
+    if isinstance(value, type) and issubclass(value, SandboxViolation))

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from .context import Layer, Scope, passthrough, unsandboxed
+from .context import Layer, Scope, host_call, passthrough
 from .errors import FileReadRefused, FileWriteRefused, SandboxViolation, SystemCallRefused
 from .imports import loading_files
 from .paths import is_inside, realpath, walk
@@ -471,8 +471,7 @@ def _load_openat2() -> Callable[[int, bytes, int, int], int] | None:
         fd: int = syscall(call_number, dirfd, path, how, size)
         if fd >= 0:
             return fd
-        with unsandboxed():  # ctypes.get_errno raises an audit event a request may not
-            return -get_errno()
+        return -host_call(get_errno)  # an audit event a request may not raise
 
     probe = openat2(AT_FDCWD, b"/", os.O_PATH | os.O_CLOEXEC, RESOLVE_NO_MAGICLINKS)
     if probe < 0:

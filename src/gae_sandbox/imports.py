@@ -19,6 +19,7 @@ Rules, for each module and each of its parent packages:
 
 from __future__ import annotations
 
+import _imp
 import builtins
 import fnmatch
 import importlib
@@ -571,6 +572,33 @@ class _InScope:
         return f"<gae_sandbox: {self._host!r} (judged inside a sandbox)>"
 
 
+def _module_maker(original: Any, what: str) -> Any:
+    """``_imp.create_builtin(spec)`` / ``_imp.create_dynamic(spec[, file])``: inside a scope
+    they make only modules not loaded yet (the import system loading them). A second
+    instance of a loaded module (``importlib.util.module_from_spec`` of its spec) would have
+    none of the sandbox's replacements: a fresh ``_thread``, ``posix`` or ``_socket``. The
+    spec is read once, into a spec of exact values the original then gets."""
+
+    def create(spec: Any, *rest: Any) -> Any:
+        scope = active_scope()
+        if scope is None:
+            return original(spec, *rest)
+        name = getattr(spec, "name", None)
+        origin = getattr(spec, "origin", None)
+        if type(name) is not str or (origin is not None and type(origin) is not str):
+            name, origin = str.__str__(name), None if origin is None else str.__str__(origin)
+        if name in sys.modules:
+            scope.judge(_refuse_copy, name, what)
+        return original(importlib.machinery.ModuleSpec(name, None, origin=origin), *rest)
+
+    return create
+
+
+def _refuse_copy(layer: Layer, name: str, what: str) -> SandboxViolation:
+    return ImportRefused(name, f"{what} of a module already loaded: a second instance "
+                         "would have none of the sandbox's replacements", None)
+
+
 def build_patches(speedups: Any = None) -> list[tuple[Any, str, Any, Any]]:
     """The hooks the gate adds to importlib (``sandbox.install`` applies them). With the C
     accelerator (``speedups``) the spec's flag is its ``Attribute``: host code reads the
@@ -580,6 +608,10 @@ def build_patches(speedups: Any = None) -> list[tuple[Any, str, Any, Any]]:
                 "_initializing", _spec_initializing, _set_spec_initializing,
                 _del_spec_initializing, _ACTIVE))
     return [
+        (_imp, "create_builtin", _imp.create_builtin,
+         _module_maker(_imp.create_builtin, "_imp.create_builtin")),
+        (_imp, "create_dynamic", _imp.create_dynamic,
+         _module_maker(_imp.create_dynamic, "_imp.create_dynamic")),
         (_bootstrap.ModuleSpec, "_initializing", None, flag),
         (_bootstrap, "_lock_unlock_module", original_lock_unlock_module,
          gated_lock_unlock_module),

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .context import Layer, Scope, active_scope, unsandboxed
+from .context import Layer, Scope, active_scope, host_call
 from .errors import FileWriteRefused, SandboxViolation
 from .filesystem import SYSTEM_FILES, WRITE_FLAGS, check_read, checked_opener, describe
 from .patches import _hidden_names, _named
@@ -63,8 +63,7 @@ class MemoryFilesystem:
         from pyfakefs.fake_open import FakeFileOpen
         from pyfakefs.fake_os import FakeOsModule
 
-        with unsandboxed():  # FakeFilesystem() reads the umask (set and reset)
-            fs = FakeFilesystem()
+        fs = host_call(FakeFilesystem)  # it reads the umask (set and reset)
         fs.open_files.extend([None] * (FD_BASE - len(fs.open_files)))
         fs.shuffle_listdir_results = False
         fs.cwd = os.getcwd()

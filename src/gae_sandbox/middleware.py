@@ -14,13 +14,14 @@ import logging
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from .context import Scope, host_call, quietly, unsandboxed
-from .errors import DeadlineExceededError, HardDeadlineExceeded
+from .context import Scope, host_call, quietly, stand_in, type_name
+from .errors import AppFailedError, DeadlineExceededError, HardDeadlineExceeded
 from .policy import Policy
 from .sandbox import Sandbox, call_in_scope, close_scope
 
@@ -81,6 +82,10 @@ class SandboxMiddleware:
             if self._serial is not None:
                 self._serial.release()
             raise
+        # The app gets its own copy of the environ dict: the server reads its own later (an
+        # access log formats REQUEST_METHOD and PATH_INFO), and a value the app put there
+        # would be app code running in the server's formatting.
+        environ = dict(environ)
         if self.sandbox.policy.request_environ:  # read if the app reads os.environ
             scope.extras["cgi_environ"] = environ
         request = _Request(self, scope, environ, start_response)
@@ -122,11 +127,13 @@ class _Request:
         headers = [(name, value) if type(name) is str and type(value) is str else
                    (_exact_str(name, "header name"), _exact_str(value, "header value"))
                    for name, value in headers]
-        if exc_info is not None:  # an exact tuple of the error, its class and traceback
+        if exc_info is not None:  # the server gets a stand-in for the app's error
             error = tuple.__getitem__(exc_info, 1) if isinstance(exc_info, tuple) else None
-            exc_info = _exc_info(error) if isinstance(error, BaseException) else None
-        self.server_write = host_call(self.server_start_response, status, headers, exc_info) \
-            if exc_info is not None else host_call(self.server_start_response, status, headers)
+            exc_info = _host_info(quietly(stand_in, error)) if (
+                isinstance(error, BaseException)) else None
+        self.server_write = self.to_server(self.server_start_response, status, headers,
+                                           exc_info) if exc_info is not None else \
+            self.to_server(self.server_start_response, status, headers)
         self.headers_started = True
         return self.write
 
@@ -135,8 +142,23 @@ class _Request:
         if data:
             self.body_started = True
         assert self.server_write is not None, "write() called before start_response()"
-        with unsandboxed():
-            return self.server_write(data)
+        return self.to_server(self.server_write, data)
+
+    def to_server(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Call the server (host code) from the app's call: no deadline error may land in
+        the server's own code, so the deadline is detached meanwhile; attached again after,
+        it raises in the app if it passed."""
+        deadline = self.scope.deadline
+        if deadline is None or not deadline.attached or deadline.thread != threading.get_ident():
+            return host_call(function, *args)
+        deadline.detach()
+        try:
+            return host_call(function, *args)
+        finally:
+            deadline.attach()
+            if deadline.active and deadline.raised_at is None and (
+                    time.monotonic() >= deadline.when):  # it passed while the server worked
+                raise deadline.error_from_call()
 
     # -- the request -----------------------------------------------------------------------
 
@@ -192,17 +214,15 @@ class _Request:
     def fail(self, error: BaseException, *, closing: bool) -> list[bytes]:
         """Turn an app error into a 500, or re-raise it when the headers were sent."""
         self.log_failure(error)
+        copy = self.host_copy(error)  # the server never gets the app's own error
         if self.body_started:
             if closing:
                 self.close()
-            raise error
+            raise copy from None
         headers = [("Content-Type", "text/plain; charset=utf-8"),
                    ("Content-Length", str(len(ERROR_BODY)))]
         try:
-            with unsandboxed():
-                self.server_start_response(
-                    ERROR_STATUS, headers, _exc_info(error)
-                )
+            host_call(self.server_start_response, ERROR_STATUS, headers, _host_info(copy))
         except BaseException:
             if closing:
                 self.close()
@@ -223,7 +243,7 @@ class _Request:
         record = logger.makeRecord(
             logger.name, logging.ERROR, __file__, 0, "gae_sandbox: request %s %s failed: %s",
             (_plain(method), _plain(path), reason), None)
-        record.exc_text = text.rstrip("\n") or f"{type(error).__qualname__} (not formattable)"
+        record.exc_text = text.rstrip("\n") or f"{type_name(error)} (not formattable)"
         if logger.isEnabledFor(logging.ERROR):
             logger.handle(record)
 
@@ -237,6 +257,20 @@ class _Request:
             return ""
         return text if type(text) is str else ""
 
+    def host_copy(self, error: BaseException) -> BaseException:
+        """``context.stand_in(error)``, made in the request's scope: the copy of the app's
+        error the server gets (its class if built-in or the library's, else
+        ``AppFailedError``; its text)."""
+        copy = None
+        if not self.scope.closed:
+            try:
+                copy = call_in_scope(self.scope, quietly, stand_in, error)
+            except BaseException:  # noqa: BLE001 - the deadline may land meanwhile
+                copy = None
+        if not isinstance(copy, BaseException):
+            copy = AppFailedError(self.reason(error))
+        return copy
+
     def reason(self, error: BaseException) -> str:
         """The error's message; a deadline error raised asynchronously has none of its own
         (it is raised as a bare class), so say which deadline it was."""
@@ -244,11 +278,12 @@ class _Request:
         if text:
             return text
         deadline = self.scope.deadline
-        if deadline is not None and isinstance(error, HardDeadlineExceeded):
+        kind = type(error)  # not isinstance: it would read the error's __class__ (app code)
+        if deadline is not None and issubclass(kind, HardDeadlineExceeded):
             return f"HardDeadlineExceeded: {deadline._hard_message()}"
-        if deadline is not None and isinstance(error, DeadlineExceededError):
+        if deadline is not None and issubclass(kind, DeadlineExceededError):
             return f"DeadlineExceededError: {deadline._message()}"
-        return type(error).__name__
+        return type_name(error)
 
     def close(self) -> None:
         """Close the app's iterable (in the sandbox) and end the scope, exactly once."""
@@ -281,9 +316,10 @@ def _traceback_of(error: BaseException) -> TracebackType | None:
     return BaseException.__traceback__.__get__(error)  # type: ignore[attr-defined]
 
 
-def _exc_info(error: BaseException) -> tuple[type[BaseException], BaseException,
-                                             TracebackType | None]:
-    return type(error), error, _traceback_of(error)
+def _host_info(error: BaseException) -> tuple[type[BaseException], BaseException, None]:
+    """``exc_info`` for the server: a stand-in (``context.stand_in``), its class, no
+    traceback (whose frames hold the app's objects)."""
+    return type(error), error, None
 
 
 def _close_iterable(iterable: Any) -> None:
@@ -295,7 +331,7 @@ def _close_iterable(iterable: Any) -> None:
 def _exact_str(value: Any, what: str) -> str:
     """An app's ``str`` (or subclass) as an exact ``str``; PEP 3333 allows nothing else."""
     if not isinstance(value, str):
-        raise TypeError(f"WSGI {what} must be a str, got {type(value).__name__}")
+        raise TypeError(f"WSGI {what} must be a str, got {type_name(value)}")
     return str.__str__(value)
 
 
@@ -304,7 +340,7 @@ def _exact_bytes(value: Any) -> bytes:
     if type(value) is bytes:
         return value
     if not isinstance(value, bytes):
-        raise TypeError(f"WSGI body chunks must be bytes, got {type(value).__name__}")
+        raise TypeError(f"WSGI body chunks must be bytes, got {type_name(value)}")
     return bytes.__getitem__(value, slice(None))  # a copy without calling app methods
 
 
@@ -319,7 +355,9 @@ def _response_kind(iterable: Any) -> str:
 
 
 def _plain(value: Any) -> str | None:
-    return str.__str__(value) if isinstance(value, str) else None
+    """An environ value (the app may have replaced it) as an exact ``str``, or None; never
+    ``isinstance``, which reads the object's ``__class__`` (a property is app code)."""
+    return str.__str__(value) if issubclass(type(value), str) else None
 
 
 def app_frames(tb: TracebackType | None) -> TracebackType | None:
@@ -328,7 +366,8 @@ def app_frames(tb: TracebackType | None) -> TracebackType | None:
     would. The error keeps its own traceback; this is a copy for the log."""
     kept: list[TracebackType] = []
     while tb is not None:
-        if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_PREFIX):
+        # an exact str: a code object's file name may be a str subclass the app made
+        if not str.startswith(str.__str__(tb.tb_frame.f_code.co_filename), _PACKAGE_PREFIX):
             kept.append(tb)
         tb = tb.tb_next
     rebuilt = None

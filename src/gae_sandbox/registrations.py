@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .context import HOST_ONLY_THREADS, Scope, active_scope, host_call
+from .context import HOST_ONLY_THREADS, Scope, active_scope, host_call, type_name
 from .patches import _named, _refuse_system, _refused_call
 
 Patch = tuple[Any, str, Any, Any]
@@ -108,8 +108,8 @@ class SandboxedCallback:
     def wraps(self, function: Any) -> bool:
         return self.__wrapped is function or self.__wrapped == function
 
-    def __repr__(self) -> str:
-        return f"<sandboxed {self.__wrapped!r}>"
+    def __repr__(self) -> str:  # not the app's __repr__: host code (atexit's report) asks
+        return f"<sandboxed {type_name(self.__wrapped)} object>"
 
 
 def sandboxed(function: Any, scope: Scope | None = None) -> Any:
@@ -308,7 +308,7 @@ class SandboxedObject:
         _runner(self.__scope, setattr, self.__target, name, value)
 
     def __repr__(self) -> str:
-        return f"<sandboxed {type(self.__target).__name__} object>"
+        return f"<sandboxed {type_name(self.__target)} object>"
 
 
 def _discard(*args: Any, **kwargs: Any) -> None:

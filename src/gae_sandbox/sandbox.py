@@ -27,6 +27,7 @@ from .context import (
     _scopes,
     _thread_tickets,
     active_scope,
+    contained,
     mark_thread,
     restore_mark,
 )
@@ -183,11 +184,14 @@ class Sandbox:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        # found by this thread's mark, which app code cannot change (the context variable it
-        # can: the reset below undoes whatever it set)
+        # found from this thread's mark, which app code cannot change (the context variable
+        # it can: the reset below undoes whatever it set); sandboxes the app entered inside
+        # this one and left open end with it
         ticket = _thread_tickets.get(threading.get_ident())
-        scope = _scopes.get(hash(ticket)) if ticket is not None else None
-        if (scope is None or scope.owner is not self or scope.token is None
+        innermost = scope = _scopes.get(hash(ticket)) if ticket is not None else None
+        while scope is not None and (scope.owner is not self or scope.token is None):
+            scope = scope.parent
+        if (scope is None or scope.token is None
                 or scope.thread != threading.get_ident()):
             raise RuntimeError(
                 "Sandbox exited out of order: leave nested sandboxes innermost first, "
@@ -196,6 +200,11 @@ class Sandbox:
         # Leave the context first: whatever happens next runs as host code.
         detach(scope)
         close_scope(scope)
+        if innermost is not scope:
+            raise RuntimeError(
+                "Sandbox exited out of order: sandboxes entered inside it were still open; "
+                "they were ended with it (leave nested sandboxes innermost first)"
+            )
 
     def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``function(*args, **kwargs)`` in a scope of its own and end the scope.
@@ -246,6 +255,8 @@ class Sandbox:
             if inherited is None or not inherited.active or inherited.remaining() > seconds:
                 scope.deadline = start_deadline(seconds, policy.hard_deadline_grace, scope,
                                                 self._hard_deadline)
+        if scope.parent is not None:
+            _adopt(scope.parent, scope)
         _open_scopes.add(scope)  # _count, inline
         return scope
 
@@ -369,12 +380,28 @@ def detach(scope: Scope) -> None:
         deadline.detach()
 
 
+def _adopt(parent: Scope, scope: Scope) -> None:
+    """``scope`` opened inside ``parent``: it ends when ``parent`` does, if not before."""
+    children = parent.children
+    if children is None:
+        children = parent.children = set()
+    children.add(scope)
+
+
 def close_scope(scope: Scope) -> None:
-    """End a request scope exactly once: join its threads within what is left of the
-    deadline, then cancel the deadline."""
+    """End a request scope exactly once: end the scopes opened inside it and left open (a
+    sandbox the app entered and never left: its deadline must not fire into host code
+    later), join its threads within what is left of the deadline, then cancel the
+    deadline."""
     if scope.closed:
         return
     scope.closed = True
+    if scope.children:
+        for child in list(scope.children):
+            close_scope(child)
+    parent = scope.parent
+    if parent is not None and parent.children:
+        parent.children.discard(scope)
     deadline = _own_deadline(scope)
     try:
         if scope.threads is not None:  # the request started threads: wait for them
@@ -408,6 +435,8 @@ def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,
     """
     current = active_scope()
     scope = Scope(registered.layers[-1], current, registered.owner)
+    if current is not None:
+        _adopt(current, scope)
     scope.layers = (*(current.layers if current else ()), *registered.layers)
     scope.known_imports = scope.layers[0].imports_any if len(scope.layers) == 1 else None
     scope.memory = memoryfs.scope_memory(scope.layers)
@@ -419,13 +448,14 @@ def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,
         except RuntimeError:  # "can't create new thread at interpreter shutdown"
             scope.deadline = None
     _count(scope, True)
-    try:
-        return call_in_scope(scope, function, *args, **kwargs)
+    try:  # host code called it: an error it gets is a stand-in made in the scope
+        return call_in_scope(scope, contained, function, *args, **kwargs)
     finally:
         close_scope(scope)
 
 
 registrations._runner = run_in_scope_of
+threads._close_scope = close_scope
 
 
 class SandboxView:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import _thread
 import contextvars
+import sys
 import threading
 import time
+import traceback
+import types
 from collections.abc import Callable
 from typing import Any
 
-from .context import _ACTIVE, Layer, Scope, ScopeTicket, active_scope, host_call, run_marked
+from .context import _ACTIVE, Layer, Scope, active_scope, host_call, run_marked, type_name
 from .deadline import raise_in_thread
 from .errors import DeadlineExceededError, SandboxViolation, ThreadRefused
 
@@ -86,21 +89,74 @@ def _track(scope: Scope, name: str) -> TrackedThread:
     return tracked
 
 
-def _carried(tracked: TrackedThread, ticket: ScopeTicket, context: contextvars.Context,
+def _carried(tracked: TrackedThread, scope: Scope, context: contextvars.Context,
              function: Callable[..., Any]) -> Callable[..., Any]:
     """``function`` run in the starter's context on a thread marked with the starter's scope
     (whatever the app did to that context), marking the thread finished at the end."""
+    ticket = scope.ticket
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        tracked.ident = _get_ident()
+        ident = tracked.ident = _get_ident()
         try:
-            return run_marked(ticket, context.run, function, *args, **kwargs)
-        except DeadlineExceededError:
-            return None  # the request ended it; not an error of the thread
+            return run_marked(ticket, context.run, reported, function, *args, **kwargs)
         finally:
+            _close_left_on_thread(scope, ident)
             tracked.finished()
 
     return run
+
+
+def reported(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A thread's whole function, inside its sandbox: an error it lets out is reported here,
+    formatted in the sandbox, instead of by the interpreter's thread machinery (the
+    unraisable hook, ``threading.excepthook``), which would run the app error's ``__str__``
+    as host code once the thread's mark is gone."""
+    try:
+        return function(*args, **kwargs)
+    except (DeadlineExceededError, SystemExit):
+        return None  # the request ended it, or the thread asked to end: not an error
+    except BaseException as error:  # noqa: BLE001 - every error ends here
+        try:
+            text = "".join(traceback.format_exception(type(error), error,
+                                                      error.__traceback__))
+        except BaseException:  # noqa: BLE001 - the app's __str__ may raise anything
+            text = f"{type_name(error)} (not formattable)\n"
+        if issubclass(type(text), str):
+            host_call(_write_error, "Exception in a thread started by a sandboxed request:\n"
+                      + str.__str__(text))
+        return None
+
+
+def _write_error(text: str) -> None:
+    stream = sys.stderr
+    if stream is not None:
+        stream.write(text)
+
+
+#: The code of the function every thread a request starts runs first (``_carried``'s
+#: ``run``): the audit layer refuses a thread start with any other function inside a scope
+#: (a fresh ``_thread`` module's unpatched ``start_new_thread``).
+_CARRIED_CODE = next(const for const in _carried.__code__.co_consts
+                     if isinstance(const, types.CodeType) and const.co_name == "run")
+
+
+def is_carried(function: Any) -> bool:
+    """Whether ``function`` is one ``_carried`` made (judged by its exact type and code)."""
+    return type(function) is types.FunctionType and function.__code__ is _CARRIED_CODE
+
+
+#: sandbox.close_scope (sandbox.py imports this module).
+_close_scope: Callable[[Scope], None] | None = None
+
+
+def _close_left_on_thread(scope: Scope, ident: int) -> None:
+    """The thread is ending: a sandbox it entered inside ``scope`` and left open ends now,
+    before its deadline can fire into a thread that reuses the ident."""
+    children = scope.children
+    if children and _close_scope is not None:
+        for child in list(children):
+            if child.thread == ident:
+                _close_scope(child)
 
 
 def _function_start(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,10 +171,10 @@ def _function_start(original: Callable[..., Any]) -> Callable[..., Any]:
         owner = getattr(function, "__self__", None)  # Thread._bootstrap of a Thread
         name = owner.name if isinstance(owner, threading.Thread) else getattr(
             function, "__name__", "thread")
-        tracked = _track(scope, str(name))
+        # an exact str: host code logs the name of a thread that outlives its request
+        tracked = _track(scope, str.__str__(name) if isinstance(name, str) else "thread")
         try:
-            return original(_carried(tracked, scope.ticket, contextvars.copy_context(),
-                                     function),
+            return original(_carried(tracked, scope, contextvars.copy_context(), function),
                             *rest, **options)
         except BaseException:
             tracked.finished()
@@ -181,7 +237,8 @@ def start_background_thread(target: Callable[..., Any], *args: Any,
     ticket = background.ticket
     context = contextvars.copy_context()
     context.run(_ACTIVE.set, ticket)
-    thread = threading.Thread(target=run_marked, args=(ticket, context.run, target, *args),
+    thread = threading.Thread(target=run_marked,
+                              args=(ticket, context.run, reported, target, *args),
                               kwargs=kwargs,
                               name=f"background-{getattr(target, '__name__', 'thread')}",
                               daemon=True)

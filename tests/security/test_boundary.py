@@ -80,12 +80,49 @@ def _apps(target: Path) -> dict[str, Callable[..., Iterable[bytes]]]:
     def failing(environ: dict, start_response: Any) -> Iterable[bytes]:
         raise Failure()
 
+    class Sneaky:
+        """Not a str, but says it is: ``isinstance`` reads ``__class__``, app code."""
+
+        @property  # type: ignore[misc]
+        def __class__(self) -> type:
+            write()
+            return str
+
+        def __str__(self) -> str:
+            write()
+            return "GET"
+
+    def environ_values_replaced(environ: dict, start_response: Any) -> Iterable[bytes]:
+        environ["REQUEST_METHOD"] = environ["PATH_INFO"] = Sneaky()
+        raise ValueError("app failure")  # the middleware logs the method and path
+
+    class Named(type):
+        @property
+        def __name__(cls) -> str:  # type: ignore[override]
+            write()
+            return "Failure"
+
+    class Unprintable(Exception, metaclass=Named):
+        def __str__(self) -> str:
+            return ""  # no text: the log falls back to the class name
+
+    def class_name_property(environ: dict, start_response: Any) -> Iterable[bytes]:
+        raise Unprintable()
+
+    def failing_after_the_body(environ: dict, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        yield b"first"
+        raise Failure()  # the server gets an error once the body started
+
     return {"status_subclass": status_subclass, "chunk_subclass": chunk_subclass,
             "sized_body": sized_body, "generator_chunks": generator_chunks,
-            "failing": failing}
+            "failing": failing, "environ_values_replaced": environ_values_replaced,
+            "class_name_property": class_name_property,
+            "failing_after_the_body": failing_after_the_body}
 
 
-CASES = ["status_subclass", "chunk_subclass", "sized_body", "generator_chunks", "failing"]
+CASES = ["status_subclass", "chunk_subclass", "sized_body", "generator_chunks", "failing",
+         "environ_values_replaced", "class_name_property", "failing_after_the_body"]
 
 
 def serve_once(app: Callable[..., Iterable[bytes]]) -> None:
@@ -100,17 +137,24 @@ def serve_once(app: Callable[..., Iterable[bytes]]) -> None:
         status.encode("latin-1")
         return lambda data: None
 
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}
     try:
-        result = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, start_response)
-    except Exception as error:  # the server logs it
-        sent.append(str(error))
-        return
-    if hasattr(result, "__len__"):
-        len(result)
-    for chunk in result:
-        len(chunk)
-        bytes(chunk)
-    getattr(result, "close", lambda: None)()
+        try:
+            result = app(environ, start_response)
+        except Exception as error:  # the server logs it, with the class name
+            sent.append(f"{type(error).__name__}: {error}")
+            return
+        if hasattr(result, "__len__"):
+            len(result)
+        try:
+            for chunk in result:
+                len(chunk)
+                bytes(chunk)
+        except Exception as error:
+            sent.append(f"{type(error).__name__}: {error}")
+        getattr(result, "close", lambda: None)()
+    finally:  # the access log
+        sent.append(f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}")
 
 
 @pytest.mark.parametrize("case", CASES)

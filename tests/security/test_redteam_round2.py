@@ -879,7 +879,68 @@ W4 = [
               "    print('EFFECT: the request never ended')\n"
               "if MODE == 'plain':\n"
               "    print('EFFECT (control: nothing to break)')\n"),
+    Attempt(
+        "ticket_of_a_wider_request_put_back", 4,
+        "for var, ticket in globals().get('kept', ()):\n"
+        "    var.set(ticket)\n"
+        "with open(secret_path, 'rb') as file:\n"
+        "    result = file.read()\n",
+        setup="KEEP_TICKET = ('import contextvars\\n'\n"
+              "               'kept = [(v, t) for v, t in contextvars.copy_context().items()\\n'\n"
+              "               '        if v.name == \"gae_sandbox.active\"]\\n')\n"
+              "if MODE == 'enforce':  # an earlier request, allowed to read the folder, keeps\n"
+              "    wide = Sandbox(policy.replace(readable_paths=(CONFIG['outside_dir'],)))\n"
+              "    with wide:  # its ticket where the next request finds it\n"
+              "        exec(compile(KEEP_TICKET, '<app>', 'exec'), ns)\n",
+        after=SECRET_READ),
+    Attempt(
+        "ended_nested_ticket_has_no_deadline", 4,
+        "import contextvars\n"
+        "import time\n"
+        "import gae_sandbox\n"
+        "kept = []\n"
+        "def keep():\n"
+        "    kept.extend((v, t) for v, t in contextvars.copy_context().items()\n"
+        "                if v.name == 'gae_sandbox.active')\n"
+        "gae_sandbox.Sandbox(gae_sandbox.Policy.python27(app_root=app_root)).call(keep)\n"
+        "for var, ticket in kept:\n"
+        "    var.set(ticket)\n"
+        "start = time.monotonic()\n"
+        "try:\n"
+        "    for step in range(40):\n"
+        "        time.sleep(0.02)\n"
+        "except BaseException:\n"
+        "    pass\n"
+        "done = time.monotonic() - start > 0.6\n",
+        policy=(("deadline", 0.3), ("hard_deadline_grace", 0.3)),
+        after="if ns.get('done'):\n    print('EFFECT')\n"),
+    Attempt(
+        "nested_sandbox_entered_and_never_left", 4,
+        "import gae_sandbox\n"
+        "gae_sandbox.Sandbox(gae_sandbox.Policy.python27(app_root=app_root)).__enter__()\n",
+        after="import gae_sandbox\n"
+              "try:\n"
+              "    with open(CONFIG['target'] + '.host', 'w') as file:\n"
+              "        file.write('host')\n"
+              "except OSError:\n"
+              "    print('EFFECT: host code stayed sandboxed')\n"
+              "if gae_sandbox.current_sandbox() is not None:\n"
+              "    print('EFFECT: the nested sandbox outlived the request')\n"),
+    Attempt(
+        "nested_deadline_left_attached_fires_into_the_host", 4,
+        "import gae_sandbox\n"
+        "gae_sandbox.Sandbox(gae_sandbox.Policy.python27(app_root=app_root, deadline=0.2,\n"
+        "                                               hard_deadline_grace=0.2)).__enter__()\n",
+        after="import time\n"
+              "try:\n"
+              "    for step in range(60):\n"
+              "        time.sleep(0.01)\n"
+              "except BaseException as error:\n"
+              "    print('EFFECT: the host got', type(error).__name__)\n"),
 ]
+
+_RESULTS_GAP = ("what a callback the app registered returns is used by host code as it is: "
+                "the callback runs in the app's sandbox, but {what}")
 
 # -- weakness 5: the host consuming app objects --------------------------------------------------
 
@@ -1036,6 +1097,75 @@ W5 = [
         after="try:\n    print('host output')\nexcept Exception:\n    pass\n"
               "sys.stdout = sys.__stdout__\n", effect=_target_written,
         restricted=True,),
+    Attempt(
+        "code_file_name_subclass_read_by_the_log", 5,
+        LATER +
+        "class Name(str):\n"
+        "    def startswith(self, *args):\n"
+        "        later()\n"
+        "        return str.startswith(self, *args)\n"
+        "def fail():\n"
+        "    raise ValueError('app failure')\n"
+        "fail.__code__ = fail.__code__.replace(co_filename=Name(app_root + '/app.py'))\n"
+        "def app(environ, start_response):\n"
+        "    fail()\n",
+        runner="wsgi", effect=_target_written),
+    Attempt(
+        "error_after_the_body_started_reaches_the_server", 5,
+        LATER +
+        "class Failure(Exception):\n"
+        "    def __str__(self):\n"
+        "        later()\n"
+        "        return 'late failure'\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    def body():\n"
+        "        yield b'first'\n"
+        "        raise Failure()\n"
+        "    return body()\n",
+        runner="wsgi", effect=_target_written,
+        setup="class HostHandler(logging.Handler):  # the server's log formats what it got\n"
+              "    def emit(self, record):\n"
+              "        if record.exc_info:\n"
+              "            traceback.format_exception(*record.exc_info)\n"
+              "logging.getLogger('gae_sandbox').addHandler(HostHandler())\n"),
+    Attempt(
+        "copyreg_reducer_result_pickled_by_the_host", 5,
+        LATER +
+        "import copyreg\n"
+        "class Argument:\n"
+        "    def __reduce_ex__(self, protocol):\n"
+        "        later()\n"
+        "        return (int, (0,))\n"
+        "def reducer(number):\n"
+        "    return (complex, (Argument(),))\n"
+        "copyreg.pickle(complex, reducer)\n",
+        after="import pickle\n"
+              "try:\n"
+              "    pickle.dumps(1j)\n"
+              "except Exception:\n"
+              "    pass\n",
+        effect=_target_written,
+        gap=_RESULTS_GAP.format(what="the host's pickle.dumps pickles the reducer's tuple, "
+                                "calling its items' __reduce_ex__")),
+    Attempt(
+        "log_record_factory_result_formatted_by_the_host", 5,
+        LATER +
+        "import logging\n"
+        "class Record(logging.LogRecord):\n"
+        "    def getMessage(self):\n"
+        "        later()\n"
+        "        return 'app record'\n"
+        "def factory(*args, **kwargs):\n"
+        "    return Record(*args, **kwargs)\n"
+        "logging.setLogRecordFactory(factory)\n",
+        setup="host_log = logging.getLogger('host')\n"
+              "host_log.addHandler(logging.StreamHandler(open(os.devnull, 'w')))\n",
+        after="host_log.warning('a host line')\n"
+              "logging.setLogRecordFactory(logging.LogRecord)\n",
+        effect=_target_written,
+        gap=_RESULTS_GAP.format(what="host log handlers call getMessage() of the record "
+                                "the factory returned")),
 ]
 
 # -- weakness 6: threads and exits ---------------------------------------------------------------
@@ -1102,6 +1232,100 @@ W6 = [
         "import threading\n"
         "signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)\n",
         runner="thread", restricted=True),
+    Attempt(
+        "raw_thread_error_reported_by_the_interpreter", 6,
+        LATER +
+        "import _thread\n"
+        "import time\n"
+        "class Failure(Exception):\n"
+        "    def __str__(self):\n"
+        "        later()\n"
+        "        return 'thread failure'\n"
+        "def work():\n"
+        "    raise Failure()\n"
+        "_thread.start_new_thread(work, ())\n"
+        "time.sleep(0.3)\n",
+        policy=(("allow_threads", True),), effect=_target_written),
+    Attempt(
+        "background_thread_error_reported_by_threading", 6,
+        LATER +
+        "import threading\n"
+        "import time\n"
+        "import gae_sandbox\n"
+        "class Failure(Exception):\n"
+        "    def __str__(self):\n"
+        "        later()\n"
+        "        return 'background failure'\n"
+        "def work():\n"
+        "    raise Failure()\n"
+        "try:\n"
+        "    gae_sandbox.start_background_thread(work)\n"
+        "except RuntimeError:  # not in a sandbox (the control): an ordinary thread\n"
+        "    threading.Thread(target=work).start()\n"
+        "time.sleep(0.3)\n",
+        policy=(("allow_threads", True), ("allow_background_threads", True)),
+        effect=_target_written),
+    Attempt(
+        "atexit_callback_error_and_repr_reported_at_exit", 6,
+        LATER +
+        "import atexit\n"
+        "class Failure(Exception):\n"
+        "    def __str__(self):\n"
+        "        later()\n"
+        "        return 'exit failure'\n"
+        "class Callback:\n"
+        "    def __call__(self):\n"
+        "        raise Failure()\n"
+        "    def __repr__(self):\n"
+        "        later()\n"
+        "        return 'callback'\n"
+        "atexit.register(Callback())\n",
+        effect=_target_written),
+    Attempt(
+        "second_thread_module_made_from_its_spec", 6,
+        LATER +
+        "import importlib.util\n"
+        "import time\n"
+        "from importlib.machinery import BuiltinImporter\n"
+        "fresh = importlib.util.module_from_spec(BuiltinImporter.find_spec('_thread'))\n"
+        "fresh.start_new_thread(later, ())\n"
+        "time.sleep(0.3)\n",
+        policy=(("allow_threads", True),), effect=_target_written, restricted=True),
+    Attempt(
+        "second_thread_module_made_by_create_builtin", 6,
+        LATER +
+        "import _imp\n"
+        "import time\n"
+        "from importlib.machinery import ModuleSpec\n"
+        "fresh = _imp.create_builtin(ModuleSpec('_thread', None))\n"
+        "fresh.start_new_thread(later, ())\n"
+        "time.sleep(0.3)\n",
+        policy=(("allow_threads", True),), effect=_target_written),
+    Attempt(
+        "nested_deadline_of_an_ended_thread_hits_the_next_thread", 6,
+        "import threading\n"
+        "import gae_sandbox\n"
+        "def enter():\n"
+        "    gae_sandbox.Sandbox(gae_sandbox.Policy.python27(\n"
+        "        app_root=app_root, deadline=0.3, hard_deadline_grace=0.3)).__enter__()\n"
+        "worker = threading.Thread(target=enter)\n"
+        "worker.start()\n"
+        "worker.join()\n",
+        policy=(("allow_threads", True),),
+        after="import threading, time\n"
+              "hit = []\n"
+              "def host_work():\n"
+              "    try:\n"
+              "        for step in range(40):\n"
+              "            time.sleep(0.02)\n"
+              "    except BaseException as error:\n"
+              "        hit.append(type(error).__name__)\n"
+              "for attempt in range(3):  # a new thread usually gets the ended one's ident\n"
+              "    worker = threading.Thread(target=host_work)\n"
+              "    worker.start()\n"
+              "    worker.join()\n"
+              "if hit:\n"
+              "    print('EFFECT: a host thread got', hit)\n"),
 ]
 
 ATTEMPTS: list[Attempt] = [*W1, *W2, *W3, *W4, *W5, *W6]

@@ -352,8 +352,10 @@ class Scope:
     @property
     def ticket(self) -> ScopeTicket:
         """What contexts and threads running this scope's code carry."""
-        ticket = self._ticket_reference()
-        assert ticket is not None  # only code running under the ticket asks
+        ticket = self._ticket  # held while the scope is open
+        if ticket is None:
+            ticket = self._ticket_reference()
+            assert ticket is not None  # only code running under the ticket asks
         return ticket
 
     def release_ticket(self) -> None:

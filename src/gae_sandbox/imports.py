@@ -785,6 +785,9 @@ def trusted_import_context() -> bool:
 
 _pass_through_codes.update(function.__code__ for function in (
     gated_gcd_import, ImportGateFinder.find_spec, _find_elsewhere, trusted_import_context))
+# the _imp.create_builtin/create_dynamic wrappers are between the importer and the load too
+_pass_through_codes.update(const for const in _module_maker.__code__.co_consts
+                           if isinstance(const, type(_module_maker.__code__)))
 
 
 def extension_filename(filename: Any) -> bool:

@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 import threading
+from _thread import get_ident as _get_ident
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -302,13 +303,17 @@ def call_in_scope(scope: Scope, function: Callable[..., Any], *args: Any,
     if first:
         context = scope.extras["context"] = contextvars.copy_context()
     deadline = _own_deadline(scope)
-    mark = _thread_tickets.get(threading.get_ident())
+    ident = _get_ident()
+    mark = _thread_tickets.get(ident)
     try:
         return context.run(_first_call if first else _attached_call, scope, deadline,
                            function, args, kwargs)
     finally:
-        if _thread_tickets.get(threading.get_ident()) is not mark:  # an error cut it short
-            restore_mark(mark)
+        if _thread_tickets.get(ident) is not mark:  # an error cut _attached_call short
+            if mark is None:
+                _thread_tickets.pop(ident, None)
+            else:
+                _thread_tickets[ident] = mark
         # again, from host code, unless the call's own detach completed (it clears
         # ``attached`` under the deadline's lock, after which nothing is injected)
         if deadline is not None and deadline.attached:
@@ -324,8 +329,9 @@ def _first_call(scope: Scope, deadline: Deadline | None, function: Callable[...,
 
 def _attached_call(scope: Scope, deadline: Deadline | None, function: Callable[..., Any],
                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    scope.thread = threading.get_ident()
-    previous = mark_thread(scope.ticket)
+    ident = scope.thread = _get_ident()
+    previous = _thread_tickets.get(ident)
+    _thread_tickets[ident] = scope.ticket  # mark_thread, inline: once per call
     try:
         if deadline is not None:
             deadline.attach()
@@ -335,7 +341,10 @@ def _attached_call(scope: Scope, deadline: Deadline | None, function: Callable[.
             if deadline is not None:
                 deadline.detach()
     finally:
-        restore_mark(previous)
+        if previous is None:  # restore_mark, inline
+            _thread_tickets.pop(ident, None)
+        else:
+            _thread_tickets[ident] = previous
 
 
 def _own_deadline(scope: Scope) -> Deadline | None:

@@ -509,6 +509,19 @@ W2 = [
 # -- weakness 3: identity by number or by a value the app controls ------------------------------
 
 _HOST_FD = "ns['hostfd'] = os.open(CONFIG['secret_path'], os.O_RDONLY)\n"
+#: host code: an event loop watching a pipe, its descriptor numbers given to the app
+_HOST_EPOLL = ("import select\n"
+               "host_epoll = select.epoll()\n"
+               "host_read, host_write = os.pipe()\n"
+               "host_epoll.register(host_read, select.EPOLLIN)\n"
+               "ns['epfd'], ns['watched'] = host_epoll.fileno(), host_read\n")
+#: host code after the request: the effect if the loop no longer sees its pipe, or is closed
+_HOST_EPOLL_CHANGED = ("os.write(host_write, b'x')\n"
+                       "try:\n"
+                       "    if not host_epoll.poll(0):\n"
+                       "        print('EFFECT: the host loop no longer sees its descriptor')\n"
+                       "except (OSError, ValueError):\n"
+                       "    print('EFFECT: the host loop was closed')\n")
 
 W3 = [
     Attempt(
@@ -618,17 +631,8 @@ W3 = [
         "adopted = select.epoll.fromfd(epfd)\n"
         "adopted.unregister(watched)\n"
         "adopted.close()\n",
-        setup="import select\n"
-              "host_epoll = select.epoll()\n"
-              "host_read, host_write = os.pipe()\n"
-              "host_epoll.register(host_read, select.EPOLLIN)\n"
-              "ns['epfd'], ns['watched'] = host_epoll.fileno(), host_read\n",
-        after="os.write(host_write, b'x')\n"
-              "try:\n"
-              "    if not host_epoll.poll(0):\n"
-              "        print('EFFECT: the host loop no longer sees its descriptor')\n"
-              "except (OSError, ValueError):\n"
-              "    print('EFFECT: the host loop was closed')\n",
+        setup=_HOST_EPOLL,
+        after=_HOST_EPOLL_CHANGED,
         restricted=True),
     Attempt(
         "epoll_fromfd_through_the_type_of_an_instance", 3,
@@ -637,17 +641,8 @@ W3 = [
         "adopted = type(own).fromfd(epfd)\n"
         "adopted.unregister(watched)\n"
         "adopted.close()\n",
-        setup="import select\n"
-              "host_epoll = select.epoll()\n"
-              "host_read, host_write = os.pipe()\n"
-              "host_epoll.register(host_read, select.EPOLLIN)\n"
-              "ns['epfd'], ns['watched'] = host_epoll.fileno(), host_read\n",
-        after="os.write(host_write, b'x')\n"
-              "try:\n"
-              "    if not host_epoll.poll(0):\n"
-              "        print('EFFECT: the host loop no longer sees its descriptor')\n"
-              "except (OSError, ValueError):\n"
-              "    print('EFFECT: the host loop was closed')\n"),
+        setup=_HOST_EPOLL,
+        after=_HOST_EPOLL_CHANGED),
     Attempt(
         "epoll_fromfd_closes_the_hosts_selector", 3,
         "import select\n"
@@ -805,32 +800,22 @@ W4 = [
         effect=_target_written),
     Attempt(
         "empty_context_in_a_thread_the_request_started", 4,
+        LATER +
         "import contextvars\n"
         "import threading\n"
-        "def write():\n"
-        "    try:\n"
-        "        with open(target, 'w') as file:\n"
-        "            file.write('x')\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "worker = threading.Thread(target=contextvars.Context().run, args=(write,))\n"
+        "worker = threading.Thread(target=contextvars.Context().run, args=(later,))\n"
         "worker.start()\n"
         "worker.join()\n",
         policy=(("allow_threads", True),), effect=_target_written),
     Attempt(
         "variable_cleared_before_a_thread_starts", 4,
+        LATER +
         "import contextvars\n"
         "import threading\n"
         "found = [var for var in contextvars.copy_context() if var.name == 'gae_sandbox.active']\n"
         "if found:\n"
         "    found[0].set(None)\n"
-        "def write():\n"
-        "    try:\n"
-        "        with open(target, 'w') as file:\n"
-        "            file.write('x')\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "worker = threading.Thread(target=write)\n"
+        "worker = threading.Thread(target=later)\n"
         "worker.start()\n"
         "worker.join()\n",
         policy=(("allow_threads", True),), effect=_target_written),
@@ -849,17 +834,12 @@ W4 = [
         policy=(("allow_threads", True),), effect=_target_written),
     Attempt(
         "event_loop_callback_in_an_empty_context", 4,
+        LATER +
         "import asyncio\n"
         "import contextvars\n"
-        "def write():\n"
-        "    try:\n"
-        "        with open(target, 'w') as file:\n"
-        "            file.write('x')\n"
-        "    except OSError:\n"
-        "        pass\n"
         "async def main():\n"
         "    loop = asyncio.get_running_loop()\n"
-        "    loop.call_soon(write, context=contextvars.Context())\n"
+        "    loop.call_soon(later, context=contextvars.Context())\n"
         "    await asyncio.sleep(0)\n"
         "asyncio.run(main())\n",
         effect=_target_written),

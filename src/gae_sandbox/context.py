@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from functools import partial as _partial
 from typing import TYPE_CHECKING, Any
 
+from . import errors
 from .errors import SandboxStateRefused, SandboxViolation
 from .paths import is_inside, realpath
 from .report import Report, Violation
@@ -442,8 +443,6 @@ def stand_in(error: BaseException) -> BaseException:
     same built-in class, or the library's ``AppFailedError`` for an app-defined one,
     carrying the text only, so no method or attribute of the app's object reaches host
     code when it formats or inspects the error."""
-    from . import errors
-
     kind = type(error)
     text = error_text(error)
     if kind in (errors.DeadlineExceededError, errors.HardDeadlineExceeded):

@@ -310,10 +310,7 @@ def call_in_scope(scope: Scope, function: Callable[..., Any], *args: Any,
                            function, args, kwargs)
     finally:
         if _thread_tickets.get(ident) is not mark:  # an error cut _attached_call short
-            if mark is None:
-                _thread_tickets.pop(ident, None)
-            else:
-                _thread_tickets[ident] = mark
+            restore_mark(mark)
         # again, from host code, unless the call's own detach completed (it clears
         # ``attached`` under the deadline's lock, after which nothing is injected)
         if deadline is not None and deadline.attached:

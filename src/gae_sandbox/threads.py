@@ -116,14 +116,12 @@ def reported(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except (DeadlineExceededError, SystemExit):
         return None  # the request ended it, or the thread asked to end: not an error
     except BaseException as error:  # noqa: BLE001 - every error ends here
-        try:
+        try:  # "".join makes an exact str whatever the app's objects return
             text = "".join(traceback.format_exception(type(error), error,
                                                       error.__traceback__))
         except BaseException:  # noqa: BLE001 - the app's __str__ may raise anything
             text = f"{type_name(error)} (not formattable)\n"
-        if issubclass(type(text), str):
-            host_call(_write_error, "Exception in a thread started by a sandboxed request:\n"
-                      + str.__str__(text))
+        host_call(_write_error, f"Exception in a thread started by a sandboxed request:\n{text}")
         return None
 
 

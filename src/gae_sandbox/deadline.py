@@ -454,17 +454,24 @@ _SOCKET_CALLS = ("connect", "connect_ex", "accept", "recv", "recv_into", "recvfr
 
 
 def build_patches() -> list[tuple[Any, str, Any, Any]]:
-    patches: list[tuple[Any, str, Any, Any]] = [
-        (time, "sleep", _original_sleep, bounded_sleep),
-        (threading.Condition, "wait", threading.Condition.wait,
-         _bounded_wait(threading.Condition.wait, lambda cond, notified: bool(notified))),
-        (threading.Thread, "join", threading.Thread.join,
-         _bounded_wait(threading.Thread.join, lambda thread, _: not thread.is_alive())),
-    ]
+    """The bounded calls, each behind a C ``Guard`` where the accelerator is built: a
+    server's own socket calls and ``Condition.wait`` (several per request) run no Python
+    frame of this library."""
+    from .patches import _guarded
+
+    def bounded(owner: Any, name: str, original: Any, replacement: Any) -> None:
+        patches.append((owner, name, original, _guarded(replacement, original)))
+
+    patches: list[tuple[Any, str, Any, Any]] = []
+    bounded(time, "sleep", _original_sleep, bounded_sleep)
+    bounded(threading.Condition, "wait", threading.Condition.wait,
+            _bounded_wait(threading.Condition.wait, lambda cond, notified: bool(notified)))
+    bounded(threading.Thread, "join", threading.Thread.join,
+            _bounded_wait(threading.Thread.join, lambda thread, _: not thread.is_alive()))
     for name in _SOCKET_CALLS:
         original = getattr(socket.socket, name, None)
         if original is not None:
-            patches.append((socket.socket, name, original, _bounded_socket_call(original)))
+            bounded(socket.socket, name, original, _bounded_socket_call(original))
     patches.extend(_c_signal_patches())
     return patches
 

@@ -370,3 +370,40 @@ def test_spec_flag_answers_host_code_with_the_specs_own_value(kind: str,
         with Sandbox(Policy.python27(app_root=str(tmp_path))), pytest.raises(ImportError):
             import _ctypes  # noqa: F401,F811
         import _ctypes  # noqa: F401,F811  (host code again)
+
+
+def test_repeated_import_known_to_an_outer_sandbox_is_judged_again_inside_a_narrower_one(
+        tmp_path: Path) -> None:
+    """The accelerator answers a repeated import of a module the governing sandbox already
+    allowed without Python; a nested sandbox that does not allow it still refuses it, and so
+    does the outer one once the app has emptied the context variable (the thread's mark
+    governs). Control: the outer sandbox imports it before and after."""
+    import json  # noqa: F401  (cached)
+
+    outer = Policy.python27(app_root=str(tmp_path))
+    inner = outer.replace(blocked_modules=(*outer.blocked_modules, "json"))
+
+    def body() -> list[str]:
+        seen = []
+        import json  # noqa: F401,F811  (allowed: now known to the outer scope)
+        seen.append("outer")
+        with Sandbox(inner):
+            try:
+                import json  # noqa: F401,F811
+                seen.append("inner imported json")
+            except ImportError:
+                seen.append("inner refused")
+            token = _ACTIVE.set(None)  # the app empties the variable: the mark governs
+            try:
+                import json  # noqa: F401,F811
+                seen.append("emptied context imported json")
+            except ImportError:
+                seen.append("emptied context refused")
+            finally:
+                _ACTIVE.reset(token)
+        import json  # noqa: F401,F811
+        seen.append("outer again")
+        return seen
+
+    assert Sandbox(outer).call(body) == ["outer", "inner refused", "emptied context refused",
+                                         "outer again"]

@@ -40,68 +40,132 @@ typedef struct {
 static PyObject *thread_tickets = NULL;
 /* the variable's value for host code called from inside a scope (context.py's _HOST) */
 static PyObject *host_ticket = NULL;
+/* hash(ticket) -> its Scope (context.py's _scopes), and the tickets' exact type */
+static PyObject *scopes = NULL;
+static PyObject *ticket_type = NULL;
+static PyObject *known_imports_name = NULL;  /* "known_imports" */
+static PyObject *spec_name_key = NULL;       /* "name" */
 
 /* 1: the current thread is marked as running a scope; 0: not; -1: error */
-static int
-thread_marked(void)
-{
-    if (thread_tickets == NULL || PyDict_GET_SIZE(thread_tickets) == 0) {
-        return 0;
-    }
-    PyObject *ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
-    if (ident == NULL) {
-        return -1;
-    }
-    PyObject *ticket = PyDict_GetItemWithError(thread_tickets, ident);  /* borrowed */
-    Py_DECREF(ident);
-    if (ticket == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    return ticket != Py_None;
-}
+static PyObject *thread_mark(void);
 
-/* 1: host code (no ticket in the context, none on the thread); 0: sandboxed; -1: error */
+static PyObject *scope_of(PyObject *ticket);
+
+/* 1: host code (no ticket in the context, none on the thread); 0: sandboxed; -1: error.
+ * With `scope`, a sandboxed answer also gives the Scope that governs here when
+ * context.active_scope() finds it without nesting (the context's ticket on an unmarked
+ * thread or one marked with it, or the mark where the context has none), as a new
+ * reference, or NULL for the Python code to decide (a nested scope, an unknown value). */
 static int
-is_host(PyObject *var)
+classify(PyObject *var, PyObject **scope)
 {
     PyObject *ticket;
     if (PyContextVar_Get(var, NULL, &ticket) < 0) {
         return -1;
     }
     /* the ContextVar has a default (None), so ticket is never NULL; be safe anyway */
-    int empty = (ticket == NULL || ticket == Py_None);
-    int host = (ticket != NULL && ticket == host_ticket);
-    Py_XDECREF(ticket);
-    if (host) {
+    if (ticket != NULL && ticket == host_ticket) {
+        Py_DECREF(ticket);
         return 1;
     }
-    if (!empty) {
+    int empty = (ticket == NULL || ticket == Py_None);
+    if (!empty && scope == NULL) {
+        Py_DECREF(ticket);
         return 0;
     }
-    int marked = thread_marked();
-    return marked < 0 ? -1 : !marked;
+    PyObject *mark = thread_mark();  /* borrowed */
+    if (mark == NULL && PyErr_Occurred()) {
+        Py_XDECREF(ticket);
+        return -1;
+    }
+    if (mark == Py_None) {
+        mark = NULL;
+    }
+    if (empty && mark == NULL) {
+        Py_XDECREF(ticket);
+        return 1;
+    }
+    if (scope != NULL) {
+        *scope = scope_of(empty ? mark : (mark == NULL || mark == ticket ? ticket : NULL));
+    }
+    Py_XDECREF(ticket);
+    return 0;
+}
+
+static int
+is_host(PyObject *var)
+{
+    return classify(var, NULL);
 }
 
 static PyObject *
 watch_threads(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    PyObject *tickets, *host;
-    if (!PyArg_ParseTuple(args, "OO:watch_threads", &tickets, &host)) {
+    PyObject *tickets, *host, *scope_map, *type;
+    if (!PyArg_ParseTuple(args, "OOOO:watch_threads", &tickets, &host, &scope_map, &type)) {
         return NULL;
     }
-    if (!PyDict_CheckExact(tickets)) {
-        PyErr_SetString(PyExc_TypeError, "watch_threads(tickets, host): a dict");
+    if (!PyDict_CheckExact(tickets) || !PyDict_CheckExact(scope_map) || !PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "watch_threads(tickets, host, scopes, ticket_type): two dicts, a value "
+                        "and a type");
         return NULL;
     }
     if (thread_tickets != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "watch_threads: already set for this process");
         return NULL;
     }
+    known_imports_name = PyUnicode_InternFromString("known_imports");
+    spec_name_key = PyUnicode_InternFromString("name");
+    if (known_imports_name == NULL || spec_name_key == NULL) {
+        Py_CLEAR(known_imports_name);
+        Py_CLEAR(spec_name_key);
+        return NULL;
+    }
     Py_INCREF(tickets);
     thread_tickets = tickets;
     Py_INCREF(host);
     host_ticket = host;
+    Py_INCREF(scope_map);
+    scopes = scope_map;
+    Py_INCREF(type);
+    ticket_type = type;
     Py_RETURN_NONE;
+}
+
+/* hash(ticket) -> Scope for an exact ticket (new reference), else NULL with no error set */
+static PyObject *
+scope_of(PyObject *ticket)
+{
+    if (ticket == NULL || scopes == NULL || (PyObject *)Py_TYPE(ticket) != ticket_type) {
+        return NULL;
+    }
+    Py_hash_t hash = PyObject_Hash(ticket);
+    PyObject *key = hash == -1 ? NULL : PyLong_FromSsize_t(hash);
+    PyObject *scope = NULL;
+    if (key != NULL) {
+        scope = PyDict_GetItemWithError(scopes, key);  /* borrowed */
+        Py_XINCREF(scope);
+        Py_DECREF(key);
+    }
+    PyErr_Clear();
+    return scope;
+}
+
+/* The thread's mark (borrowed; NULL: none, or an error is set) */
+static PyObject *
+thread_mark(void)
+{
+    if (thread_tickets == NULL || PyDict_GET_SIZE(thread_tickets) == 0) {
+        return NULL;
+    }
+    PyObject *ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (ident == NULL) {
+        return NULL;
+    }
+    PyObject *mark = PyDict_GetItemWithError(thread_tickets, ident);  /* borrowed */
+    Py_DECREF(ident);
+    return mark;
 }
 
 static PyObject *
@@ -378,6 +442,31 @@ typedef struct {
     PyObject *var;       /* the ContextVar of the active scope */
 } AttributeObject;
 
+/* Inside a scope, the repeated import of a module the governing scope has already allowed
+ * (Scope.known_imports holds the spec's name), the usual case, is answered here with the
+ * spec's own value and no Python call; every other case goes to the Python getter (a nested
+ * scope, several layers, a module not yet allowed). 1: known; 0: not; no error either way. */
+static int
+known_import(PyObject *scope, PyObject *dict)
+{
+    PyObject *known = PyObject_GetAttr(scope, known_imports_name);
+    if (known == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int found = 0;
+    PyObject *name = PyDict_GetItemWithError(dict, spec_name_key);  /* borrowed */
+    if (PySet_CheckExact(known) && name != NULL && PyUnicode_CheckExact(name)) {
+        found = PySet_Contains(known, name);
+    }
+    Py_DECREF(known);
+    if (found <= 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *
 attribute_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
 {
@@ -386,16 +475,23 @@ attribute_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
         Py_INCREF(op);
         return op;
     }
-    int host = is_host(self->var);
+    PyObject *scope = NULL;
+    int host = classify(self->var, &scope);
     if (host < 0) {
         return NULL;
     }
-    if (!host) {
-        return PyObject_CallOneArg(self->getter, obj);
-    }
     PyObject *dict = PyObject_GenericGetDict(obj, NULL);
     if (dict == NULL) {
+        Py_XDECREF(scope);
         return NULL;
+    }
+    if (!host) {
+        int known = scope != NULL && known_import(scope, dict);
+        Py_XDECREF(scope);
+        if (!known) {
+            Py_DECREF(dict);
+            return PyObject_CallOneArg(self->getter, obj);
+        }
     }
     PyObject *value = PyDict_GetItemWithError(dict, self->name);  /* borrowed */
     Py_XINCREF(value);
@@ -507,9 +603,11 @@ static PyMethodDef module_methods[] = {
                "thread is marked (watch_threads). "
                "Returns whether it added it (False: it was there already).")},
     {"watch_threads", watch_threads, METH_VARARGS,
-     PyDoc_STR("watch_threads(tickets, host): once per process, the dict of thread ident -> "
-               "ticket that marks a thread as sandboxed where its context has no ticket, "
-               "and the value that means host code whatever the thread.")},
+     PyDoc_STR("watch_threads(tickets, host, scopes, ticket_type): once per process, the "
+               "dict of thread ident -> ticket that marks a thread as sandboxed where its "
+               "context has no ticket, the value that means host code whatever the thread, "
+               "and the dict of hash(ticket) -> Scope with the tickets' type (read by "
+               "Attribute to answer a repeated allowed import in C).")},
     {"audit_hook_installed", audit_hook_installed, METH_NOARGS,
      PyDoc_STR("Whether install_audit_hook has added the hook.")},
     {NULL, NULL, 0, NULL},

@@ -27,7 +27,17 @@ from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
-from .context import _ACTIVE, _HOST, Layer, Scope, _thread_tickets, active_scope, passthrough
+from .context import (
+    _ACTIVE,
+    _HOST,
+    Layer,
+    Scope,
+    ScopeTicket,
+    _scopes,
+    _thread_tickets,
+    active_scope,
+    passthrough,
+)
 from .errors import (
     FileReadRefused,
     NotAvailableRefused,
@@ -76,7 +86,7 @@ def _load_speedups() -> tuple[Any, str]:
 #: The C accelerator module, or ``None``: the pure-Python code (the same checks) is used.
 SPEEDUPS, _PURE_PYTHON_REASON = _load_speedups()
 if SPEEDUPS is not None:
-    SPEEDUPS.watch_threads(_thread_tickets, _HOST)  # the C checks see the marks too
+    SPEEDUPS.watch_threads(_thread_tickets, _HOST, _scopes, ScopeTicket)  # the C checks see them
 
 
 def accelerator() -> str:

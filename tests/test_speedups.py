@@ -52,7 +52,7 @@ def build(kind: str, factory: Callable[..., Any], *args: Any) -> Any:
 
 
 def is_guard(wrapper: Any) -> bool:
-    return _speedups is not None and type(wrapper) is _speedups.Guard
+    return _speedups is not None and isinstance(wrapper, _speedups.Guard)
 
 
 @pytest.mark.skipif(os.environ.get("GAE_SANDBOX_REQUIRE_SPEEDUPS") != "1",
@@ -407,3 +407,49 @@ def test_repeated_import_known_to_an_outer_sandbox_is_judged_again_inside_a_narr
 
     assert Sandbox(outer).call(body) == ["outer", "inner refused", "emptied context refused",
                                          "outer again"]
+
+
+def test_stat_answered_in_c_is_the_checked_answer(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sandboxed ``os.stat``/``os.lstat`` of a str path walked before is answered by the C
+    ``StatGuard`` without the Python walk; a nested sandbox that cannot read the file still
+    refuses it. Control: host code stats the hidden file."""
+    from gae_sandbox import filesystem
+
+    app = tmp_path / "app"
+    (app / "private").mkdir(parents=True)
+    data = app / "data.txt"
+    data.write_text("x\n")
+    key = app / "private" / "key.txt"
+    key.write_text("k\n")
+    policy = Policy.python27(app_root=str(app), deadline=None)
+    narrow = policy.replace(skip_files=(r"^private/.*",))
+    assert os.stat(str(key)).st_size == 2  # host control
+    walks: list[Any] = []
+    real_walk = patches.resolve_walk
+    monkeypatch.setattr(patches, "resolve_walk", lambda value: walks.append(value) or (
+        real_walk(value)))
+
+    def body() -> list[Any]:
+        first = os.stat(str(data))  # walked (in Python), cached
+        os.stat(str(key))  # allowed here, cached
+        del walks[:]
+        answers = [os.stat(str(data)), os.lstat(str(data))]
+        results: list[Any] = [len(walks), {first.st_ino} == {a.st_ino for a in answers}]
+        with Sandbox(narrow):
+            try:
+                os.stat(str(key))
+                results.append("nested stat read the skipped file")
+            except FileReadRefused:
+                results.append("nested refused")
+        return results
+
+    filesystem.forget_resolutions()
+    try:
+        walked, same, nested = Sandbox(policy).call(body)
+    finally:
+        filesystem.forget_resolutions()
+    assert same and nested == "nested refused"
+    accelerated = patches.SPEEDUPS is not None
+    assert isinstance(os.stat, _speedups.StatGuard) if accelerated else True
+    assert walked == (0 if accelerated else 2)

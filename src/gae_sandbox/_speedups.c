@@ -359,6 +359,213 @@ static PyTypeObject GuardType = {
     .tp_getset = guard_getset,
 };
 
+/* --- StatGuard: os.stat / os.lstat with the sandboxed fast path in C --------------------- */
+
+/* A Guard whose sandboxed call first tries the answer filesystem.py's checked stat gives
+ * for a path walked before: an exact absolute str with a cached resolution
+ * (filesystem._RESOLVED: path -> (resolved, direct, st_dev, st_ino, st_mode, st_ctime_ns)),
+ * a resolved path every layer of the governing scope already allows (Layer.readable), and
+ * one stat of the path now (lstat when no symlink was on the way) naming that very file:
+ * that stat is the answer. Anything else (a relative path, keywords, a miss, a changed
+ * file, a nested scope) calls the Python wrapper, which walks, judges and refreshes. */
+typedef struct {
+    GuardObject guard;
+    PyObject *resolved;   /* filesystem._RESOLVED */
+    PyObject *lstat;      /* the original os.lstat */
+    PyObject *stat;       /* the original os.stat */
+    int follow;           /* 1: os.stat; 0: os.lstat (answered here only for direct paths) */
+} StatGuardObject;
+
+static PyObject *layers_name, *readable_name, *st_dev_name, *st_ino_name, *st_mode_name,
+    *st_ctime_ns_name;
+
+/* 1: every layer of scope has `resolved` in its readable set; 0: not (or an odd value) */
+static int
+all_layers_allow(PyObject *scope, PyObject *resolved)
+{
+    PyObject *layers = PyObject_GetAttr(scope, layers_name);
+    if (layers == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int allowed = PyTuple_CheckExact(layers) && PyTuple_GET_SIZE(layers) > 0;
+    for (Py_ssize_t i = 0; allowed && i < PyTuple_GET_SIZE(layers); i++) {
+        PyObject *readable = PyObject_GetAttr(PyTuple_GET_ITEM(layers, i), readable_name);
+        allowed = readable != NULL && PySet_CheckExact(readable)
+                  && PySet_Contains(readable, resolved) == 1;
+        Py_XDECREF(readable);
+    }
+    Py_DECREF(layers);
+    PyErr_Clear();
+    return allowed;
+}
+
+/* 1: stat result `now` has the identity recorded in `entry` items 2-5 */
+static int
+same_file(PyObject *now, PyObject *entry)
+{
+    PyObject *names[4] = {st_dev_name, st_ino_name, st_mode_name, st_ctime_ns_name};
+    for (int i = 0; i < 4; i++) {
+        PyObject *value = PyObject_GetAttr(now, names[i]);
+        int equal = value != NULL
+                    && PyObject_RichCompareBool(value, PyTuple_GET_ITEM(entry, i + 2), Py_EQ) == 1;
+        Py_XDECREF(value);
+        if (!equal) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The answer for a walked path, or NULL with no error set (ask Python) */
+static PyObject *
+cached_stat(StatGuardObject *self, PyObject *scope, PyObject *path)
+{
+    if (!PyUnicode_CheckExact(path) || PyUnicode_GET_LENGTH(path) == 0
+            || PyUnicode_READ_CHAR(path, 0) != '/' || !PyDict_CheckExact(self->resolved)) {
+        return NULL;
+    }
+    PyObject *entry = PyDict_GetItemWithError(self->resolved, path);  /* borrowed */
+    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 6) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_INCREF(entry);
+    PyObject *resolved = PyTuple_GET_ITEM(entry, 0);
+    int direct = PyTuple_GET_ITEM(entry, 1) == Py_True;
+    PyObject *now = NULL;
+    if ((direct || self->follow) && PyUnicode_CheckExact(resolved)
+            && all_layers_allow(scope, resolved)) {
+        now = PyObject_CallOneArg(direct ? self->lstat : self->stat, path);
+        if (now != NULL && !same_file(now, entry)) {
+            Py_CLEAR(now);
+        }
+        PyErr_Clear();
+    }
+    Py_DECREF(entry);
+    return now;
+}
+
+static PyObject *
+stat_guard_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                      PyObject *kwnames)
+{
+    StatGuardObject *self = (StatGuardObject *)callable;
+    if (self->guard.var == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "gae_sandbox guard used after it was cleared");
+        return NULL;
+    }
+    PyObject *scope = NULL;
+    int host = classify(self->guard.var, &scope);
+    if (host < 0) {
+        return NULL;
+    }
+    if (host) {
+        return PyObject_Vectorcall(self->guard.original, args, nargsf, kwnames);
+    }
+    if (scope != NULL && PyVectorcall_NARGS(nargsf) == 1 && kwnames == NULL) {
+        PyObject *answer = cached_stat(self, scope, args[0]);
+        if (answer != NULL) {
+            Py_DECREF(scope);
+            return answer;
+        }
+    }
+    Py_XDECREF(scope);
+    return PyObject_Vectorcall(self->guard.checked, args, nargsf, kwnames);
+}
+
+static PyObject *
+stat_guard_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *original, *checked, *var, *resolved, *lstat, *stat;
+    int follow;
+    static char *keywords[] = {"original", "checked", "var", "resolved", "lstat", "stat",
+                               "follow", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO!OOp:StatGuard", keywords,
+                                     &original, &checked, &var, &PyDict_Type, &resolved,
+                                     &lstat, &stat, &follow)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(original) || !PyCallable_Check(checked) || !PyCallable_Check(lstat)
+            || !PyCallable_Check(stat) || !PyContextVar_CheckExact(var)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "StatGuard: four callables, a ContextVar and a dict");
+        return NULL;
+    }
+    StatGuardObject *self = (StatGuardObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(original);
+    self->guard.original = original;
+    Py_INCREF(checked);
+    self->guard.checked = checked;
+    Py_INCREF(var);
+    self->guard.var = var;
+    self->guard.dict = NULL;
+    self->guard.weakrefs = NULL;
+    self->guard.vectorcall = stat_guard_vectorcall;
+    Py_INCREF(resolved);
+    self->resolved = resolved;
+    Py_INCREF(lstat);
+    self->lstat = lstat;
+    Py_INCREF(stat);
+    self->stat = stat;
+    self->follow = follow;
+    return (PyObject *)self;
+}
+
+static int
+stat_guard_traverse(StatGuardObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->resolved);
+    Py_VISIT(self->lstat);
+    Py_VISIT(self->stat);
+    return guard_traverse(&self->guard, visit, arg);
+}
+
+static int
+stat_guard_clear(StatGuardObject *self)
+{
+    Py_CLEAR(self->resolved);
+    Py_CLEAR(self->lstat);
+    Py_CLEAR(self->stat);
+    return guard_clear(&self->guard);
+}
+
+static void
+stat_guard_dealloc(StatGuardObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->guard.weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    stat_guard_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject StatGuardType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gae_sandbox._speedups.StatGuard",
+    .tp_doc = PyDoc_STR("StatGuard(original, checked, var, resolved, lstat, stat, follow): a "
+                        "Guard for os.stat/os.lstat that answers a walked path in C."),
+    .tp_basicsize = sizeof(StatGuardObject),
+    .tp_base = &GuardType,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = stat_guard_new,
+    .tp_dealloc = (destructor)stat_guard_dealloc,
+    .tp_traverse = (traverseproc)stat_guard_traverse,
+    .tp_clear = (inquiry)stat_guard_clear,
+    .tp_vectorcall_offset = offsetof(StatGuardObject, guard.vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = guard_descr_get,
+    .tp_repr = (reprfunc)guard_repr,
+    .tp_dictoffset = offsetof(StatGuardObject, guard.dict),
+    .tp_weaklistoffset = offsetof(StatGuardObject, guard.weakrefs),
+};
+
 /* --- the audit hook ---------------------------------------------------------------------- */
 
 /* Set once (audit hooks cannot be removed); the references are kept for the process's life. */
@@ -624,7 +831,18 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&GuardType) < 0 || PyType_Ready(&AttributeType) < 0) {
+    if (PyType_Ready(&GuardType) < 0 || PyType_Ready(&AttributeType) < 0
+            || PyType_Ready(&StatGuardType) < 0) {
+        return NULL;
+    }
+    layers_name = PyUnicode_InternFromString("layers");
+    readable_name = PyUnicode_InternFromString("readable");
+    st_dev_name = PyUnicode_InternFromString("st_dev");
+    st_ino_name = PyUnicode_InternFromString("st_ino");
+    st_mode_name = PyUnicode_InternFromString("st_mode");
+    st_ctime_ns_name = PyUnicode_InternFromString("st_ctime_ns");
+    if (layers_name == NULL || readable_name == NULL || st_dev_name == NULL
+            || st_ino_name == NULL || st_mode_name == NULL || st_ctime_ns_name == NULL) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&speedups_module);
@@ -640,6 +858,12 @@ PyInit__speedups(void)
     Py_INCREF(&AttributeType);
     if (PyModule_AddObject(module, "Attribute", (PyObject *)&AttributeType) < 0) {
         Py_DECREF(&AttributeType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&StatGuardType);
+    if (PyModule_AddObject(module, "StatGuard", (PyObject *)&StatGuardType) < 0) {
+        Py_DECREF(&StatGuardType);
         Py_DECREF(module);
         return NULL;
     }

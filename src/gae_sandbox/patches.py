@@ -27,6 +27,7 @@ from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
+from . import filesystem
 from .context import (
     _ACTIVE,
     _HOST,
@@ -250,7 +251,7 @@ def _path_reader(original: Callable[..., Any], argument: int = 0) -> Callable[..
                 return checked_stat(scope, path, False)
             return read_path(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
 
-        return _guarded(stat, original)
+        return _stat_guarded(stat, original, follow=True)
     if what == "os.lstat":
         def lstat(path: Any, *, dir_fd: Any = None) -> Any:
             if dir_fd is None:
@@ -260,7 +261,7 @@ def _path_reader(original: Callable[..., Any], argument: int = 0) -> Callable[..
                 return checked_stat(scope, path, True)
             return read_path(path, dir_fd=dir_fd)
 
-        return _guarded(lstat, original)
+        return _stat_guarded(lstat, original, follow=False)
     return _guarded(read_path, original)
 
 
@@ -461,6 +462,20 @@ def _guarded(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Calla
     if SPEEDUPS is None:
         return wrapper
     return _named(SPEEDUPS.Guard(original, wrapper, _ACTIVE), original)
+
+
+def _stat_guarded(wrapper: Callable[..., Any], original: Callable[..., Any], *,
+                  follow: bool) -> Callable[..., Any]:
+    """:func:`_guarded` for ``os.stat`` (``follow``) and ``os.lstat``: the C ``StatGuard``
+    also answers, with no Python frame, a sandboxed call on an absolute path the checked
+    stat walked and allowed before, after the one stat that shows the path still names the
+    file it resolved to (``filesystem.resolve_walk``'s check, made in C)."""
+    wrapper = _named(wrapper, original)
+    stat_guard = getattr(SPEEDUPS, "StatGuard", None)
+    if stat_guard is None:
+        return _guarded(wrapper, original)
+    return _named(stat_guard(original, wrapper, _ACTIVE, filesystem._RESOLVED,
+                             filesystem._lstat, filesystem._stat, follow), original)
 
 
 def _plain_read(flags: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:

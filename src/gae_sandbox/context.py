@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import contextvars
+import importlib
 import os
 import sys
 from _thread import get_ident as _get_ident
@@ -71,6 +72,31 @@ _get_ticket = _ACTIVE.get
 #: What host code run from inside a scope has in the variable (:func:`host_call`): a fresh
 #: copy of the context holds it for the call, so no exception can leave it behind.
 _HOST = ScopeTicket()
+
+
+# --- the optional C accelerator -------------------------------------------------------------
+
+#: Set to 1 to run the pure-Python code even where the C accelerator is built.
+PURE_PYTHON_VARIABLE = "GAE_SANDBOX_PURE_PYTHON"
+
+
+def _load_speedups() -> tuple[Any, str]:
+    """``gae_sandbox._speedups`` (``_speedups.c``) and why not, when it is not used."""
+    if os.environ.get(PURE_PYTHON_VARIABLE) == "1":
+        return None, f"{PURE_PYTHON_VARIABLE}=1"
+    name = f"{__package__}._speedups"
+    try:
+        return importlib.import_module(name), ""
+    except ImportError as error:
+        if isinstance(error, ModuleNotFoundError) and error.name == name:
+            return None, f"{name} is not built"  # no compiler where it was installed
+        return None, f"{name} does not import: {error}"  # built for another Python, broken
+
+
+#: The C accelerator module, or ``None`` (and why not): the pure-Python code is used.
+SPEEDUPS, PURE_PYTHON_REASON = _load_speedups()
+if SPEEDUPS is not None:  # the C checks see the thread marks and the scopes too
+    SPEEDUPS.watch_threads(_thread_tickets, _HOST, _scopes, ScopeTicket)
 
 
 def _refuse_state() -> SandboxStateRefused:

@@ -12,7 +12,6 @@ here sits behind a C ``Guard`` that makes the host-code call itself (:func:`_gua
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import re
@@ -27,18 +26,8 @@ from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
-from . import filesystem
-from .context import (
-    _ACTIVE,
-    _HOST,
-    Layer,
-    Scope,
-    ScopeTicket,
-    _scopes,
-    _thread_tickets,
-    active_scope,
-    passthrough,
-)
+from . import context, filesystem
+from .context import _ACTIVE, Layer, Scope, active_scope, passthrough
 from .errors import (
     FileReadRefused,
     NotAvailableRefused,
@@ -67,27 +56,10 @@ Patch = tuple[Any, str, Any, Any]  # (owner, attribute, original, replacement)
 
 # --- the optional C accelerator -------------------------------------------------------------
 
-#: Set to 1 to run the pure-Python code even where the C accelerator is built.
-PURE_PYTHON_VARIABLE = "GAE_SANDBOX_PURE_PYTHON"
-
-
-def _load_speedups() -> tuple[Any, str]:
-    """``gae_sandbox._speedups`` (``_speedups.c``) and why not, when it is not used."""
-    if os.environ.get(PURE_PYTHON_VARIABLE) == "1":
-        return None, f"{PURE_PYTHON_VARIABLE}=1"
-    name = f"{__package__}._speedups"
-    try:
-        return importlib.import_module(name), ""
-    except ImportError as error:
-        if isinstance(error, ModuleNotFoundError) and error.name == name:
-            return None, f"{name} is not built"  # no compiler where it was installed
-        return None, f"{name} does not import: {error}"  # built for another Python, broken
-
-
-#: The C accelerator module, or ``None``: the pure-Python code (the same checks) is used.
-SPEEDUPS, _PURE_PYTHON_REASON = _load_speedups()
-if SPEEDUPS is not None:
-    SPEEDUPS.watch_threads(_thread_tickets, _HOST, _scopes, ScopeTicket)  # the C checks see them
+#: The C accelerator module (loaded by context.py), or ``None``: the pure-Python code (the
+#: same checks) is used. Tests swap it here to build either kind of wrapper.
+SPEEDUPS = context.SPEEDUPS
+_PURE_PYTHON_REASON = context.PURE_PYTHON_REASON
 
 
 def accelerator() -> str:

@@ -19,6 +19,7 @@ from . import patches
 from .context import _ACTIVE, Scope, active_scope, host_call
 from .filesystem import check_open, check_read, check_write
 from .imports import (
+    HOST_IMPORTS,
     check_extension_file,
     extension_filename,
     is_stdlib_code,
@@ -66,9 +67,11 @@ def _on_listdir(scope: Scope, args: tuple[Any, ...]) -> None:
         if path not in scope.opened_fds:  # a folder descriptor the host holds
             scope.judge(check_read, f"<fd {path}>")
         return
-    if type(path) is str and (path in loading_files(scope)[1] or path in sys.path
+    if type(path) is str and (path in loading_files(scope)[1] or path in HOST_IMPORTS.paths
                               or path == ""):
-        return  # the import system listing where it looks for modules (not their files)
+        # the import system listing where the host's finders look for modules (a folder
+        # the app put on sys.path is judged as any other)
+        return
     scope.judge(check_read, path)
 
 

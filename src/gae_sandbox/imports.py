@@ -25,6 +25,7 @@ import fnmatch
 import importlib
 import importlib.util
 import opcode
+import operator
 import os
 import re
 import stat
@@ -34,7 +35,7 @@ from typing import Any
 
 from .context import _ACTIVE, Layer, Scope, active_scope, resolve_file
 from .errors import CExtensionRefused, ImportRefused, SandboxViolation
-from .paths import is_inside
+from .paths import is_inside, realpath
 from .runtime import (
     LIBRARY_MODULES,
     RUNTIME_C_MODULES,
@@ -683,18 +684,19 @@ class ImportGateFinder:
             if scope.judge(check_import, fullname, trusted):
                 scope.reported_imports.add(fullname)
                 return _noted(scope, _find_elsewhere(self, fullname, path, target))
-        spec = _find_elsewhere(self, fullname, path, target)
+        spec, finder = _find_elsewhere(self, fullname, path, target)
         if spec is not None and not _allowed_untrusted(scope, check_spec, fullname, spec):
             source = _pure_python_sibling(fullname, spec)
             if source is not None and _allowed_untrusted(scope, check_spec, fullname, source):
-                return _noted(scope, source)  # what the runtime ran: the .py beside the .so
+                # what the runtime ran: the .py beside the .so
+                return _noted(scope, (source, finder))
         if spec is not None and not _allowed_untrusted(scope, check_spec, fullname, spec):
             if trusted is None:
                 trusted = importer_trusted(scope, caller)
             if scope.judge(check_spec, fullname, spec, trusted):
                 # the audit hook sees the extension load next: one record is enough
                 scope.reported_imports.add(fullname)
-        return _noted(scope, spec)
+        return _noted(scope, (spec, finder))
 
     def invalidate_caches(self) -> None:
         pass
@@ -730,10 +732,87 @@ def _pure_python_sibling(fullname: str, spec: Any) -> Any:
         fullname, source, submodule_search_locations=None if package is None else list(package))
 
 
-def note_module_files(scope: Scope, spec: Any) -> None:
+class HostImports:
+    """Which ``sys.path`` entries and ``sys.meta_path`` finders the host put there.
+
+    Both lists are the process's, and app code may add to them; the import machinery may
+    read a module's files beyond the app's own read permission only where the host's import
+    system found them. What is on the lists when no sandbox exists anywhere (no scope, no
+    ticket alive, no thread marked: no app code can be running) is the host's, except what
+    was first seen when a sandbox ended (an app added it). An entry or finder the app added
+    is searched with the app's own read permission: its files and folders are judged as any
+    read. Lists compare as values (entries) and identities (finders), once per change.
+    """
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+        self.app_paths: set[str] = set()
+        self.finders: dict[int, Any] = {}  # id -> finder, held: no id is reused
+        self.app_finders: dict[int, Any] = {}
+        self._seen_path: list[Any] = []
+        self._seen_finders: list[Any] = []
+        self._folders: tuple[str, ...] = ()  # the real paths of ``paths``
+
+    def _changed(self) -> bool:
+        # by identity: comparing values would call an app object's __eq__ in host code
+        return not (_same_items(sys.path, self._seen_path)
+                    and _same_items(sys.meta_path, self._seen_finders))
+
+    def _take(self, paths: set[str], finders: dict[int, Any], other_paths: set[str],
+              other_finders: dict[int, Any]) -> None:
+        path, meta_path = list(sys.path), list(sys.meta_path)
+        for entry in path:
+            if type(entry) is str and entry not in other_paths and entry not in paths:
+                paths.add(entry)
+                if paths is self.paths:
+                    self._folders = (*self._folders, realpath(entry or "."))
+        for finder in meta_path:
+            if finder is not GATE and id(finder) not in other_finders:
+                finders.setdefault(id(finder), finder)
+        self._seen_path, self._seen_finders = path, meta_path
+
+    def host_moment(self) -> None:
+        """No sandbox exists: what is new on the lists is the host's."""
+        if self._changed():
+            self._take(self.paths, self.finders, self.app_paths, self.app_finders)
+
+    def sandbox_ended(self) -> None:
+        """A sandbox ended: what is new on the lists since the host's last look is the app's."""
+        if self._changed():
+            self._take(self.app_paths, self.app_finders, self.paths, self.finders)
+
+    def trusts_finder(self, finder: Any) -> bool:
+        return self.finders.get(id(finder)) is finder
+
+    def on_host_path(self, file: str) -> bool:
+        """Whether ``file`` is inside a folder the host put on ``sys.path``."""
+        return is_inside(realpath(file), self._folders)
+
+
+def _same_items(items: list[Any], seen: list[Any]) -> bool:
+    return len(items) == len(seen) and all(map(operator.is_, items, seen))
+
+
+HOST_IMPORTS = HostImports()
+_PATH_FINDER = importlib.machinery.PathFinder
+
+
+def note_module_files(scope: Scope, spec: Any, finder: Any = None) -> None:
     """Remember the files the import system may now read for this judged module (its source,
     its cached bytecode, the archive it is in) and the folders it may list (a package's
-    search path): the audit hook lets the import machinery read those, and only those."""
+    search path): the audit hook lets the import machinery read those, and only those.
+
+    Only for a spec a finder of the host's found (:class:`HostImports`); the path finder's
+    only inside a folder the host put on ``sys.path`` (an app may add folders to ``sys.path``
+    or a package's ``__path__``). Any other module's files are read with the app's own
+    permission."""
+    if finder is not None and not HOST_IMPORTS.trusts_finder(finder):
+        return
+    if finder is _PATH_FINDER:
+        origin = getattr(spec, "origin", None)
+        if type(origin) is str and origin not in ("built-in", "frozen", "namespace") and (
+                not HOST_IMPORTS.on_host_path(origin)):
+            return
     files, folders = loading_files(scope)
     for value in (getattr(spec, "origin", None), getattr(spec, "cached", None)):
         if isinstance(value, str) and value not in ("built-in", "frozen", "namespace"):
@@ -746,9 +825,10 @@ def note_module_files(scope: Scope, spec: Any) -> None:
             folders.add(folder)
 
 
-def _noted(scope: Scope, spec: Any) -> Any:
+def _noted(scope: Scope, found: tuple[Any, Any]) -> Any:
+    spec, finder = found
     if spec is not None:
-        note_module_files(scope, spec)
+        note_module_files(scope, spec, finder)
     return spec
 
 
@@ -760,7 +840,8 @@ def loading_files(scope: Scope) -> tuple[set[str], set[str]]:
     return noted
 
 
-def _find_elsewhere(gate: Any, fullname: str, path: Any, target: Any) -> Any:
+def _find_elsewhere(gate: Any, fullname: str, path: Any, target: Any) -> tuple[Any, Any]:
+    """The spec the finders after the gate find, and the finder that found it."""
     for finder in list(sys.meta_path):
         if finder is gate:
             continue
@@ -769,8 +850,8 @@ def _find_elsewhere(gate: Any, fullname: str, path: Any, target: Any) -> Any:
             continue
         spec = find_spec(fullname, path, target)
         if spec is not None:
-            return spec
-    return None
+            return spec, finder
+    return None, None
 
 
 GATE = ImportGateFinder()

@@ -247,6 +247,8 @@ class Sandbox:
             install_finder()  # compiles the restricted modules when they are imported
             self._restricted_finder = True
         policy = self.policy
+        if not _scopes and not _thread_tickets:  # no app code runs anywhere now
+            imports.HOST_IMPORTS.host_moment()
         scope = Scope(self._layer, active_scope(), self)
         if policy.filesystem != "readonly":
             self._attach_memory(scope)
@@ -431,6 +433,7 @@ def close_scope(scope: Scope) -> None:
         scope.extras.pop("context", None)  # it carries the ticket
         scope.release_ticket()
         _count(scope, False)
+        imports.HOST_IMPORTS.sandbox_ended()  # what it added to the import lists is the app's
 
 
 def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,

@@ -24,6 +24,7 @@ from typing import Any
 from .context import _ACTIVE, Layer, Scope, active_scope, host_call, run_marked, type_name
 from .deadline import raise_in_thread
 from .errors import DeadlineExceededError, SandboxViolation, ThreadRefused
+from .imports import HOST_IMPORTS
 
 _allocate_lock = _thread.allocate_lock
 _get_ident = _thread.get_ident
@@ -101,6 +102,7 @@ def _carried(tracked: TrackedThread, scope: Scope, context: contextvars.Context,
             return run_marked(ticket, context.run, reported, function, *args, **kwargs)
         finally:
             _close_left_on_thread(scope, ident)
+            HOST_IMPORTS.sandbox_ended()  # what the thread added to the import lists
             tracked.finished()
 
     return run

@@ -242,6 +242,11 @@ SCOPE = (
     "scope = context[found[0]] if found else None\n"
 )
 SECRET_READ = "if b'host secret' in bytes(ns.get('result') or b''):\n    print('EFFECT')\n"
+#: host set-up: a module beside the secret, outside every readable folder, holding it
+OUTSIDE_MODULE = (
+    "with open(os.path.join(CONFIG['outside_dir'], 'gae_redteam_outside.py'), 'w') as f:\n"
+    "    f.write('SECRET = \"host secret\"\\n')\n"
+)
 
 # -- weakness 1: trust by the caller's file name --------------------------------------------------
 
@@ -362,11 +367,7 @@ W1 = [
         "    result = io.FileIO(secret_path).read()\n"
         "finally:\n"
         "    sys.meta_path.remove(finder)\n",
-        after=SECRET_READ,
-        gap="the gate notes the origin of any spec a finder returns as a file the import "
-            "machinery may read (note_module_files), and the 'open' audit handler lets "
-            "those files through for anyone: an app finder names the secret as its module's "
-            "origin and io.FileIO reads it"),
+        after=SECRET_READ,),
     Attempt(
         "sys_path_entry_is_listed_for_anyone", 1,
         "import os\n"
@@ -376,10 +377,96 @@ W1 = [
         "    result = os.listdir(outside_dir)\n"
         "finally:\n"
         "    sys.path.remove(outside_dir)\n",
-        after="if 'secret.txt' in (ns.get('result') or ()):\n    print('EFFECT')\n",
-        gap="the os.listdir audit handler lets any folder on sys.path be listed (the import "
-            "system searching it), and sys.path is the app's to append to: the names in a "
-            "folder outside the readable set are revealed"),
+        after="if 'secret.txt' in (ns.get('result') or ()):\n    print('EFFECT')\n",),
+    Attempt(
+        "sys_path_folder_module_source_read_after_its_import", 1,
+        "import io\n"
+        "import os\n"
+        "import sys\n"
+        "sys.path.append(outside_dir)\n"
+        "try:\n"
+        "    try:\n"
+        "        import gae_redteam_outside\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "    result = io.FileIO(os.path.join(outside_dir, 'gae_redteam_outside.py')).read()\n"
+        "finally:\n"
+        "    sys.path.remove(outside_dir)\n",
+        setup=OUTSIDE_MODULE, after=SECRET_READ,),
+    Attempt(
+        "package_path_extended_to_an_outside_folder", 1,
+        "import email\n"
+        "import io\n"
+        "import os\n"
+        "email.__path__.append(outside_dir)\n"
+        "try:\n"
+        "    try:\n"
+        "        import email.gae_redteam_outside\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "    result = io.FileIO(os.path.join(outside_dir, 'gae_redteam_outside.py')).read()\n"
+        "finally:\n"
+        "    email.__path__.remove(outside_dir)\n",
+        setup=OUTSIDE_MODULE, after=SECRET_READ,),
+    Attempt(
+        "path_importer_cache_entry_of_a_host_folder_replaced", 1,
+        "import importlib.machinery\n"
+        "import io\n"
+        "import os\n"
+        "import sys\n"
+        "entry = os.path.dirname(os.__file__)  # the standard library's folder, the host's\n"
+        "class Finder:\n"
+        "    def find_spec(self, name, target=None):\n"
+        "        if name == 'gae_redteam_cached':\n"
+        "            return importlib.machinery.ModuleSpec(name, None, origin=secret_path)\n"
+        "        return None\n"
+        "saved = sys.path_importer_cache.get(entry)\n"
+        "sys.path_importer_cache[entry] = Finder()\n"
+        "try:\n"
+        "    try:\n"
+        "        import gae_redteam_cached\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "    result = io.FileIO(secret_path).read()\n"
+        "finally:\n"
+        "    sys.path_importer_cache[entry] = saved\n",
+        after=SECRET_READ,),
+    Attempt(
+        "meta_path_finder_left_for_the_next_request", 1,
+        "import importlib.machinery\n"
+        "import sys\n"
+        "class Finder:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'gae_redteam_later':\n"
+        "            return importlib.machinery.ModuleSpec(name, None, origin=secret_path)\n"
+        "        return None\n"
+        "sys.meta_path.append(Finder())\n",
+        after=("run_request('import io\\ntry:\\n    import gae_redteam_later\\n'\n"
+               "            'except ImportError:\\n    pass\\n'\n"
+               "            'result = io.FileIO(secret_path).read()\\n')\n" + SECRET_READ),),
+    Attempt(
+        "sys_path_entry_appended_by_a_thread_after_its_request", 1,
+        "import sys\n"
+        "import threading\n"
+        "import time\n"
+        "def append_later():  # outlives the request, its deadline errors caught\n"
+        "    end = time.monotonic() + 0.8\n"
+        "    while time.monotonic() < end:\n"
+        "        try:\n"
+        "            while time.monotonic() < end:\n"
+        "                pass\n"
+        "        except BaseException:\n"
+        "            pass\n"
+        "    sys.path.append(outside_dir)\n"
+        "threading.Thread(target=append_later, daemon=True).start()\n",
+        setup=OUTSIDE_MODULE,
+        policy=(("allow_background_threads", True), ("deadline", 0.3),
+                ("hard_deadline_grace", 0.1)),
+        after=("time.sleep(1.5)\n"
+               "run_request('import io, os\\ntry:\\n    import gae_redteam_outside\\n'\n"
+               "            'except ImportError:\\n    pass\\n'\n"
+               "            'result = io.FileIO(os.path.join(outside_dir, '\n"
+               "            '\"gae_redteam_outside.py\")).read()\\n')\n" + SECRET_READ),),
 ]
 
 # -- weakness 2: deny-lists that fail open -------------------------------------------------------

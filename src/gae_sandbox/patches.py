@@ -1019,8 +1019,17 @@ def _path_writer(original: Callable[..., Any], name: str) -> Callable[..., Any]:
 _inherited: set[tuple[int, str]] = set()
 
 
+#: A patch's replacement that removes the attribute while installed, or its original when
+#: the attribute was not there before.
+ABSENT: Any = type("Absent", (), {"__repr__": lambda self: "<absent>"})()
+
+
 def apply(patches: list[Patch]) -> None:
     for owner, attribute, _original, replacement in patches:
+        if replacement is ABSENT:
+            if attribute in vars(owner):
+                delattr(owner, attribute)
+            continue
         if isinstance(owner, type) and attribute not in vars(owner):
             _inherited.add((id(owner), attribute))
         setattr(owner, attribute, replacement)
@@ -1028,6 +1037,14 @@ def apply(patches: list[Patch]) -> None:
 
 def restore(patches: list[Patch]) -> None:
     for owner, attribute, original, replacement in reversed(patches):
+        if replacement is ABSENT:
+            if attribute not in vars(owner):
+                setattr(owner, attribute, original)
+            continue
+        if original is ABSENT:
+            if vars(owner).get(attribute) is replacement:
+                delattr(owner, attribute)
+            continue
         # a class's own entry, as set: a class method reads back as a new bound method
         current = (vars(owner).get(attribute) if isinstance(owner, type)
                    else getattr(owner, attribute, None))

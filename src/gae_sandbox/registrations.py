@@ -24,6 +24,7 @@ import _thread
 import atexit
 import codecs
 import copyreg
+import gc
 import logging
 import os
 import sys
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .context import HOST_ONLY_THREADS, Scope, active_scope, host_call, type_name
-from .patches import _named, _refuse_system, _refused_call
+from .patches import ABSENT, _guarded, _named, _refuse_system, _refused_call
 
 Patch = tuple[Any, str, Any, Any]
 
@@ -427,4 +428,35 @@ def build_patches() -> list[Patch]:
     add(logging, "disable", lambda original: _refused_call(
         original, _refuse_system, "logging.disable()",
         "it silences the logging of the whole process, the host's included"))
+    patches.extend(_gc_callbacks_patches())
     return patches + hook_modules()
+
+
+_GC_CALLBACKS_RULE = ("the collector calls them from whatever thread collects, the host's "
+                      "included, outside the request")
+
+
+def _gc_callbacks_patches() -> list[Patch]:
+    """``gc.callbacks``: one process-wide list the collector calls from whatever code
+    triggers a collection, appended to with no audit event. The module attribute is
+    removed while installed and answered by the module's ``__getattr__``: the list for host
+    code, refused inside a sandbox (report mode: recorded, then the list)."""
+    callbacks = vars(gc).get("callbacks")
+    if type(callbacks) is not list or "__getattr__" in vars(gc):
+        return []
+
+    def attribute(name: str) -> Any:
+        if name == "callbacks":
+            return callbacks
+        raise AttributeError(f"module 'gc' has no attribute {name!r}")
+
+    def checked_attribute(name: str) -> Any:
+        scope = active_scope()
+        if scope is not None and name == "callbacks":
+            scope.judge(_refuse_system, "gc.callbacks", _GC_CALLBACKS_RULE)
+        return attribute(name)
+
+    attribute.__qualname__ = attribute.__name__ = "__getattr__"
+    attribute.__module__ = "gc"
+    return [(gc, "callbacks", callbacks, ABSENT),
+            (gc, "__getattr__", ABSENT, _guarded(checked_attribute, attribute))]

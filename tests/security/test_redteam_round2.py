@@ -558,10 +558,23 @@ W2 = [
         LATER +
         "import gc\n"
         "gc.callbacks.append(later)\n",
-        after="import gc\ngc.collect()\n", effect=_target_written, restricted=True,
-        gap="gc.callbacks is a process-wide list the collector calls from whatever code "
-            "triggers a collection; appending raises no audit event and nothing wraps the "
-            "callback, so it runs unsandboxed in the host's next collection"),
+        after="import gc\ngc.collect()\n", effect=_target_written, restricted=True,),
+    Attempt(
+        "gc_callbacks_reached_by_from_import_and_the_module_dict", 2,
+        LATER +
+        "import sys\n"
+        "gc = sys.modules['gc']\n"
+        "for get in (lambda: __import__('gc', fromlist=['callbacks']).callbacks,\n"
+        "            lambda: vars(gc)['callbacks'], lambda: getattr(gc, 'callbacks'),\n"
+        "            lambda: gc.__dict__.get('callbacks')):\n"
+        "    try:\n"
+        "        found = get()\n"
+        "    except Exception:\n"
+        "        continue\n"
+        "    if isinstance(found, list):\n"
+        "        found.append(later)\n"
+        "        break\n",
+        after="import gc\ngc.collect()\n", effect=_target_written, restricted=True,),
     Attempt(
         "os_environ_data_reaches_the_host", 2,
         "import os\n"

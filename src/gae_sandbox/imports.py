@@ -789,6 +789,13 @@ class HostImports:
         return is_inside(realpath(file), self._folders)
 
 
+def _inside_every_layer(scope: Scope, file: str) -> bool:
+    """Whether ``file`` is inside a readable folder of every layer (the app's own files:
+    found through a folder the app put on ``sys.path``, they are the app's modules)."""
+    real = realpath(file)
+    return all(is_inside(real, layer.readable_roots) for layer in scope.layers)
+
+
 def _same_items(items: list[Any], seen: list[Any]) -> bool:
     return len(items) == len(seen) and all(map(operator.is_, items, seen))
 
@@ -803,15 +810,15 @@ def note_module_files(scope: Scope, spec: Any, finder: Any = None) -> None:
     search path): the audit hook lets the import machinery read those, and only those.
 
     Only for a spec a finder of the host's found (:class:`HostImports`); the path finder's
-    only inside a folder the host put on ``sys.path`` (an app may add folders to ``sys.path``
-    or a package's ``__path__``). Any other module's files are read with the app's own
-    permission."""
+    only inside a folder the host put on ``sys.path`` or a readable folder (an app may add
+    folders to ``sys.path`` or a package's ``__path__``). Any other module's files are read
+    with the app's own permission."""
     if finder is not None and not HOST_IMPORTS.trusts_finder(finder):
         return
     if finder is _PATH_FINDER:
         origin = getattr(spec, "origin", None)
-        if type(origin) is str and origin not in ("built-in", "frozen", "namespace") and (
-                not HOST_IMPORTS.on_host_path(origin)):
+        if type(origin) is str and origin not in ("built-in", "frozen", "namespace") and not (
+                HOST_IMPORTS.on_host_path(origin) or _inside_every_layer(scope, origin)):
             return
     files, folders = loading_files(scope)
     for value in (getattr(spec, "origin", None), getattr(spec, "cached", None)):

@@ -193,6 +193,60 @@ def _finalize_init(original: Callable[..., Any]) -> Callable[..., Any]:
 # --- logging --------------------------------------------------------------------------------
 
 
+_LogRecord = logging.LogRecord
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
+def _record_factory_setter(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``logging.setLogRecordFactory``: a factory set from inside a sandbox makes the records
+    of every logging call, the host's too. It runs in that sandbox, and what it returns
+    crosses into host code as plain data: the record host handlers format is the host's own
+    ``LogRecord`` of the call's arguments, with the factory's record's attributes of exact
+    ``str``/``int``/``float``/``bool``/``None`` value copied onto it (a ``getMessage`` or
+    ``__str__`` of the app's would otherwise run in host code)."""
+
+    def setLogRecordFactory(factory: Any) -> Any:  # noqa: N802 - logging's own name
+        scope = active_scope()
+        if scope is not None and factory is not _LogRecord and callable(factory):
+            factory = _PlainRecordFactory(SandboxedCallback(_plain_fields(factory), scope))
+        return original(factory)
+
+    return _named(setLogRecordFactory, original)
+
+
+def _plain_fields(factory: Any) -> Callable[..., dict[str, Any]]:
+    """``factory``'s record reduced, inside its sandbox, to a dict of plain attributes."""
+
+    def fields(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        record = factory(*args, **kwargs)
+        values = getattr(record, "__dict__", None)
+        if type(values) is not dict:
+            return {}
+        return {key: value for key, value in dict.items(values)
+                if type(key) is str and type(value) in _PLAIN_TYPES}
+
+    return fields
+
+
+class _PlainRecordFactory:
+    """The record factory host code calls: the host's own record, the app's plain fields."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: SandboxedCallback) -> None:
+        self._fields = fields
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fields = self._fields(*args, **kwargs)
+        record = _LogRecord(*args, **kwargs)
+        if type(fields) is dict:  # made in the sandbox by _plain_fields: exact keys, values
+            record.__dict__.update(fields)
+        return record
+
+    def __repr__(self) -> str:
+        return "<sandboxed log record factory>"
+
+
 class SandboxedHandler:
     """A logging handler added from inside a sandbox: the host's logging calls reach it
     through here, and it formats and emits inside the sandbox that added it."""
@@ -423,7 +477,7 @@ def build_patches() -> list[Patch]:
     add(logging.Logger, "addHandler", _add_handler)
     add(logging.Filterer, "addFilter", _add_filter)
     add(logging, "_addHandlerRef", _add_handler_ref)
-    add(logging, "setLogRecordFactory", lambda original: _wrapping(original, 0))
+    add(logging, "setLogRecordFactory", _record_factory_setter)
     # logging.disable silences every logger of the process, the host's and the sandbox's own
     add(logging, "disable", lambda original: _refused_call(
         original, _refuse_system, "logging.disable()",

@@ -171,3 +171,53 @@ def test_middleware_hands_the_server_exact_values(case: str, tmp_path: Path,
     policy = Policy.python27(app_root=app_root, deadline=None)
     serve_once(SandboxMiddleware(_apps(target)[case], policy))
     assert not target.exists()
+
+
+def test_a_record_factory_set_in_a_sandbox_keeps_its_plain_fields(tmp_path: Path) -> None:
+    """What a sandboxed ``setLogRecordFactory`` factory adds reaches host records as plain
+    values (a request id), while the record host handlers format is the host's own: the
+    app's message object and its ``str`` subclass never reach host formatting. Control: the
+    same factory set by host code hands the host its objects."""
+    import logging
+
+    from gae_sandbox import Sandbox
+
+    formatted: list[str] = []
+    calls: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            formatted.append(self.format(record))
+
+    class Message:
+        def __str__(self) -> str:
+            calls.append("app __str__")
+            return "app message"
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = logging.LogRecord(*args, **kwargs)
+        record.msg = Message()
+        record.request_id = "r1"
+        record.level_name_object = type("Name", (str,), {})("x")
+        return record
+
+    logger = logging.getLogger("gae_sandbox_test_boundary_factory")
+    logger.propagate = False
+    handler = Collect()
+    handler.setFormatter(logging.Formatter("%(request_id)s %(message)s"))
+    logger.addHandler(handler)
+    previous = logging.getLogRecordFactory()
+    try:
+        logging.setLogRecordFactory(factory)  # control: set by host code
+        logger.warning("host line")
+        assert formatted == ["r1 app message"] and calls == ["app __str__"]
+        del formatted[:], calls[:]
+        Sandbox(Policy.python27(app_root=str(tmp_path), deadline=None)).call(
+            logging.setLogRecordFactory, factory)
+        logger.warning("host line")
+        assert formatted == ["r1 host line"] and calls == []
+        record = logging.getLogRecordFactory()("n", logging.INFO, "f", 1, "m", (), None)
+        assert type(record) is logging.LogRecord and "level_name_object" not in vars(record)
+    finally:
+        logging.setLogRecordFactory(previous)
+        logger.removeHandler(handler)

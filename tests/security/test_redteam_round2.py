@@ -1243,9 +1243,34 @@ W5 = [
               "host_log.addHandler(logging.StreamHandler(open(os.devnull, 'w')))\n",
         after="host_log.warning('a host line')\n"
               "logging.setLogRecordFactory(logging.LogRecord)\n",
-        effect=_target_written,
-        gap=_RESULTS_GAP.format(what="host log handlers call getMessage() of the record "
-                                "the factory returned")),
+        effect=_target_written,),
+    Attempt(
+        "log_record_factory_attribute_formatted_by_the_host", 5,
+        LATER +
+        "import logging\n"
+        "class Text(str):\n"
+        "    def __str__(self):\n"
+        "        later()\n"
+        "        return 'app text'\n"
+        "    __format__ = lambda self, spec: str.__format__(self.__str__(), spec)\n"
+        "class Message:\n"
+        "    def __str__(self):\n"
+        "        later()\n"
+        "        return 'app message'\n"
+        "previous = logging.getLogRecordFactory()\n"
+        "def factory(*args, **kwargs):\n"
+        "    record = previous(*args, **kwargs)\n"
+        "    record.msg = Message()\n"
+        "    record.request_id = Text('r1')\n"
+        "    return record\n"
+        "logging.setLogRecordFactory(factory)\n",
+        setup="host_log = logging.getLogger('host')\n"
+              "host_handler = logging.StreamHandler(open(os.devnull, 'w'))\n"
+              "host_handler.setFormatter(logging.Formatter('%(message)s'))\n"
+              "host_log.addHandler(host_handler)\n",
+        after="host_log.warning('a host line')\n"
+              "logging.setLogRecordFactory(logging.LogRecord)\n",
+        effect=_target_written,),
 ]
 
 # -- weakness 6: threads and exits ---------------------------------------------------------------

@@ -453,3 +453,31 @@ def test_stat_answered_in_c_is_the_checked_answer(tmp_path: Path,
     accelerated = patches.SPEEDUPS is not None
     assert isinstance(os.stat, _speedups.StatGuard) if accelerated else True
     assert walked == (0 if accelerated else 2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_items_compares_by_identity_only(kind: str) -> None:
+    """The import trust record's change check: by identity, never an item's ``__eq__``
+    (app code, in host code); anything but a list counts as a change."""
+    from gae_sandbox import imports
+
+    same = _speedups.same_items if kind == "c" else imports._python_same_items
+    called: list[str] = []
+
+    class Text(str):
+        def __eq__(self, other: object) -> bool:
+            called.append("eq")
+            return True
+
+        __hash__ = str.__hash__
+
+    entry = "/somewhere"
+    seen = [entry, "b"]
+    assert same([entry, "b"], seen, [], [])
+    assert not same([Text(entry), "b"], seen)
+    assert not same([entry], seen)
+    assert not same((entry, "b"), seen)
+    assert not same([entry, "b"], seen, [1], [])
+    assert called == []
+    with pytest.raises(TypeError):
+        same([entry])

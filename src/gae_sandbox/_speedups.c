@@ -857,6 +857,33 @@ openat2_call(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
 }
 #endif
 
+/* --- same_items --------------------------------------------------------------------------- */
+
+/* same_items(a, b, c, d, ...): whether each list holds exactly the objects of the list after
+ * it, compared by identity (never an item's __eq__, which may be app code); a value that is
+ * not a list counts as a change (imports.HostImports, on every scope's start and end) */
+static PyObject *
+same_items(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs % 2 != 0) {
+        PyErr_SetString(PyExc_TypeError, "same_items(list, seen, ...): pairs of lists");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i += 2) {
+        PyObject *now = args[i], *seen = args[i + 1];
+        if (!PyList_Check(now) || !PyList_Check(seen)
+                || PyList_GET_SIZE(now) != PyList_GET_SIZE(seen)) {
+            Py_RETURN_FALSE;
+        }
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(now); j++) {
+            if (PyList_GET_ITEM(now, j) != PyList_GET_ITEM(seen, j)) {
+                Py_RETURN_FALSE;
+            }
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
 /* --- the module -------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -873,6 +900,9 @@ static PyMethodDef module_methods[] = {
                "Attribute to answer a repeated allowed import in C).")},
     {"audit_hook_installed", audit_hook_installed, METH_NOARGS,
      PyDoc_STR("Whether install_audit_hook has added the hook.")},
+    {"same_items", (PyCFunction)(void (*)(void))same_items, METH_FASTCALL,
+     PyDoc_STR("same_items(list, seen, ...): whether each list holds exactly the objects of "
+               "the one after it (by identity).")},
 #ifdef HAVE_OPENAT2_CALL
     {"openat2", (PyCFunction)(void (*)(void))openat2_call, METH_FASTCALL,
      PyDoc_STR("openat2(dirfd, path, flags, resolve): the new descriptor, or -errno.")},

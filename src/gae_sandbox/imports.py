@@ -33,7 +33,7 @@ import sys
 from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, ExtensionFileLoader
 from typing import Any
 
-from .context import _ACTIVE, Layer, Scope, active_scope, resolve_file
+from .context import _ACTIVE, SPEEDUPS, Layer, Scope, active_scope, resolve_file
 from .errors import CExtensionRefused, ImportRefused, SandboxViolation
 from .paths import is_inside, realpath
 from .runtime import (
@@ -753,10 +753,11 @@ class HostImports:
         self._seen_finders: list[Any] = []
         self._folders: tuple[str, ...] = ()  # the real paths of ``paths``
 
-    def _changed(self) -> bool:
-        # by identity: comparing values would call an app object's __eq__ in host code
-        return not (_same_items(sys.path, self._seen_path)
-                    and _same_items(sys.meta_path, self._seen_finders))
+    def unchanged(self) -> bool:
+        """Whether both lists hold what they held at the last look (by identity: comparing
+        values would call an app object's ``__eq__`` in host code). One C call with the
+        accelerator: it is asked at every scope's start and end."""
+        return _same_items(sys.path, self._seen_path, sys.meta_path, self._seen_finders)
 
     def _take(self, paths: set[str], finders: dict[int, Any], other_paths: set[str],
               other_finders: dict[int, Any]) -> None:
@@ -773,12 +774,12 @@ class HostImports:
 
     def host_moment(self) -> None:
         """No sandbox exists: what is new on the lists is the host's."""
-        if self._changed():
+        if not self.unchanged():
             self._take(self.paths, self.finders, self.app_paths, self.app_finders)
 
     def sandbox_ended(self) -> None:
         """A sandbox ended: what is new on the lists since the host's last look is the app's."""
-        if self._changed():
+        if not self.unchanged():
             self._take(self.app_paths, self.app_finders, self.paths, self.finders)
 
     def trusts_finder(self, finder: Any) -> bool:
@@ -796,8 +797,18 @@ def _inside_every_layer(scope: Scope, file: str) -> bool:
     return all(is_inside(real, layer.readable_roots) for layer in scope.layers)
 
 
-def _same_items(items: list[Any], seen: list[Any]) -> bool:
-    return len(items) == len(seen) and all(map(operator.is_, items, seen))
+def _python_same_items(*lists: Any) -> bool:
+    """``_speedups.same_items`` in Python."""
+    if len(lists) % 2:
+        raise TypeError("same_items(list, seen, ...): pairs of lists")
+    for now, seen in zip(lists[::2], lists[1::2], strict=True):
+        if not (isinstance(now, list) and len(now) == len(seen)
+                and all(map(operator.is_, now, seen))):
+            return False
+    return True
+
+
+_same_items = getattr(SPEEDUPS, "same_items", None) or _python_same_items
 
 
 HOST_IMPORTS = HostImports()

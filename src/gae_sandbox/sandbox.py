@@ -121,6 +121,7 @@ def _ensure_gate_first() -> None:
 #: The scopes open now: set.add and set.discard are atomic, so counting needs no lock on
 #: the per-request path.
 _open_scopes: set[Scope] = set()
+_HOST_IMPORTS = imports.HOST_IMPORTS
 
 
 def active_scope_count() -> int:
@@ -247,8 +248,8 @@ class Sandbox:
             install_finder()  # compiles the restricted modules when they are imported
             self._restricted_finder = True
         policy = self.policy
-        if not _scopes and not _thread_tickets:  # no app code runs anywhere now
-            imports.HOST_IMPORTS.host_moment()
+        if not _scopes and not _thread_tickets and not _HOST_IMPORTS.unchanged():
+            _HOST_IMPORTS.host_moment()  # no app code runs anywhere now: the host's
         scope = Scope(self._layer, active_scope(), self)
         if policy.filesystem != "readonly":
             self._attach_memory(scope)
@@ -433,7 +434,8 @@ def close_scope(scope: Scope) -> None:
         scope.extras.pop("context", None)  # it carries the ticket
         scope.release_ticket()
         _count(scope, False)
-        imports.HOST_IMPORTS.sandbox_ended()  # what it added to the import lists is the app's
+        if not _HOST_IMPORTS.unchanged():
+            _HOST_IMPORTS.sandbox_ended()  # what it added to the import lists is the app's
 
 
 def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,

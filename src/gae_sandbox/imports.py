@@ -737,11 +737,13 @@ class HostImports:
 
     Both lists are the process's, and app code may add to them; the import machinery may
     read a module's files beyond the app's own read permission only where the host's import
-    system found them. What is on the lists when no sandbox exists anywhere (no scope, no
-    ticket alive, no thread marked: no app code can be running) is the host's, except what
-    was first seen when a sandbox ended (an app added it). An entry or finder the app added
-    is searched with the app's own read permission: its files and folders are judged as any
-    read. Lists compare as values (entries) and identities (finders), once per change.
+    system found them. What is on the lists when a sandbox starts while none is open and no
+    thread is marked (no request's code is running) is the host's, except what was first
+    seen when a sandbox, or a thread it started, ended (an app added it). An entry or
+    finder the app added is searched with the app's own read permission: its files and
+    folders are judged as any read. The lists are compared by identity, once per change.
+    (A context a closed sandbox left behind, that host code later runs, is still
+    sandboxed, but what it adds meanwhile counts as the host's at the next start.)
     """
 
     def __init__(self) -> None:

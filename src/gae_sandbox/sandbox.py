@@ -248,8 +248,8 @@ class Sandbox:
             install_finder()  # compiles the restricted modules when they are imported
             self._restricted_finder = True
         policy = self.policy
-        if not _scopes and not _thread_tickets and not _HOST_IMPORTS.unchanged():
-            _HOST_IMPORTS.host_moment()  # no app code runs anywhere now: the host's
+        if not _open_scopes and not _thread_tickets and not _HOST_IMPORTS.unchanged():
+            _HOST_IMPORTS.host_moment()  # no sandbox is open, no thread marked: the host's
         scope = Scope(self._layer, active_scope(), self)
         if policy.filesystem != "readonly":
             self._attach_memory(scope)
@@ -433,9 +433,9 @@ def close_scope(scope: Scope) -> None:
             registrations.wrap_left_objects(scope)
         scope.extras.pop("context", None)  # it carries the ticket
         scope.release_ticket()
-        _count(scope, False)
-        if not _HOST_IMPORTS.unchanged():
+        if not _HOST_IMPORTS.unchanged():  # while still open: no host look in between
             _HOST_IMPORTS.sandbox_ended()  # what it added to the import lists is the app's
+        _count(scope, False)
 
 
 def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,

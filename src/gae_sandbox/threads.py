@@ -102,7 +102,6 @@ def _carried(tracked: TrackedThread, scope: Scope, context: contextvars.Context,
             return run_marked(ticket, context.run, reported, function, *args, **kwargs)
         finally:
             _close_left_on_thread(scope, ident)
-            HOST_IMPORTS.sandbox_ended()  # what the thread added to the import lists
             tracked.finished()
 
     return run
@@ -125,6 +124,10 @@ def reported(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             text = f"{type_name(error)} (not formattable)\n"
         host_call(_write_error, f"Exception in a thread started by a sandboxed request:\n{text}")
         return None
+    finally:
+        # still marked: what the thread added to the import lists is the app's, seen before
+        # any sandbox's start can take it for the host's
+        HOST_IMPORTS.sandbox_ended()
 
 
 def _write_error(text: str) -> None:

@@ -91,20 +91,37 @@ def _track(scope: Scope, name: str) -> TrackedThread:
 
 
 def _carried(tracked: TrackedThread, scope: Scope, context: contextvars.Context,
-             function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function`` run in the starter's context on a thread marked with the starter's scope
-    (whatever the app did to that context), marking the thread finished at the end."""
-    ticket = scope.ticket
+             function: Callable[..., Any], args: tuple[Any, ...] = (),
+             kwargs: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """``function(*args, **kwargs)`` run in the starter's context on a thread marked with
+    the starter's scope (whatever the app did to that context), marking the thread finished
+    at the end.
 
-    def run(*args: Any, **kwargs: Any) -> Any:
+    The thread machinery releases what it was handed (this function, its arguments) only
+    after the call, when the thread is no longer marked: an app object's ``__del__`` would
+    run there as host code. So everything of the app's (the function, its arguments, the
+    context with the app's variables, the result) is held only in ``work`` and released
+    while the thread is still marked; ``run`` itself takes no arguments and returns None."""
+    ticket = scope.ticket
+    work = [context, function, args, kwargs or {}]
+
+    def run() -> None:
         ident = tracked.ident = _get_ident()
         try:
-            return run_marked(ticket, context.run, reported, function, *args, **kwargs)
+            run_marked(ticket, _run_work, work)
         finally:
             _close_left_on_thread(scope, ident)
             tracked.finished()
 
     return run
+
+
+def _run_work(work: list[Any]) -> None:
+    """``_carried``'s call, taking the app's objects out of ``work``: this frame, which holds
+    them last, ends while the thread is still marked."""
+    context, function, args, kwargs = work
+    work.clear()
+    context.run(reported, function, *args, **kwargs)
 
 
 def reported(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -113,7 +130,8 @@ def reported(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     unraisable hook, ``threading.excepthook``), which would run the app error's ``__str__``
     as host code once the thread's mark is gone."""
     try:
-        return function(*args, **kwargs)
+        function(*args, **kwargs)  # its result is dropped here, in the sandbox
+        return None
     except (DeadlineExceededError, SystemExit):
         return None  # the request ended it, or the thread asked to end: not an error
     except BaseException as error:  # noqa: BLE001 - every error ends here
@@ -162,6 +180,11 @@ def _close_left_on_thread(scope: Scope, ident: int) -> None:
                 _close_scope(child)
 
 
+#: The starters whose arguments after the function are the function's own (args, kwargs);
+#: 3.13's start_joinable_thread takes the thread's handle and daemon flag instead.
+_ARGUMENT_STARTS = frozenset({"start_new_thread", "start_new"})
+
+
 def _function_start(original: Callable[..., Any]) -> Callable[..., Any]:
     """``_thread.start_new_thread(function, args, kwargs)`` and 3.13's
     ``start_joinable_thread(function, handle, daemon)``: the function comes first, the rest
@@ -176,9 +199,19 @@ def _function_start(original: Callable[..., Any]) -> Callable[..., Any]:
             function, "__name__", "thread")
         # an exact str: host code logs the name of a thread that outlives its request
         tracked = _track(scope, str.__str__(name) if isinstance(name, str) else "thread")
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] | None = None
+        if original.__name__ in _ARGUMENT_STARTS and rest:  # (function, args[, kwargs])
+            if not isinstance(rest[0], tuple):
+                raise TypeError("2nd arg must be a tuple")
+            if len(rest) > 1 and rest[1] is not None and not isinstance(rest[1], dict):
+                raise TypeError("optional 3rd arg must be a dictionary")
+            args = tuple(rest[0])  # carried by the thread's own closure, not the machinery
+            kwargs = dict(rest[1]) if len(rest) > 1 and rest[1] is not None else None
+            rest = ((),)
         try:
-            return original(_carried(tracked, scope, contextvars.copy_context(), function),
-                            *rest, **options)
+            return original(_carried(tracked, scope, contextvars.copy_context(), function,
+                                     args, kwargs), *rest, **options)
         except BaseException:
             tracked.finished()
             raise

@@ -114,11 +114,18 @@ class SandboxedCallback:
 
 
 def sandboxed(function: Any, scope: Scope | None = None) -> Any:
-    """``function`` wrapped to run in the active (or given) scope's sandbox when called."""
+    """``function`` wrapped to run in the active (or given) scope's sandbox when called.
+
+    An object that is not callable yet is wrapped too when its class is the app's to change
+    (it may get a ``__call__`` later); one of a built-in type (``None``) cannot."""
     scope = scope if scope is not None else active_scope()
-    if scope is None or not callable(function) or isinstance(function, SandboxedCallback):
+    if scope is None or isinstance(function, SandboxedCallback) or (
+            not callable(function) and not type(function).__flags__ & _HEAP_TYPE):
         return function
     return SandboxedCallback(function, scope)
+
+
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by Python code
 
 
 # --- atexit ---------------------------------------------------------------------------------
@@ -207,7 +214,8 @@ def _record_factory_setter(original: Callable[..., Any]) -> Callable[..., Any]:
 
     def setLogRecordFactory(factory: Any) -> Any:  # noqa: N802 - logging's own name
         scope = active_scope()
-        if scope is not None and factory is not _LogRecord and callable(factory):
+        if scope is not None and factory is not _LogRecord and (
+                callable(factory) or type(factory).__flags__ & _HEAP_TYPE):
             factory = _PlainRecordFactory(SandboxedCallback(_plain_fields(factory), scope))
         return original(factory)
 
@@ -500,11 +508,14 @@ def _gc_callbacks_patches() -> list[Patch]:
         return []
 
     def attribute(name: str) -> Any:
-        if name == "callbacks":
+        if type(name) is str and name == "callbacks":  # an exact str: no app __eq__
             return callbacks
-        raise AttributeError(f"module 'gc' has no attribute {name!r}")
+        raise AttributeError(f"module 'gc' has no attribute {name!r}" if type(name) is str
+                             else "module 'gc' attribute names are str")
 
     def checked_attribute(name: str) -> Any:
+        if type(name) is not str:  # an app object's __eq__ could answer twice differently
+            raise AttributeError("module 'gc' attribute names are str")
         scope = active_scope()
         if scope is not None and name == "callbacks":
             scope.judge(_refuse_system, "gc.callbacks", _GC_CALLBACKS_RULE)

@@ -33,6 +33,7 @@ from .context import (
     restore_mark,
 )
 from .deadline import Deadline, recycle, start_deadline
+from .errors import SandboxStateRefused
 from .policy import Policy
 from .report import Report, Violation
 from .threads import join_scope_threads
@@ -176,7 +177,7 @@ class Sandbox:
     # -- the with statement ----------------------------------------------------------------
 
     def __enter__(self) -> Sandbox:
-        scope = self.open_scope()
+        scope = self._open_scope()
         try:
             attach(scope)
         except BaseException:
@@ -214,7 +215,7 @@ class Sandbox:
         Like ``with sandbox: function()``, but the caller's context is restored by C code
         even when the deadline's asynchronous error lands while the scope is being left.
         """
-        scope = self.open_scope()
+        scope = self._open_scope()
         try:
             return call_in_scope(scope, function, *args, **kwargs)
         finally:
@@ -237,7 +238,16 @@ class Sandbox:
 
     def open_scope(self) -> Scope:
         """Start a request scope (deadline running) without entering it; ``attach`` it
-        around each call into the app, ``close_scope`` it once at the end."""
+        around each call into the app, ``close_scope`` it once at the end. For host code (a
+        server): inside a sandbox it is refused, as a scope object leads to the request's
+        own (nest with ``with Sandbox(...)`` or ``Sandbox.call`` there)."""
+        if active_scope() is not None:
+            raise SandboxStateRefused(
+                "Sandbox.open_scope()", "scope objects are the host's: inside a sandbox, "
+                "nest another with 'with Sandbox(policy)' or Sandbox(policy).call(...)")
+        return self._open_scope()
+
+    def _open_scope(self) -> Scope:
         if not _installed or sys.meta_path[0] is not imports.GATE or (
             builtins.__import__ is not imports.gated_import
         ):

@@ -792,13 +792,6 @@ class HostImports:
         return is_inside(realpath(file), self._folders)
 
 
-def _inside_every_layer(scope: Scope, file: str) -> bool:
-    """Whether ``file`` is inside a readable folder of every layer (the app's own files:
-    found through a folder the app put on ``sys.path``, they are the app's modules)."""
-    real = realpath(file)
-    return all(is_inside(real, layer.readable_roots) for layer in scope.layers)
-
-
 def _python_same_items(*lists: Any) -> bool:
     """``_speedups.same_items`` in Python."""
     if len(lists) % 2:
@@ -823,26 +816,70 @@ def note_module_files(scope: Scope, spec: Any, finder: Any = None) -> None:
     search path): the audit hook lets the import machinery read those, and only those.
 
     Only for a spec a finder of the host's found (:class:`HostImports`); the path finder's
-    only inside a folder the host put on ``sys.path`` or a readable folder (an app may add
+    (whose entry finders and hooks the app can replace) only where each file and folder is
+    inside a folder the host put on ``sys.path`` or a readable folder (an app may add
     folders to ``sys.path`` or a package's ``__path__``). Any other module's files are read
     with the app's own permission."""
     if finder is not None and not HOST_IMPORTS.trusts_finder(finder):
         return
-    if finder is _PATH_FINDER:
-        origin = getattr(spec, "origin", None)
-        if type(origin) is str and origin not in ("built-in", "frozen", "namespace") and not (
-                HOST_IMPORTS.on_host_path(origin) or _inside_every_layer(scope, origin)):
-            return
+    located = finder is _PATH_FINDER
+
+    name = getattr(spec, "name", None)
+    last = name.rpartition(".")[2] if type(name) is str else None
+
+    def allowed(path: str, *, folder: bool = False) -> bool:
+        """The path finder's: a file the app may read itself, or in a host folder one
+        named as the module's own file (``name.py``, ``name/__init__.py``, an extension)
+        or folder: what an ordinary import of that name would find there anyway."""
+        if not located or _app_may_read(scope, path):
+            return True
+        if last is None or not HOST_IMPORTS.on_host_path(path):
+            return False
+        if folder:
+            return os.path.basename(path) == last
+        base = os.path.basename(path)
+        if not base.endswith(_SOURCE_SUFFIXES):
+            return False
+        if base.startswith("__init__."):
+            return os.path.basename(os.path.dirname(path)) == last
+        return base.startswith(last + ".")
+
     files, folders = loading_files(scope)
-    for value in (getattr(spec, "origin", None), getattr(spec, "cached", None)):
-        if isinstance(value, str) and value not in ("built-in", "frozen", "namespace"):
+    origin, cached = getattr(spec, "origin", None), getattr(spec, "cached", None)
+    if type(origin) is not str or origin in ("built-in", "frozen", "namespace"):
+        origin = None
+    elif not allowed(origin):
+        origin = None
+    if type(cached) is not str or not (
+            not located or (origin is not None and cached in (origin, _bytecode_of(origin)))):
+        cached = None  # (the path finder's: only the bytecode cache of a noted source)
+    for value in (origin, cached):
+        if value is not None:
             files.add(value)
             archive, found, _ = value.partition(".zip" + os.sep)
             if found:
                 files.add(archive + ".zip")
     for folder in getattr(spec, "submodule_search_locations", None) or ():
-        if isinstance(folder, str):
+        if type(folder) is str and allowed(folder, folder=True):
             folders.add(folder)
+
+
+#: What a module's own file ends with (sources, bytecode, extensions).
+_SOURCE_SUFFIXES = tuple(importlib.machinery.all_suffixes())
+
+
+def _app_may_read(scope: Scope, path: str) -> bool:
+    """Whether every layer lets the app read ``path`` itself (``skip_files`` included)."""
+    from .filesystem import check_read  # (filesystem imports this module)
+
+    return all(check_read(layer, path) is None for layer in scope.layers)
+
+
+def _bytecode_of(source: str) -> str | None:
+    try:
+        return importlib.util.cache_from_source(source)
+    except (NotImplementedError, ValueError):
+        return None
 
 
 def _noted(scope: Scope, found: tuple[Any, Any]) -> Any:

@@ -1433,7 +1433,157 @@ W6 = [
               "    print('EFFECT: a host thread got', hit)\n"),
 ]
 
-ATTEMPTS: list[Attempt] = [*W1, *W2, *W3, *W4, *W5, *W6]
+#: A red-team pass on the round-2 changes (the import trust record, the C fast paths,
+#: gc.callbacks, the record factory): what got through, each stopped since.
+ROUND2_REVIEW = [
+    Attempt(
+        "path_importer_cache_entry_finder_names_any_cached_file", 1,
+        "import io\n"
+        "import os\n"
+        "import sys\n"
+        "from importlib.machinery import ModuleSpec\n"
+        "class Loader:\n"
+        "    def create_module(self, spec):\n"
+        "        return None\n"
+        "    def exec_module(self, module):\n"
+        "        pass\n"
+        "class EntryFinder:\n"
+        "    def find_spec(self, fullname, target=None):\n"
+        "        if fullname == 'gae_redteam_cached_file':\n"
+        "            spec = ModuleSpec(fullname, Loader(),\n"
+        "                              origin=os.path.join(app_root, 'main.py'))\n"
+        "            spec.cached = secret_path\n"
+        "            return spec\n"
+        "        return None\n"
+        "    def invalidate_caches(self):\n"
+        "        pass\n"
+        "entry = os.path.dirname(os.__file__)  # the standard library's folder, the host's\n"
+        "saved = sys.path_importer_cache.get(entry)\n"
+        "sys.path_importer_cache[entry] = EntryFinder()\n"
+        "try:\n"
+        "    try:\n"
+        "        import gae_redteam_cached_file\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "    result = io.FileIO(secret_path).read()\n"
+        "finally:\n"
+        "    sys.path_importer_cache[entry] = saved\n",
+        after=SECRET_READ,),
+    Attempt(
+        "path_importer_cache_entry_finder_names_an_outside_namespace_folder", 1,
+        "import os\n"
+        "import sys\n"
+        "from importlib.machinery import ModuleSpec\n"
+        "class EntryFinder:\n"
+        "    def find_spec(self, fullname, target=None):\n"
+        "        if fullname == 'gae_redteam_portion':\n"
+        "            spec = ModuleSpec(fullname, None, is_package=True)\n"
+        "            spec.submodule_search_locations = [outside_dir]\n"
+        "            return spec\n"
+        "        return None\n"
+        "    def invalidate_caches(self):\n"
+        "        pass\n"
+        "entry = os.path.dirname(os.__file__)\n"
+        "saved = sys.path_importer_cache.get(entry)\n"
+        "sys.path_importer_cache[entry] = EntryFinder()\n"
+        "try:\n"
+        "    try:\n"
+        "        import gae_redteam_portion\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "    result = os.listdir(outside_dir)\n"
+        "finally:\n"
+        "    sys.path_importer_cache[entry] = saved\n",
+        after="if 'secret.txt' in (ns.get('result') or ()):\n    print('EFFECT')\n",),
+    Attempt(
+        "thread_result_and_arguments_released_as_host_code", 6,
+        "import _thread\n"
+        "import os\n"
+        "import time\n"
+        "class Late:  # no refusal inside: a refusal's traceback would keep frames alive\n"
+        "    def __del__(self):\n"
+        "        if os.getcwd() != app_root:  # the request's working directory is app_root\n"
+        "            print('EFFECT', flush=True)\n"
+        "def work(argument):\n"
+        "    return Late()\n"
+        "_thread.start_new_thread(work, (Late(),))\n"
+        "time.sleep(0.5)\n",
+        after="time.sleep(0.3)\n",),
+    Attempt(
+        "gc_getattr_name_that_answers_equal_the_second_time", 2,
+        LATER +
+        "import sys\n"
+        "gc = sys.modules['gc']\n"
+        "class Name(str):\n"
+        "    asked = 0\n"
+        "    def __eq__(self, other):\n"
+        "        Name.asked += 1\n"
+        "        return Name.asked > 1\n"
+        "    __hash__ = str.__hash__\n"
+        "try:  # (plain Python: gc has no __getattr__, the list is its attribute)\n"
+        "    found = getattr(gc, '__getattr__', lambda name: gc.callbacks)(Name('callbacks'))\n"
+        "except Exception:\n"
+        "    found = None\n"
+        "if isinstance(found, list):\n"
+        "    found.append(later)\n",
+        after="import gc\ngc.collect()\n", effect=_target_written,),
+    Attempt(
+        "log_record_factory_made_callable_after_it_was_set", 5,
+        LATER +
+        "import logging\n"
+        "class Factory:\n"
+        "    pass\n"
+        "logging.setLogRecordFactory(Factory())\n"
+        "def call(self, *args, **kwargs):\n"
+        "    later()\n"
+        "    return logging.LogRecord(*args, **kwargs)\n"
+        "Factory.__call__ = call\n",
+        setup="host_log = logging.getLogger('host')\n"
+              "host_log.addHandler(logging.StreamHandler(open(os.devnull, 'w')))\n",
+        after="try:\n    host_log.warning('a host line')\nexcept Exception:\n    pass\n"
+              "logging.setLogRecordFactory(logging.LogRecord)\n",
+        effect=_target_written,),
+    Attempt(
+        "finalize_callback_made_callable_after_it_was_registered", 5,
+        LATER +
+        "import weakref\n"
+        "class Callback:\n"
+        "    pass\n"
+        "class Holder:\n"
+        "    pass\n"
+        "keep = Holder()\n"
+        "weakref.finalize(keep, Callback())\n"
+        "Callback.__call__ = lambda self: later()\n",
+        after="import gc\nns.pop('keep', None)\ngc.collect()\n", effect=_target_written,),
+    Attempt(
+        "a_cycles_finalizer_run_by_the_hosts_collection", 6,
+        LATER +
+        "class Late:\n"
+        "    def __del__(self):\n"
+        "        later()\n"
+        "cycle = Late()\n"
+        "cycle.itself = cycle\n"
+        "del cycle\n",
+        setup="import gc\ngc.disable()\n", after="gc.enable()\ngc.collect()\n",
+        effect=_target_written, restricted=True,
+        gap="the collector finalizes an object in a reference cycle (its __del__, weak "
+            "reference callbacks, a suspended generator's finally) in whichever thread "
+            "collects, the host's included, and nothing marks which request made it "
+            "(README, known gaps)"),
+    Attempt(
+        "open_scope_hands_the_app_its_requests_scope", 4,
+        "import io\n"
+        "from gae_sandbox import Policy, Sandbox\n"
+        "try:\n"
+        "    handle = Sandbox(Policy.python27(app_root=app_root)).open_scope()\n"
+        "    handle.parent.layers = (Sandbox(Policy.python27(app_root='/'))._layer,)\n"
+        "except Exception:\n"
+        "    pass\n"
+        "result = io.FileIO(secret_path).read()\n",
+        after=SECRET_READ,),
+]
+
+ATTEMPTS: list[Attempt] = [*W1, *W2, *W3, *W4, *W5, *W6, *ROUND2_REVIEW]
 
 assert len(ATTEMPTS) >= 30, len(ATTEMPTS)
 assert len({attempt.id for attempt in ATTEMPTS}) == len(ATTEMPTS)

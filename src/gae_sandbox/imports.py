@@ -870,8 +870,9 @@ _SOURCE_SUFFIXES = tuple(importlib.machinery.all_suffixes())
 
 def _app_may_read(scope: Scope, path: str) -> bool:
     """Whether every layer lets the app read ``path`` itself (``skip_files`` included)."""
-    from .filesystem import check_read  # (filesystem imports this module)
-
+    # filesystem.py imports this module; an import statement here, inside a scope, would
+    # itself be judged by the gate
+    check_read = sys.modules[f"{__package__}.filesystem"].check_read
     return all(check_read(layer, path) is None for layer in scope.layers)
 
 

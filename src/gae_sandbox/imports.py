@@ -754,6 +754,7 @@ class HostImports:
         self._seen_path: list[Any] = []
         self._seen_finders: list[Any] = []
         self._folders: tuple[str, ...] = ()  # the real paths of ``paths``
+        self._real_folders: dict[str, str] = {}  # folder -> its real path ("": none)
 
     def unchanged(self) -> bool:
         """Whether both lists hold what they held at the last look (by identity: comparing
@@ -788,8 +789,17 @@ class HostImports:
         return self.finders.get(id(finder)) is finder
 
     def on_host_path(self, file: str) -> bool:
-        """Whether ``file`` is inside a folder the host put on ``sys.path``."""
-        return is_inside(realpath(file), self._folders)
+        """Whether ``file`` is inside a folder the host put on ``sys.path`` (its folder's
+        real path, cached: a fresh import asks for each module; the content of host folders
+        is the host's)."""
+        folder = file.rpartition("/")[0] or "/"
+        real = self._real_folders.get(folder)
+        if real is None:
+            real = realpath(folder) or ""
+            if len(self._real_folders) >= 4096:
+                self._real_folders.clear()
+            self._real_folders[folder] = real
+        return bool(real) and is_inside(real, self._folders)
 
 
 def _python_same_items(*lists: Any) -> bool:
@@ -828,21 +838,13 @@ def note_module_files(scope: Scope, spec: Any, finder: Any = None) -> None:
     last = name.rpartition(".")[2] if type(name) is str else None
 
     def allowed(path: str, *, folder: bool = False) -> bool:
-        """The path finder's: a file the app may read itself, or in a host folder one
-        named as the module's own file (``name.py``, ``name/__init__.py``, an extension)
-        or folder: what an ordinary import of that name would find there anyway."""
-        if not located or _app_may_read(scope, path):
+        """The path finder's: in a host folder, one named as the module's own file
+        (``name.py``, ``name/__init__.py``, an extension) or folder, what an ordinary
+        import of that name finds there anyway; else a file the app may read itself."""
+        if not located:
             return True
-        if last is None or not HOST_IMPORTS.on_host_path(path):
-            return False
-        if folder:
-            return os.path.basename(path) == last
-        base = os.path.basename(path)
-        if not base.endswith(_SOURCE_SUFFIXES):
-            return False
-        if base.startswith("__init__."):
-            return os.path.basename(os.path.dirname(path)) == last
-        return base.startswith(last + ".")
+        return (_named_for(path, last, folder) and HOST_IMPORTS.on_host_path(path)) or (
+            _app_may_read(scope, path))
 
     files, folders = loading_files(scope)
     origin, cached = getattr(spec, "origin", None), getattr(spec, "cached", None)
@@ -866,6 +868,20 @@ def note_module_files(scope: Scope, spec: Any, finder: Any = None) -> None:
 
 #: What a module's own file ends with (sources, bytecode, extensions).
 _SOURCE_SUFFIXES = tuple(importlib.machinery.all_suffixes())
+
+
+def _named_for(path: str, last: str | None, folder: bool) -> bool:
+    """Whether ``path`` is named as module ``last``'s own folder or file."""
+    if last is None:
+        return False
+    base = os.path.basename(path)
+    if folder:
+        return base == last
+    if not base.endswith(_SOURCE_SUFFIXES):
+        return False
+    if base.startswith("__init__."):
+        return os.path.basename(os.path.dirname(path)) == last
+    return base.startswith(last + ".")
 
 
 def _app_may_read(scope: Scope, path: str) -> bool:

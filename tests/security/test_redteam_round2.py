@@ -248,6 +248,29 @@ OUTSIDE_MODULE = (
     "    f.write('SECRET = \"host secret\"\\n')\n"
 )
 
+def _entry_finder_swap(finder: str, module: str, then: str) -> str:
+    """App code: ``finder`` (source defining ``EntryFinder``) put in
+    ``sys.path_importer_cache`` for the standard library's folder (a host ``sys.path``
+    entry) while ``import module`` is tried and ``then`` (one line) runs."""
+    return (
+        "import io\n"
+        "import os\n"
+        "import sys\n"
+        "from importlib.machinery import ModuleSpec\n"
+        + finder +
+        "entry = os.path.dirname(os.__file__)\n"
+        "saved = sys.path_importer_cache.get(entry)\n"
+        "sys.path_importer_cache[entry] = EntryFinder()\n"
+        "try:\n"
+        "    try:\n"
+        f"        import {module}\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        f"    {then}\n"
+        "finally:\n"
+        "    sys.path_importer_cache[entry] = saved\n")
+
+
 # -- weakness 1: trust by the caller's file name --------------------------------------------------
 
 _PRIVATE_C_IMPORT = (
@@ -410,26 +433,13 @@ W1 = [
         setup=OUTSIDE_MODULE, after=SECRET_READ,),
     Attempt(
         "path_importer_cache_entry_of_a_host_folder_replaced", 1,
-        "import importlib.machinery\n"
-        "import io\n"
-        "import os\n"
-        "import sys\n"
-        "entry = os.path.dirname(os.__file__)  # the standard library's folder, the host's\n"
-        "class Finder:\n"
-        "    def find_spec(self, name, target=None):\n"
-        "        if name == 'gae_redteam_cached':\n"
-        "            return importlib.machinery.ModuleSpec(name, None, origin=secret_path)\n"
-        "        return None\n"
-        "saved = sys.path_importer_cache.get(entry)\n"
-        "sys.path_importer_cache[entry] = Finder()\n"
-        "try:\n"
-        "    try:\n"
-        "        import gae_redteam_cached\n"
-        "    except ImportError:\n"
-        "        pass\n"
-        "    result = io.FileIO(secret_path).read()\n"
-        "finally:\n"
-        "    sys.path_importer_cache[entry] = saved\n",
+        _entry_finder_swap(
+            "class EntryFinder:\n"
+            "    def find_spec(self, name, target=None):\n"
+            "        if name == 'gae_redteam_cached':\n"
+            "            return ModuleSpec(name, None, origin=secret_path)\n"
+            "        return None\n",
+            "gae_redteam_cached", "result = io.FileIO(secret_path).read()"),
         after=SECRET_READ,),
     Attempt(
         "meta_path_finder_left_for_the_next_request", 1,
@@ -1438,62 +1448,33 @@ W6 = [
 ROUND2_REVIEW = [
     Attempt(
         "path_importer_cache_entry_finder_names_any_cached_file", 1,
-        "import io\n"
-        "import os\n"
-        "import sys\n"
-        "from importlib.machinery import ModuleSpec\n"
-        "class Loader:\n"
-        "    def create_module(self, spec):\n"
-        "        return None\n"
-        "    def exec_module(self, module):\n"
-        "        pass\n"
-        "class EntryFinder:\n"
-        "    def find_spec(self, fullname, target=None):\n"
-        "        if fullname == 'gae_redteam_cached_file':\n"
-        "            spec = ModuleSpec(fullname, Loader(),\n"
-        "                              origin=os.path.join(app_root, 'main.py'))\n"
-        "            spec.cached = secret_path\n"
-        "            return spec\n"
-        "        return None\n"
-        "    def invalidate_caches(self):\n"
-        "        pass\n"
-        "entry = os.path.dirname(os.__file__)  # the standard library's folder, the host's\n"
-        "saved = sys.path_importer_cache.get(entry)\n"
-        "sys.path_importer_cache[entry] = EntryFinder()\n"
-        "try:\n"
-        "    try:\n"
-        "        import gae_redteam_cached_file\n"
-        "    except ImportError:\n"
-        "        pass\n"
-        "    result = io.FileIO(secret_path).read()\n"
-        "finally:\n"
-        "    sys.path_importer_cache[entry] = saved\n",
+        _entry_finder_swap(
+            "class Loader:\n"
+            "    def create_module(self, spec):\n"
+            "        return None\n"
+            "    def exec_module(self, module):\n"
+            "        pass\n"
+            "class EntryFinder:\n"
+            "    def find_spec(self, fullname, target=None):\n"
+            "        if fullname == 'gae_redteam_cached_file':\n"
+            "            spec = ModuleSpec(fullname, Loader(),\n"
+            "                              origin=os.path.join(app_root, 'main.py'))\n"
+            "            spec.cached = secret_path\n"
+            "            return spec\n"
+            "        return None\n",
+            "gae_redteam_cached_file", "result = io.FileIO(secret_path).read()"),
         after=SECRET_READ,),
     Attempt(
         "path_importer_cache_entry_finder_names_an_outside_namespace_folder", 1,
-        "import os\n"
-        "import sys\n"
-        "from importlib.machinery import ModuleSpec\n"
-        "class EntryFinder:\n"
-        "    def find_spec(self, fullname, target=None):\n"
-        "        if fullname == 'gae_redteam_portion':\n"
-        "            spec = ModuleSpec(fullname, None, is_package=True)\n"
-        "            spec.submodule_search_locations = [outside_dir]\n"
-        "            return spec\n"
-        "        return None\n"
-        "    def invalidate_caches(self):\n"
-        "        pass\n"
-        "entry = os.path.dirname(os.__file__)\n"
-        "saved = sys.path_importer_cache.get(entry)\n"
-        "sys.path_importer_cache[entry] = EntryFinder()\n"
-        "try:\n"
-        "    try:\n"
-        "        import gae_redteam_portion\n"
-        "    except ImportError:\n"
-        "        pass\n"
-        "    result = os.listdir(outside_dir)\n"
-        "finally:\n"
-        "    sys.path_importer_cache[entry] = saved\n",
+        _entry_finder_swap(
+            "class EntryFinder:\n"
+            "    def find_spec(self, fullname, target=None):\n"
+            "        if fullname == 'gae_redteam_portion':\n"
+            "            spec = ModuleSpec(fullname, None, is_package=True)\n"
+            "            spec.submodule_search_locations = [outside_dir]\n"
+            "            return spec\n"
+            "        return None\n",
+            "gae_redteam_portion", "result = os.listdir(outside_dir)"),
         after="if 'secret.txt' in (ns.get('result') or ()):\n    print('EFFECT')\n",),
     Attempt(
         "thread_result_and_arguments_released_as_host_code", 6,

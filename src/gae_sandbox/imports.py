@@ -768,8 +768,9 @@ class HostImports:
         for entry in path:
             if type(entry) is str and entry not in other_paths and entry not in paths:
                 paths.add(entry)
-                if paths is self.paths:
-                    self._folders = (*self._folders, realpath(entry or "."))
+                real = realpath(entry or ".") if paths is self.paths else None
+                if real is not None:  # (None: a symlink loop, a bad entry)
+                    self._folders = (*self._folders, real)
         for finder in meta_path:
             if finder is not GATE and id(finder) not in other_finders:
                 finders.setdefault(id(finder), finder)

@@ -39,6 +39,9 @@ from .patches import ABSENT, _guarded, _named, _refuse_system, _refused_call
 
 Patch = tuple[Any, str, Any, Any]
 
+#: Values that carry no code of the app's when host code uses them (exact types only).
+_PLAIN_TYPES = (str, bytes, int, float, bool, type(None))
+
 _get_ident = _thread.get_ident
 
 #: Set by sandbox.py: ``run_in_scope_of(scope, function, *args, **kwargs)``.
@@ -119,13 +122,19 @@ def sandboxed(function: Any, scope: Scope | None = None) -> Any:
     An object that is not callable yet is wrapped too when its class is the app's to change
     (it may get a ``__call__`` later); one of a built-in type (``None``) cannot."""
     scope = scope if scope is not None else active_scope()
-    if scope is None or isinstance(function, SandboxedCallback) or (
-            not callable(function) and not type(function).__flags__ & _HEAP_TYPE):
+    if scope is None or isinstance(function, SandboxedCallback) or not _may_be_called(
+            function):
         return function
     return SandboxedCallback(function, scope)
 
 
 _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by Python code
+
+
+def _may_be_called(value: Any) -> bool:
+    """Callable now, or an instance of a class Python code made (it may get a ``__call__``
+    later); a value of a built-in type that is not callable (``None``) never will be."""
+    return callable(value) or bool(type(value).__flags__ & _HEAP_TYPE)
 
 
 # --- atexit ---------------------------------------------------------------------------------
@@ -201,7 +210,6 @@ def _finalize_init(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _LogRecord = logging.LogRecord
-_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
 def _record_factory_setter(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -209,13 +217,12 @@ def _record_factory_setter(original: Callable[..., Any]) -> Callable[..., Any]:
     of every logging call, the host's too. It runs in that sandbox, and what it returns
     crosses into host code as plain data: the record host handlers format is the host's own
     ``LogRecord`` of the call's arguments, with the factory's record's attributes of exact
-    ``str``/``int``/``float``/``bool``/``None`` value copied onto it (a ``getMessage`` or
+    ``str``/``bytes``/``int``/``float``/``bool``/``None`` value copied onto it (a ``getMessage`` or
     ``__str__`` of the app's would otherwise run in host code)."""
 
     def setLogRecordFactory(factory: Any) -> Any:  # noqa: N802 - logging's own name
         scope = active_scope()
-        if scope is not None and factory is not _LogRecord and (
-                callable(factory) or type(factory).__flags__ & _HEAP_TYPE):
+        if scope is not None and factory is not _LogRecord and _may_be_called(factory):
             factory = _PlainRecordFactory(SandboxedCallback(_plain_fields(factory), scope))
         return original(factory)
 
@@ -340,9 +347,6 @@ OBJECT_ATTRIBUTES: dict[str, frozenset[str]] = {
     "sys": frozenset({"stdout", "stderr", "stdin", "__stdout__", "__stderr__", "__stdin__"}),
     "logging": frozenset({"lastResort"}),
 }
-_PLAIN_TYPES = (str, bytes, int, float, bool, type(None))
-
-
 class SandboxedObject:
     """An object the app left where host code uses it (``sys.stdout = Out()``): attributes
     are read, and methods called, inside the sandbox that put it there; what they give back

@@ -212,8 +212,9 @@ def test_a_record_factory_set_in_a_sandbox_keeps_its_plain_fields(tmp_path: Path
         logger.warning("host line")
         assert formatted == ["r1 app message"] and calls == ["app __str__"]
         del formatted[:], calls[:]
+        # (looked up inside: the patched function, even if an earlier test uninstalled it)
         Sandbox(Policy.python27(app_root=str(tmp_path), deadline=None)).call(
-            logging.setLogRecordFactory, factory)
+            lambda: logging.setLogRecordFactory(factory))
         logger.warning("host line")
         assert formatted == ["r1 host line"] and calls == []
         record = logging.getLogRecordFactory()("n", logging.INFO, "f", 1, "m", (), None)

@@ -115,13 +115,6 @@ watch_threads(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "watch_threads: already set for this process");
         return NULL;
     }
-    known_imports_name = PyUnicode_InternFromString("known_imports");
-    spec_name_key = PyUnicode_InternFromString("name");
-    if (known_imports_name == NULL || spec_name_key == NULL) {
-        Py_CLEAR(known_imports_name);
-        Py_CLEAR(spec_name_key);
-        return NULL;
-    }
     Py_INCREF(tickets);
     thread_tickets = tickets;
     Py_INCREF(host);
@@ -184,6 +177,27 @@ guard_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObj
     return PyObject_Vectorcall(host ? self->original : self->checked, args, nargsf, kwnames);
 }
 
+/* A new Guard (or StatGuard) of `type` holding the three objects, called through `call` */
+static GuardObject *
+guard_alloc(PyTypeObject *type, PyObject *original, PyObject *checked, PyObject *var,
+            vectorcallfunc call)
+{
+    GuardObject *self = (GuardObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(original);
+    self->original = original;
+    Py_INCREF(checked);
+    self->checked = checked;
+    Py_INCREF(var);
+    self->var = var;
+    self->dict = NULL;
+    self->weakrefs = NULL;
+    self->vectorcall = call;
+    return self;
+}
+
 static PyObject *
 guard_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -201,20 +215,7 @@ guard_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "Guard: var must be a contextvars.ContextVar");
         return NULL;
     }
-    GuardObject *self = (GuardObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    Py_INCREF(original);
-    self->original = original;
-    Py_INCREF(checked);
-    self->checked = checked;
-    Py_INCREF(var);
-    self->var = var;
-    self->dict = NULL;
-    self->weakrefs = NULL;
-    self->vectorcall = guard_vectorcall;
-    return (PyObject *)self;
+    return (PyObject *)guard_alloc(type, original, checked, var, guard_vectorcall);
 }
 
 static int
@@ -244,7 +245,7 @@ guard_dealloc(GuardObject *self)
     if (self->weakrefs != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
-    guard_clear(self);
+    Py_TYPE(self)->tp_clear((PyObject *)self);  /* StatGuard's clears its own fields too */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -493,19 +494,11 @@ stat_guard_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                         "StatGuard: four callables, a ContextVar and a dict");
         return NULL;
     }
-    StatGuardObject *self = (StatGuardObject *)type->tp_alloc(type, 0);
+    StatGuardObject *self = (StatGuardObject *)guard_alloc(type, original, checked, var,
+                                                           stat_guard_vectorcall);
     if (self == NULL) {
         return NULL;
     }
-    Py_INCREF(original);
-    self->guard.original = original;
-    Py_INCREF(checked);
-    self->guard.checked = checked;
-    Py_INCREF(var);
-    self->guard.var = var;
-    self->guard.dict = NULL;
-    self->guard.weakrefs = NULL;
-    self->guard.vectorcall = stat_guard_vectorcall;
     Py_INCREF(resolved);
     self->resolved = resolved;
     Py_INCREF(lstat);
@@ -534,17 +527,6 @@ stat_guard_clear(StatGuardObject *self)
     return guard_clear(&self->guard);
 }
 
-static void
-stat_guard_dealloc(StatGuardObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    if (self->guard.weakrefs != NULL) {
-        PyObject_ClearWeakRefs((PyObject *)self);
-    }
-    stat_guard_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
 static PyTypeObject StatGuardType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "gae_sandbox._speedups.StatGuard",
@@ -555,7 +537,7 @@ static PyTypeObject StatGuardType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
                 | Py_TPFLAGS_METHOD_DESCRIPTOR,
     .tp_new = stat_guard_new,
-    .tp_dealloc = (destructor)stat_guard_dealloc,
+    .tp_dealloc = (destructor)guard_dealloc,
     .tp_traverse = (traverseproc)stat_guard_traverse,
     .tp_clear = (inquiry)stat_guard_clear,
     .tp_vectorcall_offset = offsetof(StatGuardObject, guard.vectorcall),
@@ -925,15 +907,20 @@ PyInit__speedups(void)
             || PyType_Ready(&StatGuardType) < 0) {
         return NULL;
     }
-    layers_name = PyUnicode_InternFromString("layers");
-    readable_name = PyUnicode_InternFromString("readable");
-    st_dev_name = PyUnicode_InternFromString("st_dev");
-    st_ino_name = PyUnicode_InternFromString("st_ino");
-    st_mode_name = PyUnicode_InternFromString("st_mode");
-    st_ctime_ns_name = PyUnicode_InternFromString("st_ctime_ns");
-    if (layers_name == NULL || readable_name == NULL || st_dev_name == NULL
-            || st_ino_name == NULL || st_mode_name == NULL || st_ctime_ns_name == NULL) {
-        return NULL;
+    /* the attribute names the C fast paths read, made once */
+    struct { PyObject **slot; const char *text; } names[] = {
+        {&known_imports_name, "known_imports"}, {&spec_name_key, "name"},
+        {&layers_name, "layers"}, {&readable_name, "readable"}, {&st_dev_name, "st_dev"},
+        {&st_ino_name, "st_ino"}, {&st_mode_name, "st_mode"},
+        {&st_ctime_ns_name, "st_ctime_ns"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (*names[i].slot == NULL) {
+            *names[i].slot = PyUnicode_InternFromString(names[i].text);
+            if (*names[i].slot == NULL) {
+                return NULL;
+            }
+        }
     }
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL) {

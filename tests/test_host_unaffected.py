@@ -410,3 +410,18 @@ def test_uninstall_restores_import_and_a_later_sandbox_reinstalls(policy: Policy
         else:
             gae_sandbox.uninstall()
     assert gae_sandbox.is_installed() is was_installed
+
+
+def test_modules_imported_after_install_are_plain_modules(policy: Policy) -> None:
+    """``sys``, ``logging``, ``threading`` and ``warnings`` change class while installed (to
+    route hook assignments); the import system makes every new module with
+    ``type(sys)(name)``, and those must stay plain modules, inside a sandbox and out."""
+    import types
+
+    with Sandbox(policy):
+        pass  # installed
+    assert type(sys) is not types.ModuleType  # the control: sys's class is changed
+    assert type(fresh_import("colorsys")) is types.ModuleType
+    assert type(type(sys)("made_like_the_import_system")) is types.ModuleType
+    with Sandbox(policy):
+        assert type(fresh_import("colorsys")) is types.ModuleType

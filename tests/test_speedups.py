@@ -278,7 +278,8 @@ def test_installed_audit_hook_ignores_host_events_and_judges_sandboxed_ones(
 
 def test_c_audit_hook_calls_python_only_inside_a_scope() -> None:
     """In a fresh process (hooks cannot be removed): the C hook calls the Python hook for
-    events raised while the ContextVar holds a scope, never for host code, and is added once."""
+    events raised while the ContextVar holds a scope, never for host code nor for the events
+    it was given as needing no decision, and is added once."""
     if _speedups is None:
         pytest.skip("gae_sandbox._speedups is not built")
     script = textwrap.dedent("""
@@ -293,10 +294,12 @@ def test_c_audit_hook_calls_python_only_inside_a_scope() -> None:
                     raise PermissionError("refused")
 
         var = contextvars.ContextVar("scope", default=None)
-        assert _speedups.install_audit_hook(hook, var) is True
+        passed = frozenset({"test.passed"})
+        assert _speedups.install_audit_hook(hook, var, passed) is True
         assert _speedups.install_audit_hook(hook, var) is False  # once per process
         sys.audit("test.host", 1)
         token = var.set("scope")
+        sys.audit("test.passed", 4)  # needs no decision: the Python hook is not called
         sys.audit("test.scoped", 2, "x")
         try:
             sys.audit("test.refuse")

@@ -8,9 +8,9 @@
  *   ContextVar again and does every check, so this is only a shortcut for host code. The
  *   original is never exposed: no attribute names it, pickling goes by qualified name (as a
  *   function's does), and only the garbage collector's traversal sees it.
- * - install_audit_hook(hook, var): PySys_AddAuditHook with a C hook that returns at once
- *   when `var` holds None (or in another interpreter) and calls `hook(event, args)`
- *   otherwise.
+ * - install_audit_hook(hook, var, passed): PySys_AddAuditHook with a C hook that returns at
+ *   once when `var` holds None (or in another interpreter) or the event is in `passed`, and
+ *   calls `hook(event, args)` otherwise.
  *
  * The pure-Python code in patches.py and audit.py does the same and is used when this module
  * does not build or import, or when GAE_SANDBOX_PURE_PYTHON=1.
@@ -553,6 +553,7 @@ static PyTypeObject StatGuardType = {
 /* Set once (audit hooks cannot be removed); the references are kept for the process's life. */
 static PyObject *hook_function = NULL;
 static PyObject *hook_var = NULL;
+static PyObject *hook_passed = NULL;  /* frozenset of events needing no decision, or NULL */
 static PyInterpreterState *hook_interpreter = NULL;
 
 static int
@@ -571,6 +572,15 @@ audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
     if (name == NULL) {
         return -1;
     }
+    if (hook_passed != NULL) {
+        /* an event the sandbox allows with no decision of its own: the Python hook would
+         * only return (and its frame is most of a fresh import's audit cost) */
+        int passed = PySet_Contains(hook_passed, name);
+        if (passed != 0) {
+            Py_DECREF(name);
+            return passed < 0 ? -1 : 0;
+        }
+    }
     PyObject *call_args[2] = {name, args};
     PyObject *result = PyObject_Vectorcall(hook_function, call_args, 2, NULL);
     Py_DECREF(name);
@@ -584,27 +594,31 @@ audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
 static PyObject *
 install_audit_hook(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    PyObject *function, *var;
-    if (!PyArg_ParseTuple(args, "OO:install_audit_hook", &function, &var)) {
+    PyObject *function, *var, *passed = NULL;
+    if (!PyArg_ParseTuple(args, "OO|O:install_audit_hook", &function, &var, &passed)) {
         return NULL;
     }
     if (hook_function != NULL) {
         Py_RETURN_FALSE;  /* once per process: hooks cannot be removed */
     }
-    if (!PyCallable_Check(function) || !PyContextVar_CheckExact(var)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "install_audit_hook(hook, var): a callable and a ContextVar");
+    if (!PyCallable_Check(function) || !PyContextVar_CheckExact(var)
+            || (passed != NULL && !PyFrozenSet_CheckExact(passed))) {
+        PyErr_SetString(PyExc_TypeError, "install_audit_hook(hook, var, passed=None): a "
+                        "callable, a ContextVar and a frozenset of event names");
         return NULL;
     }
     Py_INCREF(function);
     Py_INCREF(var);
+    Py_XINCREF(passed);
     hook_function = function;
     hook_var = var;
+    hook_passed = passed;
     hook_interpreter = PyInterpreterState_Get();
     if (PySys_AddAuditHook(audit_hook, NULL) < 0) {
         /* refused by an existing hook: this one was not added */
         Py_CLEAR(hook_function);
         Py_CLEAR(hook_var);
+        Py_CLEAR(hook_passed);
         hook_interpreter = NULL;
         return NULL;
     }
@@ -870,9 +884,10 @@ same_items(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef module_methods[] = {
     {"install_audit_hook", install_audit_hook, METH_VARARGS,
-     PyDoc_STR("install_audit_hook(hook, var): add, once per process, an audit hook that "
-               "calls hook(event, args) only while var holds something other than None or the "
-               "thread is marked (watch_threads). "
+     PyDoc_STR("install_audit_hook(hook, var, passed=None): add, once per process, an "
+               "audit hook that calls hook(event, args) only while var holds something other "
+               "than None or the thread is marked (watch_threads), and the event is not in the "
+               "frozenset passed. "
                "Returns whether it added it (False: it was there already).")},
     {"watch_threads", watch_threads, METH_VARARGS,
      PyDoc_STR("watch_threads(tickets, host, scopes, ticket_type): once per process, the "

@@ -376,6 +376,9 @@ def _is_interpreter_event(event: str) -> bool:
 #: reference to the table (and to everything else it decides with), captured when it is
 #: made, so rebinding or editing this module's names changes nothing it does.
 HANDLERS = MappingProxyType(_handlers())
+#: The allowed events no handler judges: the C hook returns for them without calling
+#: ``audit_hook`` (which would only return; a fresh import raises thousands of them).
+PASSED_EVENTS: frozenset[str] = ALLOWED_EVENTS.difference(HANDLERS)
 
 
 def _make_hook() -> Callable[[str, tuple[Any, ...]], None]:
@@ -413,13 +416,14 @@ def install_audit_hook() -> None:
     """Add the hook once per process (audit hooks cannot be removed).
 
     With the C accelerator (``patches.SPEEDUPS``) a C hook is added instead, which returns
-    at once for host code (no sandbox active: one ContextVar read, no Python call) and calls
-    ``audit_hook`` otherwise; the C module adds it only once per process."""
+    at once for host code (no sandbox active: one ContextVar read, no Python call) and for
+    :data:`PASSED_EVENTS`, and calls ``audit_hook`` otherwise; the C module adds it only
+    once per process."""
     global _installed
     if not _installed:
         speedups = patches.SPEEDUPS  # read now: the same choice as the patches installed
         if speedups is not None:
-            speedups.install_audit_hook(audit_hook, _ACTIVE)
+            speedups.install_audit_hook(audit_hook, _ACTIVE, PASSED_EVENTS)
         else:
             sys.addaudithook(audit_hook)
         _installed = True

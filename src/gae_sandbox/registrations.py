@@ -404,7 +404,13 @@ class _HookedModule(types.ModuleType):
     """The class of ``sys``, ``threading``, ``warnings`` and ``logging`` while installed: a
     hook or object assigned from inside a sandbox is wrapped to run in it, unless it is a
     value the host had there (``contextlib.redirect_stdout`` putting the host's stream
-    back). Reads are untouched (no ``__getattribute__``)."""
+    back). Reads are untouched (no ``__getattribute__``).
+
+    Only those modules change class: the import system makes new modules with
+    ``type(sys)(name)``, which gives a plain module, not this class."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+        return types.ModuleType(*args, **kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
         module = types.ModuleType.__getattribute__(self, "__name__")

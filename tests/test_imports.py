@@ -879,3 +879,37 @@ def test_a_refused_c_extension_falls_back_to_the_python_file_beside_it(
             assert compiled.sub.__path__ == [str(package / "sub")]
             with pytest.raises(CExtensionRefused):
                 import compiled.only_c  # noqa: F401
+
+
+def test_module_file_judged_where_its_folder_leads_now(policy: Policy, site_dir: Path,
+                                                       app_root: Path) -> None:
+    """A module's file is judged from where its folder leads when it is loaded: the folder's
+    remembered real path is used again only while the folder is the same one. Here a
+    ``sys.path`` folder is a symlink, first to a folder outside the app (the module is
+    allowed), then to one of the app's ``skip_files`` folders: the second import is refused."""
+    name = unique("gae_moved")
+    outside = site_dir.parent / "outside_lib"
+    hidden = app_root / "hidden"
+    for folder in (outside, hidden):
+        folder.mkdir()
+        (folder / f"{name}.py").write_text("VALUE = 1\n")
+    link = site_dir.parent / "linked_lib"
+    link.symlink_to(outside)
+    narrowed = policy.replace(allowed_modules=(name,), skip_files=(r"^hidden/.*",))
+    sys.path.insert(0, str(link))
+    try:
+        with Sandbox(narrowed) as sb:
+            assert importlib.import_module(name).VALUE == 1
+        assert sb.violations == []
+        del sys.modules[name]
+        link.unlink()
+        link.symlink_to(hidden)  # the same spelling now leads into the skip_files folder
+        sys.path_importer_cache.pop(str(link), None)
+        with Sandbox(narrowed), pytest.raises(ImportRefused, match="skip_files"):
+            importlib.import_module(name)
+        # the control: the folder's real path really changed
+        assert Path(os.path.realpath(link / f"{name}.py")).is_relative_to(app_root)
+    finally:
+        sys.path.remove(str(link))
+        sys.path_importer_cache.pop(str(link), None)
+        sys.modules.pop(name, None)

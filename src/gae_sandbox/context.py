@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .errors import SandboxStateRefused, SandboxViolation
-from .paths import is_inside, realpath
+from .paths import is_inside, realpath_of_file
 from .report import Report, Violation
 from .runtime import interpreter_library_folders
 
@@ -199,7 +199,7 @@ def resolve_file(filename: str, fresh: bool = False) -> str:
         known = _resolved_files.get(filename)
         if known is not None:
             return known
-    resolved = realpath(filename) or filename
+    resolved = realpath_of_file(filename) or filename
     if type(resolved) is str:
         if len(_resolved_files) >= 16384:
             _resolved_files.clear()

@@ -685,12 +685,12 @@ class ImportGateFinder:
                 scope.reported_imports.add(fullname)
                 return _noted(scope, _find_elsewhere(self, fullname, path, target))
         spec, finder = _find_elsewhere(self, fullname, path, target)
+        # (judged once: check_spec resolves the module's file, a walk of its path)
         if spec is not None and not _allowed_untrusted(scope, check_spec, fullname, spec):
             source = _pure_python_sibling(fullname, spec)
             if source is not None and _allowed_untrusted(scope, check_spec, fullname, source):
                 # what the runtime ran: the .py beside the .so
                 return _noted(scope, (source, finder))
-        if spec is not None and not _allowed_untrusted(scope, check_spec, fullname, spec):
             if trusted is None:
                 trusted = importer_trusted(scope, caller)
             if scope.judge(check_spec, fullname, spec, trusted):

@@ -26,11 +26,13 @@ import sys
 import threading
 import tracemalloc  # noqa: F401 - its re-exports of _tracemalloc are patched too
 import types
+from _thread import get_ident as _get_ident
 from collections.abc import Callable
 from typing import Any
 
-from .context import Layer, Scope, active_scope, passthrough
+from .context import Layer, Scope, active_scope, exact_fd, passthrough
 from .errors import SandboxViolation, SystemCallRefused
+from .network import SOCKET_INITS
 
 Patch = tuple[Any, str, Any, Any]
 
@@ -148,9 +150,7 @@ def _refuse_unlisted(layer: Layer, what: str, module: str) -> SandboxViolation:
 
 def _check_descriptor(layer: Layer, scope: Scope, fd: Any,
                       what: str) -> SandboxViolation | None:
-    if type(fd) is not int and hasattr(fd, "fileno"):
-        return None  # a socket object: socket.dup(sock) goes through its own fileno
-    if fd == 0 or fd in scope.opened_fds:
+    if fd == 0 or fd in scope.opened_fds:  # (an exact int: context.exact_fd)
         return None
     return SystemCallRefused(f"{what} on fd {fd!r}", _DESCRIPTOR_RULE, None)
 
@@ -183,6 +183,9 @@ def _own_descriptor(original: Callable[..., Any], module: str,
     def on_descriptor(fd: Any, *args: Any, **kwargs: Any) -> Any:
         scope = active_scope()
         if scope is not None:
+            exact = exact_fd(fd)  # judged and used: the same int
+            if exact is not None:
+                fd = exact
             scope.judge(_check_descriptor, scope, fd, what)
             result = passthrough(original, fd, *args, **kwargs)
             if name == "dup" and type(result) is int:
@@ -238,15 +241,30 @@ def build_patches() -> list[Patch]:
 
 def _socket_adoption() -> list[Patch]:
     """``socket.socket(fileno=fd)`` adopts a descriptor: only the request's own. A socket the
-    request makes is its own (``dup``, ``close`` and ``fromfd`` of it are allowed)."""
+    request makes is its own (``dup``, ``close`` and ``fromfd`` of it are allowed). The C
+    initializer underneath (``_socket.socket.__init__``, an immutable type's, reachable
+    through the class's ``__mro__``) adopts any descriptor too: its ``socket.__new__`` audit
+    event is refused unless it comes from this ``__init__`` for this very socket
+    (``network.SOCKET_INITS``)."""
     original = socket.socket.__init__
 
     def __init__(self: socket.socket, family: Any = -1, type: Any = -1,  # noqa: A002
                  proto: Any = -1, fileno: Any = None) -> None:
         scope = active_scope()
-        if scope is not None and fileno is not None:
+        if scope is None:
+            original(self, family, type, proto, fileno)
+            return
+        if fileno is not None:
+            exact = exact_fd(fileno)  # judged and used: the same int
+            if exact is not None:
+                fileno = exact
             scope.judge(_check_descriptor, scope, fileno, "socket.socket(fileno=...)")
-        original(self, family, type, proto, fileno)
+        thread = _get_ident()
+        SOCKET_INITS[thread] = self  # the C initializer's audit event expects this socket
+        try:
+            original(self, family, type, proto, fileno)
+        finally:
+            SOCKET_INITS.pop(thread, None)
         if scope is not None:
             try:
                 scope.opened_fds.add(self.fileno())

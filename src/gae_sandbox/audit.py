@@ -26,7 +26,7 @@ from .imports import (
     loading_files,
     trusted_import_context,
 )
-from .network import check_connect, check_lookup, check_raw_socket, check_server
+from .network import check_connect, check_lookup, check_server, on_socket_new
 from .patches import (
     JUDGED_SPAWN,
     _refuse_process,
@@ -301,7 +301,7 @@ def _handlers() -> dict[str, Handler]:
         "socket.sendto": _on_connect,
         "socket.sendmsg": _on_sendmsg,
         "socket.bind": _on_bind,
-        "socket.__new__": lambda scope, args: scope.judge(check_raw_socket, args[0]),
+        "socket.__new__": on_socket_new,
         "socket.getaddrinfo": _on_getaddrinfo,
         "socket.gethostbyname": _on_host_lookup,
         "socket.gethostbyaddr": _on_host_lookup,

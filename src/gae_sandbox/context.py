@@ -18,6 +18,7 @@ from __future__ import annotations
 import builtins
 import contextvars
 import importlib
+import operator
 import os
 import sys
 from _thread import get_ident as _get_ident
@@ -283,6 +284,31 @@ def _is_stdlib_file(filename: str) -> bool:
     # imports.py imports this module; no import statement here: inside a scope it would go
     # through the import gate, which may be what is refusing
     return sys.modules[f"{__package__}.imports"].is_stdlib_code(filename)  # type: ignore
+
+
+def exact_fd(value: Any) -> int | None:
+    """A descriptor argument as the exact ``int`` the C function would use, read once, so
+    that what is judged is what is used: an ``int`` subclass by its value (never its own
+    ``__eq__`` or ``__index__``), another object by one call of its ``fileno()`` (or
+    ``__index__``). ``None`` when it is none of these (the C function's own TypeError then
+    answers). Callers pass the result on in place of the argument."""
+    if type(value) is int:
+        return value
+    if isinstance(value, int):
+        return int.__index__(value)
+    try:
+        fileno = value.fileno
+    except AttributeError:
+        try:
+            number = _index(value)
+        except TypeError:
+            return None
+        return int.__index__(number)
+    number = fileno()
+    return int.__index__(number) if isinstance(number, int) else None
+
+
+_index = operator.index
 
 
 class OwnedFds:

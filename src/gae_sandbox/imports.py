@@ -30,11 +30,12 @@ import os
 import re
 import stat
 import sys
+import types
 from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, ExtensionFileLoader
 from typing import Any
 
-from .context import _ACTIVE, SPEEDUPS, Layer, Scope, active_scope, resolve_file
-from .errors import CExtensionRefused, ImportRefused, SandboxViolation
+from .context import _ACTIVE, SPEEDUPS, Layer, Scope, active_scope, passthrough, resolve_file
+from .errors import CExtensionRefused, ImportRefused, SandboxViolation, SystemCallRefused
 from .paths import is_inside, realpath
 from .runtime import (
     LIBRARY_MODULES,
@@ -230,15 +231,19 @@ def _check_c(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
     return CExtensionRefused(name, rule, "allowed_c_extensions")
 
 
-#: Standard-library C modules whose wrapper is not their own name without the underscore
-#: (``_socket`` is wrapped by ``socket``, ``_json`` by ``json.*``): the modules that may load
-#: them. Any other standard-library module importing a private C module is a trampoline
-#: (``pkgutil.resolve_name``, ``logging.config``, ``pickle``) and is refused like app code.
+#: The standard-library C modules outside the runtime's list (``RUNTIME_C_MODULES``) that
+#: the standard library may load, each with the modules that wrap it: an allow-list. Any
+#: other standard-library module importing a private C module is a trampoline
+#: (``pkgutil.resolve_name``, ``logging.config``, ``pickle``) and is refused like app code;
+#: a C module listed nowhere is refused to everyone. What these give is covered by the
+#: sandbox's own replacements (``posix``, ``_socket``, ``_signal``, ``_posixsubprocess``).
 WRAPPERS: dict[str, tuple[str, ...]] = {
     "posix": ("os",),
+    "_socket": ("socket",),
+    "_signal": ("signal",),
+    "_ssl": ("ssl",),
     "_posixsubprocess": ("subprocess",),
     "_elementtree": ("xml.etree.ElementTree",),
-    "_gdbm": ("dbm",),
     "pwd": ("posixpath", "shutil", "tarfile", "pathlib", "getpass", "http.server", "netrc"),
     "grp": ("shutil", "tarfile", "pathlib"),
     "_pickle": ("pickle",),
@@ -247,16 +252,22 @@ WRAPPERS: dict[str, tuple[str, ...]] = {
     "_sha1": ("hashlib",),
     "_sha3": ("hashlib",),
     "_blake2": ("hashlib",),
+    "_sysconfig": ("sysconfig",),
+    "_suggestions": ("traceback",),
 }
 
 
 def wraps(importer_file: Any, name: str) -> bool:
-    """Whether the standard-library module in ``importer_file`` is the one that wraps the C
-    module ``name`` (decided from the module that imports, never from who called it)."""
+    """Whether the standard-library module in ``importer_file`` is one that wraps the C
+    module ``name`` (decided from the module that imports, never from who called it). Only
+    the pairs :data:`WRAPPERS` lists: a C module it does not list is refused to every
+    importer (``readline``, ``_tkinter``, ``_curses``, ``syslog``, ...)."""
+    owners = WRAPPERS.get(name)
+    if owners is None:
+        return False
     importer = _stdlib_module_name(importer_file) if isinstance(importer_file, str) else None
     if importer is None:
         return False
-    owners = WRAPPERS.get(name) or (name.lstrip("_"),)
     return any(importer == owner or importer.startswith(owner + ".") for owner in owners)
 
 
@@ -595,6 +606,34 @@ def _module_maker(original: Any, what: str) -> Any:
     return create
 
 
+def _code_renamer(original: Any) -> Any:
+    """``_imp._fix_co_filename(code, path)`` renames a code object's file in place, with no
+    audit event, and a standard-library module's trust (its own C modules) is decided from
+    that name. Inside a scope it may only rename the code of a module the gate is loading
+    to that module's own file (the import system, for bytecode compiled elsewhere), or
+    leave the name as it is."""
+
+    def fix_co_filename(code: Any, path: Any) -> Any:
+        scope = active_scope()
+        if scope is not None and not (type(path) is str and (
+                path in loading_files(scope)[0]
+                or type(code) is types.CodeType and code.co_filename == path)):
+            scope.judge(_refuse_rename, path)
+            return passthrough(original, code, path)
+        return original(code, path)
+
+    from .patches import _guarded
+
+    return _guarded(fix_co_filename, original)
+
+
+def _refuse_rename(layer: Layer, path: Any) -> SandboxViolation:
+    return SystemCallRefused(
+        f"_imp._fix_co_filename(code, {path!r})",
+        "it renames a code object's file, from which the standard library's trust is "
+        "decided; the import system renames only the code of the module it is loading", None)
+
+
 def _refuse_copy(layer: Layer, name: str, what: str) -> SandboxViolation:
     return ImportRefused(name, f"{what} of a module already loaded: a second instance "
                          "would have none of the sandbox's replacements", None)
@@ -613,6 +652,8 @@ def build_patches(speedups: Any = None) -> list[tuple[Any, str, Any, Any]]:
          _module_maker(_imp.create_builtin, "_imp.create_builtin")),
         (_imp, "create_dynamic", _imp.create_dynamic,
          _module_maker(_imp.create_dynamic, "_imp.create_dynamic")),
+        (_imp, "_fix_co_filename", _imp._fix_co_filename,
+         _code_renamer(_imp._fix_co_filename)),
         (_bootstrap.ModuleSpec, "_initializing", None, flag),
         (_bootstrap, "_lock_unlock_module", original_lock_unlock_module,
          gated_lock_unlock_module),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from _thread import get_ident as _get_ident
 from typing import Any
 
 from .context import Layer, Scope
@@ -117,14 +118,41 @@ def check_lookup(layer: Layer, scope: Scope, host: Any, port: Any) -> SandboxVio
                           "allowed_hosts")
 
 
-def check_raw_socket(layer: Layer, sock: Any) -> SandboxViolation | None:
+#: Thread ident -> the socket that ``socket.socket.__init__`` (allowlist.py) is initializing,
+#: having judged its ``fileno``: the C initializer's audit event is expected for it alone.
+SOCKET_INITS: dict[int, Any] = {}
+#: The address families sandboxed code may make sockets of (-1: taken from an adopted
+#: descriptor, which ``socket.socket.__init__`` judged as the request's own).
+SOCKET_FAMILIES = frozenset({-1, socket.AF_INET, socket.AF_INET6,
+                             getattr(socket, "AF_UNIX", socket.AF_INET)})
+_FAMILY_RULE = ("sandboxed code may make IPv4, IPv6 and UNIX sockets only (other families "
+                "reach the kernel's routing, devices and processes with no address check)")
+
+
+def on_socket_new(scope: Scope, args: tuple[Any, ...]) -> None:
+    """The ``socket.__new__`` audit event (raised by the C initializer)."""
+    sock = args[0]
+    expected = SOCKET_INITS.get(_get_ident()) is sock
+    family = args[1] if len(args) > 1 else -1
+    scope.judge(check_raw_socket, sock, expected, family)
+
+
+def check_raw_socket(layer: Layer, sock: Any, expected: bool = True,
+                     family: Any = -1) -> SandboxViolation | None:
     """``_socket.socket`` objects bypass the socket module's checks (``listen`` has no audit
-    event); app code gets ``socket.socket``."""
-    if isinstance(sock, socket.socket):
-        return None
-    return NetworkRefused(f"creation of a raw {type(sock).__module__}.{type(sock).__name__}",
-                          "sandboxed code uses socket.socket, not the private _socket module",
-                          None)
+    event); app code gets ``socket.socket``, made through its ``__init__``."""
+    if not isinstance(sock, socket.socket):
+        return NetworkRefused(
+            f"creation of a raw {type(sock).__module__}.{type(sock).__name__}",
+            "sandboxed code uses socket.socket, not the private _socket module", None)
+    if not expected:
+        return NetworkRefused(
+            "a socket initialized by _socket.socket.__init__ directly",
+            "it adopts any descriptor unchecked: sandboxed code makes sockets with "
+            "socket.socket(...)", None)
+    if type(family) is not int or family not in SOCKET_FAMILIES:
+        return NetworkRefused(f"a socket of address family {family!r}", _FAMILY_RULE, None)
+    return None
 
 
 def check_server(layer: Layer, what: str) -> SandboxViolation | None:

@@ -27,7 +27,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from . import context, filesystem
-from .context import _ACTIVE, Layer, Scope, active_scope, passthrough
+from .context import _ACTIVE, Layer, Scope, active_scope, exact_fd, passthrough
 from .errors import (
     FileReadRefused,
     NotAvailableRefused,
@@ -342,25 +342,42 @@ def _scandir(original: Callable[..., Any]) -> Callable[..., Any]:
     return _guarded(scandir, original)
 
 
-def _fd_writer(original: Callable[..., Any], what: str, argument: int = 0,
-               sources: tuple[int, ...] = (), replaces: bool = False) -> Callable[..., Any]:
-    """Functions that write to the descriptor in position ``argument``, reading from those in
-    ``sources`` (``sendfile``, ``splice``: the request's own or standard input only);
-    ``replaces``: the target is replaced (``dup2``), so it must be the request's own, not
-    even standard output."""
+#: A descriptor parameter of a replaced function: its position and its keyword name.
+FdParameter = tuple[int, str]
+
+
+def _fd_writer(original: Callable[..., Any], what: str, target: FdParameter = (0, "fd"),
+               sources: tuple[FdParameter, ...] = (),
+               replaces: bool = False) -> Callable[..., Any]:
+    """Functions that write to the descriptor ``target``, reading from those in ``sources``
+    (``sendfile``, ``splice``: the request's own or standard input only); ``replaces``: the
+    target is replaced (``dup2``), so it must be the request's own, not even standard
+    output. Each descriptor is found by position or keyword, taken once as an exact ``int``
+    (``context.exact_fd``), judged, and that ``int`` is what the original gets."""
+    parameters = (target, *sources)
 
     def write_fd(*args: Any, **kwargs: Any) -> Any:
         scope = active_scope()
         if scope is not None:
-            if len(args) > argument:
-                target = args[argument]
-                if replaces:
-                    scope.judge(_check_fd_own, scope, target, what)
+            values = list(args)
+            for index, (position, keyword) in enumerate(parameters):
+                if len(values) > position:
+                    fd = exact_fd(values[position])
+                    if fd is not None:
+                        values[position] = fd
+                elif keyword in kwargs:
+                    fd = exact_fd(kwargs[keyword])
+                    if fd is not None:
+                        kwargs[keyword] = fd
                 else:
-                    scope.judge(_check_fd_write, scope, target, what)
-            for position in sources:
-                if len(args) > position:
-                    scope.judge(_check_fd_read, scope, args[position], what)
+                    continue
+                if index:
+                    scope.judge(_check_fd_read, scope, fd, what)
+                elif replaces:
+                    scope.judge(_check_fd_own, scope, fd, what)
+                else:
+                    scope.judge(_check_fd_write, scope, fd, what)
+            return original(*values, **kwargs)
         return original(*args, **kwargs)
 
     return _guarded(write_fd, original)
@@ -936,10 +953,13 @@ def build_patches() -> list[Patch]:
     for name in ("write", "pwrite", "writev", "pwritev", "posix_fallocate",
                  "posix_fadvise", "fsync", "fdatasync", "lockf"):
         add(os, name, lambda original, name=name: _fd_writer(original, f"os.{name}"))
-    add(os, "sendfile", lambda original: _fd_writer(original, "os.sendfile", 0, (1,)))
-    add(os, "dup2", lambda original: _fd_writer(original, "os.dup2", 1, (0,), replaces=True))
+    add(os, "sendfile", lambda original: _fd_writer(original, "os.sendfile", (0, "out_fd"),
+                                                    ((1, "in_fd"),)))
+    add(os, "dup2", lambda original: _fd_writer(original, "os.dup2", (1, "fd2"), ((0, "fd"),),
+                                                replaces=True))
     for name in ("copy_file_range", "splice"):
-        add(os, name, lambda original, name=name: _fd_writer(original, f"os.{name}", 1, (0,)))
+        add(os, name, lambda original, name=name: _fd_writer(original, f"os.{name}",
+                                                             (1, "dst"), ((0, "src"),)))
     for name in ("pipe", "pipe2"):  # dup: allowlist.py (the request's own descriptors only)
         add(os, name, _fd_maker)
     add(os, "open", _os_open)

@@ -549,10 +549,20 @@ def _load_forgetting_orphans(spec: Any) -> Any:
     import in a package's ``__init__``) leaves no half-built package (:func:`drop_orphans`)."""
     before = set(sys.modules)
     try:
-        return original_load_unlocked(spec)
+        module = original_load_unlocked(spec)
     except BaseException:
         drop_orphans(before)
         raise
+    name = getattr(spec, "name", None)
+    if type(name) is str and name in LATE_MODULES and after_load is not None:
+        after_load()  # patch it before the app can call what it defines
+    return module
+
+
+#: Modules the sandbox patches only once they are imported (registrations.LATE_BUILDERS),
+#: and what sandbox.py does when a request has loaded one of them.
+LATE_MODULES: frozenset[str] = frozenset({"asyncio.events", "urllib.request"})
+after_load: Any = None
 
 
 # The two wrappers above stand in for importlib's own functions inside a scope: their frames

@@ -27,6 +27,7 @@ import copyreg
 import gc
 import logging
 import os
+import shutil
 import sys
 import threading
 import types
@@ -128,6 +129,48 @@ def sandboxed(function: Any, scope: Scope | None = None) -> Any:
     return SandboxedCallback(function, scope)
 
 
+def plain_result(value: Any, scope: Scope, depth: int = 0) -> Any:
+    """What a callback of the app's returns, as host code may use it: exact ``str``,
+    ``bytes``, ``int`` and ``float`` copies (read with the built-in types' own C methods, so
+    no method of a subclass runs), tuples of those, and anything else wrapped to run in
+    ``scope`` (:func:`_exported`)."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES or kind is SandboxedCallback or kind is SandboxedObject:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bytes):
+        return bytes.__getitem__(value, slice(None))
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, tuple) and depth < 4:
+        return tuple([plain_result(tuple.__getitem__(value, index), scope, depth + 1)
+                      for index in range(tuple.__len__(value))])
+    return _exported(value, scope)
+
+
+class PlainCallback:
+    """A callback whose result host code uses (a codec's function, an error handler, an
+    archive format): run like :class:`SandboxedCallback`, its result made plain."""
+
+    __slots__ = ("_call", "_scope")
+
+    def __init__(self, function: Any, scope: Scope) -> None:
+        self._call = SandboxedCallback(function, scope)
+        self._scope = scope
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return plain_result(self._call(*args, **kwargs), self._scope)
+
+    def wraps(self, function: Any) -> bool:
+        return self._call.wraps(function)
+
+    def __repr__(self) -> str:
+        return repr(self._call)
+
+
 _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by Python code
 
 
@@ -171,12 +214,137 @@ def _unregister(original: Callable[..., Any],
 
 def _codecs_register(original: Callable[..., Any]) -> Callable[..., Any]:
     def register(search_function: Any, /) -> None:
-        if active_scope() is not None:
-            search_function = sandboxed(search_function)
-            _codec_searches.append(search_function)
+        scope = active_scope()
+        if scope is not None:
+            search_function = _CodecSearch(search_function, scope)
+            _codec_searches.append(search_function)  # type: ignore[arg-type]
         original(search_function)
 
     return _named(register, original)
+
+
+_CODEC_FUNCTIONS = ("encode", "decode", "streamreader", "streamwriter", "incrementalencoder",
+                    "incrementaldecoder")
+
+
+def _codec_fields(search: Any) -> Callable[[Any], Any]:
+    """``search`` and the reading of the ``CodecInfo`` it returns, inside its sandbox."""
+
+    def fields(name: Any) -> Any:
+        info = search(name)
+        if info is None:
+            return None
+        functions = tuple(getattr(info, attribute, None) for attribute in _CODEC_FUNCTIONS)
+        codec_name = getattr(info, "name", None)
+        return (*functions, codec_name if isinstance(codec_name, str) else None,
+                bool(getattr(info, "_is_text_encoding", True)))
+
+    return fields
+
+
+class _CodecSearch:
+    """A codec search function registered from inside a sandbox. The interpreter keeps what
+    a search returns for the process's life (its codec cache) and calls its functions from
+    host code too, so what goes back is a ``CodecInfo`` made here, whose functions run in
+    the registering sandbox and return plain values."""
+
+    __slots__ = ("_fields", "_scope")
+
+    def __init__(self, search: Any, scope: Scope) -> None:
+        self._fields = PlainCallback(_codec_fields(search), scope)
+        self._scope = scope
+
+    def __call__(self, name: Any) -> Any:
+        fields = self._fields(name)
+        if type(fields) is not tuple or len(fields) != len(_CODEC_FUNCTIONS) + 2:
+            return None
+        functions = [value if value is None else PlainCallback(value, self._scope)
+                     for value in fields[:len(_CODEC_FUNCTIONS)]]
+        codec_name, is_text = fields[-2:]
+        info = codecs.CodecInfo(*functions, name=codec_name)
+        info._is_text_encoding = bool(is_text)
+        return info
+
+    def wraps(self, function: Any) -> bool:
+        return self._fields._call.wraps(function)  # noqa: SLF001
+
+    def __repr__(self) -> str:
+        return "<sandboxed codec search function>"
+
+
+def _codecs_register_error(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``codecs.register_error``: from inside a sandbox a new error handler runs there and
+    returns plain values; replacing one that exists (``strict``, ``replace``, ...) would
+    change how the host's own text is encoded and decoded, and is refused."""
+    lookup = codecs.lookup_error
+
+    def register_error(name: Any, error_handler: Any, /) -> None:
+        scope = active_scope()
+        if scope is not None and isinstance(name, str):
+            name = str.__str__(name)
+            try:
+                lookup(name)
+            except LookupError:
+                error_handler = PlainCallback(error_handler, scope)
+            else:
+                scope.judge(_refuse_system, f"codecs.register_error({name!r}, ...)",
+                            _REPLACES_RULE.format(what="error handler"))
+        original(name, error_handler)
+
+    return _named(register_error, original)
+
+
+_REPLACES_RULE = ("it replaces the process's {what} of that name, which the host's code uses "
+                  "too; a new name may be registered")
+
+
+def _archive_register(original: Callable[..., Any], formats: dict[str, Any], what: str,
+                      position: int) -> Callable[..., Any]:
+    """``shutil.register_archive_format`` / ``register_unpack_format``: from inside a
+    sandbox a new format's function runs there; replacing a format (``zip``, ``gztar``,
+    ...) would change what the host's own ``make_archive``/``unpack_archive`` do."""
+
+    def register(*args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is None:
+            return original(*args, **kwargs)
+        values = list(args)
+        name = values[0] if values else kwargs.get("name")
+        if isinstance(name, str):
+            name = str.__str__(name)
+            if values:
+                values[0] = name
+            else:
+                kwargs["name"] = name
+            if name in formats:
+                scope.judge(_refuse_system, f"shutil.{what}({name!r}, ...)",
+                            _REPLACES_RULE.format(what="archive format"))
+            _sandbox_formats.add((what, name))
+        if len(values) > position:
+            values[position] = PlainCallback(values[position], scope)
+        elif "function" in kwargs:
+            kwargs["function"] = PlainCallback(kwargs["function"], scope)
+        return original(*values, **kwargs)
+
+    return _named(register, original)
+
+
+#: (registration function, format name) of archive formats registered from inside sandboxes.
+_sandbox_formats: set[tuple[str, str]] = set()
+
+
+def _archive_unregister(original: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """Inside a sandbox only formats registered from inside one may be removed."""
+
+    def unregister(name: Any) -> Any:
+        scope = active_scope()
+        if scope is not None and (what, name if type(name) is str else None) not in (
+                _sandbox_formats):
+            scope.judge(_refuse_system, f"shutil.un{what}({name!r})",
+                        "the format is the host's (registered outside any sandbox)")
+        return original(name)
+
+    return _named(unregister, original)
 
 
 # --- functions taking a callable ------------------------------------------------------------
@@ -331,6 +499,81 @@ def _add_handler_ref(original: Callable[..., Any]) -> Callable[..., Any]:
             original(handler)       # the app's would run as host code
 
     return _named(_addHandlerRef, original)
+
+
+def _set_formatter(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``Handler.setFormatter`` from inside a sandbox (a handler of the host's, too): the
+    formatter formats in that sandbox and hands back an exact ``str``."""
+
+    def setFormatter(self: Any, fmt: Any) -> None:  # noqa: N802 - logging's own name
+        scope = active_scope()
+        if scope is not None and fmt is not None and not isinstance(fmt, SandboxedFormatter):
+            fmt = SandboxedFormatter(fmt, scope)
+        original(self, fmt)
+
+    return _named(setFormatter, original)
+
+
+class SandboxedFormatter:
+    """A formatter set from inside a sandbox: host handlers call ``format`` (and read its
+    other attributes) through here; each runs in the sandbox that set it."""
+
+    __slots__ = ("_target", "_format")
+
+    def __init__(self, formatter: Any, scope: Scope) -> None:
+        self._target = SandboxedObject(formatter, scope)
+        self._format = PlainCallback(_formatted(formatter), scope)
+
+    def format(self, record: Any) -> str:
+        text = self._format(record)
+        return text if type(text) is str else ""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+    def __repr__(self) -> str:
+        return "<sandboxed logging formatter>"
+
+
+def _formatted(formatter: Any) -> Callable[[Any], str]:
+    def format_record(record: Any) -> str:
+        return str(formatter.format(record))
+
+    return format_record
+
+
+def _logger_class_setter(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``logging.setLoggerClass`` (and the manager's): the class of every logger made later,
+    the host's too. From inside a sandbox only ``logging.Logger`` (or the class already
+    set) may be chosen."""
+    default = logging.Logger
+
+    def setLoggerClass(*args: Any) -> Any:  # noqa: N802 - logging's own name
+        scope = active_scope()
+        if scope is not None:
+            klass = args[-1] if args else None
+            if klass is not default and klass is not logging.getLoggerClass():
+                scope.judge(_refuse_system, "logging.setLoggerClass()",
+                            "the logger class is the whole process's: the host's loggers "
+                            "would be made by the app's class")
+        return original(*args)
+
+    return _named(setLoggerClass, original)
+
+
+def _object_setter(original: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """A setter of a process-wide object whose methods host code calls later
+    (``urllib.request.install_opener``): an object set from inside a sandbox is wrapped so
+    that they run there (:class:`SandboxedObject`)."""
+
+    def set_object(value: Any, /) -> Any:
+        scope = active_scope()
+        if scope is not None and type(value) not in _PLAIN_TYPES and not isinstance(
+                value, (SandboxedObject, SandboxedCallback)):
+            value = SandboxedObject(value, scope)
+        return original(value)
+
+    return _named(set_object, original)
 
 
 # --- hooks assigned as module attributes ----------------------------------------------------
@@ -489,6 +732,7 @@ def build_patches() -> list[Patch]:
             original, keywords=("before", "after_in_child", "after_in_parent")))
     for module in (codecs, sys.modules["_codecs"]):
         add(module, "register", _codecs_register)
+        add(module, "register_error", _codecs_register_error)
         add(module, "unregister", lambda original: _unregister(original, _codec_searches))
     add(copyreg, "pickle", lambda original: _wrapping(original, 1, 2))
     add(weakref.finalize, "__init__", _finalize_init)
@@ -500,8 +744,67 @@ def build_patches() -> list[Patch]:
     add(logging, "disable", lambda original: _refused_call(
         original, _refuse_system, "logging.disable()",
         "it silences the logging of the whole process, the host's included"))
+    add(shutil, "register_archive_format", lambda original: _archive_register(
+        original, shutil._ARCHIVE_FORMATS, "register_archive_format", 1))
+    add(shutil, "register_unpack_format", lambda original: _archive_register(
+        original, shutil._UNPACK_FORMATS, "register_unpack_format", 2))
+    add(shutil, "unregister_archive_format", lambda original: _archive_unregister(
+        original, "register_archive_format"))
+    add(shutil, "unregister_unpack_format", lambda original: _archive_unregister(
+        original, "register_unpack_format"))
+    add(logging.Handler, "setFormatter", _set_formatter)
+    add(logging, "setLoggerClass", _logger_class_setter)
+    add(logging.Manager, "setLoggerClass", _logger_class_setter)
     patches.extend(_gc_callbacks_patches())
+    LATE_PENDING.clear()
+    LATE_PENDING.update(LATE_BUILDERS)
+    patches.extend(late_patches())
     return patches + hook_modules()
+
+
+def _event_loop_policy(module: Any) -> list[Patch]:
+    """``asyncio.set_event_loop_policy``: the policy makes every thread's event loop, the
+    host's too; refused inside a sandbox (in ``asyncio.events`` and the package's copy)."""
+    original = vars(module).get("set_event_loop_policy")
+    if original is None:
+        return []
+    replacement = _refused_call(original, _refuse_system, "asyncio.set_event_loop_policy()",
+                                "the event loop policy is the whole process's: the host's "
+                                "threads would get their event loops from the app's policy")
+    found = [(module, "set_event_loop_policy", original, replacement)]
+    package = sys.modules.get("asyncio")
+    if package is not None and vars(package).get("set_event_loop_policy") is original:
+        found.append((package, "set_event_loop_policy", original, replacement))
+    return found
+
+
+def _opener(module: Any) -> list[Patch]:
+    original = vars(module).get("install_opener")
+    if original is None:
+        return []
+    return [(module, "install_opener", original,
+             _object_setter(original, "urllib.request.install_opener"))]
+
+
+#: Modules often imported after the sandbox is installed, with the patches of each: made
+#: when the module first appears (sandbox.py: at a scope's start, and right after a request
+#: loads one, before its code can call them).
+LATE_BUILDERS: dict[str, Callable[[Any], list[Patch]]] = {
+    "asyncio.events": _event_loop_policy,
+    "urllib.request": _opener,
+}
+LATE_PENDING: set[str] = set()
+
+
+def late_patches() -> list[Patch]:
+    """The patches of the pending late modules that are now imported (no longer pending)."""
+    found: list[Patch] = []
+    for name in [name for name in LATE_PENDING if name in sys.modules]:
+        LATE_PENDING.discard(name)
+        module = sys.modules.get(name)
+        if module is not None:
+            found.extend(LATE_BUILDERS[name](module))
+    return found
 
 
 _GC_CALLBACKS_RULE = ("the collector calls them from whatever thread collects, the host's "

@@ -110,6 +110,18 @@ def _install_memory_routers() -> None:
             memoryfs.apply(_memory_patches)
 
 
+def _apply_late_patches() -> None:
+    """Patch the late modules (``registrations.LATE_BUILDERS``) that have been imported."""
+    with _install_lock:
+        if _installed:
+            found = registrations.late_patches()
+            patches.apply(found)
+            _patches.extend(found)
+
+
+imports.after_load = _apply_late_patches
+
+
 def _ensure_gate_first() -> None:
     if not sys.meta_path or sys.meta_path[0] is not imports.GATE:
         while imports.GATE in sys.meta_path:
@@ -123,6 +135,7 @@ def _ensure_gate_first() -> None:
 #: the per-request path.
 _open_scopes: set[Scope] = set()
 _HOST_IMPORTS = imports.HOST_IMPORTS
+_LATE_PENDING = registrations.LATE_PENDING
 
 
 def active_scope_count() -> int:
@@ -258,6 +271,12 @@ class Sandbox:
             install_finder()  # compiles the restricted modules when they are imported
             self._restricted_finder = True
         policy = self.policy
+        if _LATE_PENDING:
+            modules = sys.modules
+            for name in _LATE_PENDING:
+                if name in modules:  # the host imported one since
+                    _apply_late_patches()
+                    break
         if not _open_scopes and not _thread_tickets and not _HOST_IMPORTS.unchanged():
             _HOST_IMPORTS.host_moment()  # no sandbox is open, no thread marked: the host's
         scope = Scope(self._layer, active_scope(), self)

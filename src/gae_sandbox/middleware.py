@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from .context import Scope, host_call, quietly, stand_in, type_name
+from .context import Scope, host_call, quietly, run_marked, stand_in, type_name
 from .errors import AppFailedError, DeadlineExceededError, HardDeadlineExceeded
 from .policy import Policy
 from .sandbox import Sandbox, call_in_scope, close_scope
@@ -84,11 +84,11 @@ class SandboxMiddleware:
             raise
         # The app gets its own copy of the environ dict: the server reads its own later (an
         # access log formats REQUEST_METHOD and PATH_INFO), and a value the app put there
-        # would be app code running in the server's formatting.
-        environ = dict(environ)
+        # would be app code running in the server's formatting. (No local name holds the
+        # copy: the request lets go of it in the scope.)
+        request = _Request(self, scope, dict(environ), start_response)
         if self.sandbox.policy.request_environ:  # read if the app reads os.environ
-            scope.extras["cgi_environ"] = environ
-        request = _Request(self, scope, environ, start_response)
+            scope.extras["cgi_environ"] = request.environ
         return request.run()
 
     def _hard_deadline(self, sandbox: Sandbox, thread_ident: int) -> None:
@@ -164,30 +164,82 @@ class _Request:
 
     def run(self) -> Iterable[bytes]:
         try:
-            kind, chunks = call_in_scope(self.scope, self._call_app)
-        except _APP_ERRORS as error:
-            return self.fail(error, closing=True)
+            result, failure = call_in_scope(self.scope, self._in_scope, self._call_app)
+        except _APP_ERRORS as error:  # raised outside the app's code (a deadline's error)
+            result, failure = None, self._library_failure(error)
         except BaseException:
             self.close()
             raise
+        if failure is not None:
+            return self.fail(failure, closing=True)
+        kind, chunks = result
         if kind == "list":
             # Nothing of the app's runs while a list is sent: end the scope now (its threads
-            # are joined before the response goes out, as on the runtime). An exact list or
-            # tuple has no close() to call in the scope: the request was one call into it.
-            if type(self.iterable) in (list, tuple):
-                self.iterable = None
+            # are joined before the response goes out, as on the runtime).
             self.close()
             return chunks
         if kind == "sized":
             return _SizedResponse(self)
         return _Response(self)
 
+    def _in_scope(self, function: Callable[..., Any]) -> tuple[Any, _Failure | None]:
+        """In the scope: ``function()`` and ``(result, None)``, or ``(None, failure)``. An app
+        error is read here, in the scope (its text, its traceback, the stand-in the server
+        may get), and released here: host code never holds the app's exception, whose
+        frames hold the app's objects."""
+        try:
+            return function(), None
+        except StopIteration:  # its value is the app's: the server gets a StopIteration
+            return None, _STOPPED
+        except _APP_ERRORS as error:
+            return None, self._failure(error)
+
+    def _failure(self, error: BaseException) -> _Failure:
+        """What the host needs of an app error, made in the scope as plain values."""
+        kind = type(error)
+        exc_info = (kind, error, app_frames(_traceback_of(error)))
+        text = quietly(lambda: "".join(traceback.format_exception(*exc_info)))
+        reason = quietly(str, error)
+        copy = quietly(stand_in, error)
+        if not isinstance(copy, BaseException):
+            copy = None
+        if type(reason) is not str or not reason:
+            reason = self._deadline_reason(kind) or type_name(error)
+        # the frames' locals (the app's objects) go now, in the scope: a reference cycle
+        # through the error would leave them to a collection in host code
+        traceback_ = _traceback_of(error)
+        del exc_info
+        BaseException.with_traceback(error, None)
+        quietly(traceback.clear_frames, traceback_)
+        return _Failure(copy, text if type(text) is str else "", reason)
+
+    def _library_failure(self, error: BaseException) -> _Failure:
+        """A deadline error raised in the library's own code around the app's call."""
+        reason = self._deadline_reason(type(error)) or type_name(error)
+        return _Failure(None, "", reason)
+
+    def _deadline_reason(self, kind: type) -> str:
+        """A deadline error raised asynchronously has no text of its own (it is raised as a
+        bare class): say which deadline it was."""
+        deadline = self.scope.deadline
+        if deadline is not None and issubclass(kind, HardDeadlineExceeded):
+            return f"HardDeadlineExceeded: {deadline._hard_message()}"
+        if deadline is not None and issubclass(kind, DeadlineExceededError):
+            return f"DeadlineExceededError: {deadline._message()}"
+        return ""
+
     def _call_app(self) -> tuple[str, list[bytes] | None]:
         """In the scope, in one call: the app, the type checks of what it returned (app code:
-        a metaclass, ``__getattr__``), and a list's copy as exact bytes."""
+        a metaclass, ``__getattr__``), and a list's copy as exact bytes (the list itself is
+        then let go, here: an exact list or tuple has no close() to call)."""
         self.iterable = self.middleware.app(self.environ, self.start_response)
         kind = _response_kind(self.iterable)
-        return kind, (_exact_chunks(self.iterable) if kind == "list" else None)
+        if kind != "list":
+            return kind, None
+        chunks = _exact_chunks(self.iterable)
+        if type(self.iterable) in (list, tuple):
+            self.iterable = None
+        return kind, chunks
 
     def next_chunk(self) -> bytes:
         if self.error_body is not None:
@@ -195,12 +247,13 @@ class _Request:
                 return self.error_body.pop(0)
             raise StopIteration
         try:
-            chunk = call_in_scope(self.scope, self._next_from_app)
-        except StopIteration:
-            raise
+            chunk, failure = call_in_scope(self.scope, self._in_scope, self._next_from_app)
         except _APP_ERRORS as error:
-            body = self.fail(error, closing=False)
-            self.error_body = list(body)
+            chunk, failure = None, self._library_failure(error)
+        if failure is _STOPPED:
+            raise StopIteration
+        if failure is not None:
+            self.error_body = self.fail(failure, closing=False)
             return self.next_chunk()
         if chunk:
             self.body_started = True
@@ -211,10 +264,10 @@ class _Request:
             self.iterator = iter(self.iterable)
         return _exact_bytes(next(self.iterator))
 
-    def fail(self, error: BaseException, *, closing: bool) -> list[bytes]:
+    def fail(self, failure: _Failure, *, closing: bool) -> list[bytes]:
         """Turn an app error into a 500, or re-raise it when the headers were sent."""
-        self.log_failure(error)
-        copy = self.host_copy(error)  # the server never gets the app's own error
+        self.log_failure(failure)
+        copy = failure.copy or AppFailedError(failure.reason)  # never the app's own error
         if self.body_started:
             if closing:
                 self.close()
@@ -232,80 +285,79 @@ class _Request:
             self.close()
         return [ERROR_BODY]
 
-    def log_failure(self, error: BaseException) -> None:
-        """Log the error with its traceback, both formatted in the scope (an app exception's
+    def log_failure(self, failure: _Failure) -> None:
+        """Log the error with its traceback, both read in the scope (an app exception's
         ``__str__`` is app code), the traceback without this library's frames."""
-        exc_info = (type(error), error, app_frames(_traceback_of(error)))
-        reason = self.reason(error)
-        text = self.in_scope_text(lambda: "".join(traceback.format_exception(*exc_info)))
-        method, path = self.environ.get("REQUEST_METHOD"), self.environ.get("PATH_INFO")
+        environ = self.environ or {}
+        method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
         # the record carries the text only: log handlers never get the app's exception
         record = logger.makeRecord(
             logger.name, logging.ERROR, __file__, 0, "gae_sandbox: request %s %s failed: %s",
-            (_plain(method), _plain(path), reason), None)
-        record.exc_text = text.rstrip("\n") or f"{type_name(error)} (not formattable)"
+            (_plain(method), _plain(path), failure.reason), None)
+        record.exc_text = failure.text.rstrip("\n") or f"{failure.reason} (not formattable)"
         if logger.isEnabledFor(logging.ERROR):
             logger.handle(record)
 
-    def in_scope_text(self, make: Callable[[], str]) -> str:
-        """``make()`` run in the request's scope, as an exact ``str`` ("" if it fails)."""
-        if self.scope.closed:
-            return ""
-        try:
-            text = call_in_scope(self.scope, quietly, make)
-        except BaseException:  # noqa: BLE001 - the app's __str__ may raise anything
-            return ""
-        return text if type(text) is str else ""
-
-    def host_copy(self, error: BaseException) -> BaseException:
-        """``context.stand_in(error)``, made in the request's scope: the copy of the app's
-        error the server gets (its class if built-in or the library's, else
-        ``AppFailedError``; its text)."""
-        copy = None
-        if not self.scope.closed:
-            try:
-                copy = call_in_scope(self.scope, quietly, stand_in, error)
-            except BaseException:  # noqa: BLE001 - the deadline may land meanwhile
-                copy = None
-        if not isinstance(copy, BaseException):
-            copy = AppFailedError(self.reason(error))
-        return copy
-
-    def reason(self, error: BaseException) -> str:
-        """The error's message; a deadline error raised asynchronously has none of its own
-        (it is raised as a bare class), so say which deadline it was."""
-        text = self.in_scope_text(lambda: str(error))
-        if text:
-            return text
-        deadline = self.scope.deadline
-        kind = type(error)  # not isinstance: it would read the error's __class__ (app code)
-        if deadline is not None and issubclass(kind, HardDeadlineExceeded):
-            return f"HardDeadlineExceeded: {deadline._hard_message()}"
-        if deadline is not None and issubclass(kind, DeadlineExceededError):
-            return f"DeadlineExceededError: {deadline._message()}"
-        return type_name(error)
-
     def close(self) -> None:
-        """Close the app's iterable (in the sandbox) and end the scope, exactly once."""
+        """Close the app's iterable (in the sandbox), let go of the app's objects, and end
+        the scope, exactly once."""
         if self.closed:
             return
         self.closed = True
         try:
-            if self.iterable is not None:  # even looking close up runs app code (a property)
-                call_in_scope(self.scope, _close_iterable, self.iterable)
-        except BaseException as error:  # the response is out; log, never break the server
-            failed = error
-            text = self.in_scope_text(lambda: "".join(traceback.format_exception(
-                type(failed), failed, app_frames(_traceback_of(failed)))))
-            logger.error("gae_sandbox: the app's close() failed: %s\n%s", self.reason(error),
-                         text.rstrip("\n"))
+            failure = None
+            if self.iterable is not None and not self.scope.closed:
+                # even looking close up runs app code (a property)
+                _, failure = call_in_scope(self.scope, self._in_scope, self._close_iterable)
+            if failure is not None and failure is not _STOPPED:
+                # the response is out: log, never break the server
+                logger.error("gae_sandbox: the app's close() failed: %s\n%s", failure.reason,
+                             failure.text.rstrip("\n"))
         finally:
             try:
-                close_scope(self.scope)
+                self.release()
             finally:
-                serial = self.middleware._serial
-                if serial is not None:
-                    serial.release()
+                try:
+                    close_scope(self.scope)
+                finally:
+                    serial = self.middleware._serial
+                    if serial is not None:
+                        serial.release()
+
+    def length(self) -> int:
+        return len(self.iterable)
+
+    def _close_iterable(self) -> None:
+        close = getattr(self.iterable, "close", None)
+        if close is not None:
+            close()
+
+    def release(self) -> None:
+        """Let go of the app's objects (its response, its iterator, its environ) with the
+        thread marked as running the request's scope: their finalizers run sandboxed, not
+        in the server's code whenever it drops this request."""
+        held = [self.iterable, self.iterator, self.environ]
+        self.iterable = self.iterator = self.environ = None
+        if self.scope.closed:
+            held.clear()  # (only after a failure to open or run it)
+        else:
+            run_marked(self.scope.ticket, held.clear)
+
+
+class _Failure:
+    """An app error as host code may use it: a stand-in made in the scope (or None), the
+    traceback's text and the reason, exact ``str``."""
+
+    __slots__ = ("copy", "text", "reason")
+
+    def __init__(self, copy: BaseException | None, text: str, reason: str) -> None:
+        self.copy = copy
+        self.text = text
+        self.reason = reason
+
+
+#: The app's iterator ended (its StopIteration, and any value it carries, stay in the scope).
+_STOPPED = _Failure(None, "", "")
 
 
 _PACKAGE_PREFIX = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -320,12 +372,6 @@ def _host_info(error: BaseException) -> tuple[type[BaseException], BaseException
     """``exc_info`` for the server: a stand-in (``context.stand_in``), its class, no
     traceback (whose frames hold the app's objects)."""
     return type(error), error, None
-
-
-def _close_iterable(iterable: Any) -> None:
-    close = getattr(iterable, "close", None)
-    if close is not None:
-        close()
 
 
 def _exact_str(value: Any, what: str) -> str:
@@ -404,4 +450,7 @@ class _SizedResponse(_Response):
         request = self._request
         if request.closed:  # never the app's __len__ outside its scope
             raise TypeError("the response was closed; its length is no longer known")
-        return int.__index__(call_in_scope(request.scope, len, request.iterable))
+        length, failure = call_in_scope(request.scope, request._in_scope, request.length)
+        if failure is not None:  # the app's error stays in its scope; the server gets this
+            raise TypeError(f"the app's response has no length: {failure.reason}")
+        return int.__index__(length)

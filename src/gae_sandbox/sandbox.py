@@ -31,6 +31,7 @@ from .context import (
     contained,
     mark_thread,
     restore_mark,
+    run_marked,
 )
 from .deadline import Deadline, recycle, start_deadline
 from .errors import SandboxStateRefused
@@ -135,6 +136,8 @@ def _ensure_gate_first() -> None:
 #: the per-request path.
 _open_scopes: set[Scope] = set()
 _HOST_IMPORTS = imports.HOST_IMPORTS
+#: Scope.extras entries holding the app's objects, released as the scope closes.
+_APP_HELD_EXTRAS = ("context", "cgi_environ")
 _LATE_PENDING = registrations.LATE_PENDING
 
 
@@ -460,7 +463,11 @@ def close_scope(scope: Scope) -> None:
             scope.memory.discard()  # the request's files are gone with it
         if "left_objects" in scope.extras:  # sys.stdout = the app's object, left there
             registrations.wrap_left_objects(scope)
-        scope.extras.pop("context", None)  # it carries the ticket
+        # what holds the app's objects (the context of Sandbox.call, with the values of its
+        # context variables; the request's environ) is dropped with the thread marked as
+        # running the scope: the finalizers of those objects run sandboxed, not as host code
+        held = [scope.extras.pop(key, None) for key in _APP_HELD_EXTRAS]
+        run_marked(scope.ticket, held.clear)
         scope.release_ticket()
         if not _HOST_IMPORTS.unchanged():  # while still open: no host look in between
             _HOST_IMPORTS.sandbox_ended()  # what it added to the import lists is the app's

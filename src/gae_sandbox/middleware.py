@@ -11,6 +11,7 @@ the headers are on the wire the error is re-raised to the server instead, as PEP
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import signal
 import threading
@@ -87,6 +88,7 @@ class SandboxMiddleware:
         # would be app code running in the server's formatting. (No local name holds the
         # copy: the request lets go of it in the scope.)
         request = _Request(self, scope, dict(environ), start_response)
+        request.wrap_streams()
         if self.sandbox.policy.request_environ:  # read if the app reads os.environ
             scope.extras["cgi_environ"] = request.environ
         return request.run()
@@ -116,6 +118,24 @@ class _Request:
         self.iterable: Any = None
         self.iterator: Iterator[bytes] | None = None
         self.error_body: list[bytes] | None = None
+
+    def wrap_streams(self) -> None:
+        """The server's own objects in environ (``wsgi.input``, ``wsgi.errors``) reach the
+        app through stand-ins: what it reads comes back as exact ``bytes``, what it writes
+        goes as exact ``str``, and an attribute it sets lands on the stand-in, never on the
+        server's object (which the server calls again later, in its own code).
+        ``wsgi.file_wrapper`` is this library's: the file is read in the scope, as the
+        body's other chunks are."""
+        environ = self.environ
+        assert environ is not None
+        stream = environ.get("wsgi.input")
+        if stream is not None:
+            environ["wsgi.input"] = _InputStream(self, stream)
+        errors = environ.get("wsgi.errors")
+        if errors is not None:
+            environ["wsgi.errors"] = _ErrorStream(self, errors)
+        if "wsgi.file_wrapper" in environ:
+            environ["wsgi.file_wrapper"] = FileWrapper
 
     # -- calls the app makes into the server (run unsandboxed) -----------------------------
 
@@ -198,7 +218,7 @@ class _Request:
         """What the host needs of an app error, made in the scope as plain values."""
         kind = type(error)
         exc_info = (kind, error, app_frames(_traceback_of(error)))
-        text = quietly(lambda: "".join(traceback.format_exception(*exc_info)))
+        text = quietly(_formatted, exc_info)
         reason = quietly(str, error)
         copy = quietly(stand_in, error)
         if not isinstance(copy, BaseException):
@@ -208,7 +228,7 @@ class _Request:
         # the frames' locals (the app's objects) go now, in the scope: a reference cycle
         # through the error would leave them to a collection in host code
         traceback_ = _traceback_of(error)
-        del exc_info
+        exc_info = None
         BaseException.with_traceback(error, None)
         quietly(traceback.clear_frames, traceback_)
         return _Failure(copy, text if type(text) is str else "", reason)
@@ -344,6 +364,95 @@ class _Request:
             run_marked(self.scope.ticket, held.clear)
 
 
+_UNSET: Any = object()
+
+
+def _size(value: Any) -> Any:
+    """A read size the app gave, as what the server gets: an exact int or None."""
+    return value if value is None or type(value) is int else int.__index__(
+        operator.index(value))
+
+
+def _server_call(stream: Any, name: str, *args: Any) -> Any:
+    return getattr(stream, name)(*args)
+
+
+class _InputStream:
+    """``wsgi.input`` as the app sees it (``_Request.wrap_streams``)."""
+
+    __slots__ = ("_request", "_stream")
+
+    def __init__(self, request: _Request, stream: Any) -> None:
+        self._request = request
+        self._stream = stream
+
+    def _read(self, name: str, size: Any) -> Any:
+        args = () if size is _UNSET else (_size(size),)
+        return self._request.to_server(_server_call, self._stream, name, *args)
+
+    def read(self, size: Any = _UNSET) -> bytes:
+        return _exact_bytes(self._read("read", size))
+
+    def readline(self, size: Any = _UNSET) -> bytes:
+        return _exact_bytes(self._read("readline", size))
+
+    def readlines(self, hint: Any = _UNSET) -> list[bytes]:
+        lines = self._read("readlines", hint)
+        return [_exact_bytes(line) for line in list.__iter__(lines)] if type(
+            lines) is list else [_exact_bytes(line) for line in lines]
+
+    def __iter__(self) -> _InputStream:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class _ErrorStream:
+    """``wsgi.errors`` as the app sees it (``_Request.wrap_streams``)."""
+
+    __slots__ = ("_request", "_stream")
+
+    def __init__(self, request: _Request, stream: Any) -> None:
+        self._request = request
+        self._stream = stream
+
+    def write(self, text: Any) -> Any:
+        return self._request.to_server(_server_call, self._stream, "write",
+                                       _exact_str(text, "wsgi.errors text"))
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._request.to_server(_server_call, self._stream, "flush")
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper`` (PEP 3333) inside the sandbox: an iterable of ``filelike``'s
+    blocks, read in the request's scope, and its ``close``."""
+
+    def __init__(self, filelike: Any, block_size: int = 8192) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            block = self.filelike.read(self.block_size)
+            if not block:
+                return
+            yield block
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
 class _Failure:
     """An app error as host code may use it: a stand-in made in the scope (or None), the
     traceback's text and the reason, exact ``str``."""
@@ -361,6 +470,10 @@ _STOPPED = _Failure(None, "", "")
 
 
 _PACKAGE_PREFIX = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _formatted(exc_info: tuple[Any, Any, Any]) -> str:
+    return "".join(traceback.format_exception(*exc_info))
 
 
 def _traceback_of(error: BaseException) -> TracebackType | None:

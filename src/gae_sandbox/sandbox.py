@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 import threading
+import weakref
 from _thread import get_ident as _get_ident
 from collections.abc import Callable
 from types import TracebackType
@@ -178,6 +179,9 @@ class Sandbox:
             )
         if on_hard_deadline is not None and not callable(on_hard_deadline):
             raise TypeError("Sandbox(on_hard_deadline=...) must be callable")
+        made_in = active_scope()
+        if made_in is not None:  # app code made it: its callbacks run in the app's sandbox
+            _MADE_IN[self] = made_in
         self.policy = policy
         self.on_hard_deadline = on_hard_deadline
         self._report = Report()
@@ -290,7 +294,7 @@ class Sandbox:
             inherited = scope.deadline  # the enclosing sandbox's, if any
             if inherited is None or not inherited.active or inherited.remaining() > seconds:
                 scope.deadline = start_deadline(seconds, policy.hard_deadline_grace, scope,
-                                                self._hard_deadline)
+                                                _HARD_DEADLINE.__get__(self))
         if scope.parent is not None:
             _adopt(scope.parent, scope)
         _open_scopes.add(scope)  # _count, inline
@@ -307,8 +311,16 @@ class Sandbox:
         scope.memory = memory
 
     def _hard_deadline(self, deadline: Deadline) -> None:
-        if self.on_hard_deadline is not None:
-            self.on_hard_deadline(self, deadline.thread or 0)
+        """Called on the deadline timer's thread. A ``Sandbox`` made inside a sandbox (app
+        code) has its callback run in that sandbox (on a thread of its own, never the
+        timer's), as every callback the app registers."""
+        callback = self.on_hard_deadline
+        if callback is None:
+            return
+        made_in = _MADE_IN.get(self)
+        if made_in is not None:
+            callback = registrations.sandboxed(callback, made_in)
+        callback(self, deadline.thread or 0)
 
     @property
     def violations(self) -> list[Violation]:
@@ -321,6 +333,13 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"Sandbox({self.policy!r})"
+
+
+#: The class's own method (an attribute of the instance, which app code may set, is not
+#: what the timer calls).
+_HARD_DEADLINE = Sandbox._hard_deadline
+#: Sandboxes made inside a sandbox -> the scope that made them.
+_MADE_IN: weakref.WeakKeyDictionary[Sandbox, Scope] = weakref.WeakKeyDictionary()
 
 
 def call_in_scope(scope: Scope, function: Callable[..., Any], *args: Any,

@@ -378,9 +378,8 @@ def _server_call(stream: Any, name: str, *args: Any) -> Any:
 
 
 class _InputStream:
-    """``wsgi.input`` as the app sees it (``_Request.wrap_streams``)."""
-
-    __slots__ = ("_request", "_stream")
+    """``wsgi.input`` as the app sees it (``_Request.wrap_streams``). No ``__slots__``:
+    what the app sets on it stays on it."""
 
     def __init__(self, request: _Request, stream: Any) -> None:
         self._request = request
@@ -413,8 +412,6 @@ class _InputStream:
 
 class _ErrorStream:
     """``wsgi.errors`` as the app sees it (``_Request.wrap_streams``)."""
-
-    __slots__ = ("_request", "_stream")
 
     def __init__(self, request: _Request, stream: Any) -> None:
         self._request = request

@@ -9,13 +9,14 @@ server loop (no middleware) and the file appears.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gae_sandbox import Policy, SandboxMiddleware
+from gae_sandbox import Policy, Sandbox, SandboxMiddleware
 
 
 def _writer(target: Path) -> Callable[[], None]:
@@ -222,3 +223,106 @@ def test_a_record_factory_set_in_a_sandbox_keeps_its_plain_fields(tmp_path: Path
     finally:
         logging.setLogRecordFactory(previous)
         logger.removeHandler(handler)
+
+
+# --- the server's own objects in environ, and what the app leaves behind -------------------------
+
+
+class _ServerInput:
+    """A server's request body stream, which the server itself calls again later (gunicorn
+    drains the rest of a body before the connection's next request)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def read(self, size: int = -1) -> bytes:
+        data, self.body = (self.body, b"") if size < 0 else (self.body[:size],
+                                                             self.body[size:])
+        return data
+
+
+def _replacing_read(target: Path) -> Callable[..., Iterable[bytes]]:
+    write = _writer(target)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        stream = environ["wsgi.input"]
+        first = stream.read(2)
+        stream.read = lambda *args: write() or b""  # the app's method on the server's object
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [first]
+
+    return app
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["plain", "middleware"])
+def test_the_apps_attribute_on_wsgi_input_never_reaches_the_servers_object(
+        wrapped: bool, policy: Policy, tmp_path: Path) -> None:
+    target = tmp_path / "written.txt"
+    app = _replacing_read(target)
+    served = SandboxMiddleware(app, policy) if wrapped else app
+    stream = _ServerInput(b"ok, and the rest")
+    body = b"".join(served({"REQUEST_METHOD": "POST", "PATH_INFO": "/", "wsgi.input": stream,
+                            "wsgi.errors": io.StringIO()}, lambda *args: None))
+    assert body == b"ok"
+    stream.read()  # the server drains the body, in its own code
+    assert target.exists() is not wrapped  # plain: the app's method ran in the server's code
+
+
+def test_wsgi_file_wrapper_reads_the_apps_file_in_the_scope(policy: Policy,
+                                                           tmp_path: Path) -> None:
+    """The file object given to ``wsgi.file_wrapper`` is the app's: the library's wrapper
+    reads it while iterating the response in the scope, never in the server's code."""
+    target = tmp_path / "written.txt"
+    write = _writer(target)
+
+    class Reader(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            write()  # refused in the sandbox: the file never appears
+            return io.BytesIO.read(self, size)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](Reader(b"file body"), 4)
+
+    served = SandboxMiddleware(app, policy.replace(mode="report"))
+    response = served({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.file_wrapper": object},
+                      lambda *args: None)
+    assert b"".join(response) == b"file body"
+    response.close()  # type: ignore[attr-defined]
+    # report mode lets the write through and records it: it was judged, so it ran sandboxed
+    assert any("written.txt" in str(v) for v in served.violations)
+
+
+def test_context_variables_of_sandbox_call_are_let_go_of_in_the_sandbox(
+        policy: Policy, tmp_path: Path) -> None:
+    """``Sandbox.call`` runs the function in a context of its own, which holds the values of
+    the context variables the app set; when the scope ends that context is dropped with the
+    thread marked as running it, so a value's finalizer is sandboxed. The control drops such
+    a context in plain host code and the file appears."""
+    import contextvars
+    import gc
+
+    target = tmp_path / "written.txt"
+    write = _writer(target)
+
+    class Thing:
+        def __del__(self) -> None:
+            try:
+                write()
+            except OSError:
+                pass
+
+    variable: contextvars.ContextVar[Any] = contextvars.ContextVar("app_variable")
+    control = contextvars.copy_context()
+    control.run(variable.set, Thing())
+    del control
+    gc.collect()
+    assert target.exists()  # the control: plain code finalizes it, the file is written
+    target.unlink()
+
+    def app() -> None:  # (returning the token would hand the host the context)
+        variable.set(Thing())
+
+    Sandbox(policy).call(app)
+    gc.collect()
+    assert not target.exists()

@@ -214,11 +214,15 @@ class Attempt:
     restricted: bool = False  # also run in restricted mode
     gap: str | None = None  # default mode escapes: the xfail reason (on every version)
     restricted_gap: str | None = None
-    requires: str | None = None  # a module the attempt needs (skipped without it)
+    requires: str | None = None  # a module (or module:attribute) the attempt needs
 
 
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+def _has(requirement: str) -> bool:
+    """A module (``readline``), or a module's attribute (``os:splice``)."""
+    module, _, attribute = requirement.partition(":")
+    if importlib.util.find_spec(module) is None:
+        return False
+    return not attribute or hasattr(importlib.import_module(module), attribute)
 
 
 WRITE_TARGET = (
@@ -1564,7 +1568,277 @@ ROUND2_REVIEW = [
         after=SECRET_READ,),
 ]
 
-ATTEMPTS: list[Attempt] = [*W1, *W2, *W3, *W4, *W5, *W6, *ROUND2_REVIEW]
+#: A third pass (independent red-team helpers against this round's main), by weakness.
+_HOST_TARGET_FD = ("ns['logfd'] = os.open(CONFIG['target'], os.O_WRONLY | os.O_CREAT)\n")
+_TARGET_HAS_DATA = ("if os.path.exists(CONFIG['target']) and os.path.getsize(CONFIG['target']):\n"
+                    "    print('EFFECT')\n")
+_FINALIZED = ("import gc\n"
+              "gc.collect()\n")
+THING = LATER + ("class Thing:\n"
+                 "    def __del__(self):\n"
+                 "        later()\n")
+
+ROUND3 = [
+    # weakness 3: descriptors given as keywords, or as int subclasses the checks misread
+    Attempt(
+        "sendfile_keyword_descriptors_read_a_host_file", 3,
+        "import os\n"
+        "read_end, write_end = os.pipe()\n"
+        "os.sendfile(out_fd=write_end, in_fd=hostfd, offset=0, count=64)\n"
+        "result = os.read(read_end, 64)\n",
+        setup=_HOST_FD, after=SECRET_READ,),
+    Attempt(
+        "splice_keyword_descriptors_read_a_host_file", 3,
+        "import os\n"
+        "read_end, write_end = os.pipe()\n"
+        "os.splice(src=hostfd, dst=write_end, count=64)\n"
+        "result = os.read(read_end, 64)\n",
+        setup=_HOST_FD, after=SECRET_READ, requires="os:splice"),
+    Attempt(
+        "dup2_keywords_put_a_host_file_on_standard_input", 3,
+        "import os\n"
+        "os.dup2(fd=hostfd, fd2=0)\n"
+        "result = os.read(0, 64)\n",
+        setup=_HOST_FD, after=SECRET_READ,),
+    Attempt(
+        "int_subclass_with_a_fileno_reads_a_host_descriptor", 3,
+        "import os\n"
+        "class Descriptor(int):\n"
+        "    def fileno(self):\n"
+        "        return 0\n"
+        "result = os.read(Descriptor(hostfd), 64)\n",
+        setup=_HOST_FD, after=SECRET_READ,),
+    Attempt(
+        "int_subclass_equal_to_everything_writes_a_host_file", 3,
+        "import os\n"
+        "class Descriptor(int):\n"
+        "    def __eq__(self, other):\n"
+        "        return True\n"
+        "    __hash__ = int.__hash__\n"
+        "os.write(Descriptor(logfd), b'x')\n",
+        setup=_HOST_TARGET_FD, after=_TARGET_HAS_DATA,),
+    Attempt(
+        "socket_c_initializer_adopts_the_hosts_socket", 3,
+        "import socket\n"
+        "taken = socket.socket.__new__(socket.socket)\n"
+        "socket.socket.__mro__[1].__init__(taken, fileno=hostsock)\n"
+        "socket.socket.__mro__[1].close(taken)\n",
+        setup="import socket\n"
+              "host_socket = socket.create_connection(('127.0.0.1', CONFIG['port']))\n"
+              "ns['hostsock'] = host_socket.fileno()\n",
+        after="try:\n"
+              "    os.fstat(host_socket.fileno())\n"
+              "except OSError:\n"
+              "    print('EFFECT: the app closed the host socket')\n",),
+    Attempt(
+        "netlink_socket_reads_the_hosts_interfaces", 3,
+        "import socket, struct\n"
+        "link = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\n"
+        "request = struct.pack('=IHHII', 32, 18, 0x301, 1, 0) + bytes(16)\n"  # RTM_GETLINK dump
+        "link.send(request)\n"
+        "result = link.recv(65536)\n",
+        after="if b'lo' in bytes(ns.get('result') or b''):\n    print('EFFECT')\n",
+        requires="socket:AF_NETLINK"),
+    # weakness 1: a C module no wrapper of the standard library is listed for, reached by
+    # renaming app code into the standard library or through a public module
+    Attempt(
+        "fix_co_filename_makes_app_code_the_standard_librarys", 1,
+        "import _imp, os\n"
+        "code = compile('import readline\\nresult = readline', '<app>', 'exec')\n"
+        "_imp._fix_co_filename(code, os.path.join(os.path.dirname(os.__file__), "
+        "'readline.py'))\n"
+        "exec(code, globals())\n",
+        after="if getattr(ns.get('result'), '__name__', None) == 'readline':\n"
+              "    print('EFFECT: the app has the C module readline')\n",
+        requires="readline"),
+    Attempt(
+        "tkinter_tcl_runs_a_shell_command", 1,
+        "import tkinter\n"
+        "tkinter.Tcl().eval('exec sh -c {' + cmd + '}')\n",
+        effect=_marker_made, requires="_tkinter"),
+    # weakness 5: what the app registers with process-wide machinery, used later by the host
+    Attempt(
+        "codec_search_result_functions_called_by_the_host", 5,
+        LATER +
+        "import codecs\n"
+        "def encode(text, errors='strict'):\n"
+        "    later()\n"
+        "    return b'', 0\n"
+        "def search(name):\n"
+        "    if name == 'gae_redteam':\n"
+        "        return codecs.CodecInfo(encode, encode, name='gae_redteam')\n"
+        "codecs.register(search)\n"
+        "'x'.encode('gae_redteam')\n",  # the interpreter's codec cache keeps the answer
+        after="try:\n    'x'.encode('gae_redteam')\nexcept Exception:\n    pass\n",
+        effect=_target_written,),
+    Attempt(
+        "codec_error_handler_replaces_strict", 5,
+        LATER +
+        "import codecs\n"
+        "def handler(error):\n"
+        "    later()\n"
+        "    return '', error.end\n"
+        "codecs.register_error('strict', handler)\n",
+        after="try:\n    b'\\xff'.decode('ascii')\nexcept Exception:\n    pass\n",
+        effect=_target_written,),
+    Attempt(
+        "codec_error_handler_new_name_called_by_the_host", 5,
+        LATER +
+        "import codecs\n"
+        "def handler(error):\n"
+        "    later()\n"
+        "    return '', error.end\n"
+        "codecs.register_error('gae_redteam', handler)\n",
+        after="try:\n    b'\\xff'.decode('ascii', 'gae_redteam')\nexcept Exception:\n    pass\n",
+        effect=_target_written,),
+    Attempt(
+        "archive_format_zip_replaced", 5,
+        LATER +
+        "import shutil\n"
+        "def make(base_name, base_dir, **kwargs):\n"
+        "    later()\n"
+        "    return base_name\n"
+        "shutil.register_archive_format('zip', make)\n",
+        after="import shutil\n"
+              "try:\n"
+              "    shutil.make_archive(os.path.join(CONFIG['outdir'], 'a'), 'zip',\n"
+              "                        CONFIG['outdir'])\n"
+              "except Exception:\n"
+              "    pass\n",
+        effect=_target_written,),
+    Attempt(
+        "unpack_format_called_by_the_host", 5,
+        LATER +
+        "import shutil\n"
+        "def unpack(filename, extract_dir):\n"
+        "    later()\n"
+        "shutil.register_unpack_format('gae_redteam', ['.gaert'], unpack)\n",
+        after="import shutil\n"
+              "try:\n"
+              "    shutil.unpack_archive(os.path.join(CONFIG['outdir'], 'x.gaert'),\n"
+              "                          CONFIG['outdir'])\n"
+              "except Exception:\n"
+              "    pass\n",
+        effect=_target_written,),
+    Attempt(
+        "host_archive_format_unregistered", 2,
+        "import shutil\n"
+        "shutil.unregister_archive_format('zip')\n",
+        after="import shutil\n"
+              "if 'zip' not in dict(shutil.get_archive_formats()):\n"
+              "    print('EFFECT')\n",),
+    Attempt(
+        "formatter_set_on_a_host_handler", 5,
+        LATER +
+        "import logging\n"
+        "class Formatter(logging.Formatter):\n"
+        "    def format(self, record):\n"
+        "        later()\n"
+        "        return 'x'\n"
+        "handler.setFormatter(Formatter())\n",
+        setup="import io, logging\n"
+              "handler = logging.StreamHandler(io.StringIO())\n"
+              "logging.getLogger('host').addHandler(handler)\n"
+              "ns['handler'] = handler\n",
+        after="logging.getLogger('host').error('a host error')\n",
+        effect=_target_written,),
+    Attempt(
+        "logger_class_for_the_hosts_loggers", 5,
+        LATER +
+        "import logging\n"
+        "class Logger(logging.Logger):\n"
+        "    def __init__(self, name, level=0):\n"
+        "        later()\n"
+        "        super().__init__(name, level)\n"
+        "logging.setLoggerClass(Logger)\n",
+        after="logging.getLogger('a.new.host.logger')\n",
+        effect=_target_written,),
+    Attempt(
+        "event_loop_policy_makes_the_hosts_loops", 5,
+        LATER +
+        "import asyncio\n"
+        "class Policy(asyncio.DefaultEventLoopPolicy):\n"
+        "    def new_event_loop(self):\n"
+        "        later()\n"
+        "        return super().new_event_loop()\n"
+        "asyncio.set_event_loop_policy(Policy())\n",
+        after="import asyncio\nasyncio.new_event_loop().close()\n",
+        effect=_target_written,),
+    Attempt(
+        "url_opener_used_by_the_host", 5,
+        LATER +
+        "import urllib.request\n"
+        "class Opener:\n"
+        "    def open(self, *args, **kwargs):\n"
+        "        later()\n"
+        "urllib.request.install_opener(Opener())\n",
+        after="import urllib.request\n"
+              "try:\n"
+              "    urllib.request.urlopen('http://127.0.0.1:9/')\n"
+              "except Exception:\n"
+              "    pass\n",
+        effect=_target_written,),
+    Attempt(
+        "hard_deadline_callback_of_a_sandbox_the_app_made", 5,
+        LATER +
+        "import time\n"
+        "from gae_sandbox import Policy, Sandbox\n"
+        "inner = Sandbox(Policy.python27(app_root=app_root, deadline=0.05,\n"
+        "                                hard_deadline_grace=0.05),\n"
+        "                on_hard_deadline=lambda *args: later())\n"
+        "with inner:\n"
+        "    for _ in range(300):\n"  # bounded: the hard deadline comes after about 0.1 s
+        "        try:\n"
+        "            time.sleep(0.01)\n"
+        "        except BaseException as error:\n"
+        "            if type(error).__name__ == 'HardDeadlineExceeded':\n"
+        "                break\n",
+        after="for _ in range(500):\n"  # bounded: the callback has 5 s to run
+              "    if os.path.exists(CONFIG['target']):\n"
+              "        break\n"
+              "    time.sleep(0.01)\n",
+        effect=_target_written,),
+    # weakness 5: app objects the middleware held, let go of in the server's code
+    Attempt(
+        "wsgi_body_without_close_finalized_by_the_server", 5,
+        THING +
+        "class Body:\n"
+        "    def __init__(self):\n"
+        "        self.thing = Thing()\n"
+        "    def __iter__(self):\n"
+        "        return iter([b'ok'])\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    return Body()\n",
+        runner="wsgi", after=_FINALIZED, effect=_target_written,),
+    Attempt(
+        "wsgi_list_chunk_finalized_by_the_server", 5,
+        LATER +
+        "class Chunk(bytes):\n"
+        "    def __del__(self):\n"
+        "        later()\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    return [Chunk(b'ok')]\n",
+        runner="wsgi", after=_FINALIZED, effect=_target_written,),
+    Attempt(
+        "wsgi_environ_value_finalized_by_the_server", 5,
+        THING +
+        "def app(environ, start_response):\n"
+        "    environ['app.thing'] = Thing()\n"
+        "    start_response('200 OK', [])\n"
+        "    return [b'ok']\n",
+        runner="wsgi", after=_FINALIZED, effect=_target_written,),
+    Attempt(
+        "wsgi_error_frame_local_finalized_by_the_server", 5,
+        THING +
+        "def app(environ, start_response):\n"
+        "    kept = Thing()\n"
+        "    raise ValueError('app failure')\n",
+        runner="wsgi", after=_FINALIZED, effect=_target_written,),
+]
+
+ATTEMPTS: list[Attempt] = [*W1, *W2, *W3, *W4, *W5, *W6, *ROUND2_REVIEW, *ROUND3]
 
 assert len(ATTEMPTS) >= 30, len(ATTEMPTS)
 assert len({attempt.id for attempt in ATTEMPTS}) == len(ATTEMPTS)

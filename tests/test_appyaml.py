@@ -594,6 +594,64 @@ def test_static_dir_symlink_out_of_the_app_is_refused(tmp_path: Path) -> None:
     assert "leaves the app folder" in message
 
 
+STATIC_APP = """\
+runtime: python27
+handlers:
+- url: /static
+  static_dir: static
+- url: /favicon\\.ico
+  static_files: static/favicon.ico
+  upload: static/favicon\\.ico
+- url: /.*
+  script: main.app
+"""
+
+
+@pytest.mark.parametrize("link", ["app", "parent"])
+def test_an_app_folder_reached_through_a_symlink_keeps_its_static_handlers(
+        tmp_path: Path, link: str) -> None:
+    """A release link (/srv/app -> releases/42) or a symlinked component (macOS's /tmp):
+    the handlers are inside the app, served, and hidden from the app as without the link."""
+    from gae_sandbox.devserver import DevServerApp
+
+    real = tmp_path / "real" / "app"
+    write(real, STATIC_APP)
+    (real / "static").mkdir()
+    (real / "static" / "favicon.ico").write_bytes(b"icon")
+    (real / "static" / "style.css").write_text("body {}")
+    if link == "app":
+        (tmp_path / "linked").symlink_to(real)
+        root = tmp_path / "linked"
+    else:
+        (tmp_path / "via").symlink_to(tmp_path / "real")
+        root = tmp_path / "via" / "app"
+    config = load_app_yaml(root)
+    assert [h.static_dir or h.static_files for h in config.handlers[:2]] == [
+        "static", "static/favicon.ico"]
+    assert config.unreadable_paths() == ("static", "static/favicon.ico")
+    app = DevServerApp(config)
+    assert get(app, "/favicon.ico")[::2] == ("200 OK", b"icon")
+    assert get(app, "/static/style.css")[::2] == ("200 OK", b"body {}")
+    assert get(app, "/static/../app.yaml")[0] == "404 Not Found"
+    with Sandbox(config.policy()):
+        assert refused_read(root / "static" / "style.css").setting == "unreadable_paths"
+
+
+@pytest.mark.parametrize("entry", ["static_dir: ../outside", "static_dir: assets",
+                                   "static_files: ../outside/x.txt\n  upload: x"])
+def test_a_symlinked_app_folder_still_refuses_paths_out_of_it(tmp_path: Path,
+                                                             entry: str) -> None:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.txt").write_text("x")
+    real = tmp_path / "real"
+    path = write(real, f"runtime: python27\nhandlers:\n- url: /s\n  {entry}\n")
+    (real / "assets").symlink_to(tmp_path / "outside")
+    (tmp_path / "linked").symlink_to(real)
+    message = str(load_error(tmp_path / "linked"))
+    assert "leaves the app folder" in message and str(tmp_path / "outside") in message
+    assert message.startswith(f"{tmp_path / 'linked' / 'app.yaml'}:{line_of(path, 'static_')}:")
+
+
 def test_non_utf8_file(tmp_path: Path) -> None:
     path = tmp_path / "app.yaml"
     path.write_bytes(b"runtime: python27\n# caf\xe9\nhandlers: []\n")
@@ -1589,6 +1647,31 @@ def test_an_entrypoint_calling_with_code_is_refused_at_load(tmp_path: Path) -> N
                            "entrypoint: gunicorn \"main:create_app(__import__('os'))\"\n")
     error = str(load_error(path))
     assert "must be literals" in error and "app.yaml:2" in error
+
+
+@pytest.mark.parametrize("entrypoint", [
+    "gunicorn -b :$PORT -w 2 -k uvicorn.workers.UvicornWorker main:app",
+    "gunicorn main:app --worker-class=uvicorn_worker.UvicornWorker",
+    "gunicorn -kuvicorn.workers.UvicornH11Worker main:app",
+    "python -m gunicorn --worker-class uvicorn.workers.UvicornWorker main:app",
+    "uvicorn main:app --host 0.0.0.0 --port $PORT",
+    "hypercorn main:app",
+])
+def test_an_asgi_entrypoint_is_refused_at_load(tmp_path: Path, entrypoint: str) -> None:
+    """The development server calls app(environ, start_response): an ASGI app would fail on
+    every request with a TypeError, so it is refused when app.yaml is read."""
+    path = write(tmp_path, f"runtime: python312\nentrypoint: {entrypoint}\n")
+    error = str(load_error(path))
+    assert error.startswith(f"{path}:2: entrypoint ") and "serves ASGI apps" in error
+    assert "runs WSGI apps only" in error and "Change entrypoint:" in error
+
+
+@pytest.mark.parametrize("entrypoint", ["gunicorn -k gthread --threads 8 main:app",
+                                        "gunicorn -k gevent main:app",
+                                        "gunicorn --worker-class=sync main:app"])
+def test_a_wsgi_worker_class_is_accepted(tmp_path: Path, entrypoint: str) -> None:
+    write(tmp_path, f"runtime: python312\nentrypoint: {entrypoint}\n")
+    assert load_app_yaml(tmp_path).wsgi_app == "main:app"
 
 
 # --- login: the development server's sign-in -------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 
 import gae_sandbox
 from gae_sandbox import (
+    AppFailedError,
     DeadlineExceededError,
     FileWriteRefused,
     HardDeadlineExceeded,
@@ -690,7 +691,53 @@ def test_deadline_never_lands_in_the_servers_own_write(policy: Policy) -> None:
         return [b""]
 
     wrapped = SandboxMiddleware(app, policy.replace(deadline=0.1, hard_deadline_grace=5))
-    with pytest.raises(DeadlineExceededError):  # the body started: it goes to the server
+    # the body started: the error goes to the server, as an Exception (servers let a
+    # BaseException such as DeadlineExceededError through, and a gunicorn worker dies of it)
+    with pytest.raises(AppFailedError, match="deadline"):
         list(wrapped(make_environ(), start_response))
     assert len(steps) == 30  # the server's write was not cut short
     assert reached == ["error after the write"]
+
+
+def test_an_app_that_catches_its_deadline_answers_normally(policy: Policy) -> None:
+    """The runtime's documented pattern: catch DeadlineExceededError and answer a short
+    page. When the timer delivered the error (a pure-Python loop, no bounded call), the
+    app's start_response afterwards must not raise it a second time."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        try:
+            for _ in range(10**9):  # bounded; the deadline ends it long before
+                pass
+            body = b"finished"
+        except DeadlineExceededError:
+            body = b"caught"
+        start_response("200 OK", OK_HEADERS)
+        return [body]
+
+    seen: list[str] = []
+    wrapped = SandboxMiddleware(app, policy.replace(deadline=0.2, hard_deadline_grace=30))
+    body = b"".join(wrapped(make_environ(), lambda status, headers, *args: seen.append(status)))
+    assert (seen, body) == (["200 OK"], b"caught")
+
+
+def test_a_deadline_after_the_body_started_reaches_the_server_as_an_exception(
+        policy: Policy) -> None:
+    """Once the headers are out an app error is re-raised to the server (PEP 3333); a
+    DeadlineExceededError is a BaseException, which servers' ``except Exception`` lets
+    through (a gunicorn worker dies of it): the server gets an AppFailedError instead."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        start_response("200 OK", OK_HEADERS)
+        yield b"first"
+        for _ in range(10**9):  # bounded; the deadline ends it long before
+            pass
+        yield b"never"
+
+    wrapped = SandboxMiddleware(app, policy.replace(deadline=0.2, hard_deadline_grace=30))
+    response = wrapped(make_environ(), lambda *args: None)
+    chunks = iter(response)
+    assert next(chunks) == b"first"
+    with pytest.raises(Exception) as raised:
+        next(chunks)
+    assert type(raised.value) is AppFailedError and "deadline" in str(raised.value)
+    response.close()  # type: ignore[attr-defined]

@@ -240,13 +240,13 @@ def _static_files_matching(app_root: str, handler: Handler) -> list[str]:
     except re.error:
         return []
     found: list[str] = []
+    root = os.path.realpath(app_root)
     for folder, dirs, files in os.walk(app_root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
             path = os.path.join(folder, name)
             relative = os.path.relpath(path, app_root)
-            resolved = os.path.realpath(path)
-            if not resolved.startswith(app_root + os.sep):
+            if not is_within(root, os.path.realpath(path)):
                 continue  # a link out of the app: outside the readable set anyway
             if upload.fullmatch(relative) or upload.match(relative):
                 found.append(relative)
@@ -506,12 +506,14 @@ def wsgi_app_of_entrypoint(command: str, fail: Any, line: int) -> str:
     if program.startswith("python"):
         if rest[:1] == ["-m"]:
             rest = rest[1:]
-            if rest and rest[0] in ("gunicorn", "uwsgi"):
+            if rest and rest[0] in ("gunicorn", "uwsgi", *_ASGI_SERVERS):
                 program, rest = rest[0], rest[1:]
         else:
             script = next((w for w in rest if w.endswith(".py")), None)
             if script is not None:
                 return f"{_module_of_file(script)}:app"
+    if program in _ASGI_SERVERS:
+        raise fail(_asgi_refusal(command, f"{program} serves ASGI apps"), line)
     if program == "uwsgi":
         options = _options(rest)
         module = options.get("--module") or options.get("-w")
@@ -521,6 +523,10 @@ def wsgi_app_of_entrypoint(command: str, fail: Any, line: int) -> str:
         if wsgi_file:
             return f"{_module_of_file(wsgi_file)}:{options.get('--callable', 'application')}"
     if program == "gunicorn":
+        worker = _worker_class(rest)
+        if worker is not None and _ASGI_WORKER.search(worker):
+            raise fail(_asgi_refusal(command, f"its worker class {worker} serves ASGI apps"),
+                       line)
         positional = [w for w in _positionals(rest)]
         if positional:
             target = positional[-1]
@@ -529,6 +535,34 @@ def wsgi_app_of_entrypoint(command: str, fail: Any, line: int) -> str:
                "gae_sandbox reads 'gunicorn [options] module:app', 'uwsgi --wsgi-file FILE.py "
                "--callable app' or 'python FILE.py' (for another server, name the app with "
                "serve --wsgi-app module:app)", line)
+
+
+#: Servers and gunicorn worker classes that call ``app(scope, receive, send)`` (ASGI).
+_ASGI_SERVERS = ("uvicorn", "hypercorn", "daphne", "granian")
+_ASGI_WORKER = re.compile(r"uvicorn|asgi|hypercorn", re.IGNORECASE)
+
+
+def _worker_class(words: list[str]) -> str | None:
+    """gunicorn's ``-k CLASS``, ``-kCLASS``, ``--worker-class CLASS`` or ``--worker-class=CLASS``
+    (the last one given wins, as in gunicorn)."""
+    found = None
+    for index, word in enumerate(words):
+        name, equals, value = word.partition("=")
+        if name in ("-k", "--worker-class"):
+            found = value if equals else (words[index + 1] if index + 1 < len(words) else None)
+        elif word.startswith("-k") and not word.startswith("--"):
+            found = word[2:]
+    return found
+
+
+def _asgi_refusal(command: str, why: str) -> str:
+    """Why an ASGI entrypoint is refused, and what to write instead."""
+    return (f"entrypoint {_show(command)}: {why}; the gae_sandbox development server runs "
+            "WSGI apps only (it calls app(environ, start_response)). Change entrypoint: to a "
+            "WSGI server and app, e.g. 'gunicorn -b :$PORT main:app' with gunicorn's default "
+            "worker; an ASGI app (FastAPI, Starlette) can be served as WSGI by wrapping it, "
+            "e.g. 'from a2wsgi import ASGIMiddleware; wsgi_app = ASGIMiddleware(app)' and "
+            "'gunicorn -b :$PORT main:wsgi_app'")
 
 
 def parse_wsgi_reference(reference: str) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
@@ -791,8 +825,19 @@ def _check_inside(app_root: str, relative: str, key: str, line: int, fail: Any) 
     # static_files may hold \1-style group references; judge the fixed part
     fixed = re.split(r"\\\d", relative)[0]
     resolved = os.path.realpath(os.path.join(app_root, fixed))
-    if resolved != app_root and not resolved.startswith(app_root + os.sep):
-        raise fail(f"{key} {relative!r} leaves the app folder", line)
+    if not is_within(os.path.realpath(app_root), resolved):
+        raise fail(f"{key} {relative!r} leaves the app folder (it resolves to {resolved}); "
+                   "name a file or folder inside it", line)
+
+
+def is_within(root: str, path: str) -> bool:
+    """Whether ``path`` is ``root`` or beneath it, by whole components. Both must be resolved
+    the same way (``os.path.realpath``): an app folder reached through a symlink (macOS's
+    ``/tmp``, a release link) is then compared with what its files resolve to."""
+    try:
+        return os.path.commonpath((root, path)) == root
+    except ValueError:  # one relative, one absolute (or different drives)
+        return False
 
 
 def _libraries(value: Any, line: int, location: str, fail: Any) -> tuple[tuple[str, str], ...]:

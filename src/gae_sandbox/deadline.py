@@ -83,7 +83,8 @@ class Deadline:
     """
 
     __slots__ = ("started", "when", "grace", "owner", "on_hard", "lock", "thread", "attached",
-                 "active", "soft_fired", "hard_fired", "told_host", "raised_at", "pending",
+                 "active", "soft_fired", "delivered", "hard_fired", "told_host", "raised_at",
+                 "pending",
                  "queued_at", "__weakref__")
 
     def __init__(self, seconds: float, grace: float, owner: Any,
@@ -104,7 +105,8 @@ class Deadline:
         self.thread: int | None = None
         self.attached = False
         self.active = True
-        self.soft_fired = False  # DeadlineExceededError raised or delivered
+        self.soft_fired = False  # the soft deadline passed (the timer or a bounded call saw it)
+        self.delivered = False  # DeadlineExceededError injected into or raised in the request
         self.hard_fired = False
         self.told_host = False
         self.raised_at: float | None = None  # when a bounded call last raised the error
@@ -123,7 +125,8 @@ class Deadline:
         with self.lock:
             self.thread = _get_ident()
             self.attached = True
-            due = self.active and not self.soft_fired and _monotonic() >= self.when
+            # (the timer may have passed it while the server held the thread: not delivered)
+            due = self.active and not self.delivered and _monotonic() >= self.when
         if due:  # the deadline passed while the server held the thread
             raise self.error_from_call()
 
@@ -170,6 +173,7 @@ class Deadline:
                 error: BaseException = HardDeadlineExceeded(self._hard_message())
             else:
                 self.soft_fired = True
+                self.delivered = True
                 error = DeadlineExceededError(self._message())
         if tell:
             _host_call(self._tell_host, on_hard)
@@ -197,6 +201,7 @@ class Deadline:
                 if self.attached and self.thread is not None:
                     raise_in_thread(self.thread, DeadlineExceededError)
                     self.pending = True
+                    self.delivered = True
                 self.soft_fired = True
                 return self.when + self.grace
             if now < self.when + self.grace:

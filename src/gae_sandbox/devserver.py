@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .appyaml import AppConfig, Handler, parse_wsgi_reference
+from .appyaml import AppConfig, Handler, is_within, parse_wsgi_reference
 from .middleware import SandboxMiddleware
 from .policy import Policy
 from .report import Violation
@@ -129,12 +129,12 @@ class DevServerApp:
 
     def _static(self, handler: Handler, match: Any, environ: dict[str, Any],
                 start_response: StartResponse) -> Any:
-        root = self.config.app_root
+        root = os.path.realpath(self.config.app_root)  # as the targets: through any symlink
         if handler.static_dir is not None:
             base = os.path.realpath(os.path.join(root, handler.static_dir))
             relative = match.group(1) if match.groups() else ""
             target = os.path.realpath(os.path.join(base, relative))
-            allowed = target.startswith(base + os.sep)
+            allowed = target != base and is_within(base, target)
         else:
             assert handler.static_files is not None
             try:
@@ -144,7 +144,7 @@ class DevServerApp:
                 return _plain(start_response, "500 Internal Server Error",
                               b"500 Internal Server Error\n")
             target = os.path.realpath(os.path.join(root, relative))
-            allowed = target.startswith(root + os.sep) and (
+            allowed = target != root and is_within(root, target) and (
                 handler.upload is None or _matches(handler.upload, os.path.relpath(target, root))
             )
         if not allowed or not os.path.isfile(target):

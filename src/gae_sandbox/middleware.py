@@ -15,7 +15,6 @@ import operator
 import os
 import signal
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -175,10 +174,7 @@ class _Request:
         try:
             return host_call(function, *args)
         finally:
-            deadline.attach()
-            if deadline.active and deadline.raised_at is None and (
-                    time.monotonic() >= deadline.when):  # it passed while the server worked
-                raise deadline.error_from_call()
+            deadline.attach()  # raises if it passed while the server worked, undelivered
 
     # -- the request -----------------------------------------------------------------------
 
@@ -291,6 +287,8 @@ class _Request:
         if self.body_started:
             if closing:
                 self.close()
+            if not isinstance(copy, Exception):  # a deadline's error is a BaseException, which
+                copy = AppFailedError(failure.reason)  # servers' error handling lets through
             raise copy from None
         headers = [("Content-Type", "text/plain; charset=utf-8"),
                    ("Content-Length", str(len(ERROR_BODY)))]

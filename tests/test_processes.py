@@ -384,15 +384,34 @@ def test_environ_change_stays_in_the_request(policy: Policy) -> None:
     assert child.stdout == "unset"
 
 
-def test_putenv_refused(policy: Policy) -> None:
+def test_putenv_stays_in_the_request(policy: Policy) -> None:
+    """``os.putenv`` (numpy calls it at import) changes the request's view of the
+    environment, as ``os.environ[name] = value`` does there; the process's C-level
+    environment, which child processes inherit, is the host's and stays as it was. The C
+    function itself, captured before install, is refused (its audit event)."""
+    from gae_sandbox.patches import _putenv as captured  # taken before install
     with Sandbox(policy):
+        os.putenv(ENV_NAME, "1")
+        assert os.environ[ENV_NAME] == "1"
+        os.unsetenv(ENV_NAME)
+        assert ENV_NAME not in os.environ
+        with pytest.raises(ValueError):
+            os.putenv("A=B", "1")
         with pytest.raises(SystemCallRefused) as info:
-            os.putenv(ENV_NAME, "1")
+            captured(ENV_NAME, "1")
     assert isinstance(info.value, PermissionError)
     assert ENV_NAME in str(info.value)
+    assert ENV_NAME not in os.environ
     child = subprocess.run([SH, "-c", f'printf %s "${{{ENV_NAME}-unset}}"'],
                            capture_output=True, text=True, timeout=10, env=None)
     assert child.stdout == "unset"
+    os.putenv(ENV_NAME, "host")  # the control: host code's putenv reaches the process
+    try:
+        child = subprocess.run([SH, "-c", f'printf %s "${{{ENV_NAME}-unset}}"'],
+                               capture_output=True, text=True, timeout=10, env=None)
+        assert child.stdout == "host"
+    finally:
+        os.unsetenv(ENV_NAME)
 
 
 def test_environ_delete_stays_in_the_request(policy: Policy,

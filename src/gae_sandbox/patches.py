@@ -729,7 +729,7 @@ def describe_command(args: Any) -> str:
 
 _UNSET = object()  # a variable the request deleted
 _ABSENT = object()  # not in the request's overlay
-_putenv, _unsetenv = os.putenv, os.unsetenv  # the C functions (audited: refused in a request)
+_putenv, _unsetenv = os.putenv, os.unsetenv  # the C functions (a request's own calls: above)
 _FS_ENCODING = sys.getfilesystemencoding()
 
 
@@ -760,6 +760,47 @@ def _env_overlay(scope: Scope) -> dict[bytes, Any]:
     return overlay  # type: ignore[no-any-return]
 
 
+def _env_exact(value: Any, what: str) -> bytes:
+    """A name or value given to ``os.putenv``, as ``putenv`` encodes it: exact ``bytes``."""
+    encoded = os.fsencode(value)
+    if not isinstance(encoded, bytes):
+        raise TypeError(f"expected str or bytes for the environment variable's {what}")
+    encoded = bytes.__getitem__(encoded, slice(None))
+    if b"\0" in encoded:
+        raise ValueError("embedded null byte")
+    if what == "name" and (not encoded or b"=" in encoded):
+        raise ValueError("illegal environment variable name")
+    return encoded
+
+
+def _env_put(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``os.putenv``: the process environment is the host's; inside a sandbox the variable
+    goes into the request's view of it (what ``os.environ`` reads there), as
+    ``os.environ[name] = value`` does (libraries call it at import: numpy)."""
+
+    def putenv(name: Any, value: Any, /) -> None:
+        scope = active_scope()
+        if scope is None:
+            return original(name, value)  # type: ignore[no-any-return]
+        _env_overlay(scope)[_env_exact(name, "name")] = _env_exact(value, "value")
+        return None
+
+    return _guarded(putenv, original)
+
+
+def _env_unset(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``os.unsetenv``: inside a sandbox, the variable leaves the request's view only."""
+
+    def unsetenv(name: Any, /) -> None:
+        scope = active_scope()
+        if scope is None:
+            return original(name)  # type: ignore[no-any-return]
+        _env_overlay(scope)[_env_exact(name, "name")] = _UNSET
+        return None
+
+    return _guarded(unsetenv, original)
+
+
 def environ_patches(environ: Any, environb: Any, posix: Any) -> list[Patch]:
     """``os.environ``, ``os.environb`` and ``posix.environ`` as the runtime had them: per
     request.
@@ -771,7 +812,7 @@ def environ_patches(environ: Any, environb: Any, posix: Any) -> list[Patch]:
     with no extra call). Inside a sandbox each of them is a view: the process environment
     with the request's overlay (:func:`_env_overlay`) laid over it; a change, through
     ``os.environ``, ``os.environb``, their ``_data`` or ``posix.environ``, goes into the
-    overlay and lasts for the request (and its threads); ``os.putenv`` stays refused.
+    overlay and lasts for the request (and its threads); so does ``os.putenv``'s.
 
     The dict is held in these functions' closures only: the objects handed out keep no
     reference to it in their attributes."""
@@ -979,6 +1020,8 @@ def build_patches() -> list[Patch]:
 
     patches += environ_patches(os.environ, getattr(os, "environb", None),
                                sys.modules.get(os.name))
+    add(os, "putenv", _env_put)
+    add(os, "unsetenv", _env_unset)
     add(os, "listdir", _listdir)
     add(os, "scandir", _scandir)
     add_in_place(tempfile, "TemporaryFile", _temporary_file)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -360,3 +362,69 @@ def test_the_request_cannot_reach_real_descriptors_through_memory_paths(
         finally:
             os.close(folder)
     assert snapshot(app_root) == before
+
+
+# --- what real apps do with files they never close, /dev/null, and shutil.rmtree -------------
+
+
+@pytest.mark.parametrize("preset", ["memory", "python3"])
+def test_a_file_written_and_never_closed_is_read_back(app_root: Path, preset: str) -> None:
+    """``open(path, 'w').write(data)`` and ``json.dump(obj, open(path, 'w'))``: CPython closes
+    such a file at once (reference counting); the in-memory filesystem keeps every open file
+    in its descriptor table, so the data is flushed when anything opens a file."""
+    import json
+
+    policy = (Policy.python27(app_root=app_root, deadline=None, filesystem="memory")
+              if preset == "memory" else Policy.python3(app_root=app_root))
+    with Sandbox(policy):
+        folder = tempfile.gettempdir()
+        open(os.path.join(folder, "unclosed.txt"), "w").write("hello")  # noqa: SIM115
+        json.dump({"a": 1}, open(os.path.join(folder, "unclosed.json"), "w"))  # noqa: SIM115
+        with open(os.path.join(folder, "unclosed.txt")) as text:
+            assert text.read() == "hello"
+        with open(os.path.join(folder, "unclosed.json")) as data:
+            assert json.load(data) == {"a": 1}
+
+
+@pytest.mark.parametrize("preset", ["memory", "python3"])
+def test_dev_null_takes_writes_where_writes_land_in_memory(app_root: Path,
+                                                          preset: str) -> None:
+    """Where writes succeed in memory, ``os.devnull`` is the real, empty device (a real
+    descriptor: ``subprocess.DEVNULL`` hands it to a child process); the read-only preset
+    refuses it, as the python27 runtime did."""
+    policy = (Policy.python27(app_root=app_root, deadline=None, filesystem="memory")
+              if preset == "memory" else Policy.python3(app_root=app_root))
+    with Sandbox(policy):
+        with open(os.devnull, "w") as sink:
+            sink.write("discarded")
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            assert os.write(fd, b"discarded") == 9
+        finally:
+            os.close(fd)
+        if policy.allow_processes:  # a real descriptor, which a child process can use
+            child = subprocess.run([sys.executable, "-c", "print('to /dev/null')"],
+                                   stdout=subprocess.DEVNULL, timeout=60)
+            assert child.returncode == 0
+    with Sandbox(Policy.python27(app_root=app_root, deadline=None)), \
+            pytest.raises(FileWriteRefused):
+        open(os.devnull, "w")  # noqa: SIM115
+
+
+def test_rmtree_of_a_temporary_folder_in_the_python3_tmp(app_root: Path) -> None:
+    """``shutil.rmtree`` removes entries by descriptor (``os.unlink(name, dir_fd=fd)``): the
+    name is judged from that folder, inside ``/tmp``; one outside it is still refused."""
+    with Sandbox(Policy.python3(app_root=app_root)):
+        folder = tempfile.mkdtemp()
+        with open(os.path.join(folder, "file"), "w") as file:
+            file.write("x")
+        os.mkdir(os.path.join(folder, "sub"))
+        shutil.rmtree(folder)
+        assert not os.path.exists(folder)
+        outside = os.open(str(app_root), os.O_RDONLY)
+        try:
+            with pytest.raises(FileWriteRefused):
+                os.unlink("data.txt", dir_fd=outside)
+        finally:
+            os.close(outside)
+    assert (app_root / "data.txt").exists()

@@ -371,9 +371,18 @@ def check_open(layer: Layer, scope: Scope, path: Any, mode: Any,
     if isinstance(mode, str) and any(c in mode for c in "wax+"):
         writes = True
     if writes:
+        if is_devnull(path) and layer.policy.filesystem != "readonly":
+            return None  # where writes land in memory, /dev/null is the real, empty device
         how = f"open mode {mode!r}" if isinstance(mode, str) else f"os.open flags {flags:#o}"
         return check_write(layer, path, how)
     return check_read(layer, path)
+
+
+def is_devnull(path: Any) -> bool:
+    """Whether ``path`` is spelt ``/dev/null`` (``os.devnull``) exactly, as ``str`` or
+    ``bytes`` (no resolution: a link to it is a link)."""
+    return (type(path) is str and path == "/dev/null") or (
+        type(path) is bytes and path == b"/dev/null")
 
 
 _OPENER_RULE = ("the descriptor an open() opener returns must be one the request opened "

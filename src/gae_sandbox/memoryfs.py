@@ -29,7 +29,14 @@ from typing import Any
 
 from .context import Layer, Scope, active_scope, host_call
 from .errors import FileWriteRefused, SandboxViolation
-from .filesystem import SYSTEM_FILES, WRITE_FLAGS, check_read, checked_opener, describe
+from .filesystem import (
+    SYSTEM_FILES,
+    WRITE_FLAGS,
+    check_read,
+    checked_opener,
+    describe,
+    is_devnull,
+)
 from .patches import _hidden_names, _named
 from .paths import is_inside
 
@@ -167,16 +174,22 @@ _WRITE_ARGUMENTS: dict[str, tuple[int, ...]] = {
 }
 
 
-def _check_tmp_write(scope: Scope, fs: Any, paths: tuple[Any, ...], what: str) -> None:
+def _check_tmp_write(scope: Scope, fs: Any, paths: tuple[Any, ...], what: str,
+                     dir_fd: Any = None) -> None:
     """``filesystem="tmp"``: a write beneath ``/tmp`` goes to memory, any other is refused
-    (judged on the path as the in-memory filesystem resolves it, links made there followed)."""
+    (judged on the path as the in-memory filesystem resolves it, links made there followed;
+    a relative path given with ``dir_fd``, as ``shutil.rmtree`` does, from that folder)."""
     if all(layer.policy.filesystem != "tmp" for layer in scope.layers):
         return
     for path in paths:
         if type(path) is int:
             continue
         try:
-            resolved = fs.resolve_path(os.fsdecode(path))
+            text = os.fsdecode(path)
+            if type(dir_fd) is int and not text.startswith("/"):
+                folder = fs.get_open_file(dir_fd).file_path  # an in-memory descriptor only
+                text = f"{os.fsdecode(folder).rstrip('/')}/{text}"
+            resolved = fs.resolve_path(text)
         except (TypeError, ValueError, OSError):
             resolved = None
         scope.judge(_refuse_outside_tmp, resolved, f"{describe(path)} ({what})")
@@ -234,7 +247,7 @@ def _path_router(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
         def call(fs: Any, fake_os: Any, fake_open: Any) -> Any:
             if positions:
                 _check_tmp_write(scope, fs, tuple(args[i] for i in positions if i < len(args)),
-                                 f"os.{name}")
+                                 f"os.{name}", kwargs.get("dir_fd"))
             return getattr(fake_os, name)(*args, **kwargs)
 
         result = memory.run(scope, call, path)
@@ -283,7 +296,8 @@ def _open_router(inner: Callable[..., Any]) -> Callable[..., Any]:
     def open(file: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A001
         scope = active_scope()
         memory = _memory_of(scope)
-        if memory is None or (type(file) is int and not memory.owns_fd(file)):
+        if memory is None or (type(file) is int and not memory.owns_fd(file)) or (
+                is_devnull(file)):  # the real device: a real descriptor (subprocess.DEVNULL)
             return inner(file, *args, **kwargs)
         if len(args) > 6 and "opener" not in kwargs:  # open(file, mode, buffering, encoding,
             kwargs = {**kwargs, "opener": args[6]}  # errors, newline, closefd, opener)
@@ -297,6 +311,7 @@ def _open_router(inner: Callable[..., Any]) -> Callable[..., Any]:
         def call(fs: Any, fake_os: Any, fake_open: Any) -> Any:
             if isinstance(mode, str) and any(c in mode for c in "wax+"):
                 _check_tmp_write(scope, fs, (file,), f"open mode {mode!r}")
+            _flush_open_files(fs)
             return _loaded(fake_open(file, *args, **kwargs))
 
         return memory.run(scope, call, file)
@@ -308,11 +323,13 @@ def _os_open_router(inner: Callable[..., Any]) -> Callable[..., Any]:
     def open_fd(path: Any, flags: int, mode: int = 0o777, *, dir_fd: Any = None) -> int:
         scope = active_scope()
         memory = _memory_of(scope)
-        if memory is None:
+        if memory is None or (is_devnull(path) and dir_fd is None):
             return inner(path, flags, mode, dir_fd=dir_fd)
+
         def call(fs: Any, fake_os: Any, fake_open: Any) -> Any:
             if isinstance(flags, int) and flags & WRITE_FLAGS:
-                _check_tmp_write(scope, fs, (path,), f"os.open flags {flags:#o}")
+                _check_tmp_write(scope, fs, (path,), f"os.open flags {flags:#o}", dir_fd)
+            _flush_open_files(fs)
             return fake_os.open(path, flags, mode, dir_fd=dir_fd)
 
         return memory.run(scope, call, path)
@@ -327,6 +344,23 @@ def _loaded(file: Any) -> Any:
     if contents is not None and hasattr(contents, "contents_read"):
         contents.byte_contents  # noqa: B018 - the property loads the content
     return file
+
+
+def _flush_open_files(fs: Any) -> None:
+    """Flush every file object still open for writing, before a file is opened.
+
+    pyfakefs's filesystem keeps each open file object in its descriptor table, so one the
+    app never closes is never collected, and what it wrote stays in its buffer: after
+    ``open(path, 'w').write(data)`` (CPython closes that file at once, by reference
+    counting) a later ``open(path)`` read an empty file. Written data is now in the file
+    when anything opens it."""
+    for entry in list(getattr(fs, "open_files", None) or ()):
+        for wrapper in list(entry or ()):
+            try:
+                if not wrapper.closed and wrapper.writable():
+                    wrapper.flush()
+            except Exception:  # noqa: BLE001, S112 - a broken wrapper: its own error later
+                continue
 
 
 def _sendfile_router(inner: Callable[..., Any]) -> Callable[..., Any]:

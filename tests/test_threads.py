@@ -445,3 +445,36 @@ def test_thread_trace_hooks_refused_to_app_code(policy: Policy, name: str) -> No
         getattr(threading, name)(None)
         sys.settrace(before[2])
         sys.setprofile(before[3])
+
+
+def test_python3_requests_do_not_wait_for_their_threads(app_root: Path) -> None:
+    """``join_threads=False`` (the python3 preset): a thread the request started (a
+    module-level pool's worker) runs on after the request ends, still sandboxed; with the
+    python27 preset the request waits for it (the control)."""
+    release = threading.Event()
+    outcome: list[str] = []
+    target = app_root / "written.txt"  # the app's own folder: read-only in every preset
+
+    def worker() -> None:
+        release.wait(60)  # bounded
+        try:
+            with open(target, "w") as file:  # refused: the thread is sandboxed
+                file.write("x")
+            outcome.append("wrote")
+        except OSError as error:
+            outcome.append(type(error).__name__)
+
+    policy = Policy.python3(app_root=app_root)
+    assert policy.join_threads is False
+    with Sandbox(policy):
+        thread = threading.Thread(target=worker)
+        thread.start()
+    assert thread.is_alive()  # the request ended without waiting
+    release.set()
+    thread.join(60)
+    assert outcome == ["FileWriteRefused"] and not target.exists()
+
+    joined = threading.Event()
+    with Sandbox(Policy.python27(app_root=app_root, deadline=None)):
+        threading.Thread(target=lambda: (time.sleep(0.1), joined.set())).start()
+    assert joined.is_set()  # the control: python27 waits for the thread

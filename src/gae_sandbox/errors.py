@@ -57,6 +57,7 @@ SETTING_FLAGS: dict[str, str] = {
     "allow_processes": "--allow-processes",
     "allow_threads": "--allow-threads",
     "allow_background_threads": "--allow-background-threads",
+    "join_threads": "--join-threads / --no-join-threads",
     "env_variables": "--env NAME=VALUE",
     "deadline": "--deadline SECONDS",
     "restricted_modules": "--restricted-module NAME",

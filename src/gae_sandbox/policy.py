@@ -91,6 +91,11 @@ class Policy:
     allow_threads: bool = True
     #: Whether ``start_background_thread`` may start threads that outlive the request.
     allow_background_threads: bool = False
+    #: Whether the request waits for the threads it started (within its deadline, then
+    #: ``DeadlineExceededError`` in them), as on the python27 runtime; ``False`` (python3): they
+    #: run on after the request, still sandboxed (a module-level ``ThreadPoolExecutor``'s
+    #: workers, a monitoring client's background thread).
+    join_threads: bool = True
     #: Whether sandboxed code may start and signal processes (``subprocess``, ``os.system``,
     #: ``fork``, ``exec*``, ``kill``): the python3 runtime allows it, python27 did not.
     allow_processes: bool = False
@@ -160,8 +165,8 @@ class Policy:
         if self.working_directory not in ("app_root", "host"):
             raise ValueError("Policy.working_directory must be 'app_root' or 'host', "
                              f"got {self.working_directory!r}")
-        for name in ("allow_threads", "allow_background_threads", "allow_processes",
-                     "request_environ"):
+        for name in ("allow_threads", "allow_background_threads", "join_threads",
+                     "allow_processes", "request_environ"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(
                     f"Policy.{name} must be True or False, got {getattr(self, name)!r}"
@@ -192,6 +197,7 @@ class Policy:
             "filesystem": "tmp",
             "allow_processes": True,
             "allow_background_threads": True,
+            "join_threads": False,
             "deadline": PYTHON3_DEADLINE,
             "request_environ": False,
         }

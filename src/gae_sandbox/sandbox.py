@@ -464,7 +464,7 @@ def close_scope(scope: Scope) -> None:
         parent.children.discard(scope)
     deadline = _own_deadline(scope)
     try:
-        if scope.threads is not None:  # the request started threads: wait for them
+        if scope.threads is not None and _joins_threads(scope):  # wait for its threads
             if deadline is not None:
                 deadline.detach()  # no asynchronous error while this thread waits
             outlived = join_scope_threads(scope, scope.policy.hard_deadline_grace)
@@ -491,6 +491,11 @@ def close_scope(scope: Scope) -> None:
         if not _HOST_IMPORTS.unchanged():  # while still open: no host look in between
             _HOST_IMPORTS.sandbox_ended()  # what it added to the import lists is the app's
         _count(scope, False)
+
+
+def _joins_threads(scope: Scope) -> bool:
+    """Whether any layer waits for the request's threads (nesting narrows: one does)."""
+    return any(layer.policy.join_threads for layer in scope.layers)
 
 
 def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,

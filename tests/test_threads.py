@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import _thread
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -478,3 +481,29 @@ def test_python3_requests_do_not_wait_for_their_threads(app_root: Path) -> None:
     with Sandbox(Policy.python27(app_root=app_root, deadline=None)):
         threading.Thread(target=lambda: (time.sleep(0.1), joined.set())).start()
     assert joined.is_set()  # the control: python27 waits for the thread
+
+
+def test_an_uncaught_error_in_a_request_thread_is_printed_without_a_refusal(
+        app_root: Path) -> None:
+    """CPython 3.11's traceback printer parses the line it shows (to place its carets)
+    under the frame's file name, a standard-library one for threading's own frames: that
+    line of the file is not code claiming the file, and is not refused. (In a child: the
+    interpreter's own printer, not pytest's thread-exception hook.)"""
+    script = textwrap.dedent("""
+        import sys, threading
+        from gae_sandbox import Policy, Sandbox
+        sandbox = Sandbox(Policy.python27(app_root=sys.argv[1], deadline=None, mode="report"))
+
+        def fails():
+            raise ValueError("raised in a request thread")
+
+        with sandbox:
+            thread = threading.Thread(target=fails)
+            thread.start()
+            thread.join(60)
+        print([str(v) for v in sandbox.violations if "compile" in str(v)])
+    """)
+    result = subprocess.run([sys.executable, "-c", script, str(app_root)],
+                            capture_output=True, text=True, timeout=120)
+    assert "raised in a request thread" in result.stderr
+    assert result.stdout.strip() == "[]", result.stdout

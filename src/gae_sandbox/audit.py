@@ -34,6 +34,7 @@ from .patches import (
     describe_command,
     take_judged_spawn,
 )
+from .paths import realpath
 from .runtime import STDLIB_MODULE_NAMES
 from .threads import is_carried
 
@@ -157,16 +158,25 @@ def _read_file(filename: str) -> bytes:
 
 
 def _is_file_source(source: Any, filename: str) -> bool:
-    """Whether ``source`` is the file's own text: the import system compiling it."""
+    """Whether ``source`` is the file's own text (the import system compiling it), or one
+    line of it (CPython 3.11's traceback printer parses the line it shows, to place its
+    carets, under the frame's file name)."""
     if filename.startswith("<") or not isinstance(source, (str, bytes, bytearray, memoryview)):
         return False
     try:
         text = host_call(_read_file, filename)
     except OSError:
         return False
-    if isinstance(source, str):
-        return source.encode("utf-8") == text
-    return bytes(source) == text
+    given = source.encode("utf-8") if isinstance(source, str) else bytes(source)
+    if given == text:
+        return True
+    if (realpath(filename) or filename).startswith(_LIBRARY_PREFIX):
+        return False  # this library's own files: the whole file only
+    line = given.strip()
+    return bool(line) and b"\n" not in line and line in text
+
+
+_LIBRARY_PREFIX = os.path.dirname(realpath(__file__) or __file__) + os.sep
 
 
 def _on_compile(scope: Scope, args: tuple[Any, ...]) -> None:

@@ -11,12 +11,14 @@ through the guards below. Used by :meth:`Sandbox.exec` and for app modules that 
 Guards, on top of RestrictedPython's own:
 
 * attributes: ``safer_getattr`` plus every name starting with ``_``, ``format``/``format_map``
-  on ``str``, ``obj`` on exceptions (it hands out the object a failed lookup was made on);
+  of any object (``str``'s, and those that call it: ``collections.UserString``), ``obj`` on
+  exceptions (it hands out the object a failed lookup was made on);
   a result that is a module must pass the import rules, so ``json.decoder.re.enum.sys`` stops
   at ``sys``; raw gadget callables (``getattr``, ``eval``, ``operator.attrgetter``...) are
   never handed out.
 * imports: the sandbox's import gate (as an app import, never as a trusted standard-library
-  one), and :data:`GADGET_MODULES` refused unless ``Policy.allowed_modules`` names them.
+  one), and of the standard library only :data:`RESTRICTED_STDLIB_MODULES` (an allow-list),
+  others refused unless ``Policy.allowed_modules`` names them.
 * writes: ``full_write_guard`` (only ``dict``, ``list`` and the code's own classes).
 * functions: every ``def`` and ``lambda`` of the code, and every resumption of its
   generators, first checks that a sandbox is active: a callback the code leaves with the
@@ -57,9 +59,25 @@ from .context import active_scope
 from .errors import ImportRefused, RestrictedCodeError, SandboxViolation
 from .imports import GATE, check_import, gated_import
 from .policy import module_matches
+from .runtime import STDLIB_MODULE_NAMES
 
-#: Modules restricted code may not import (nor reach as an attribute) unless an explicit
-#: ``Policy.allowed_modules`` entry names them (``"*"`` does not count), and why:
+#: The standard-library modules restricted code may import (or reach as an attribute), with
+#: their submodules: an allow-list. Every other standard-library module is refused unless
+#: each policy's ``allowed_modules`` names it explicitly (``"*"`` does not count): many take
+#: a name or a string and reach any object (``pkgutil.resolve_name``, ``pydoc.locate``,
+#: ``logging.config``, ``typing.get_type_hints``'s ``eval``, ``timeit.Timer``,
+#: ``unittest.mock.patch``), run registered callbacks in host code later, or change
+#: process-wide state. Judged safe: pure functions and data types of values the code holds.
+RESTRICTED_STDLIB_MODULES: frozenset[str] = frozenset({
+    "array", "base64", "binascii", "bisect", "calendar", "cmath", "collections", "csv",
+    "datetime", "decimal", "difflib", "enum", "fnmatch", "fractions", "functools", "hashlib",
+    "heapq", "hmac", "html", "ipaddress", "itertools", "json", "keyword", "math", "numbers",
+    "random", "re", "secrets", "statistics", "string", "struct", "textwrap", "time",
+    "unicodedata", "urllib.parse", "uuid", "zlib", "zoneinfo",
+    "urllib",  # the package itself (empty), so that urllib.parse imports
+})
+
+#: Why some notable standard-library modules are not on the list (for the refusal's text).
 GADGET_MODULES: dict[str, str] = {
     "operator": "attrgetter/methodcaller read attributes by name, past the attribute guard",
     "sys": "sys.modules, frames and interpreter hooks reach every object",
@@ -67,15 +85,21 @@ GADGET_MODULES: dict[str, str] = {
     "inspect": "frames, getattr_static and members of any object",
     "types": "FunctionType/CodeType build functions from raw code objects",
     "importlib": "imports and reloads past the restricted import guard",
+    "pkgutil": "resolve_name hands out any object by its name",
+    "pydoc": "locate hands out any object by its name",
+    "typing": "get_type_hints evaluates strings as unrestricted code",
+    "timeit": "runs strings as unrestricted code",
+    "unittest": "mock.patch replaces any object by its name",
+    "logging": "formatters read attributes through format strings; handlers run later",
     "builtins": "the unguarded getattr, eval, exec, open and __import__",
     "os": "processes, file descriptors and the environment",
     "posix": "os's C module",
-    "nt": "os's C module on Windows",
     "io": "raw file objects",
     "ctypes": "raw memory",
     "code": "an unrestricted interactive interpreter",
     "codeop": "compiles unrestricted code",
     "pickle": "loads call arbitrary callables",
+    "copy": "copies through __reduce_ex__, which calls what it returns",
     "marshal": "builds raw code objects",
     "traceback": "walks frames and their globals",
     "pdb": "a debugger over the host's frames",
@@ -86,12 +110,13 @@ GADGET_MODULES: dict[str, str] = {
     "subprocess": "processes",
     "shutil": "file operations",
     "contextvars": "lists and changes the context's variables, the host's included",
+    "contextlib": "ExitStack.callback and friends call what they are given later",
     "codecs": "register adds a search function that runs later in host code",
     "copyreg": "registrations run later when the host pickles",
+    "abc": "register puts the code's classes in the host's isinstance checks",
+    "dataclasses": "generates and runs code",
+    "warnings": "the filters are the whole process's",
 }
-# Judged safe and left to the normal rules: functools (partial and reduce call only what the
-# code already holds), json, math, re, string (its Formatter is refused by safer_getattr),
-# collections, itertools, datetime, random.
 
 #: Names the code may not call, with the reason the refusal gives.
 REFUSED_BUILTINS: dict[str, str] = {
@@ -223,20 +248,31 @@ def _raise(refusal: SandboxViolation) -> None:
 
 
 def _gadget_refusal(name: str) -> ImportRefused | None:
-    """Refuse a module in :data:`GADGET_MODULES` (or a submodule) unless the active policy
-    names it explicitly in ``allowed_modules``."""
-    for gadget, why in GADGET_MODULES.items():
-        if name == gadget or name.startswith(gadget + "."):
-            scope = active_scope()
-            if scope is not None and all(
-                module_matches(name, tuple(p for p in layer.policy.allowed_modules if p != "*"))
-                for layer in scope.layers
-            ):
-                return None
-            return ImportRefused(
-                name, f"restricted mode does not offer this module ({why})", "allowed_modules"
-            )
-    return None
+    """Refuse a standard-library module not on :data:`RESTRICTED_STDLIB_MODULES` (nor a
+    submodule of one) unless every active policy names it explicitly in ``allowed_modules``.
+    App and third-party modules follow the import rules only."""
+    if name.partition(".")[0] not in STDLIB_MODULE_NAMES or _offered(name):
+        return None
+    scope = active_scope()
+    if scope is not None and all(
+        module_matches(name, tuple(p for p in layer.policy.allowed_modules if p != "*"))
+        for layer in scope.layers
+    ):
+        return None
+    why = next((reason for gadget, reason in GADGET_MODULES.items()
+                if name == gadget or name.startswith(gadget + ".")), None)
+    return ImportRefused(
+        name, "restricted mode offers only the standard-library modules of its list "
+        "(gae_sandbox.restricted.RESTRICTED_STDLIB_MODULES)" + (f"; this one: {why}" if why
+                                                                else ""), "allowed_modules")
+
+
+def _offered(name: str) -> bool:
+    while name:
+        if name in RESTRICTED_STDLIB_MODULES:
+            return True
+        name = name.rpartition(".")[0]
+    return False
 
 
 def _judge_module(module: types.ModuleType, how: str) -> None:
@@ -302,10 +338,9 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
     what = f"{type(obj).__name__}.{name}"
     if name.startswith("_"):
         _raise(AttributeRefused(what, "restricted mode refuses names starting with '_'"))
-    if name in _FORMAT_NAMES and (isinstance(obj, str) or (
-            isinstance(obj, type) and issubclass(obj, str))):
-        _raise(AttributeRefused(what, "str.format and format_map walk attributes from a "
-                                      "format string (the format-string gadget)"))
+    if name in _FORMAT_NAMES:  # of any object: UserString's, a wrapper's, call str.format
+        _raise(AttributeRefused(what, "format and format_map walk attributes from a format "
+                                      "string (the format-string gadget)"))
     for kind, adopter in _DESCRIPTOR_ADOPTERS:
         if name == adopter and (isinstance(obj, kind) or (isinstance(obj, type)
                                                           and issubclass(obj, kind))):

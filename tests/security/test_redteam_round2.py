@@ -1838,7 +1838,78 @@ ROUND3 = [
         runner="wsgi", after=_FINALIZED, effect=_target_written,),
 ]
 
-ATTEMPTS: list[Attempt] = [*W1, *W2, *W3, *W4, *W5, *W6, *ROUND2_REVIEW, *ROUND3]
+#: Restricted-mode attempts: unrestricted code reached through a standard-library module
+#: that takes a name or a string, which then replaces json.dumps for the host (what default
+#: mode cannot see: README, known gaps), or a format string walking to a host secret.
+_PERSIST = ("setattr(__import__('json'), 'dumps', "
+            "lambda *a, **k: open(target, 'w').write('x'))")
+_HOST_DUMPS = "import json\ntry:\n    json.dumps(9)\nexcept Exception:\n    pass\n"
+_SHARED_GAP = ("default mode: an attribute of a shared module (json.dumps) replaced, which no "
+               "audit event sees (README, known gaps); restricted mode is the answer")
+_INTROSPECTION_GAP = ("default mode: a format string walks __init__.__globals__ to the host's "
+                      "module globals; introspection is restricted mode's (README)")
+_HOST_SECRET = "SECRET = open(CONFIG['secret_path']).read()\n"
+_SECRET_IN_RESULT = "if 'host secret' in str(ns.get('result')):\n    print('EFFECT')\n"
+
+RESTRICTED_ROUND3 = [
+    Attempt(
+        "typing_get_type_hints_evaluates_a_string", 1,
+        "import typing\n"
+        f"Hint = typing.NamedTuple('Hint', [('x', {_PERSIST!r})])\n"
+        "typing.get_type_hints(Hint, {'target': target})\n",
+        after=_HOST_DUMPS, effect=_target_written, restricted=True, gap=_SHARED_GAP),
+    Attempt(
+        "pkgutil_resolve_name_hands_out_eval", 1,
+        "import pkgutil\n"
+        "run = pkgutil.resolve_name('builtins:eval')\n"
+        f"run({_PERSIST!r}, {{'__builtins__': pkgutil.resolve_name('builtins'), "
+        "'target': target})\n",
+        after=_HOST_DUMPS, effect=_target_written, restricted=True, gap=_SHARED_GAP),
+    Attempt(
+        "logging_config_resolve_hands_out_exec", 1,
+        "import logging.config\n"
+        "resolve = logging.config.BaseConfigurator({}).resolve\n"
+        f"resolve('builtins.exec')({_PERSIST!r}, {{'__builtins__': resolve('builtins'), "
+        "'target': target})\n",
+        after=_HOST_DUMPS, effect=_target_written, restricted=True, gap=_SHARED_GAP),
+    Attempt(
+        "pydoc_locate_hands_out_eval", 1,
+        "import pydoc\n"
+        f"pydoc.locate('builtins.eval')({_PERSIST!r}, "
+        "{'__builtins__': pydoc.locate('builtins'), 'target': target})\n",
+        after=_HOST_DUMPS, effect=_target_written, restricted=True, gap=_SHARED_GAP),
+    Attempt(
+        "mock_patch_replaces_a_shared_function", 1,
+        "import functools, gzip, unittest.mock\n"
+        "unittest.mock.patch('json.dumps', new=functools.partial(gzip.open, target, 'wb'))"
+        ".start()\n",
+        after=_HOST_DUMPS, effect=_target_written, restricted=True, gap=_SHARED_GAP),
+    Attempt(
+        "timeit_timer_runs_a_string", 1,
+        "import time, timeit\n"
+        f"timeit.Timer({_PERSIST!r}, globals={{'target': target}})"
+        ".inner(range(1), time.perf_counter)\n",
+        after=_HOST_DUMPS, effect=_target_written, restricted=True, gap=_SHARED_GAP),
+    Attempt(
+        "logging_formatter_format_string_reads_host_globals", 1,
+        "import logging\n"
+        "formatter = logging.Formatter("
+        "'{msg.__init__.__globals__[sys].modules[__main__].SECRET}', style='{')\n"
+        "result = formatter.format(logging.makeLogRecord({'msg': formatter}))\n",
+        setup=_HOST_SECRET, after=_SECRET_IN_RESULT, restricted=True,
+        gap=_INTROSPECTION_GAP),
+    Attempt(
+        "userstring_format_reads_host_globals", 1,
+        "import collections\n"
+        "text = collections.UserString("
+        "'{0.__init__.__globals__[_sys].modules[__main__].SECRET}')\n"
+        "result = str(text.format(text))\n",
+        setup=_HOST_SECRET, after=_SECRET_IN_RESULT, restricted=True,
+        gap=_INTROSPECTION_GAP),
+]
+
+ATTEMPTS: list[Attempt] = [*W1, *W2, *W3, *W4, *W5, *W6, *ROUND2_REVIEW, *ROUND3,
+                            *RESTRICTED_ROUND3]
 
 assert len(ATTEMPTS) >= 30, len(ATTEMPTS)
 assert len({attempt.id for attempt in ATTEMPTS}) == len(ATTEMPTS)

@@ -248,9 +248,10 @@ class _CodecSearch:
     host code too, so what goes back is a ``CodecInfo`` made here, whose functions run in
     the registering sandbox and return plain values."""
 
-    __slots__ = ("_fields", "_scope")
+    __slots__ = ("_search", "_fields", "_scope")
 
     def __init__(self, search: Any, scope: Scope) -> None:
+        self._search = search  # for codecs.unregister(search)
         self._fields = PlainCallback(_codec_fields(search), scope)
         self._scope = scope
 
@@ -266,7 +267,7 @@ class _CodecSearch:
         return info
 
     def wraps(self, function: Any) -> bool:
-        return self._fields._call.wraps(function)  # noqa: SLF001
+        return self._search is function
 
     def __repr__(self) -> str:
         return "<sandboxed codec search function>"

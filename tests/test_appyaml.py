@@ -1368,10 +1368,10 @@ def test_two_concurrent_sandboxes_see_their_own_env_variables(
 def test_changing_the_environment_inside_never_reaches_the_process(env_app: Path) -> None:
     policy = policy_from_app_yaml(env_app)
     with Sandbox(policy):
-        with pytest.raises(SystemCallRefused):
-            os.putenv("AYT_NEW", "x")
-        with pytest.raises(SystemCallRefused):
-            os.unsetenv("AYT_SHARED")
+        os.putenv("AYT_PUT", "x")  # the request's view only (numpy calls putenv at import)
+        assert os.environ["AYT_PUT"] == "x"
+        os.unsetenv("AYT_SHARED")
+        assert "AYT_SHARED" not in os.environ
         try:  # the runtime's os.environ was the request's own: a change stays in it
             os.environ["AYT_NEW"] = "x"
             os.environ["AYT_MODE"] = "changed"
@@ -1382,6 +1382,7 @@ def test_changing_the_environment_inside_never_reaches_the_process(env_app: Path
                    "AYT_HOST_ONLY" in os.environ)
         assert changed in {("x", "changed", False), (None, "production", True)}
     assert "AYT_NEW" not in os.environ and libc_getenv("AYT_NEW") is None
+    assert "AYT_PUT" not in os.environ and libc_getenv("AYT_PUT") is None
     assert os.environ["AYT_HOST_ONLY"] == "host" and libc_getenv("AYT_HOST_ONLY") == "host"
     assert os.environ["AYT_SHARED"] == "from-host" and libc_getenv("AYT_SHARED") == "from-host"
     assert "AYT_MODE" not in os.environ
@@ -1815,3 +1816,177 @@ def test_python27_apps_see_the_sdk_servers_variables_in_os_environ(tmp_path: Pat
     assert status == "200 OK"
     assert body == b"dev~guestbook two.1 localhost:8080 /page "
     assert "APPLICATION_ID" not in os.environ
+
+
+# --- appengine_config.py and the SDK server's variables (python27) ---------------------------
+
+CONFIG_APP = """\
+import os, sys
+import config_vendored
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [config_vendored.VALUE.encode()]
+"""
+
+APPENGINE_CONFIG = """\
+import os, sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+try:
+    open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "x.txt"), "w")
+    WRITE = "written"
+except Exception as error:
+    WRITE = type(error).__name__
+
+def webapp_add_wsgi_middleware(app):
+    def wrapped(environ, start_response):
+        def respond(status, headers, exc_info=None):
+            return start_response(status, headers + [("X-Config", WRITE)], exc_info)
+        return app(environ, respond)
+    return wrapped
+"""
+
+
+@pytest.fixture
+def config_app(tmp_path: Path) -> Iterator[Path]:
+    write(tmp_path, MINIMAL.replace("main.app", "config_main.app"))
+    (tmp_path / "config_main.py").write_text(CONFIG_APP)
+    (tmp_path / "lib" / "config_vendored").mkdir(parents=True)
+    (tmp_path / "lib" / "config_vendored" / "__init__.py").write_text("VALUE = 'vendored'\n")
+    yield tmp_path
+    for entry in (str(tmp_path), str(tmp_path / "lib")):
+        while entry in sys.path:
+            sys.path.remove(entry)
+    for name in ("config_main", "config_vendored", "appengine_config"):
+        sys.modules.pop(name, None)
+
+
+def test_appengine_config_runs_before_the_scripts_in_the_sandbox(config_app: Path) -> None:
+    """The python27 runtime imported appengine_config.py first (vendored lib/ on sys.path)
+    and wrapped each script's app with its webapp_add_wsgi_middleware."""
+    from gae_sandbox.devserver import DevServerApp
+
+    (config_app / "appengine_config.py").write_text(APPENGINE_CONFIG)
+    app = DevServerApp(load_app_yaml(config_app))
+    status, headers, body = get(app, "/")
+    assert (status, body) == ("200 OK", b"vendored")
+    assert headers["X-Config"] == "FileWriteRefused"  # imported inside the sandbox
+    assert not (config_app / "x.txt").exists()
+    assert get(app, "/again")[1]["X-Config"] == "FileWriteRefused"  # wrapped once, kept
+
+
+def test_without_appengine_config_a_vendored_import_fails(config_app: Path) -> None:
+    from gae_sandbox.devserver import DevServerApp
+
+    assert get(DevServerApp(load_app_yaml(config_app)), "/")[0] == "500 Internal Server Error"
+
+
+def test_appengine_config_using_the_sdks_vendor_names_the_fix(
+        config_app: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from gae_sandbox.devserver import DevServerApp
+
+    (config_app / "appengine_config.py").write_text(
+        "from google.appengine.ext import vendor\nvendor.add('lib')\n")
+    app = DevServerApp(load_app_yaml(config_app))
+    with caplog.at_level("ERROR", logger="gae_sandbox"):
+        assert get(app, "/")[0] == "500 Internal Server Error"
+    message = "\n".join(r.getMessage() for r in caplog.records)
+    assert "appengine_config.py: No module named 'google" in message
+    assert "does not provide the App Engine SDK's google.appengine" in message
+    assert "sys.path.insert(0, os.path.join(" in message and "README" in message
+
+
+def test_python27_apps_see_the_development_servers_cgi_variables(tmp_path: Path) -> None:
+    """As the SDK's dev_appserver: SERVER_SOFTWARE starts with Development (apps test it),
+    one INSTANCE_ID per server, one REQUEST_LOG_ID per request, the service, HTTPS; the
+    server's own SERVER_SOFTWARE stays what SandboxMiddleware reads (gunicorn's recycling)."""
+    from gae_sandbox.devserver import DevServerApp
+
+    write(tmp_path, "service: worker\n" + MINIMAL.replace("main.app", "cgi_main.app"))
+    (tmp_path / "cgi_main.py").write_text(textwrap.dedent("""\
+        import json, os
+
+        NAMES = ("SERVER_SOFTWARE", "SERVER_NAME", "INSTANCE_ID", "REQUEST_LOG_ID",
+                 "CURRENT_MODULE_ID", "CURRENT_VERSION_ID", "HTTPS")
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps([{n: os.environ.get(n) for n in NAMES},
+                                environ["SERVER_SOFTWARE"]]).encode()]
+        """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        app = DevServerApp(load_app_yaml(tmp_path))
+        first, wsgi = json_of(get(app, "/", SERVER_SOFTWARE="gunicorn/23.0.0",
+                                  SERVER_NAME="waitress.invalid", HTTP_HOST="myapp.test:8080"))
+        assert app.scripts._server_software == "gunicorn/23.0.0"
+        second, _ = json_of(get(app, "/", **{"wsgi.url_scheme": "https"}))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("cgi_main", None)
+    assert wsgi == first["SERVER_SOFTWARE"] == "Development/2.0"
+    assert first["SERVER_NAME"] == "myapp.test" and second["SERVER_NAME"] == "localhost"
+    assert first["CURRENT_MODULE_ID"] == "worker" and first["CURRENT_VERSION_ID"] == "1.1"
+    assert (first["HTTPS"], second["HTTPS"]) == ("off", "on")
+    assert first["INSTANCE_ID"] == second["INSTANCE_ID"] == app.instance_id
+    assert len({first["REQUEST_LOG_ID"], second["REQUEST_LOG_ID"]}) == 2
+    assert "INSTANCE_ID" not in os.environ
+
+
+def json_of(response: tuple[str, dict[str, str], bytes]) -> Any:
+    import json
+
+    assert response[0] == "200 OK", response
+    return json.loads(response[2])
+
+
+def test_python3_apps_see_the_runtimes_variables(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from gae_sandbox.devserver import DevServerApp
+
+    write(tmp_path, "runtime: python312\nservice: api\nentrypoint: gunicorn -b :$PORT "
+                    "env3_main:app\n")
+    (tmp_path / "env3_main.py").write_text(textwrap.dedent("""\
+        import json, os
+
+        NAMES = ("PORT", "GOOGLE_CLOUD_PROJECT", "GAE_APPLICATION", "GAE_SERVICE",
+                 "GAE_VERSION", "GAE_INSTANCE", "GAE_RUNTIME", "GAE_ENV")
+        AT_IMPORT = {n: os.environ.get(n) for n in NAMES}
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps([AT_IMPORT, {n: os.environ.get(n) for n in NAMES}]).encode()]
+        """))
+    monkeypatch.delenv("PORT", raising=False)
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        app = DevServerApp(load_app_yaml(tmp_path))
+        at_import, now = json_of(get(app, "/"))
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "my-real-project")  # the process's wins
+        named = json_of(get(DevServerApp(load_app_yaml(tmp_path)), "/"))[1]
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("env3_main", None)
+    assert at_import == now == {
+        "PORT": "8080", "GOOGLE_CLOUD_PROJECT": "local", "GAE_APPLICATION": "dev~local",
+        "GAE_SERVICE": "api", "GAE_VERSION": "dev", "GAE_INSTANCE": app.instance_id,
+        "GAE_RUNTIME": "python312", "GAE_ENV": "standard"}
+    assert named["GOOGLE_CLOUD_PROJECT"] == "my-real-project"
+    assert "GAE_INSTANCE" not in os.environ and "PORT" not in os.environ
+
+
+def test_an_appengine_config_in_skip_files_is_not_imported(
+        config_app: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """skip_files leaves it out of the deployment: the runtime never saw it (the app fails
+    on its vendored import, not on a refused appengine_config)."""
+    from gae_sandbox.devserver import DevServerApp
+
+    (config_app / "appengine_config.py").write_text(APPENGINE_CONFIG)
+    write(config_app, MINIMAL.replace("main.app", "config_main.app")
+          + "skip_files:\n- ^appengine_config\\.py$\n")
+    with caplog.at_level("ERROR", logger="gae_sandbox"):
+        status, headers, _ = get(DevServerApp(load_app_yaml(config_app)), "/")
+    assert status == "500 Internal Server Error" and "X-Config" not in headers
+    message = "\n".join(r.getMessage() for r in caplog.records)
+    assert "No module named 'config_vendored'" in message and "appengine_config" not in message

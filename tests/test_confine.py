@@ -325,6 +325,25 @@ def test_confined_process_keeps_working(dirs: tuple[Path, Path]) -> None:
                       "result": repr(["app data\n", "FileWriteRefused", "3.0", "[1]"])}
 
 
+@needs_kernel
+@pytest.mark.skipif(not os.path.isfile("/usr/share/zoneinfo/Europe/Paris"),
+                    reason="needs the system time-zone database (/usr/share/zoneinfo)")
+def test_a_confined_process_reads_the_time_zone_database(dirs: tuple[Path, Path]) -> None:
+    """zoneinfo reads TZPATH (/usr/share/zoneinfo), which the in-process policy allows: a
+    confined worker must too (Django with TIME_ZONE set renders local times)."""
+    root, out = dirs
+    body = """
+        import datetime, time, zoneinfo
+        paris = zoneinfo.ZoneInfo.no_cache("Europe/Paris")
+        with open(os.path.join(zoneinfo.TZPATH[0], "Europe", "Paris"), "rb") as file:
+            magic = file.read(4)
+        time.localtime()
+        return [str(datetime.datetime(2020, 6, 1, tzinfo=paris).utcoffset()), magic]
+    """
+    result, _ = run_child(root, out, "", body, confine=True)
+    assert result == {"ok": True, "result": repr(["2:00:00", b"TZif"])}
+
+
 def test_refuses_a_process_that_already_has_threads(dirs: tuple[Path, Path]) -> None:
     root, out = dirs
     setup = """

@@ -212,3 +212,41 @@ def test_help_on_every_command() -> None:
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and "serve" in result.stdout
+
+
+def test_serve_runs_appengine_config_and_sets_the_sdk_servers_variables(tmp_path: Path
+                                                                          ) -> None:
+    """A python27 app vendoring lib/ through appengine_config.py, as the runtime ran it, and
+    seeing what the SDK's dev_appserver set (not waitress's placeholder SERVER_NAME)."""
+    app = tmp_path / "configured"
+    (app / "lib" / "vendpkg").mkdir(parents=True)
+    (app / "lib" / "vendpkg" / "__init__.py").write_text("VALUE = 'vendored'\n")
+    (app / "app.yaml").write_text("runtime: python27\nhandlers:\n- url: /.*\n"
+                                  "  script: main.app\n")
+    (app / "appengine_config.py").write_text(
+        "import os, sys\n"
+        "sys.path.insert(0, os.path.join(os.path.dirname(__file__), 'lib'))\n")
+    (app / "main.py").write_text(
+        "import os, vendpkg\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    names = ('SERVER_SOFTWARE', 'SERVER_NAME', 'HTTPS', 'CURRENT_MODULE_ID')\n"
+        "    return [' '.join([vendpkg.VALUE] + [os.environ[n] for n in names]).encode()]\n")
+    server = Server(app, log=tmp_path / "serve.log")
+    try:
+        status, body = server.get("/")
+    finally:
+        server.stop()
+    assert (status, body) == (200, b"vendored Development/2.0 127.0.0.1 off default")
+
+
+def test_serve_refuses_an_asgi_entrypoint_before_serving(tmp_path: Path) -> None:
+    (tmp_path / "app.yaml").write_text(
+        "runtime: python312\nentrypoint: gunicorn -b :$PORT -k uvicorn.workers.UvicornWorker "
+        "main:app\n")
+    result = subprocess.run([*CLI, "serve", str(tmp_path), "--port", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "app.yaml:2: entrypoint" in result.stderr
+    assert "uvicorn.workers.UvicornWorker serves ASGI apps" in result.stderr
+    assert "runs WSGI apps only" in result.stderr

@@ -197,12 +197,21 @@ class AppConfig:
             "env_variables": self.env_variables,
         }
 
+    @property
+    def service(self) -> str:
+        """``service:`` (``module:`` before it was renamed), else ``default``."""
+        return str(self.extra.get("service") or self.extra.get("module") or "default")
+
     def python3_environment(self) -> tuple[tuple[str, str], ...]:
-        """The variables the python3 runtime sets for every app (``GAE_ENV`` and friends)."""
-        service = self.extra.get("service") or self.extra.get("module") or "default"
-        return (("GAE_ENV", "standard"), ("GAE_RUNTIME", self.runtime),
-                ("GAE_SERVICE", str(service)), ("GAE_VERSION", "dev"),
-                ("GAE_APPLICATION", "dev~local"))
+        """The variables the python3 runtime sets for every app (``GAE_ENV`` and friends),
+        but not those the process environment sets already (``GOOGLE_CLOUD_PROJECT`` named
+        for the client libraries, say). The development server adds ``PORT`` and
+        ``GAE_INSTANCE``, which are its own."""
+        project = str(self.extra.get("application") or "local")
+        variables = (("GAE_ENV", "standard"), ("GAE_RUNTIME", self.runtime),
+                     ("GAE_SERVICE", self.service), ("GAE_VERSION", "dev"),
+                     ("GAE_APPLICATION", f"dev~{project}"), ("GOOGLE_CLOUD_PROJECT", project))
+        return tuple((name, value) for name, value in variables if name not in os.environ)
 
     def policy(self, **changes: Any) -> Policy:
         """The policy for this app: ``Policy.python27`` or, for ``runtime: python3X``,

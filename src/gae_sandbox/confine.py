@@ -724,7 +724,8 @@ def _paths(policy: Policy, writable_paths: Iterable[str | os.PathLike[str]]
     readable += [p for key, p in sysconfig.get_paths().items()
                  if key in ("stdlib", "platstdlib", "purelib", "platlib")]
     readable += _loaded_library_folders()
-    readable += ["/etc/ld.so.cache", "/etc/localtime", "/dev/urandom", "/dev/random"]
+    readable += ["/etc/ld.so.cache", "/dev/urandom", "/dev/random"]
+    readable += _time_zone_paths()
     if policy.allowed_hosts:  # name resolution and TLS need these
         readable += ["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
                      "/etc/host.conf", "/etc/services", "/etc/protocols"]
@@ -734,6 +735,18 @@ def _paths(policy: Policy, writable_paths: Iterable[str | os.PathLike[str]]
         readable += [p for p in (verify.cafile, verify.capath) if p]
     writable = ["/dev/null", *(os.fspath(p) for p in writable_paths)]
     return _existing(readable), _existing(writable)
+
+
+def _time_zone_paths() -> list[str]:
+    """The time-zone database, read by ``zoneinfo`` (and Django, pytz's successors) when an app
+    first names a zone: its ``TZPATH`` folders (as built, and ``PYTHONTZPATH``'s), which the
+    in-process policy lets the app read too, and ``/etc/localtime`` (its target, resolved by
+    ``_existing``). Read-only."""
+    import zoneinfo
+
+    built = sysconfig.get_config_var("TZPATH") or ""
+    return ["/etc/localtime", "/usr/share/zoneinfo", *zoneinfo.TZPATH,
+            *(p for p in built.split(os.pathsep) if os.path.isabs(p))]
 
 
 def _library_path_entries(prefixes: set[str]) -> list[str]:

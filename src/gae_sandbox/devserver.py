@@ -33,6 +33,12 @@ logger = logging.getLogger("gae_sandbox.devserver")
 
 StartResponse = Callable[..., Any]
 
+#: What python27 apps test (``SERVER_SOFTWARE.startswith("Development")``) to tell the SDK's
+#: development server from production (``Google App Engine/x.y``).
+SERVER_SOFTWARE = "Development/2.0"
+#: The module the python27 runtime imported before an app's scripts, from the app's folder.
+APPENGINE_CONFIG = "appengine_config"
+
 
 class DevServerApp:
     """A WSGI app for a whole ``app.yaml``: routing, static files, sandboxed scripts."""
@@ -45,6 +51,12 @@ class DevServerApp:
                                          threadsafe=config.threadsafe, sandbox=self.sandbox)
         self._apps: dict[str, Callable[..., Any]] = {}
         self._load_lock = threading.Lock()
+        #: One id per server process (a gunicorn worker makes its own app): an instance.
+        self.instance_id = os.urandom(16).hex()
+        config_file = os.path.realpath(os.path.join(config.app_root, f"{APPENGINE_CONFIG}.py"))
+        # one that skip_files leaves out was never deployed: the runtime had none
+        self._appengine_config = config.preset == "python27" and os.path.isfile(
+            config_file) and self.policy.hidden_by(config_file) is None
         if config.app_root not in sys.path:
             sys.path.insert(0, config.app_root)
 
@@ -68,13 +80,21 @@ class DevServerApp:
             return _login_page(environ, start_response)
         user = _signed_in_user(environ)
         _set_user(environ, user)
+        host = str(environ.get("HTTP_HOST") or "")
+        if host and environ.get("SERVER_NAME") in (None, "", "waitress.invalid"):
+            environ["SERVER_NAME"] = _host_name(host)  # the host the client used
         if self.config.preset == "python27":  # what the SDK's server told python27 apps
             application = str(self.config.extra.get("application") or "app")
             environ.setdefault("APPLICATION_ID", f"dev~{application}")
             environ.setdefault("CURRENT_VERSION_ID",
                                f"{self.config.extra.get('version') or '1'}.1")
-            environ.setdefault("DEFAULT_VERSION_HOSTNAME", str(environ.get("HTTP_HOST") or (
-                f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '80')}")))
+            environ.setdefault("CURRENT_MODULE_ID", self.config.service)
+            environ.setdefault("DEFAULT_VERSION_HOSTNAME", host or (
+                f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '80')}"))
+            environ.setdefault("INSTANCE_ID", self.instance_id)
+            environ.setdefault("REQUEST_LOG_ID", os.urandom(16).hex())
+            environ.setdefault("HTTPS", "on" if environ.get("wsgi.url_scheme") == "https"
+                               else "off")
         for handler in self.config.handlers:
             match = handler.pattern.fullmatch(path)
             if match is None:
@@ -102,6 +122,13 @@ class DevServerApp:
 
     def _run_script(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         script: str = environ.pop("gae_sandbox.script")
+        if self.config.preset == "python27":
+            # the app's copy only: SandboxMiddleware has read the server's own (gunicorn's
+            # name there decides how a stuck worker is replaced)
+            environ["SERVER_SOFTWARE"] = SERVER_SOFTWARE
+        else:  # the python3 runtime's per-instance variables, unless the process sets them
+            os.environ.setdefault("PORT", str(environ.get("SERVER_PORT") or "8080"))
+            os.environ.setdefault("GAE_INSTANCE", self.instance_id)
         return self._load(script)(environ, start_response)
 
     def _load(self, script: str) -> Callable[..., Any]:
@@ -114,6 +141,7 @@ class DevServerApp:
             except ValueError as error:
                 raise LookupError(f"app.yaml script: {error}") from None
             factory = script.rstrip().endswith(")")
+            config = self._import_appengine_config()
             module = importlib.import_module(module_name)  # app code: sandboxed
             app = getattr(module, name, None)
             if factory and callable(app):
@@ -121,9 +149,33 @@ class DevServerApp:
             if not callable(app):
                 raise LookupError(f"app.yaml script {script!r}: {module_name} has no WSGI "
                                   f"callable {name!r}")
+            add_middleware = getattr(config, "webapp_add_wsgi_middleware", None)
+            if callable(add_middleware):  # as the python27 runtime wrapped each script
+                app = add_middleware(app)
             with self._load_lock:
                 self._apps.setdefault(script, app)
         return app
+
+    def _import_appengine_config(self) -> Any:
+        """python27: the app's ``appengine_config.py``, imported before its scripts (in the
+        request's sandbox) as the runtime did: apps use it to put a vendored ``lib/`` on
+        ``sys.path`` and to wrap their WSGI apps (``webapp_add_wsgi_middleware``)."""
+        if not self._appengine_config:
+            return None
+        try:
+            return importlib.import_module(APPENGINE_CONFIG)  # app code: sandboxed
+        except ImportError as error:
+            missing = error.name or ""
+            if missing not in ("google", "google.appengine") and not missing.startswith(
+                    "google.appengine."):
+                raise
+            raise ImportError(
+                f"{APPENGINE_CONFIG}.py: {error}: gae_sandbox does not provide the App Engine "
+                "SDK's google.appengine package (so not google.appengine.ext.vendor either). "
+                "Put the vendored folder on sys.path yourself in appengine_config.py instead "
+                "of vendor.add('lib'): import os, sys; sys.path.insert(0, os.path.join("
+                "os.path.dirname(os.path.abspath(__file__)), 'lib')) (README: the development "
+                "server, appengine_config.py)", name=missing) from error
 
     # -- static files (served by the server, not the app) ----------------------------------
 
@@ -277,6 +329,13 @@ _LOGIN_FORM = """<!doctype html>
 <button name="action" value="Logout">Sign out</button>
 </form>
 """
+
+
+def _host_name(host: str) -> str:
+    """``HTTP_HOST`` without its port (``[::1]:8080`` -> ``::1``)."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 def _matches(pattern: str, text: str) -> bool:

@@ -274,11 +274,12 @@ def test_operator_gadgets(sandbox: Sandbox, source: str) -> None:
 
 def test_operator_reached_through_another_module_is_refused(sandbox: Sandbox) -> None:
     # json -> json.decoder -> re -> enum -> sys: a module reached as an attribute is judged
+    # (enum is not on restricted mode's list either: the walk stops there)
     source = "import json\nleak = json.decoder.re.enum.sys.modules"
     assert plain(source)["leak"] is sys.modules
-    with pytest.raises(ImportRefused, match="sys"):
+    with pytest.raises(ImportRefused, match="enum"):
         sandbox.exec(source)
-    with pytest.raises(ImportRefused, match="sys"):
+    with pytest.raises(ImportRefused, match="enum"):
         sandbox.exec("from enum import sys")
 
 

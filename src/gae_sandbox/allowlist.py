@@ -19,6 +19,7 @@ import atexit
 import faulthandler
 import gc
 import locale  # noqa: F401 - its re-exports of _locale are patched too
+import operator
 import os
 import signal
 import socket
@@ -148,9 +149,20 @@ def _refuse_unlisted(layer: Layer, what: str, module: str) -> SandboxViolation:
     return SystemCallRefused(what, _UNLISTED_RULE.format(module=module), None)
 
 
+def _exact_int(value: Any) -> Any:
+    """An ``int`` argument as the exact ``int`` C would read (``__index__`` run now, once);
+    anything else as it is, for the C function's own TypeError."""
+    if type(value) is int:
+        return value
+    try:
+        return int.__index__(operator.index(value))
+    except TypeError:
+        return value
+
+
 def _check_descriptor(layer: Layer, scope: Scope, fd: Any,
                       what: str) -> SandboxViolation | None:
-    if fd == 0 or fd in scope.opened_fds:  # (an exact int: context.exact_fd)
+    if type(fd) is int and (fd == 0 or fd in scope.opened_fds):  # (context.exact_fd's)
         return None
     return SystemCallRefused(f"{what} on fd {fd!r}", _DESCRIPTOR_RULE, None)
 
@@ -183,10 +195,10 @@ def _own_descriptor(original: Callable[..., Any], module: str,
     def on_descriptor(fd: Any, *args: Any, **kwargs: Any) -> Any:
         scope = active_scope()
         if scope is not None:
-            exact = exact_fd(fd)  # judged and used: the same int
+            exact = exact_fd(fd)  # judged and used: the same int (None: refused)
+            scope.judge(_check_descriptor, scope, exact, what)
             if exact is not None:
                 fd = exact
-            scope.judge(_check_descriptor, scope, fd, what)
             result = passthrough(original, fd, *args, **kwargs)
             if name == "dup" and type(result) is int:
                 scope.opened_fds.add(result)  # the copy is the request's own
@@ -255,10 +267,14 @@ def _socket_adoption() -> list[Patch]:
             original(self, family, type, proto, fileno)
             return
         if fileno is not None:
-            exact = exact_fd(fileno)  # judged and used: the same int
+            exact = exact_fd(fileno)  # judged and used: the same int (None: refused)
+            scope.judge(_check_descriptor, scope, exact, "socket.socket(fileno=...)")
             if exact is not None:
                 fileno = exact
-            scope.judge(_check_descriptor, scope, fileno, "socket.socket(fileno=...)")
+        # the other arguments as exact ints too, read now: no app code may run (an
+        # __index__ the C parser would call) while the initializer is expected below
+        family, type, proto = (_exact_int(family), _exact_int(type),  # noqa: A001
+                               _exact_int(proto))
         thread = _get_ident()
         SOCKET_INITS[thread] = self  # the C initializer's audit event expects this socket
         try:

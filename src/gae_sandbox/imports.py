@@ -235,8 +235,10 @@ def _check_c(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
 #: the standard library may load, each with the modules that wrap it: an allow-list. Any
 #: other standard-library module importing a private C module is a trampoline
 #: (``pkgutil.resolve_name``, ``logging.config``, ``pickle``) and is refused like app code;
-#: a C module listed nowhere is refused to everyone. What these give is covered by the
-#: sandbox's own replacements (``posix``, ``_socket``, ``_signal``, ``_posixsubprocess``).
+#: a C module listed nowhere is refused to everyone (``pwd``/``grp`` too: the user database,
+#: which the runtime did not offer; ``os.path.expanduser`` falls back without it). What these
+#: give is covered by the sandbox's own replacements (``posix``, ``_socket``, ``_signal``,
+#: ``_posixsubprocess``), or is the module's own pure work.
 WRAPPERS: dict[str, tuple[str, ...]] = {
     "posix": ("os",),
     "_socket": ("socket",),
@@ -244,8 +246,6 @@ WRAPPERS: dict[str, tuple[str, ...]] = {
     "_ssl": ("ssl",),
     "_posixsubprocess": ("subprocess",),
     "_elementtree": ("xml.etree.ElementTree",),
-    "pwd": ("posixpath", "shutil", "tarfile", "pathlib", "getpass", "http.server", "netrc"),
-    "grp": ("shutil", "tarfile", "pathlib"),
     "_pickle": ("pickle",),
     "_sha2": ("hashlib",),
     "_md5": ("hashlib",),

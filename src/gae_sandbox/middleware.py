@@ -129,10 +129,10 @@ class _Request:
         assert environ is not None
         stream = environ.get("wsgi.input")
         if stream is not None:
-            environ["wsgi.input"] = _InputStream(self, stream)
+            environ["wsgi.input"] = _InputStream(_server_caller(self, stream))
         errors = environ.get("wsgi.errors")
         if errors is not None:
-            environ["wsgi.errors"] = _ErrorStream(self, errors)
+            environ["wsgi.errors"] = _ErrorStream(_server_caller(self, errors))
         if "wsgi.file_wrapper" in environ:
             environ["wsgi.file_wrapper"] = FileWrapper
 
@@ -375,17 +375,27 @@ def _server_call(stream: Any, name: str, *args: Any) -> Any:
     return getattr(stream, name)(*args)
 
 
+def _server_caller(request: _Request, stream: Any) -> Callable[..., Any]:
+    """A function that calls a method of the server's ``stream`` as host code. The stand-ins
+    below hold only this (the stream is in its closure: no attribute of theirs leads to
+    it; introspection does, as to all of the library's objects in the default mode)."""
+
+    def call(name: str, *args: Any) -> Any:
+        return request.to_server(_server_call, stream, name, *args)
+
+    return call
+
+
 class _InputStream:
     """``wsgi.input`` as the app sees it (``_Request.wrap_streams``). No ``__slots__``:
     what the app sets on it stays on it."""
 
-    def __init__(self, request: _Request, stream: Any) -> None:
-        self._request = request
-        self._stream = stream
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self._call = call
 
     def _read(self, name: str, size: Any) -> Any:
         args = () if size is _UNSET else (_size(size),)
-        return self._request.to_server(_server_call, self._stream, name, *args)
+        return self._call(name, *args)
 
     def read(self, size: Any = _UNSET) -> bytes:
         return _exact_bytes(self._read("read", size))
@@ -411,20 +421,18 @@ class _InputStream:
 class _ErrorStream:
     """``wsgi.errors`` as the app sees it (``_Request.wrap_streams``)."""
 
-    def __init__(self, request: _Request, stream: Any) -> None:
-        self._request = request
-        self._stream = stream
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self._call = call
 
     def write(self, text: Any) -> Any:
-        return self._request.to_server(_server_call, self._stream, "write",
-                                       _exact_str(text, "wsgi.errors text"))
+        return self._call("write", _exact_str(text, "wsgi.errors text"))
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
             self.write(line)
 
     def flush(self) -> None:
-        self._request.to_server(_server_call, self._stream, "flush")
+        self._call("flush")
 
 
 class FileWrapper:

@@ -132,7 +132,7 @@ _FAMILY_RULE = ("sandboxed code may make IPv4, IPv6 and UNIX sockets only (other
 def on_socket_new(scope: Scope, args: tuple[Any, ...]) -> None:
     """The ``socket.__new__`` audit event (raised by the C initializer)."""
     sock = args[0]
-    expected = SOCKET_INITS.get(_get_ident()) is sock
+    expected = SOCKET_INITS.pop(_get_ident(), None) is sock  # once: no re-entered initializer
     family = args[1] if len(args) > 1 else -1
     scope.judge(check_raw_socket, sock, expected, family)
 

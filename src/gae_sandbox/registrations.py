@@ -325,9 +325,51 @@ def _archive_register(original: Callable[..., Any], formats: dict[str, Any], wha
             values[position] = PlainCallback(values[position], scope)
         elif "function" in kwargs:
             kwargs["function"] = PlainCallback(kwargs["function"], scope)
+        # the rest is stored and iterated by host code later: exact values, read here
+        for index, (keyword, plain) in enumerate(_ARCHIVE_ARGUMENTS[what]):
+            if index == position:
+                continue
+            if len(values) > index:
+                values[index] = plain(values[index])
+            elif keyword in kwargs:
+                kwargs[keyword] = plain(kwargs[keyword])
         return original(*values, **kwargs)
 
     return _named(register, original)
+
+
+def _plain_strings(values: Any) -> Any:
+    """A list of exact ``str`` (an unpack format's extensions), or the value as it is."""
+    if values is None or isinstance(values, str):
+        return values
+    return [str.__str__(value) if isinstance(value, str) else value for value in values]
+
+
+def _plain_pairs(pairs: Any) -> Any:
+    """``extra_args``: a list of exact ``(str, value)`` tuples (their values reach only the
+    format's own function, which runs in the sandbox)."""
+    if pairs is None:
+        return None
+    plain = []
+    for pair in pairs:
+        name, value = pair
+        plain.append((str.__str__(name) if isinstance(name, str) else name, value))
+    return plain
+
+
+def _plain_text(text: Any) -> Any:
+    return str.__str__(text) if isinstance(text, str) else text
+
+
+#: Each registration function's parameters in order: keyword, and how its value is made
+#: plain (the function itself is wrapped instead).
+_ARCHIVE_ARGUMENTS: dict[str, tuple[tuple[str, Callable[[Any], Any]], ...]] = {
+    "register_archive_format": (("name", _plain_text), ("function", _plain_text),
+                                ("extra_args", _plain_pairs), ("description", _plain_text)),
+    "register_unpack_format": (("name", _plain_text), ("extensions", _plain_strings),
+                               ("function", _plain_text), ("extra_args", _plain_pairs),
+                               ("description", _plain_text)),
+}
 
 
 #: (registration function, format name) of archive formats registered from inside sandboxes.
@@ -765,7 +807,8 @@ def build_patches() -> list[Patch]:
 
 def _event_loop_policy(module: Any) -> list[Patch]:
     """``asyncio.set_event_loop_policy``: the policy makes every thread's event loop, the
-    host's too; refused inside a sandbox (in ``asyncio.events`` and the package's copy)."""
+    host's too; refused inside a sandbox. ``set_event_loop``: the thread's loop is put back
+    when the request ends. (In ``asyncio.events`` and the package's copies.)"""
     original = vars(module).get("set_event_loop_policy")
     if original is None:
         return []
@@ -773,10 +816,56 @@ def _event_loop_policy(module: Any) -> list[Patch]:
                                 "the event loop policy is the whole process's: the host's "
                                 "threads would get their event loops from the app's policy")
     found = [(module, "set_event_loop_policy", original, replacement)]
+    setter = vars(module).get("set_event_loop")
+    if setter is not None:
+        _ORIGINAL_SETTERS["set_event_loop"] = setter
+        found.append((module, "set_event_loop", setter, _event_loop_setter(setter)))
     package = sys.modules.get("asyncio")
-    if package is not None and vars(package).get("set_event_loop_policy") is original:
-        found.append((package, "set_event_loop_policy", original, replacement))
+    if package is not None:
+        found += [(package, name, old, new) for owner, name, old, new in list(found)
+                  if vars(package).get(name) is old]
     return found
+
+
+def _event_loop_setter(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``asyncio.set_event_loop`` inside a sandbox: the loop is the thread's, and a server's
+    threads serve other requests and host code after this one. The loop the thread had
+    before is noted, and put back when the request ends (:func:`forget_thread_state`)."""
+
+    def set_event_loop(loop: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            thread = _get_ident()
+            noted = scope.extras.setdefault("event_loops", {})
+            if thread not in noted:
+                noted[thread] = _current_event_loop()
+        return original(loop)
+
+    return _named(set_event_loop, original)
+
+
+def _current_event_loop() -> Any:
+    """The loop set on this thread (``None``), without making one as ``get_event_loop``
+    may: the default policy keeps it in a thread-local."""
+    policy = sys.modules["asyncio.events"].get_event_loop_policy()
+    return getattr(getattr(policy, "_local", None), "_loop", None)
+
+
+def forget_thread_state(scope: Scope) -> None:
+    """Called as ``scope`` closes, on its thread: what the request set on this thread for
+    later code (its event loop) is put back as it was."""
+    noted = scope.extras.pop("event_loops", None)
+    if noted:
+        previous = noted.get(_get_ident(), _NOT_NOTED)
+        if previous is not _NOT_NOTED:
+            setter = _ORIGINAL_SETTERS.get("set_event_loop")
+            if setter is not None:
+                setter(previous)
+
+
+_NOT_NOTED = object()
+#: The originals of the late patches that forget_thread_state calls.
+_ORIGINAL_SETTERS: dict[str, Callable[..., Any]] = {}
 
 
 def _opener(module: Any) -> list[Patch]:

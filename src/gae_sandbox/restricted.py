@@ -70,7 +70,7 @@ from .runtime import STDLIB_MODULE_NAMES
 #: process-wide state. Judged safe: pure functions and data types of values the code holds.
 RESTRICTED_STDLIB_MODULES: frozenset[str] = frozenset({
     "array", "base64", "binascii", "bisect", "calendar", "cmath", "collections", "csv",
-    "datetime", "decimal", "difflib", "enum", "fnmatch", "fractions", "functools", "hashlib",
+    "datetime", "decimal", "difflib", "fnmatch", "fractions", "hashlib",
     "heapq", "hmac", "html", "ipaddress", "itertools", "json", "keyword", "math", "numbers",
     "random", "re", "secrets", "statistics", "string", "struct", "textwrap", "time",
     "unicodedata", "urllib.parse", "uuid", "zlib", "zoneinfo",
@@ -80,6 +80,8 @@ RESTRICTED_STDLIB_MODULES: frozenset[str] = frozenset({
 #: Why some notable standard-library modules are not on the list (for the refusal's text).
 GADGET_MODULES: dict[str, str] = {
     "operator": "attrgetter/methodcaller read attributes by name, past the attribute guard",
+    "functools": "update_wrapper/wraps read and write attributes given by name",
+    "enum": "global_enum writes members into any module's globals",
     "sys": "sys.modules, frames and interpreter hooks reach every object",
     "gc": "get_objects/get_referrers reach every object",
     "inspect": "frames, getattr_static and members of any object",

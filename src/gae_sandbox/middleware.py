@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from .context import Scope, host_call, quietly, run_marked, stand_in, type_name
+from .context import Scope, host_call, quietly, stand_in, type_name
 from .errors import AppFailedError, DeadlineExceededError, HardDeadlineExceeded
 from .policy import Policy
-from .sandbox import Sandbox, call_in_scope, close_scope
+from .sandbox import APP_OBJECTS, Sandbox, call_in_scope, close_scope
 
 logger = logging.getLogger("gae_sandbox")
 
@@ -351,15 +351,16 @@ class _Request:
             close()
 
     def release(self) -> None:
-        """Let go of the app's objects (its response, its iterator, its environ) with the
-        thread marked as running the request's scope: their finalizers run sandboxed, not
-        in the server's code whenever it drops this request."""
+        """Hand the app's objects (its response, its iterator, its environ) to the scope,
+        which lets go of them as it closes, with the thread marked as running it
+        (``sandbox.close_scope``): their finalizers run sandboxed, not in the server's code
+        whenever it drops this request."""
         held = [self.iterable, self.iterator, self.environ]
         self.iterable = self.iterator = self.environ = None
         if self.scope.closed:
             held.clear()  # (only after a failure to open or run it)
         else:
-            run_marked(self.scope.ticket, held.clear)
+            self.scope.extras[APP_OBJECTS] = held
 
 
 _UNSET: Any = object()

@@ -138,8 +138,9 @@ def _ensure_gate_first() -> None:
 #: the per-request path.
 _open_scopes: set[Scope] = set()
 _HOST_IMPORTS = imports.HOST_IMPORTS
-#: Scope.extras entries holding the app's objects, released as the scope closes.
-_APP_HELD_EXTRAS = ("context", "cgi_environ")
+#: Scope.extras: the app's objects a host-side holder (the middleware) leaves to be let go
+#: of as the scope closes, with the scope's context and CGI environ (see close_scope).
+APP_OBJECTS = "gae_sandbox.app_objects"
 _LATE_PENDING = registrations.LATE_PENDING
 
 
@@ -185,6 +186,8 @@ class Sandbox:
             _HOST_MADE[key] = weakref.ref(self, lambda _, key=key: _HOST_MADE.pop(key, None))
         self.policy = policy
         self.on_hard_deadline = on_hard_deadline
+        #: What the timer calls for this Sandbox's own (not nested) scopes.
+        self._on_hard = _partial(_HARD_DEADLINE, self, None)
         self._report = Report()
         self._layer = Layer(policy, self._report)
         #: filesystem="memory": one filesystem shared by this Sandbox's requests (kept across
@@ -294,9 +297,10 @@ class Sandbox:
         if seconds is not None:
             inherited = scope.deadline  # the enclosing sandbox's, if any
             if inherited is None or not inherited.active or inherited.remaining() > seconds:
+                on_hard = self._on_hard if scope.parent is None else _partial(
+                    _HARD_DEADLINE, self, self._made_by_app(scope))
                 scope.deadline = start_deadline(seconds, policy.hard_deadline_grace, scope,
-                                                _partial(_HARD_DEADLINE, self,
-                                                         self._made_by_app(scope)))
+                                                on_hard)
         if scope.parent is not None:
             _adopt(scope.parent, scope)
         _open_scopes.add(scope)  # _count, inline
@@ -502,8 +506,11 @@ def close_scope(scope: Scope) -> None:
         # what holds the app's objects (the context of Sandbox.call, with the values of its
         # context variables; the request's environ) is dropped with the thread marked as
         # running the scope: the finalizers of those objects run sandboxed, not as host code
-        held = [scope.extras.pop(key, None) for key in _APP_HELD_EXTRAS]
-        run_marked(scope.ticket, held.clear)
+        extras = scope.extras
+        held = [extras.pop("context", None), extras.pop("cgi_environ", None),
+                extras.pop(APP_OBJECTS, None)]
+        if held[0] is not None or held[1] is not None or held[2] is not None:
+            run_marked(scope.ticket, held.clear)
         scope.release_ticket()
         if not _HOST_IMPORTS.unchanged():  # while still open: no host look in between
             _HOST_IMPORTS.sandbox_ended()  # what it added to the import lists is the app's

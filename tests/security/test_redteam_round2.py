@@ -1578,6 +1578,20 @@ THING = LATER + ("class Thing:\n"
                  "    def __del__(self):\n"
                  "        later()\n")
 
+#: app code: run the sandbox ``inner`` past its deadline and grace (catching the soft error)
+_OVERRUN_INNER = ("with inner:\n"
+                  "    for _ in range(300):\n"  # bounded: the hard deadline comes after 0.1 s
+                  "        try:\n"
+                  "            time.sleep(0.01)\n"
+                  "        except BaseException as error:\n"
+                  "            if type(error).__name__ == 'HardDeadlineExceeded':\n"
+                  "                break\n")
+#: host code: give a hard-deadline callback's thread up to 5 s to write the target
+_WAIT_FOR_TARGET = ("for _ in range(500):\n"  # bounded
+                    "    if os.path.exists(CONFIG['target']):\n"
+                    "        break\n"
+                    "    time.sleep(0.01)\n")
+
 ROUND3 = [
     # weakness 3: descriptors given as keywords, or as int subclasses the checks misread
     Attempt(
@@ -1786,17 +1800,8 @@ ROUND3 = [
         "inner = Sandbox(Policy.python27(app_root=app_root, deadline=0.05,\n"
         "                                hard_deadline_grace=0.05),\n"
         "                on_hard_deadline=lambda *args: later())\n"
-        "with inner:\n"
-        "    for _ in range(300):\n"  # bounded: the hard deadline comes after about 0.1 s
-        "        try:\n"
-        "            time.sleep(0.01)\n"
-        "        except BaseException as error:\n"
-        "            if type(error).__name__ == 'HardDeadlineExceeded':\n"
-        "                break\n",
-        after="for _ in range(500):\n"  # bounded: the callback has 5 s to run
-              "    if os.path.exists(CONFIG['target']):\n"
-              "        break\n"
-              "    time.sleep(0.01)\n",
+        + _OVERRUN_INNER,
+        after=_WAIT_FOR_TARGET,
         effect=_target_written,),
     # weakness 5: app objects the middleware held, let go of in the server's code
     Attempt(
@@ -2026,17 +2031,8 @@ ROUND3_REVIEW = [
         "        pass\n"
         "inner = Mine(Policy.python27(app_root=app_root, deadline=0.05,\n"
         "                             hard_deadline_grace=0.05))\n"
-        "with inner:\n"
-        "    for _ in range(300):\n"  # bounded: the hard deadline comes after about 0.1 s
-        "        try:\n"
-        "            time.sleep(0.01)\n"
-        "        except BaseException as error:\n"
-        "            if type(error).__name__ == 'HardDeadlineExceeded':\n"
-        "                break\n",
-        after="for _ in range(500):\n"  # bounded: 5 s for the callback's thread
-              "    if os.path.exists(CONFIG['target']):\n"
-              "        break\n"
-              "    time.sleep(0.01)\n",
+        + _OVERRUN_INNER,
+        after=_WAIT_FOR_TARGET,
         effect=_target_written,),
     Attempt(
         "update_wrapper_merges_a_modules_globals", 1,

@@ -290,8 +290,9 @@ def exact_fd(value: Any) -> int | None:
     """A descriptor argument as the exact ``int`` the C function would use, read once, so
     that what is judged is what is used: an ``int`` subclass by its value (never its own
     ``__eq__`` or ``__index__``), another object by one call of its ``fileno()`` (or
-    ``__index__``). ``None`` when it is none of these (the C function's own TypeError then
-    answers). Callers pass the result on in place of the argument."""
+    ``__index__``). ``None`` when it cannot be read so (callers refuse that: an object that
+    answers differently later must never be judged by its ``__eq__``). Callers pass the
+    result on in place of the argument."""
     if type(value) is int:
         return value
     if isinstance(value, int):

@@ -213,7 +213,8 @@ class _Request:
     def _failure(self, error: BaseException) -> _Failure:
         """What the host needs of an app error, made in the scope as plain values."""
         kind = type(error)
-        exc_info = (kind, error, app_frames(_traceback_of(error)))
+        traceback_ = _traceback_of(error)
+        exc_info = (kind, error, app_frames(traceback_))
         text = quietly(_formatted, exc_info)
         reason = quietly(str, error)
         copy = quietly(stand_in, error)
@@ -223,7 +224,6 @@ class _Request:
             reason = self._deadline_reason(kind) or type_name(error)
         # the frames' locals (the app's objects) go now, in the scope: a reference cycle
         # through the error would leave them to a collection in host code
-        traceback_ = _traceback_of(error)
         exc_info = None
         BaseException.with_traceback(error, None)
         quietly(traceback.clear_frames, traceback_)
@@ -346,9 +346,7 @@ class _Request:
         return len(self.iterable)
 
     def _close_iterable(self) -> None:
-        close = getattr(self.iterable, "close", None)
-        if close is not None:
-            close()
+        _close(self.iterable)
 
     def release(self) -> None:
         """Hand the app's objects (its response, its iterator, its environ) to the scope,
@@ -357,9 +355,7 @@ class _Request:
         whenever it drops this request."""
         held = [self.iterable, self.iterator, self.environ]
         self.iterable = self.iterator = self.environ = None
-        if self.scope.closed:
-            held.clear()  # (only after a failure to open or run it)
-        else:
+        if not self.scope.closed:  # (closed: only after a failure to open or run it)
             self.scope.extras[APP_OBJECTS] = held
 
 
@@ -452,9 +448,7 @@ class FileWrapper:
             yield block
 
     def close(self) -> None:
-        close = getattr(self.filelike, "close", None)
-        if close is not None:
-            close()
+        _close(self.filelike)
 
 
 class _Failure:
@@ -474,6 +468,13 @@ _STOPPED = _Failure(None, "", "")
 
 
 _PACKAGE_PREFIX = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _close(closeable: Any) -> None:
+    """PEP 3333's close: called if the object has one (looking it up runs app code)."""
+    close = getattr(closeable, "close", None)
+    if close is not None:
+        close()
 
 
 def _formatted(exc_info: tuple[Any, Any, Any]) -> str:

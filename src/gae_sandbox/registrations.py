@@ -299,8 +299,8 @@ _REPLACES_RULE = ("it replaces the process's {what} of that name, which the host
                   "too; a new name may be registered")
 
 
-def _archive_register(original: Callable[..., Any], formats: dict[str, Any], what: str,
-                      position: int) -> Callable[..., Any]:
+def _archive_register(original: Callable[..., Any], formats: dict[str, Any],
+                      what: str) -> Callable[..., Any]:
     """``shutil.register_archive_format`` / ``register_unpack_format``: from inside a
     sandbox a new format's function runs there; replacing a format (``zip``, ``gztar``,
     ...) would change what the host's own ``make_archive``/``unpack_archive`` do."""
@@ -310,29 +310,20 @@ def _archive_register(original: Callable[..., Any], formats: dict[str, Any], wha
         if scope is None:
             return original(*args, **kwargs)
         values = list(args)
+        # all is stored and used by host code later: the function wrapped to run here, the
+        # rest exact values read now
+        for index, (keyword, plain) in enumerate(_ARCHIVE_ARGUMENTS[what]):
+            make = plain or (lambda function: PlainCallback(function, scope))
+            if len(values) > index:
+                values[index] = make(values[index])
+            elif keyword in kwargs:
+                kwargs[keyword] = make(kwargs[keyword])
         name = values[0] if values else kwargs.get("name")
-        if isinstance(name, str):
-            name = str.__str__(name)
-            if values:
-                values[0] = name
-            else:
-                kwargs["name"] = name
+        if type(name) is str:
             if name in formats:
                 scope.judge(_refuse_system, f"shutil.{what}({name!r}, ...)",
                             _REPLACES_RULE.format(what="archive format"))
             _sandbox_formats.add((what, name))
-        if len(values) > position:
-            values[position] = PlainCallback(values[position], scope)
-        elif "function" in kwargs:
-            kwargs["function"] = PlainCallback(kwargs["function"], scope)
-        # the rest is stored and iterated by host code later: exact values, read here
-        for index, (keyword, plain) in enumerate(_ARCHIVE_ARGUMENTS[what]):
-            if index == position:
-                continue
-            if len(values) > index:
-                values[index] = plain(values[index])
-            elif keyword in kwargs:
-                kwargs[keyword] = plain(kwargs[keyword])
         return original(*values, **kwargs)
 
     return _named(register, original)
@@ -362,12 +353,12 @@ def _plain_text(text: Any) -> Any:
 
 
 #: Each registration function's parameters in order: keyword, and how its value is made
-#: plain (the function itself is wrapped instead).
-_ARCHIVE_ARGUMENTS: dict[str, tuple[tuple[str, Callable[[Any], Any]], ...]] = {
-    "register_archive_format": (("name", _plain_text), ("function", _plain_text),
+#: plain (None: the format's function, wrapped to run in the sandbox instead).
+_ARCHIVE_ARGUMENTS: dict[str, tuple[tuple[str, Callable[[Any], Any] | None], ...]] = {
+    "register_archive_format": (("name", _plain_text), ("function", None),
                                 ("extra_args", _plain_pairs), ("description", _plain_text)),
     "register_unpack_format": (("name", _plain_text), ("extensions", _plain_strings),
-                               ("function", _plain_text), ("extra_args", _plain_pairs),
+                               ("function", None), ("extra_args", _plain_pairs),
                                ("description", _plain_text)),
 }
 
@@ -604,7 +595,7 @@ def _logger_class_setter(original: Callable[..., Any]) -> Callable[..., Any]:
     return _named(setLoggerClass, original)
 
 
-def _object_setter(original: Callable[..., Any], what: str) -> Callable[..., Any]:
+def _object_setter(original: Callable[..., Any]) -> Callable[..., Any]:
     """A setter of a process-wide object whose methods host code calls later
     (``urllib.request.install_opener``): an object set from inside a sandbox is wrapped so
     that they run there (:class:`SandboxedObject`)."""
@@ -788,9 +779,9 @@ def build_patches() -> list[Patch]:
         original, _refuse_system, "logging.disable()",
         "it silences the logging of the whole process, the host's included"))
     add(shutil, "register_archive_format", lambda original: _archive_register(
-        original, shutil._ARCHIVE_FORMATS, "register_archive_format", 1))
+        original, shutil._ARCHIVE_FORMATS, "register_archive_format"))
     add(shutil, "register_unpack_format", lambda original: _archive_register(
-        original, shutil._UNPACK_FORMATS, "register_unpack_format", 2))
+        original, shutil._UNPACK_FORMATS, "register_unpack_format"))
     add(shutil, "unregister_archive_format", lambda original: _archive_unregister(
         original, "register_archive_format"))
     add(shutil, "unregister_unpack_format", lambda original: _archive_unregister(
@@ -873,7 +864,7 @@ def _opener(module: Any) -> list[Patch]:
     if original is None:
         return []
     return [(module, "install_opener", original,
-             _object_setter(original, "urllib.request.install_opener"))]
+             _object_setter(original))]
 
 
 #: Modules often imported after the sandbox is installed, with the patches of each: made

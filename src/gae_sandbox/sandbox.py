@@ -318,11 +318,9 @@ class Sandbox:
         scope.memory = memory
 
     def _made_by_app(self, scope: Scope) -> Scope | None:
-        """The scope to run this sandbox's callbacks in: the enclosing one when this
-        ``Sandbox`` was not made by host code (app code made it, or built it some other
-        way), else None (host code)."""
-        if scope.parent is None:
-            return None
+        """For a nested ``scope``: the scope to run this sandbox's callbacks in, the
+        enclosing one when this ``Sandbox`` was not made by host code (app code made it, or
+        built it some other way), else None (host code)."""
         made = _HOST_MADE.get(id(self))
         return None if made is not None and made() is self else scope.parent
 

@@ -9,8 +9,11 @@ deadline", not "exactly".
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
+import select
+import selectors
 import socket
 import subprocess
 import sys
@@ -82,7 +85,7 @@ def silent_server() -> Iterator[socket.socket]:
     server.close()
 
 
-def blocking_case(name: str, stack: ExitStack, server: socket.socket) -> Callable[[], None]:
+def blocking_case(name: str, stack: ExitStack, server: socket.socket) -> Callable[[], object]:
     """Set up (outside the sandbox) one way of blocking; return the call that blocks."""
     if name == "time.sleep":
         return lambda: time.sleep(10)
@@ -112,6 +115,9 @@ def blocking_case(name: str, stack: ExitStack, server: socket.socket) -> Callabl
         stack.callback(a.close)
         stack.callback(b.close)
         return lambda: a.recv(1)
+    if name in ("select.select", "select.poll", "select.epoll", "SelectSelector",
+                "DefaultSelector", "asyncio.sleep"):
+        return waiting_case(name, stack)
     if name == "loopback recv":
         port = server.getsockname()[1]
 
@@ -124,8 +130,38 @@ def blocking_case(name: str, stack: ExitStack, server: socket.socket) -> Callabl
     raise AssertionError(name)
 
 
+def waiting_case(name: str, stack: ExitStack) -> Callable[[], object]:
+    """Waits on a descriptor that never becomes ready, with no timeout or a long one (the
+    timer's exception cannot reach a thread blocked in C: the wait itself is bounded)."""
+    a, b = socket.socketpair()
+    stack.callback(a.close)
+    stack.callback(b.close)
+    if name == "select.select":
+        return lambda: select.select([a], [], [])
+    if name == "select.poll":
+        poller = select.poll()
+        poller.register(a, select.POLLIN)
+        return lambda: poller.poll(10_000)
+    if name == "select.epoll":
+        epoll = select.epoll()
+        stack.callback(epoll.close)
+        epoll.register(a, select.EPOLLIN)
+        return lambda: epoll.poll(timeout=-1)
+    if name == "asyncio.sleep":
+        # (asyncio.run on the main thread would also set a SIGINT handler: refused, recorded)
+        loop = asyncio.new_event_loop()
+        stack.callback(loop.close)
+        return lambda: loop.run_until_complete(asyncio.sleep(10))
+    selector = (selectors.SelectSelector if name == "SelectSelector"
+                else selectors.DefaultSelector)()
+    stack.callback(selector.close)
+    selector.register(a, selectors.EVENT_READ)
+    return selector.select
+
+
 BLOCKING = ["time.sleep", "pure Python loop", "Event.wait", "Queue.get", "Condition.wait",
-            "Thread.join", "socketpair recv", "loopback recv"]
+            "Thread.join", "socketpair recv", "loopback recv", "select.select", "select.poll",
+            "select.epoll", "SelectSelector", "DefaultSelector", "asyncio.sleep"]
 
 
 @pytest.mark.parametrize("name", BLOCKING)
@@ -182,8 +218,17 @@ def test_calls_within_the_deadline_behave_normally(short: Policy) -> None:
                 queue.Queue().get(timeout=0.05)
             with pytest.raises(TimeoutError):
                 a.recv(1)  # the socket's own shorter timeout, not the deadline
+            assert select.select([a], [], [], 0.01) == ([], [], [])
+            poller = select.poll()
+            poller.register(a, select.POLLIN)
+            assert poller.poll(10) == []
             b.sendall(b"x")
+            assert select.select([a], [], [], 5) == ([a], [], [])
+            assert poller.poll() == [(a.fileno(), select.POLLIN)]
             assert a.recv(1) == b"x"
+            loop = asyncio.new_event_loop()
+            assert loop.run_until_complete(asyncio.sleep(0.01, "slept")) == "slept"
+            loop.close()
         assert a.gettimeout() == 0.05  # the socket's timeout is put back
     finally:
         a.close()

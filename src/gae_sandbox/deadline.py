@@ -454,6 +454,79 @@ def _bounded_socket_call(original: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _bounded_poll(original: Callable[..., Any], timeout_at: int, unit: float,
+                  infinite: Callable[[float], bool]) -> Callable[..., Any]:
+    """``select.select`` and the ``poll`` methods of ``select.poll``/``select.epoll`` (what
+    ``selectors`` and ``asyncio``'s event loops wait in): the timeout, argument
+    ``timeout_at`` counted in ``unit`` seconds, is lowered to the time left; when the time
+    is up and nothing was ready, the call raises the deadline error, as ``time.sleep`` does.
+    (The timer's exception cannot reach a thread blocked in C.) The timeout is read once as
+    a plain number and that number is the one passed on."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is None:
+            return original(*args, **kwargs)
+        deadline = _deadline_of(scope)
+        if deadline is None:
+            return original(*args, **kwargs)
+        positional = len(args) > timeout_at
+        timeout = args[timeout_at] if positional else kwargs.get("timeout")
+        if timeout is not None:
+            try:
+                timeout = float(timeout)
+            except (TypeError, ValueError):
+                return original(*args, **kwargs)  # the call's own error
+            if timeout != timeout:  # NaN: the call's own error
+                return original(*args, **kwargs)
+        remaining = deadline.remaining()
+        if timeout is not None and not infinite(timeout) and timeout * unit < remaining:
+            bound = timeout
+        else:
+            bound = max(remaining, 0.0) / unit
+        if unit != 1.0:  # milliseconds: a whole number, rounded up
+            bound = int(-(-bound // 1))
+        if positional:
+            args = args[:timeout_at] + (bound,) + args[timeout_at + 1:]
+        elif len(args) == timeout_at and "timeout" not in kwargs:
+            args += (bound,)  # (``select.select`` takes no keywords)
+        else:
+            kwargs["timeout"] = bound
+        result = original(*args, **kwargs)
+        ready = any(result) if type(result) is tuple else bool(result)  # select's 3 lists
+        if ready or deadline.remaining() > 0:
+            return result
+        raise deadline.error_from_call()
+
+    return call
+
+
+def _negative(timeout: float) -> bool:
+    return timeout < 0
+
+
+def _poll_patches() -> list[tuple[Any, str, Any, Callable[..., Any]]]:
+    """(owner, name, original, bounded call) for the waits of ``select``."""
+    import select
+    import selectors
+
+    bounded_select = _bounded_poll(select.select, 3, 1.0, lambda timeout: False)
+    found: list[tuple[Any, str, Any, Callable[..., Any]]] = [
+        (select, "select", select.select, bounded_select)]
+    if vars(selectors.SelectSelector).get("_select") is select.select:
+        # the class took the function itself at import (as a static attribute)
+        found.append((selectors.SelectSelector, "_select", select.select,
+                      staticmethod(bounded_select)))
+    kinds = [(getattr(select, "epoll", None), 1.0)]
+    if hasattr(select, "poll"):
+        kinds.append((type(select.poll()), 0.001))
+    for kind, unit in kinds:
+        if isinstance(kind, type) and "poll" in vars(kind):
+            original = vars(kind)["poll"]
+            found.append((kind, "poll", original, _bounded_poll(original, 1, unit, _negative)))
+    return found
+
+
 _SOCKET_CALLS = ("connect", "connect_ex", "accept", "recv", "recv_into", "recvfrom",
                  "recvfrom_into", "recvmsg", "send", "sendall", "sendto", "sendmsg")
 
@@ -477,6 +550,12 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
         original = getattr(socket.socket, name, None)
         if original is not None:
             bounded(socket.socket, name, original, _bounded_socket_call(original))
+    for owner, name, original, replacement in _poll_patches():
+        if isinstance(replacement, staticmethod):
+            patches.append((owner, name, original,
+                            staticmethod(_guarded(replacement.__func__, original))))
+        else:
+            bounded(owner, name, original, replacement)
     patches.extend(_c_signal_patches())
     return patches
 

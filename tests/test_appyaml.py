@@ -1990,3 +1990,88 @@ def test_an_appengine_config_in_skip_files_is_not_imported(
     assert status == "500 Internal Server Error" and "X-Config" not in headers
     message = "\n".join(r.getMessage() for r in caplog.records)
     assert "No module named 'config_vendored'" in message and "appengine_config" not in message
+
+
+EXPIRING_APP = """\
+runtime: python27
+default_expiration: "4d 5h"
+handlers:
+- url: /short
+  static_dir: static
+  expiration: 30m
+- url: /own
+  static_dir: static
+  http_headers:
+    Cache-Control: no-store
+- url: /static
+  static_dir: static
+- url: /.*
+  script: main.app
+"""
+
+
+def appyaml_failure(message: str, line: int = 0) -> AppYamlError:
+    return AppYamlError(f"app.yaml:{line}: {message}")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30m", 1800), ("4d 5h", 4 * 86400 + 5 * 3600), ("1d 12h 30m 10s", 131410), ("90", 90),
+    ("10S", 10), (0, 0)])
+def test_expiration_values(text: object, seconds: int) -> None:
+    from gae_sandbox.appyaml import parse_expiration
+
+    assert parse_expiration(text, appyaml_failure, 3, "expiration") == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "5x", "-1d", "''", "1d,2h", "true", "[1]"])
+def test_a_bad_expiration_names_its_line(tmp_path: Path, bad: str) -> None:
+    path = write(tmp_path / "app", EXPIRING_APP.replace("expiration: 30m", f"expiration: {bad}"))
+    message = str(load_error(path))
+    assert message.startswith(f"{path}:{line_of(path, '  expiration: ')}: expiration must be")
+
+
+def test_a_bad_default_expiration_names_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "app", EXPIRING_APP.replace('"4d 5h"', "forever"))
+    message = str(load_error(path))
+    assert message.startswith(f"{path}:2: default_expiration must be")
+
+
+def test_static_files_carry_their_expiration_and_answer_revalidation(tmp_path: Path) -> None:
+    from gae_sandbox.devserver import DevServerApp
+
+    root = tmp_path / "app"
+    write(root, EXPIRING_APP)
+    (root / "static").mkdir()
+    (root / "static" / "style.css").write_text("body {}")
+    app = DevServerApp(load_app_yaml(root))
+    status, headers, body = get(app, "/short/style.css")
+    assert (status, body) == ("200 OK", b"body {}")
+    assert headers["Cache-Control"] == "public, max-age=1800"
+    assert "GMT" in headers["Expires"] and "GMT" in headers["Last-Modified"]
+    status, headers, _ = get(app, "/static/style.css")
+    assert headers["Cache-Control"] == f"public, max-age={4 * 86400 + 5 * 3600}"
+    status, headers, _ = get(app, "/own/style.css")
+    assert headers["Cache-Control"] == "no-store"  # app.yaml's own header wins
+    etag = headers["ETag"]
+    status, headers, body = get(app, "/own/style.css", HTTP_IF_NONE_MATCH=f'"x", W/{etag}')
+    assert (status, body) == ("304 Not Modified", b"")
+    assert headers["ETag"] == etag and "Content-Length" not in headers
+    (root / "static" / "style.css").write_text("body { color: red }")
+    os.utime(root / "static" / "style.css", ns=(1, 1))  # a changed file: a new tag
+    status, headers, body = get(app, "/own/style.css", HTTP_IF_NONE_MATCH=etag)
+    assert (status, body) == ("200 OK", b"body { color: red }")
+    assert headers["ETag"] != etag
+
+
+def test_without_expiration_no_cache_headers(tmp_path: Path) -> None:
+    from gae_sandbox.devserver import DevServerApp
+
+    root = tmp_path / "app"
+    write(root, EXPIRING_APP.replace('default_expiration: "4d 5h"\n', ""))
+    (root / "static").mkdir()
+    (root / "static" / "style.css").write_text("body {}")
+    app = DevServerApp(load_app_yaml(root))
+    status, headers, _ = get(app, "/static/style.css")
+    assert status == "200 OK" and "ETag" in headers
+    assert "Cache-Control" not in headers and "Expires" not in headers
+    assert get(app, "/short/style.css")[1]["Cache-Control"] == "public, max-age=1800"

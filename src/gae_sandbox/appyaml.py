@@ -123,6 +123,24 @@ def _show(value: Any) -> str:
     return text if len(text) <= _SHOW_LIMIT else text[:_SHOW_LIMIT - 3] + "..."
 
 
+#: ``expiration:`` and ``default_expiration:``: numbers with a unit (d, h, m, s; a bare
+#: number is seconds), separated by spaces: ``"4d 5h"``, ``"30m"``, ``"1d 12h 30m 10s"``.
+_EXPIRATION = re.compile(r"\s*(?:\d+[dhms]?\s+)*\d+[dhms]?\s*", re.IGNORECASE)
+_EXPIRATION_PART = re.compile(r"(\d+)([dhms]?)", re.IGNORECASE)
+_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}
+
+
+def parse_expiration(value: Any, fail: Callable[..., AppYamlError], line: int,
+                     key: str) -> int:
+    """Seconds from an ``expiration:`` value such as ``"4d 5h"``."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not _EXPIRATION.fullmatch(text):
+        raise fail(f"{key} must be a time like \"4d 5h\" or \"30m\" (units d, h, m, s), got "
+                   f"{_show(value)}", line)
+    return sum(int(number) * _SECONDS[unit.lower()]
+               for number, unit in _EXPIRATION_PART.findall(text))
+
+
 class AppYamlError(ValueError):
     """A broken app.yaml: the message names the file, the line and what is wrong."""
 
@@ -145,6 +163,9 @@ class Handler:
     #: (``redirect`` to the sign-in page, or ``unauthorized``: 401) to anyone else.
     login: str = "optional"
     auth_fail_action: str = "redirect"
+    #: static handlers: how long browsers and proxies may keep the file, in seconds
+    #: (``expiration:``, else the app's ``default_expiration:``; None: neither is set).
+    expiration: int | None = None
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -437,10 +458,15 @@ def _parse(location: str, document: Any) -> AppConfig:
                    lines.get("threadsafe", 0))
 
     app_root = os.path.dirname(os.path.abspath(location))
+    default_expiration = None
+    if document.get("default_expiration") is not None:
+        default_expiration = parse_expiration(document["default_expiration"], fail,
+                                              lines.get("default_expiration", 0),
+                                              "default_expiration")
     handlers: tuple[Handler, ...] = ()
     if document.get("handlers") is not None or not document.get("includes"):
         handlers = _handlers(document.get("handlers"), lines.get("handlers", 0), app_root,
-                             location, fail, python3)
+                             location, fail, python3, default_expiration)
     entrypoint, wsgi_app = None, None
     if python3:
         entrypoint = document.get("entrypoint")
@@ -462,7 +488,7 @@ def _parse(location: str, document: Any) -> AppConfig:
                              () if python3 else DEFAULT_SKIP_FILES)
     env_variables = _env_variables(document.get("env_variables"),
                                    lines.get("env_variables", 0), fail)
-    included = _Included(main=os.path.realpath(location))
+    included = _Included(main=os.path.realpath(location), default_expiration=default_expiration)
     _include_all(document, location, app_root, python3, included, fail, depth=0)
     if included.files:
         handlers = (*included.head, *handlers, *included.tail)
@@ -654,6 +680,7 @@ class _Included:
     tail: list[Handler] = field(default_factory=list)
     skip_files: list[str] = field(default_factory=list)
     env_variables: dict[str, str] = field(default_factory=dict)
+    default_expiration: int | None = None  # app.yaml's, for the included static handlers
 
 
 def _include_all(document: dict[Any, Any], location: str, app_root: str, python3: bool,
@@ -714,7 +741,7 @@ def _merge_include(path: str, app_root: str, python3: bool, included: _Included,
                           "included file may set; ignored", stacklevel=4)
     if document.get("handlers") is not None:
         handlers = _handlers(document["handlers"], lines.get("handlers", 0), app_root, path,
-                             fail, python3)
+                             fail, python3, included.default_expiration)
         raw = document["handlers"]
         for handler, entry in zip(handlers, raw, strict=True):
             position = entry.get("position", "head")
@@ -735,7 +762,8 @@ def _line(value: Any, default: int) -> int:
 
 
 def _handlers(value: Any, line: int, app_root: str, location: str,
-              fail: Any, python3: bool = False) -> tuple[Handler, ...]:
+              fail: Any, python3: bool = False,
+              default_expiration: int | None = None) -> tuple[Handler, ...]:
     if value is None:
         if python3:
             return ()  # every request goes to the app
@@ -818,7 +846,14 @@ def _handlers(value: Any, line: int, app_root: str, location: str,
         ):
             raise fail("http_headers must map header names to values",
                        key_lines.get("http_headers", entry_line))
+        expiration = default_expiration
+        if "expiration" in entry:
+            expiration = parse_expiration(entry["expiration"], fail,
+                                          key_lines.get("expiration", entry_line), "expiration")
+        if script is not None:
+            expiration = None  # (the app sets its own headers)
         handlers.append(Handler(
+            expiration=expiration,
             url=url, script=script, static_dir=strings["static_dir"],
             static_files=strings["static_files"], upload=strings["upload"],
             application_readable=readable, mime_type=strings["mime_type"],

@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
+from email.utils import formatdate
 from typing import Any
 
 from .appyaml import AppConfig, Handler, is_within, parse_wsgi_reference
@@ -202,9 +203,21 @@ class DevServerApp:
         if not allowed or not os.path.isfile(target):
             return _plain(start_response, "404 Not Found", b"Not found\n")
         mime = handler.mime_type or mimetypes.guess_type(target)[0] or "application/octet-stream"
-        size = os.path.getsize(target)
-        headers = [("Content-Type", mime), ("Content-Length", str(size)),
-                   *handler.http_headers]
+        info = os.stat(target)
+        etag = f'"{info.st_size:x}-{info.st_mtime_ns:x}"'
+        headers = [("Content-Type", mime), ("Content-Length", str(info.st_size)),
+                   ("ETag", etag), ("Last-Modified", formatdate(info.st_mtime, usegmt=True))]
+        if handler.expiration is not None:  # as App Engine's front end serves static files
+            headers += [("Cache-Control", f"public, max-age={handler.expiration}"),
+                        ("Expires", formatdate(time.time() + handler.expiration, usegmt=True))]
+        own = {name.lower() for name, _ in handler.http_headers}  # app.yaml's win
+        headers = [(name, value) for name, value in headers if name.lower() not in own]
+        headers += handler.http_headers
+        if _etag_matches(environ.get("HTTP_IF_NONE_MATCH"), etag):
+            start_response("304 Not Modified",
+                           [(name, value) for name, value in headers
+                            if name.lower() not in ("content-type", "content-length")])
+            return [b""]
         start_response("200 OK", headers)
         if environ.get("REQUEST_METHOD") == "HEAD":
             return [b""]
@@ -213,6 +226,14 @@ class DevServerApp:
         if wrapper is not None:
             return wrapper(file, 65536)
         return _FileIterator(file)
+
+
+def _etag_matches(header: Any, etag: str) -> bool:
+    """``If-None-Match``: ``*`` or a list of tags, weak ones (``W/"..."``) included."""
+    if not isinstance(header, str):
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+    return "*" in tags or etag in tags
 
 
 # --- sign-in, as the runtime's development server emulated it ---------------------------------

@@ -718,3 +718,28 @@ def test_xdist_controller_prints_the_summary(pytester: pytest.Pytester) -> None:
     assert sorted(document["tests"]) == ["test_inner_one.py::test_one",
                                          "test_inner_three.py::test_three",
                                          "test_inner_two.py::test_two"]
+
+
+ADDS_A_FINALIZER = """
+    def write():
+        with open("fin.txt", "w") as handle:
+            handle.write("x")
+
+    def test_body(request):
+        request.addfinalizer(write)
+"""
+
+
+@pytest.mark.parametrize("sandboxed", [False, True])
+def test_a_finalizer_the_body_adds_runs_in_its_sandbox(pytester: pytest.Pytester,
+                                                       sandboxed: bool) -> None:
+    """Teardown is host code: a finalizer added by the sandboxed body runs in the test's
+    sandbox (its write refused), not as host code; the control without the option writes."""
+    pytester.makepyfile(ADDS_A_FINALIZER)
+    result = pytester.runpytest(*(["--gae-sandbox"] if sandboxed else []))
+    if sandboxed:
+        result.assert_outcomes(passed=1, errors=1)
+        result.stdout.fnmatch_lines(["*FileWriteRefused*fin.txt*"])
+    else:
+        result.assert_outcomes(passed=1)
+    assert (pytester.path / "fin.txt").exists() is not sandboxed

@@ -202,7 +202,9 @@ class DevServerApp:
             )
         if not allowed or not os.path.isfile(target):
             return _plain(start_response, "404 Not Found", b"Not found\n")
-        mime = handler.mime_type or mimetypes.guess_type(target)[0] or "application/octet-stream"
+        mime = handler.mime_type or mimetypes.guess_type(target)[0]
+        # the process-wide table the app can add to: an exact str copy, no method of its own
+        mime = str.__str__(mime) if isinstance(mime, str) else "application/octet-stream"
         info = os.stat(target)
         etag = f'"{info.st_size:x}-{info.st_mtime_ns:x}"'
         headers = [("Content-Type", mime), ("Content-Length", str(info.st_size)),

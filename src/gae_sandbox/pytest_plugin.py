@@ -583,6 +583,8 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         yield
         return
     wait = chosen[1] if chosen is not None else item.config.stash[_SETTINGS].thread_wait
+    if not _FINALIZERS_WRAPPED:
+        _wrap_finalizers()
     own = vars(item).get("runtest")
     item.runtest = _sandboxed(item, sandbox, wait, item.runtest)  # type: ignore[method-assign]
     try:
@@ -597,6 +599,36 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         waited = item.stash.get(_WAITED, None)
         if waited is not None:
             item.user_properties.append((THREADS_PROPERTY, json.dumps(waited)))
+
+
+_FINALIZERS_WRAPPED: list[bool] = []
+
+
+def _wrap_finalizers() -> None:
+    """A finalizer the sandboxed body adds (``request.addfinalizer(f)``) runs at teardown,
+    in host code: it is wrapped to run in the test's sandbox instead, as every callback
+    registered from inside a sandbox (``registrations.sandboxed``). Done once, at the first
+    sandboxed test; outside a sandbox the methods pass their argument on as it is."""
+    from _pytest.fixtures import FixtureDef
+    from _pytest.nodes import Node
+
+    from .registrations import sandboxed
+
+    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        def addfinalizer(self: Any, finalizer: Any, *args: Any, **kwargs: Any) -> Any:
+            if active_scope() is not None:
+                finalizer = sandboxed(finalizer)
+            return original(self, finalizer, *args, **kwargs)
+
+        addfinalizer.__name__ = original.__name__
+        addfinalizer.__doc__ = original.__doc__
+        return addfinalizer
+
+    for owner in (Node, FixtureDef):
+        original = vars(owner).get("addfinalizer")
+        if callable(original):
+            owner.addfinalizer = wrap(original)  # type: ignore[method-assign]
+    _FINALIZERS_WRAPPED.append(True)
 
 
 @pytest.hookimpl(hookwrapper=True)

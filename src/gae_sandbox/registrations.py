@@ -399,6 +399,23 @@ def _wrapping(original: Callable[..., Any], *positions: int,
     return _named(register, original)
 
 
+def _plain_arguments(original: Callable[..., Any], skip: int = 0) -> Callable[..., Any]:
+    """A function that keeps its arguments in a process-wide table host code reads later
+    (``logging.addLevelName``, ``mimetypes.add_type``): inside a sandbox each argument after
+    the first ``skip`` (``self``) is made plain first (:func:`plain_result`: exact ``str``/
+    ``int`` copies), so no method of the app's (a ``str`` subclass's ``__str__``,
+    ``__hash__``, ``__eq__``) runs when the host looks a value up or formats it."""
+
+    def store(*args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            args = args[:skip] + tuple(plain_result(value, scope) for value in args[skip:])
+            kwargs = {key: plain_result(value, scope) for key, value in kwargs.items()}
+        return original(*args, **kwargs)
+
+    return _guarded(store, original)
+
+
 def _finalize_init(original: Callable[..., Any]) -> Callable[..., Any]:
     def __init__(self: Any, obj: Any, func: Any, /, *args: Any, **kwargs: Any) -> None:
         if active_scope() is not None and not _own_stdlib_callback(func, args, kwargs):
@@ -787,6 +804,7 @@ def build_patches() -> list[Patch]:
     add(shutil, "unregister_unpack_format", lambda original: _archive_unregister(
         original, "register_unpack_format"))
     add(logging.Handler, "setFormatter", _set_formatter)
+    add(logging, "addLevelName", _plain_arguments)
     add(logging, "setLoggerClass", _logger_class_setter)
     add(logging.Manager, "setLoggerClass", _logger_class_setter)
     patches.extend(_gc_callbacks_patches())
@@ -798,8 +816,10 @@ def build_patches() -> list[Patch]:
 
 def _event_loop_policy(module: Any) -> list[Patch]:
     """``asyncio.set_event_loop_policy``: the policy makes every thread's event loop, the
-    host's too; refused inside a sandbox. ``set_event_loop``: the thread's loop is put back
-    when the request ends. (In ``asyncio.events`` and the package's copies.)"""
+    host's too; refused inside a sandbox (what the request sets any other way is put back
+    as it ends: :func:`event_loop_state`). In ``asyncio.events`` and the package's copy."""
+    _LOOP_SLOT[:] = [vars(module).get("_get_running_loop"),
+                     vars(module).get("_set_running_loop")]  # the C functions, as loaded
     original = vars(module).get("set_event_loop_policy")
     if original is None:
         return []
@@ -807,56 +827,62 @@ def _event_loop_policy(module: Any) -> list[Patch]:
                                 "the event loop policy is the whole process's: the host's "
                                 "threads would get their event loops from the app's policy")
     found = [(module, "set_event_loop_policy", original, replacement)]
-    setter = vars(module).get("set_event_loop")
-    if setter is not None:
-        _ORIGINAL_SETTERS["set_event_loop"] = setter
-        found.append((module, "set_event_loop", setter, _event_loop_setter(setter)))
     package = sys.modules.get("asyncio")
-    if package is not None:
-        found += [(package, name, old, new) for owner, name, old, new in list(found)
-                  if vars(package).get(name) is old]
+    if package is not None and vars(package).get("set_event_loop_policy") is original:
+        found.append((package, "set_event_loop_policy", original, replacement))
     return found
 
 
-def _event_loop_setter(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``asyncio.set_event_loop`` inside a sandbox: the loop is the thread's, and a server's
-    threads serve other requests and host code after this one. The loop the thread had
-    before is noted, and put back when the request ends (:func:`forget_thread_state`)."""
-
-    def set_event_loop(loop: Any) -> Any:
-        scope = active_scope()
-        if scope is not None:
-            thread = _get_ident()
-            noted = scope.extras.setdefault("event_loops", {})
-            if thread not in noted:
-                noted[thread] = _current_event_loop()
-        return original(loop)
-
-    return _named(set_event_loop, original)
+#: ``asyncio.events``' own functions for the thread's running loop, taken when it loaded.
+_LOOP_SLOT: list[Any] = []
+_LOCAL_GET = _thread._local.__getattribute__
+_LOCAL_SET = _thread._local.__setattr__
+_OBJECT_GET = object.__getattribute__
 
 
-def _current_event_loop() -> Any:
-    """The loop set on this thread (``None``), without making one as ``get_event_loop``
-    may: the default policy keeps it in a thread-local."""
-    policy = sys.modules["asyncio.events"].get_event_loop_policy()
-    return getattr(getattr(policy, "_local", None), "_loop", None)
+def event_loop_state(events: Any) -> tuple[Any, ...]:
+    """What asyncio keeps for this thread and for the process, read with built-in methods
+    only: the policy, its thread-local, that local's loop and flag, and the running loop.
+    A request can change each of them in many ways (``set_event_loop``, the policy's method,
+    ``_set_running_loop``, the module's variable); the host's threads then hand their next
+    coroutine to the app's loop. So the state is read as a scope opens, and
+    :func:`restore_event_loop_state` puts it back as it closes."""
+    policy = vars(events).get("_event_loop_policy")
+    local = loop = called = None
+    if policy is not None:
+        try:
+            local = _OBJECT_GET(policy, "__dict__").get("_local")
+            if isinstance(local, _thread._local):
+                loop = _LOCAL_GET(local, "_loop")
+                called = _LOCAL_GET(local, "_set_called")
+        except Exception:  # noqa: BLE001 - a policy without these: nothing more to keep
+            local = None
+    running = _LOOP_SLOT[0]() if _LOOP_SLOT and _LOOP_SLOT[0] is not None else None
+    return (_get_ident(), policy, local, loop, called, running)
 
 
-def forget_thread_state(scope: Scope) -> None:
-    """Called as ``scope`` closes, on its thread: what the request set on this thread for
-    later code (its event loop) is put back as it was."""
-    noted = scope.extras.pop("event_loops", None)
-    if noted:
-        previous = noted.get(_get_ident(), _NOT_NOTED)
-        if previous is not _NOT_NOTED:
-            setter = _ORIGINAL_SETTERS.get("set_event_loop")
-            if setter is not None:
-                setter(previous)
-
-
-_NOT_NOTED = object()
-#: The originals of the late patches that forget_thread_state calls.
-_ORIGINAL_SETTERS: dict[str, Callable[..., Any]] = {}
+def restore_event_loop_state(events: Any, state: tuple[Any, ...] | None) -> None:
+    """Put back what :func:`event_loop_state` read (``None``: asyncio was first imported by
+    the request, so nothing was set), on the thread that read it."""
+    thread, policy, local, loop, called, running = state or (_get_ident(), None, None, None,
+                                                             None, None)
+    if thread != _get_ident():
+        return
+    module_vars = vars(events)
+    if module_vars.get("_event_loop_policy") is not policy:
+        module_vars["_event_loop_policy"] = policy
+    if policy is not None and isinstance(local, _thread._local):
+        try:
+            values = _OBJECT_GET(policy, "__dict__")
+            if values.get("_local") is not local:
+                values["_local"] = local
+            if _LOCAL_GET(local, "_loop") is not loop:
+                _LOCAL_SET(local, "_loop", loop)
+                _LOCAL_SET(local, "_set_called", called)
+        except Exception:  # noqa: BLE001, S110 - a policy without these: nothing to restore
+            pass
+    if len(_LOOP_SLOT) == 2 and _LOOP_SLOT[1] is not None and _LOOP_SLOT[0]() is not running:
+        _LOOP_SLOT[1](running)
 
 
 def _opener(module: Any) -> list[Patch]:
@@ -870,9 +896,32 @@ def _opener(module: Any) -> list[Patch]:
 #: Modules often imported after the sandbox is installed, with the patches of each: made
 #: when the module first appears (sandbox.py: at a scope's start, and right after a request
 #: loads one, before its code can call them).
+def _mime_types(module: Any) -> list[Patch]:
+    """``mimetypes.add_type`` (the module function calls the method on its database): the
+    app's type and extension, read later by host code (a server's static files), plain."""
+    original = vars(module.MimeTypes).get("add_type")
+    if original is None:
+        return []
+    return [(module.MimeTypes, "add_type", original, _plain_arguments(original, skip=1))]
+
+
+def _module_cleanups(module: Any) -> list[Patch]:
+    """``unittest.addModuleCleanup``: a test runner (host code) calls the functions later."""
+    original = vars(module).get("addModuleCleanup")
+    if original is None:
+        return []
+    found = [(module, "addModuleCleanup", original, _wrapping(original, 0))]
+    package = sys.modules.get("unittest")
+    if package is not None and vars(package).get("addModuleCleanup") is original:
+        found.append((package, "addModuleCleanup", original, found[0][3]))
+    return found
+
+
 LATE_BUILDERS: dict[str, Callable[[Any], list[Patch]]] = {
     "asyncio.events": _event_loop_policy,
     "urllib.request": _opener,
+    "mimetypes": _mime_types,
+    "unittest.case": _module_cleanups,
 }
 LATE_PENDING: set[str] = set()
 

@@ -142,6 +142,8 @@ _HOST_IMPORTS = imports.HOST_IMPORTS
 #: of as the scope closes, with the scope's context and CGI environ (see close_scope).
 APP_OBJECTS = "gae_sandbox.app_objects"
 _LATE_PENDING = registrations.LATE_PENDING
+_modules = sys.modules
+_LOOPS = "gae_sandbox.event_loops"  # Scope.extras: the thread's asyncio state at the start
 
 
 def active_scope_count() -> int:
@@ -303,6 +305,9 @@ class Sandbox:
                                                 on_hard)
         if scope.parent is not None:
             _adopt(scope.parent, scope)
+        events = _modules.get("asyncio.events")
+        if events is not None:
+            scope.extras[_LOOPS] = registrations.event_loop_state(events)
         _open_scopes.add(scope)  # _count, inline
         return scope
 
@@ -499,8 +504,9 @@ def close_scope(scope: Scope) -> None:
             scope.memory.discard()  # the request's files are gone with it
         if "left_objects" in scope.extras:  # sys.stdout = the app's object, left there
             registrations.wrap_left_objects(scope)
-        if "event_loops" in scope.extras:  # asyncio.set_event_loop on this thread
-            registrations.forget_thread_state(scope)
+        events = _modules.get("asyncio.events")
+        if events is not None:  # the thread's event loops as they were (registrations.py)
+            registrations.restore_event_loop_state(events, scope.extras.pop(_LOOPS, None))
         # what holds the app's objects (the context of Sandbox.call, with the values of its
         # context variables; the request's environ) is dropped with the thread marked as
         # running the scope: the finalizers of those objects run sandboxed, not as host code

@@ -2056,8 +2056,94 @@ ROUND3_REVIEW = [
         requires="pwd"),
 ]
 
+_RUN_HOST_LOOP = ("import asyncio, warnings\n"
+                  "with warnings.catch_warnings():\n"
+                  "    warnings.simplefilter('ignore')\n"
+                  "    try:\n"
+                  "        loop = asyncio.get_event_loop()\n"
+                  "    except RuntimeError:\n"
+                  "        loop = None\n"
+                  "if loop is not None:\n"
+                  "    async def nothing():\n"
+                  "        return None\n"
+                  "    try:\n"
+                  "        loop.run_until_complete(nothing())\n"
+                  "    except Exception:\n"
+                  "        pass\n")
+#: app code: a stand-in event loop whose run_until_complete writes the target
+_APP_LOOP = (LATER +
+             "import asyncio\n"
+             "class Loop(asyncio.AbstractEventLoop):\n"
+             "    def run_until_complete(self, future):\n"
+             "        future.close()\n"
+             "        later()\n"
+             "    def is_running(self):\n"
+             "        return False\n"
+             "    def is_closed(self):\n"
+             "        return False\n")
+
+# Round 4: an outside red-team pass on this stop's main.
+ROUND4 = [
+    Attempt(
+        "running_loop_slot_left_on_the_thread", 5,
+        _APP_LOOP + "asyncio.events._set_running_loop(Loop())\n",
+        after=_RUN_HOST_LOOP, effect=_target_written,),
+    Attempt(
+        "event_loop_set_through_the_policy_method", 5,
+        _APP_LOOP + "asyncio.get_event_loop_policy().set_event_loop(Loop())\n",
+        after=_RUN_HOST_LOOP, effect=_target_written,),
+    Attempt(
+        "event_loop_policy_replaced_in_the_module", 5,
+        _APP_LOOP +
+        "class Policy(asyncio.DefaultEventLoopPolicy):\n"
+        "    def get_event_loop(self):\n"
+        "        return Loop()\n"
+        "asyncio.events._event_loop_policy = Policy()\n",
+        after=_RUN_HOST_LOOP, effect=_target_written,),
+    Attempt(
+        "level_name_formatted_by_host_logging", 5,
+        LATER +
+        "import logging\n"
+        "class Name(str):\n"
+        "    def __str__(self):\n"
+        "        later()\n"
+        "        return 'WARNING'\n"
+        "logging.addLevelName(logging.WARNING, Name('WARNING'))\n",
+        after="import io, logging\n"
+              "handler = logging.StreamHandler(io.StringIO())\n"
+              "handler.setFormatter(logging.Formatter('%(levelname)s %(message)s'))\n"
+              "logging.getLogger('gae_redteam_host').addHandler(handler)\n"
+              "logging.getLogger('gae_redteam_host').warning('host line')\n"
+              "'%s' % logging.getLevelName(logging.WARNING)\n",
+        effect=_target_written,),
+    Attempt(
+        "mime_type_read_by_a_host_static_server", 5,
+        LATER +
+        "import mimetypes\n"
+        "class Mime(str):\n"
+        "    def __len__(self):\n"
+        "        later()\n"
+        "        return str.__len__(self)\n"
+        "mimetypes.add_type(Mime('text/x-gae-redteam'), '.gaert')\n",
+        after="import mimetypes\n"
+              "mime = mimetypes.guess_type('page.gaert')[0]\n"
+              "len(mime or '')\n",
+        effect=_target_written,),
+    Attempt(
+        "module_cleanup_run_by_a_host_test_runner", 6,
+        LATER +
+        "import unittest\n"
+        "unittest.addModuleCleanup(later)\n",
+        after="import unittest.case\n"
+              "try:\n"
+              "    unittest.case.doModuleCleanups()\n"
+              "except Exception:\n"
+              "    pass\n",
+        effect=_target_written,),
+]
+
 ATTEMPTS: list[Attempt] = [*W1, *W2, *W3, *W4, *W5, *W6, *ROUND2_REVIEW, *ROUND3,
-                            *RESTRICTED_ROUND3, *ROUND3_REVIEW]
+                            *RESTRICTED_ROUND3, *ROUND3_REVIEW, *ROUND4]
 
 assert len(ATTEMPTS) >= 30, len(ATTEMPTS)
 assert len({attempt.id for attempt in ATTEMPTS}) == len(ATTEMPTS)

@@ -37,12 +37,14 @@ printed by the process that prints the reports: the pytest-xdist controller as w
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -614,9 +616,20 @@ def _wrap_finalizers() -> None:
 
     from .registrations import sandboxed
 
+    finish = vars(FixtureDef).get("finish")
+
+    def pytests_own(finalizer: Any) -> bool:
+        """A fixture's own teardown (``partial(fixturedef.finish, request=...)``), which
+        pytest schedules when the body asks for a fixture: host code, as the fixture."""
+        if type(finalizer) is not functools.partial:
+            return False
+        method = finalizer.func
+        return type(method) is types.MethodType and method.__func__ is finish and (
+            isinstance(method.__self__, FixtureDef))
+
     def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
         def addfinalizer(self: Any, finalizer: Any, *args: Any, **kwargs: Any) -> Any:
-            if active_scope() is not None:
+            if active_scope() is not None and not pytests_own(finalizer):
                 finalizer = sandboxed(finalizer)
             return original(self, finalizer, *args, **kwargs)
 

@@ -507,3 +507,60 @@ def test_an_uncaught_error_in_a_request_thread_is_printed_without_a_refusal(
                             capture_output=True, text=True, timeout=120)
     assert "raised in a request thread" in result.stderr
     assert result.stdout.strip() == "[]", result.stdout
+
+
+_COVERAGE_LIKE = textwrap.dedent("""
+    import doctest, sys, threading
+    from concurrent.futures import ThreadPoolExecutor
+    from gae_sandbox import Policy, Sandbox, SandboxViolation
+
+    seen = []
+
+    def real_tracer(frame, event, arg):
+        seen.append(frame.f_code.co_name)
+        return None
+
+    def installation_hook(frame, event, arg):
+        # as a coverage tool's: on a new thread's first event, put the real tracer in place
+        sys.settrace(None)
+        sys.settrace(real_tracer)
+        return None
+
+    threading.settrace(installation_hook)  # host code, before any request
+
+    def work(x):
+        '''
+        >>> 6 * 7
+        42
+        '''
+        return x * 2
+
+    out = []
+    with Sandbox(Policy(app_root={root!r})):
+        thread = threading.Thread(target=out.append, args=(1,))
+        thread.start()
+        thread.join()
+        with ThreadPoolExecutor(2) as pool:
+            out.extend(pool.map(work, [1, 2]))
+        runner = doctest.DocTestRunner()
+        for test in doctest.DocTestFinder().find(work, "work", globs={{}}):
+            runner.run(test)  # puts back the tracer it found: allowed, changes nothing
+        try:
+            sys.settrace(real_tracer)  # a tracer of the app's own choosing
+        except SandboxViolation:
+            out.append("refused")
+    print(out, runner.failures, runner.tries, "work" in seen, sys.gettrace())
+""")
+
+
+def test_threads_and_doctests_run_under_a_host_tracer_like_a_coverage_tool(
+        app_root: Path) -> None:
+    """A coverage tool sets a hook for new threads; a thread the request starts puts it on
+    itself (threading's start-up), and its first call installs the tool's real tracer:
+    both are the host's. The app's own tracer is still refused, and none outlives the
+    request (the main thread's tracer is None after it)."""
+    result = subprocess.run([sys.executable, "-c", _COVERAGE_LIKE.format(root=str(app_root))],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "[1, 2, 4, 'refused'] 0 1 True None", result.stdout
+    assert "Exception" not in result.stderr, result.stderr

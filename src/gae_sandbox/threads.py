@@ -318,14 +318,75 @@ THREAD_HOOKS = ("settrace", "setprofile", "settrace_all_threads", "setprofile_al
 def _hook_patches() -> list[tuple[Any, str, Any, Any]]:
     """``threading.settrace`` and friends from sandboxed code: the hook would run in the
     host's threads after the request (``sys.settrace`` raises an audit event; these store the
-    hook without one, or call ``sys.settrace`` from the standard library)."""
-    from .patches import _refuse_system, _refused_call
+    hook without one, or call ``sys.settrace`` from the standard library). Host code's calls
+    go through, and the hook it sets is noted (:data:`HOST_THREAD_HOOKS`)."""
+    from .patches import _guarded, _refuse_system
 
+    HOST_THREAD_HOOKS["settrace"] = getattr(threading, "_trace_hook", None)
+    HOST_THREAD_HOOKS["setprofile"] = getattr(threading, "_profile_hook", None)
     found = []
     for name in THREAD_HOOKS:
         original = getattr(threading, name, None)
         if original is not None:
-            found.append((threading, name, original, _refused_call(
-                original, _refuse_system, f"threading.{name}()",
-                "a trace or profile function for new threads outlives the request")))
+            found.append((threading, name, original, _guarded(
+                _hook_setter(original, name.removesuffix("_all_threads"), _refuse_system),
+                original)))
+    for name, getter in (("settrace", sys.gettrace), ("setprofile", sys.getprofile)):
+        original = getattr(sys, name)
+        found.append((sys, name, original, _guarded(_tracer_setter(original, getter, name),
+                                                    original)))
     return found
+
+
+#: The trace and profile functions host code set for new threads (``threading.settrace``:
+#: a coverage tool's). A thread a request starts may put that very function on itself, as
+#: ``threading``'s own start-up does; the module variable the app could change is not read.
+HOST_THREAD_HOOKS: dict[str, Any] = {"settrace": None, "setprofile": None}
+
+
+def _hook_setter(original: Callable[..., Any], kind: str,
+                 refuse: Callable[..., Any]) -> Callable[..., Any]:
+    def set_hook(function: Any, *args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        if scope is not None:
+            scope.judge(refuse, f"threading.{original.__name__}()",
+                        "a trace or profile function for new threads outlives the request")
+            return host_call(original, function, *args, **kwargs)  # report mode
+        HOST_THREAD_HOOKS[kind] = function
+        return original(function, *args, **kwargs)
+
+    return set_hook
+
+
+def _tracer_setter(original: Callable[..., Any], getter: Callable[[], Any],
+                   kind: str) -> Callable[..., Any]:
+    """``sys.settrace``/``setprofile`` inside a sandbox: a change is judged by the audit
+    hook (refused: the function would outlive the request on this thread). Two calls change
+    nothing the host did not choose, and go through: putting back the function already set
+    (``doctest`` restores the tracer it saved, ``None`` included), and putting on the thread
+    the host's own hook for new threads (``threading``'s start-up of a thread the request
+    started, under a coverage tool)."""
+
+    def set_tracer(function: Any) -> Any:
+        if active_scope() is not None:
+            if function is getter():
+                return None
+            if function is not None and function is HOST_THREAD_HOOKS[kind]:
+                return host_call(original, _HostHook(function))
+        return original(function)
+
+    return set_tracer
+
+
+class _HostHook:
+    """The host's hook for new threads, put on a thread a request started: the interpreter
+    calls it in the request's context, and it is host code (a coverage tool's first call
+    installs its real tracer with ``sys.settrace``), so each call runs as host code."""
+
+    __slots__ = ("_hook",)
+
+    def __init__(self, hook: Any) -> None:
+        self._hook = hook
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> Any:
+        return host_call(self._hook, frame, event, arg)

@@ -913,3 +913,18 @@ def test_module_file_judged_where_its_folder_leads_now(policy: Policy, site_dir:
         sys.path.remove(str(link))
         sys.path_importer_cache.pop(str(link), None)
         sys.modules.pop(name, None)
+
+
+def test_types_may_reach_the_socket_module_it_names_a_type_from(policy: Policy) -> None:
+    """3.13's ``types.CapsuleType`` is found lazily as ``type(_socket.CAPI)`` (so
+    ``typing_extensions``, and bs4 with it, read it at import); app code's own
+    ``import _socket`` stays refused, and ``pwd`` (wrapped by no module) says so."""
+    import types
+
+    with Sandbox(policy):
+        if sys.version_info >= (3, 13):
+            assert types.CapsuleType.__name__ == "PyCapsule"
+        with pytest.raises(CExtensionRefused, match="through socket or types"):
+            importlib.import_module("_socket")
+        with pytest.raises(CExtensionRefused, match="does not offer this standard-library"):
+            importlib.import_module("pwd")

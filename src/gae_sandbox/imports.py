@@ -224,8 +224,10 @@ def _check_c(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
     if name in STDLIB_C_MODULES:
         if trusted and wraps(trusted, name):
             return None
-        rule = ("the runtime offers this standard-library C module to app code only through "
-                "the module that wraps it")
+        owners = WRAPPERS.get(name)
+        rule = (f"the runtime offers this standard-library C module to app code only through "
+                f"{' or '.join(owners)}, the module that wraps it" if owners else
+                "the runtime does not offer this standard-library C module")
     else:
         rule = "C extension modules are refused unless enabled (app.yaml libraries:)"
     return CExtensionRefused(name, rule, "allowed_c_extensions")
@@ -241,7 +243,7 @@ def _check_c(layer: Layer, name: str, trusted: bool) -> SandboxViolation | None:
 #: ``_posixsubprocess``), or is the module's own pure work.
 WRAPPERS: dict[str, tuple[str, ...]] = {
     "posix": ("os",),
-    "_socket": ("socket",),
+    "_socket": ("socket", "types"),  # 3.13's types.CapsuleType is type(_socket.CAPI)
     "_signal": ("signal",),
     "_ssl": ("ssl",),
     "_posixsubprocess": ("subprocess",),

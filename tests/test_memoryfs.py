@@ -428,3 +428,22 @@ def test_rmtree_of_a_temporary_folder_in_the_python3_tmp(app_root: Path) -> None
         finally:
             os.close(outside)
     assert (app_root / "data.txt").exists()
+
+
+def test_python3_tmp_writes_into_a_readable_folder_under_tmp_stay_in_memory(
+        app_root: Path, tmp_path: Path) -> None:
+    """A ``readable_paths`` folder under /tmp (the pytest plugin's ``tmp_path``) is /tmp to
+    the python3 preset: its files are read, writes there go to memory; the app's own folder
+    stays read-only, and the refusal says so."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "given.txt").write_text("from the host")
+    policy = Policy.python3(app_root=app_root, readable_paths=(str(shared),))
+    with Sandbox(policy):
+        assert (shared / "given.txt").read_text() == "from the host"
+        (shared / "made.txt").write_text("in memory")
+        assert (shared / "made.txt").read_text() == "in memory"
+        with pytest.raises(FileWriteRefused, match="app's own files are read-only"):
+            (app_root / "made.txt").write_text("x")
+    assert not (shared / "made.txt").exists()
+    assert not (app_root / "made.txt").exists()

@@ -197,12 +197,17 @@ def _check_tmp_write(scope: Scope, fs: Any, paths: tuple[Any, ...], what: str,
 
 def _refuse_outside_tmp(layer: Layer, resolved: str | None,
                         target: str) -> SandboxViolation | None:
-    """Beneath /tmp and not the app's own files (an app folder under /tmp stays read-only)."""
+    """Beneath /tmp and not the app's own files (an app folder under /tmp stays read-only).
+    A ``readable_paths`` folder under /tmp (the pytest plugin's ``tmp_path``) is /tmp: the
+    writes go to memory over it."""
     policy = layer.policy
-    if policy.filesystem != "tmp" or (
-            resolved is not None and is_inside(resolved, TMP_FOLDERS)
-            and not is_inside(resolved, (policy.app_root, *policy.readable_paths))):
+    if policy.filesystem != "tmp":
         return None
+    if resolved is not None and is_inside(resolved, TMP_FOLDERS):
+        if not is_inside(resolved, (policy.app_root,)):
+            return None
+        return FileWriteRefused(target, "the app's own files are read-only on the python3 "
+                                "runtime, also when its folder is under /tmp", "filesystem")
     return FileWriteRefused(target, _TMP_RULE, "filesystem")
 
 

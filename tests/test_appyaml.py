@@ -2075,3 +2075,22 @@ def test_without_expiration_no_cache_headers(tmp_path: Path) -> None:
     assert status == "200 OK" and "ETag" in headers
     assert "Cache-Control" not in headers and "Expires" not in headers
     assert get(app, "/short/style.css")[1]["Cache-Control"] == "public, max-age=1800"
+
+
+def test_non_ascii_urls_match_handlers_and_files(tmp_path: Path) -> None:
+    """A WSGI server gives PATH_INFO as latin-1-decoded bytes (PEP 3333): the handler
+    patterns and the file names are matched against the UTF-8 text."""
+    from gae_sandbox.devserver import DevServerApp
+
+    root = tmp_path / "app"
+    write(root, "runtime: python27\nhandlers:\n- url: /static\n  static_dir: static\n"
+                "- url: /café\n  login: required\n  script: main.app\n"
+                "- url: /.*\n  script: main.app\n")
+    (root / "static").mkdir()
+    (root / "static" / "café.txt").write_text("crème")
+    app = DevServerApp(load_app_yaml(root))
+    wire = "/static/café.txt".encode().decode("latin-1")  # as a server hands it over
+    assert get(app, wire)[::2] == ("200 OK", "crème".encode())
+    status, headers, _ = get(app, "/café".encode().decode("latin-1"))
+    assert status == "302 Found"  # the login: required handler, not the catch-all
+    assert headers["Location"] == "/_ah/login?continue=%2Fcaf%25C3%25A9"

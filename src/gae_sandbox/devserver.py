@@ -76,7 +76,7 @@ class DevServerApp:
         return log.wrap(result)
 
     def _dispatch(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
-        path = environ.get("PATH_INFO", "") or "/"
+        path = request_path(environ)
         if path == LOGIN_PATH:
             return _login_page(environ, start_response)
         user = _signed_in_user(environ)
@@ -230,6 +230,19 @@ class DevServerApp:
         return _FileIterator(file)
 
 
+def request_path(environ: dict[str, Any]) -> str:
+    """The URL path as text: a WSGI server hands ``PATH_INFO`` over as the request's bytes
+    decoded as latin-1 (PEP 3333), so ``/caf%C3%A9`` arrives as ``/cafÃ©``; handlers'
+    ``url:`` patterns and file names are UTF-8 text. Bytes that are not UTF-8 stay as given."""
+    path = environ.get("PATH_INFO", "")
+    if not isinstance(path, str) or not path:
+        return "/"
+    try:
+        return path.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return path
+
+
 def _etag_matches(header: Any, etag: str) -> bool:
     """``If-None-Match``: ``*`` or a list of tags, weak ones (``W/"..."``) included."""
     if not isinstance(header, str):
@@ -295,7 +308,7 @@ def _login_refusal(handler: Handler, user: tuple[str, bool] | None,
                       "page.\n".encode())
     if handler.auth_fail_action == "unauthorized":
         return _plain(start_response, "401 Unauthorized", b"Login required to view page.\n")
-    here = urllib.parse.quote(environ.get("PATH_INFO", "") or "/")
+    here = urllib.parse.quote(request_path(environ))
     if environ.get("QUERY_STRING"):
         here += "?" + str(environ["QUERY_STRING"])
     location = f"{LOGIN_PATH}?continue={urllib.parse.quote(here, safe='')}"
@@ -416,7 +429,7 @@ class _AccessLog:
         self.logged = True
         elapsed = (time.monotonic() - self.started) * 1000
         query = self.environ.get("QUERY_STRING")
-        path = self.environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+        path = request_path(self.environ) + (f"?{query}" if query else "")
         logger.info('%s "%s %s" %s %dB %.1fms%s', self.environ.get("REMOTE_ADDR", "-"),
                     self.environ.get("REQUEST_METHOD", "-"), path,
                     "500" if error and self.status == "-" else self.status, self.sent,

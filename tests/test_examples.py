@@ -171,10 +171,11 @@ def test_run_script(tmp_path: Path) -> None:
         "print('args', sys.argv[1:])\n"
         "open('out.txt', 'w')\n"
     )
-    result = subprocess.run([*CLI, "run", str(script), "a", "b"], capture_output=True,
-                            text=True, timeout=60, cwd=tmp_path)
+    # the script's own options, even ones that are prefixes of run's (--n, --mode)
+    result = subprocess.run([*CLI, "run", str(script), "a", "--n", "3", "--mode", "b"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 1
-    assert "args ['a', 'b']" in result.stdout
+    assert "args ['a', '--n', '3', '--mode', 'b']" in result.stdout
     assert "FileWriteRefused" in result.stderr
     assert not (tmp_path / "out.txt").exists()
 

@@ -48,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
         doc = (module.__doc__ or "").strip().splitlines()[0]
+        # run: the script's own options follow its name, so none is taken for a prefix
+        # of one of ours (``--n 3`` is not ``--no-allow-threads``)
         sub = commands.add_parser(name, help=doc, description=module.__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  allow_abbrev=name != "run")
         module.add_arguments(sub)
         sub.set_defaults(handler=module.main)
     return parser

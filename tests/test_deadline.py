@@ -736,3 +736,11 @@ def test_a_reused_record_no_longer_bounds_the_scopes_that_held_it(short: Policy)
         assert current is not None and current.deadline is nested.deadline  # the same record
         assert _deadline_of(current) is current.deadline
         assert _deadline_of(nested) is None
+
+
+def test_the_timers_error_says_what_happened(short: Policy) -> None:
+    """The timer raises the class in the thread: the instance still has a message."""
+    error, _ = timed(lambda: spin(10), Sandbox(short))
+    assert isinstance(error, DeadlineExceededError)
+    assert "past its deadline" in str(error)
+    assert "hard_deadline_grace" in str(HardDeadlineExceeded())

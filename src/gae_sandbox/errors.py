@@ -183,8 +183,12 @@ class DeadlineExceededError(BaseException):
     """The request ran past its deadline.
 
     A ``BaseException``, as in the runtime, so a bare ``except Exception:`` in the app does not
-    swallow it.
+    swallow it. The timer raises the class itself in the request's thread, so an error made
+    without arguments still says what happened.
     """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("the request ran past its deadline (Policy.deadline)",)))
 
 
 class HardDeadlineExceeded(BaseException):
@@ -193,6 +197,10 @@ class HardDeadlineExceeded(BaseException):
     Deliberately *not* a subclass of :class:`DeadlineExceededError`, so code that catches
     that error and carries on is interrupted again. Raised repeatedly until the request ends.
     """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("the request carried on past its deadline and "
+                                    "Policy.hard_deadline_grace; recycle the worker",)))
 
 
 class ThreadRefused(SandboxViolation, RuntimeError):

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from gae_sandbox import FileReadRefused, FileWriteRefused, Policy, Sandbox, SandboxViolation
+from gae_sandbox import (
+    FileReadRefused,
+    FileWriteRefused,
+    Policy,
+    Sandbox,
+    SandboxViolation,
+    SystemCallRefused,
+)
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -447,3 +454,30 @@ def test_python3_tmp_writes_into_a_readable_folder_under_tmp_stay_in_memory(
             (app_root / "made.txt").write_text("x")
     assert not (shared / "made.txt").exists()
     assert not (app_root / "made.txt").exists()
+
+
+def test_python3_fcntl_locks_on_tmp_files_and_own_descriptors(app_root: Path,
+                                                             tmp_path: Path) -> None:
+    """``fcntl`` (``filelock``, Django's file cache): a lock on an in-memory /tmp file is
+    granted (the request's alone), a real descriptor the request opened is the real call,
+    a host descriptor is refused (the control: the host itself may lock it)."""
+    import fcntl
+
+    lock_name = f"/tmp/gae-sandbox-test-{os.getpid()}.lock"
+    with open(tmp_path / "host.txt", "w") as host:
+        fcntl.flock(host.fileno(), fcntl.LOCK_EX)  # control: allowed to the host
+        fcntl.flock(host.fileno(), fcntl.LOCK_UN)
+        with Sandbox(Policy.python3(app_root=app_root)):
+            fd = os.open(lock_name, os.O_RDWR | os.O_CREAT)
+            assert fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) is None
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) == os.O_RDWR
+            with open(lock_name, "a") as again:
+                fcntl.lockf(again, fcntl.LOCK_EX)
+            os.close(fd)
+            read_end, write_end = os.pipe()
+            assert fcntl.fcntl(read_end, fcntl.F_GETFL) & os.O_NONBLOCK == 0
+            os.close(read_end)
+            os.close(write_end)
+            with pytest.raises(SystemCallRefused, match="fcntl.flock"):
+                fcntl.flock(host.fileno(), fcntl.LOCK_EX)
+    assert not os.path.exists(lock_name)

@@ -160,7 +160,7 @@ def _exact_int(value: Any) -> Any:
         return value
 
 
-def _check_descriptor(layer: Layer, scope: Scope, fd: Any,
+def check_descriptor(layer: Layer, scope: Scope, fd: Any,
                       what: str) -> SandboxViolation | None:
     if type(fd) is int and (fd == 0 or fd in scope.opened_fds):  # (context.exact_fd's)
         return None
@@ -196,7 +196,7 @@ def _own_descriptor(original: Callable[..., Any], module: str,
         scope = active_scope()
         if scope is not None:
             exact = exact_fd(fd)  # judged and used: the same int (None: refused)
-            scope.judge(_check_descriptor, scope, exact, what)
+            scope.judge(check_descriptor, scope, exact, what)
             if exact is not None:
                 fd = exact
             result = passthrough(original, fd, *args, **kwargs)
@@ -268,7 +268,7 @@ def _socket_adoption() -> list[Patch]:
             return
         if fileno is not None:
             exact = exact_fd(fileno)  # judged and used: the same int (None: refused)
-            scope.judge(_check_descriptor, scope, exact, "socket.socket(fileno=...)")
+            scope.judge(check_descriptor, scope, exact, "socket.socket(fileno=...)")
             if exact is not None:
                 fileno = exact
         # the other arguments as exact ints too, read now: no app code may run (an

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import patches
+from .allowlist import check_descriptor
 from .context import _ACTIVE, Scope, active_scope, host_call
 from .filesystem import check_open, check_read, check_write
 from .imports import (
@@ -108,6 +109,18 @@ def _system(what: Callable[[tuple[Any, ...]], str], rule: str) -> Handler:
         scope.judge(_refuse_system, what(args), rule)
 
     return on_system
+
+
+def _on_descriptor_call(event: str) -> Handler:
+    """``fcntl``'s locks, flags and ``ioctl`` name a descriptor (the event carries it as the
+    C call's int): the request's own only, as for the ``os`` functions on descriptors. (An
+    in-memory file's are answered before the C call: ``memoryfs``.)"""
+    what = f"{event}()"
+
+    def handler(scope: Scope, args: tuple[Any, ...]) -> None:
+        scope.judge(check_descriptor, scope, args[0] if args else None, what)
+
+    return handler
 
 
 def _on_thread_start(event: str) -> Handler:
@@ -333,6 +346,10 @@ def _handlers() -> dict[str, Handler]:
         "code.__new__": _on_code_new,
         "_thread.start_new_thread": _on_thread_start("_thread.start_new_thread"),
         "_thread.start_joinable_thread": _on_thread_start("_thread.start_joinable_thread"),
+        "fcntl.fcntl": _on_descriptor_call("fcntl.fcntl"),
+        "fcntl.ioctl": _on_descriptor_call("fcntl.ioctl"),
+        "fcntl.flock": _on_descriptor_call("fcntl.flock"),
+        "fcntl.lockf": _on_descriptor_call("fcntl.lockf"),
         "sys.settrace": _on_tracer("sys.settrace"),
         "sys.setprofile": _on_tracer("sys.setprofile"),
     }

@@ -467,7 +467,45 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
         if "open" in vars(accessor):
             add(accessor, "open", _open_router)
     add(tempfile, "NamedTemporaryFile", _named_temporary_file)
+    try:
+        import fcntl
+    except ImportError:  # not on this platform
+        return patches
+    for name in ("flock", "lockf", "fcntl", "ioctl"):
+        add(fcntl, name, lambda inner, name=name: _fcntl_router(name, inner))
     return patches
+
+
+def _fcntl_router(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+    """``fcntl``'s calls on an in-memory file (a lock file ``filelock`` makes in /tmp):
+    answered here, since the kernel has no such descriptor. The file is the request's
+    alone, so a lock is always granted; flags read as read-write; ``ioctl`` is a terminal's.
+    Any other descriptor goes on to the real call, which the audit layer judges."""
+
+    def call(fd: Any, *args: Any, **kwargs: Any) -> Any:
+        memory = _memory_of(active_scope())
+        if memory is None:
+            return inner(fd, *args, **kwargs)
+        number = fd if type(fd) is int else fd.fileno() if hasattr(fd, "fileno") else fd
+        if type(number) is not int or not memory.owns_fd(number):
+            return inner(number, *args, **kwargs)
+        if name in ("flock", "lockf"):
+            return None
+        if name == "ioctl":
+            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+        import fcntl
+
+        command = args[0] if args else kwargs.get("cmd")
+        argument = args[1] if len(args) > 1 else kwargs.get("arg", 0)
+        if command == fcntl.F_GETFL:
+            return os.O_RDWR
+        if command in (fcntl.F_GETFD, fcntl.F_SETFD, fcntl.F_SETFL):
+            return 0
+        if command in (fcntl.F_GETLK, fcntl.F_SETLK, fcntl.F_SETLKW):
+            return argument  # the lock structure as given: granted, no other holder
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    return _named(call, inner)
 
 
 def apply(patches: list[tuple[Any, str, Any, Any]]) -> None:

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,8 @@ from gae_sandbox import (
     SandboxViolation,
     SystemCallRefused,
 )
+from gae_sandbox.memoryfs import TMP_FOLDERS
+from gae_sandbox.paths import is_inside
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -450,7 +453,7 @@ def test_python3_tmp_writes_into_a_readable_folder_under_tmp_stay_in_memory(
         assert (shared / "given.txt").read_text() == "from the host"
         (shared / "made.txt").write_text("in memory")
         assert (shared / "made.txt").read_text() == "in memory"
-        with pytest.raises(FileWriteRefused, match="app's own files are read-only"):
+        with pytest.raises(FileWriteRefused, match="app's own files are read-only also"):
             (app_root / "made.txt").write_text("x")
     assert not (shared / "made.txt").exists()
     assert not (app_root / "made.txt").exists()
@@ -481,3 +484,59 @@ def test_python3_fcntl_locks_on_tmp_files_and_own_descriptors(app_root: Path,
             with pytest.raises(SystemCallRefused, match="fcntl.flock"):
                 fcntl.flock(host.fileno(), fcntl.LOCK_EX)
     assert not os.path.exists(lock_name)
+
+
+def test_python3_sqlite_in_tmp_read_only_elsewhere(app_root: Path, outside: Path) -> None:
+    """SQLite opens files in C, by name: a database under /tmp is the request's own in
+    memory (its connections share it; nothing on disk; gone with the request; a host file
+    there is not read into it), one of the app's files opens read-only (the runtime's disk),
+    one outside /tmp and the readable set is refused as a read, and URIs keep the
+    ":memory:"-only rule."""
+    sqlite3 = pytest.importorskip("sqlite3")
+    elsewhere = Path(tempfile.mkdtemp(dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
+    if is_inside(str(elsewhere), TMP_FOLDERS):
+        pytest.skip("no folder outside /tmp to hold the host's database")
+    try:
+        _sqlite_case(sqlite3, app_root, outside, elsewhere)
+    finally:
+        shutil.rmtree(elsewhere)
+
+
+def _sqlite_case(sqlite3: Any, app_root: Path, outside: Path, elsewhere: Path) -> None:
+    bundled = sqlite3.connect(app_root / "bundled.db")
+    bundled.execute("create table t (x)")
+    bundled.execute("insert into t values (1)")
+    bundled.commit()
+    bundled.close()
+    host_db = sqlite3.connect(outside / "host.db")  # under /tmp, the host's
+    host_db.execute("create table host_only (x)")
+    host_db.commit()
+    host_db.close()
+    secret = elsewhere / "secret.db"
+    sqlite3.connect(secret).close()  # control: the host opens it
+    name = f"/tmp/gae-sandbox-test-{os.getpid()}.db"
+    policy = Policy.python3(app_root=app_root)
+    with Sandbox(policy):
+        first = sqlite3.connect(name)
+        first.execute("create table a (v)")
+        first.execute("insert into a values ('kept')")
+        first.commit()
+        first.close()
+        assert sqlite3.connect(name).execute("select v from a").fetchall() == [("kept",)]
+        app_db = sqlite3.connect(str(app_root / "bundled.db"))
+        assert app_db.execute("select x from t").fetchall() == [(1,)]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            app_db.execute("insert into t values (2)")
+        with pytest.raises(FileReadRefused):
+            sqlite3.connect(str(secret))
+        in_tmp = sqlite3.connect(str(outside / "host.db"))
+        assert in_tmp.execute("select name from sqlite_master").fetchall() == []
+        with pytest.raises(SystemCallRefused):
+            sqlite3.connect(f"file:{secret}?mode=ro", uri=True)
+    assert not os.path.exists(name)
+    with Sandbox(policy):
+        fresh = sqlite3.connect(name)
+        assert fresh.execute("select name from sqlite_master").fetchall() == []
+    check = sqlite3.connect(app_root / "bundled.db")
+    assert check.execute("select x from t").fetchall() == [(1,)]
+    check.close()

@@ -27,6 +27,7 @@ from .imports import (
     loading_files,
     trusted_import_context,
 )
+from .memoryfs import SQLITE_JUDGED
 from .network import check_connect, check_lookup, check_server, on_socket_new
 from .patches import (
     JUDGED_SPAWN,
@@ -216,6 +217,10 @@ def _on_sqlite_connect(scope: Scope, args: tuple[Any, ...]) -> None:
     in-memory database is let through (reached when a policy unblocks ``sqlite3``, or
     through an already loaded ``_sqlite3``)."""
     database = args[0] if args else None
+    judged = scope.extras.get(SQLITE_JUDGED)
+    if judged is not None and (database == judged if type(database) is str else
+                               type(database) is bytes and database == os.fsencode(judged)):
+        return  # memoryfs's connect decided this very name (3.10's event gives it as bytes)
     if database not in (":memory:", "", b":memory:", b""):
         scope.judge(_refuse_system, f"sqlite3.connect({database!r})",
                     "SQLite opens its database file in C, past the sandbox's file checks")

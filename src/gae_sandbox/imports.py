@@ -564,7 +564,7 @@ def _load_forgetting_orphans(spec: Any) -> Any:
 #: Modules the sandbox patches only once they are imported (registrations.LATE_BUILDERS),
 #: and what sandbox.py does when a request has loaded one of them.
 LATE_MODULES: frozenset[str] = frozenset({"asyncio.events", "urllib.request", "mimetypes",
-                                          "unittest.case"})
+                                          "unittest.case", "sqlite3"})
 after_load: Any = None
 
 

@@ -24,6 +24,7 @@ import pathlib
 import posix
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -206,8 +207,9 @@ def _refuse_outside_tmp(layer: Layer, resolved: str | None,
     if resolved is not None and is_inside(resolved, TMP_FOLDERS):
         if not is_inside(resolved, (policy.app_root,)):
             return None
-        return FileWriteRefused(target, "the app's own files are read-only on the python3 "
-                                "runtime, also when its folder is under /tmp", "filesystem")
+        return FileWriteRefused(target, "the python3 runtime's filesystem is read-only "
+                                "except /tmp, and the app's own files are read-only also when "
+                                "its folder is under /tmp", "filesystem")
     return FileWriteRefused(target, _TMP_RULE, "filesystem")
 
 
@@ -474,6 +476,109 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
     for name in ("flock", "lockf", "fcntl", "ioctl"):
         add(fcntl, name, lambda inner, name=name: _fcntl_router(name, inner))
     return patches
+
+
+# --- SQLite: its C code opens files by name, past every Python-level check ---------------
+
+#: Scope.extras: the exact database name a judged ``sqlite3.connect`` passes on (the audit
+#: layer lets that one through), and the request's in-memory databases by path.
+SQLITE_JUDGED = "gae_sandbox.sqlite_judged"
+SQLITE_DATABASES = "gae_sandbox.sqlite_databases"
+
+
+def sqlite_patches(module: Any) -> list[tuple[Any, str, Any, Any]]:
+    """``sqlite3.connect`` (in ``sqlite3`` and ``sqlite3.dbapi2``), where a policy lets
+    ``sqlite3`` load (the python3 preset): see :func:`_sqlite_connect`."""
+    found: list[tuple[Any, str, Any, Any]] = []
+    replacements: dict[int, Any] = {}
+    for owner in (module, getattr(module, "dbapi2", None)):
+        original = vars(owner).get("connect") if owner is not None else None
+        if original is not None:
+            replacement = replacements.setdefault(id(original), _sqlite_connect(original))
+            found.append((owner, "connect", original, replacement))
+    return found
+
+
+def _sqlite_connect(inner: Callable[..., Any]) -> Callable[..., Any]:
+    """A database file path, inside a sandbox: one where the request may write (``/tmp``
+    under the python3 preset, anywhere in the memory preset) is a private in-memory database
+    of the request's, shared by its connections to that path until the request ends (a
+    readable real file of that name is copied in first); any other readable file is opened
+    read-only, as on the runtime's read-only disk; others are refused as reads are. URIs and
+    other forms keep the audit layer's rule (``:memory:`` only)."""
+
+    def connect(database: Any, *args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        uri = args[6] if len(args) > 6 else kwargs.get("uri", False)
+        if scope is None or uri:
+            return inner(database, *args, **kwargs)
+        try:
+            name = os.fsdecode(os.fspath(database))
+        except TypeError:
+            return inner(database, *args, **kwargs)
+        if name in (":memory:", "") or "\0" in name:
+            return inner(name, *args, **kwargs)
+        absolute = os.path.normpath(os.path.join(scope.cwd or posix.getcwd(), name))
+        if _writable_database(scope, absolute):
+            target = _memory_database(scope, inner, absolute)
+        else:
+            scope.judge(check_read, absolute)
+            target = f"file:{urllib.parse.quote(absolute)}?mode=ro"
+        if len(args) > 6:
+            args = (*args[:6], True, *args[7:])
+        else:
+            kwargs["uri"] = True
+        return _judged_connect(scope, inner, target, *args, **kwargs)
+
+    return _named(connect, inner)
+
+
+def _judged_connect(scope: Scope, inner: Callable[..., Any], target: str, *args: Any,
+                    **kwargs: Any) -> Any:
+    scope.extras[SQLITE_JUDGED] = target
+    try:
+        return inner(target, *args, **kwargs)
+    finally:
+        scope.extras.pop(SQLITE_JUDGED, None)
+
+
+def _writable_database(scope: Scope, absolute: str) -> bool:
+    for layer in scope.layers:
+        policy = layer.policy
+        if policy.filesystem == "readonly" or (policy.filesystem == "tmp" and (
+                not is_inside(absolute, TMP_FOLDERS)
+                or is_inside(absolute, (policy.app_root,)))):
+            return False
+    return True
+
+
+def _memory_database(scope: Scope, inner: Callable[..., Any], absolute: str) -> str:
+    """The request's in-memory database for ``absolute``: a shared-cache one, kept alive by
+    a connection of the library's own until the request ends, so each ``connect`` to the
+    path sees what the others wrote."""
+    databases = scope.extras.setdefault(SQLITE_DATABASES, {})
+    known = databases.get(absolute)
+    if known is not None:
+        return str(known[0])
+    import secrets
+
+    target = f"file:gae-sandbox-{secrets.token_hex(8)}?mode=memory&cache=shared"
+    keeper = _judged_connect(scope, inner, target, uri=True)
+    databases[absolute] = (target, keeper)
+    if os.path.isfile(absolute) and check_read(scope.layers[-1], absolute) is None:
+        source = _judged_connect(scope, inner, f"file:{urllib.parse.quote(absolute)}?mode=ro",
+                                 uri=True)
+        try:
+            source.backup(keeper)  # the real file's tables, to start from
+        finally:
+            source.close()
+    return target
+
+
+def close_databases(scope: Scope) -> None:
+    """The request's in-memory databases end with it."""
+    for _target, keeper in scope.extras.pop(SQLITE_DATABASES, {}).values():
+        keeper.close()
 
 
 def _fcntl_router(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:

@@ -922,7 +922,14 @@ LATE_BUILDERS: dict[str, Callable[[Any], list[Patch]]] = {
     "urllib.request": _opener,
     "mimetypes": _mime_types,
     "unittest.case": _module_cleanups,
+    "sqlite3": lambda module: _memoryfs().sqlite_patches(module),
 }
+
+
+def _memoryfs() -> Any:
+    from . import memoryfs
+
+    return memoryfs
 LATE_PENDING: set[str] = set()
 
 

@@ -540,3 +540,22 @@ def _sqlite_case(sqlite3: Any, app_root: Path, outside: Path, elsewhere: Path) -
     check = sqlite3.connect(app_root / "bundled.db")
     assert check.execute("select x from t").fetchall() == [(1,)]
     check.close()
+
+
+def test_python3_reads_the_ca_certificates_and_time_zones_by_path(app_root: Path) -> None:
+    """The runtime's image has them and apps open them by path (a CA bundle when
+    ``certifi`` is absent); the python27 preset still refuses them."""
+    from gae_sandbox.policy import PYTHON3_SYSTEM_FOLDERS
+
+    files = [os.path.join(folder, name) for folder in PYTHON3_SYSTEM_FOLDERS
+             if os.path.isdir(folder) for name in sorted(os.listdir(folder))
+             if os.path.isfile(os.path.join(folder, name))][:1]
+    if not files:
+        pytest.skip("this machine has none of those folders")
+    with open(files[0], "rb") as file:
+        expected = file.read()
+    with Sandbox(Policy.python3(app_root=app_root)):
+        with open(files[0], "rb") as file:
+            assert file.read() == expected
+    with Sandbox(Policy.python27(app_root=app_root)), pytest.raises(FileReadRefused):
+        open(files[0], "rb")  # noqa: SIM115

@@ -63,6 +63,8 @@ class MemoryFilesystem:
         self._lock = threading.RLock()
         self._owner: int | None = None  # the thread inside pyfakefs right now
         self._fake: Any = None
+        #: path -> (name, keeping connection): the SQLite databases of these files
+        self.databases: dict[str, tuple[str, Any]] = {}
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -94,6 +96,9 @@ class MemoryFilesystem:
         """Drop every file (the scope ended); a later use starts an empty filesystem."""
         with self._lock:
             self._fake = None
+            databases, self.databases = self.databases, {}
+        for _name, keeper in databases.values():
+            keeper.close()
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -481,9 +486,8 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
 # --- SQLite: its C code opens files by name, past every Python-level check ---------------
 
 #: Scope.extras: the exact database name a judged ``sqlite3.connect`` passes on (the audit
-#: layer lets that one through), and the request's in-memory databases by path.
+#: layer lets that one through).
 SQLITE_JUDGED = "gae_sandbox.sqlite_judged"
-SQLITE_DATABASES = "gae_sandbox.sqlite_databases"
 
 
 def sqlite_patches(module: Any) -> list[tuple[Any, str, Any, Any]]:
@@ -502,8 +506,8 @@ def sqlite_patches(module: Any) -> list[tuple[Any, str, Any, Any]]:
 def _sqlite_connect(inner: Callable[..., Any]) -> Callable[..., Any]:
     """A database file path, inside a sandbox: one where the request may write (``/tmp``
     under the python3 preset, anywhere in the memory preset) is a private in-memory database
-    of the request's, shared by its connections to that path until the request ends (a
-    readable real file of that name is copied in first); any other readable file is opened
+    of the request's, shared by its connections to that path as long as its in-memory files
+    live (a readable real file of that name is copied in first); any other readable file is opened
     read-only, as on the runtime's read-only disk; others are refused as reads are. URIs and
     other forms keep the audit layer's rule (``:memory:`` only)."""
 
@@ -519,7 +523,7 @@ def _sqlite_connect(inner: Callable[..., Any]) -> Callable[..., Any]:
         if name in (":memory:", "") or "\0" in name:
             return inner(name, *args, **kwargs)
         absolute = os.path.normpath(os.path.join(scope.cwd or posix.getcwd(), name))
-        if _writable_database(scope, absolute):
+        if scope.memory is not None and _writable_database(scope, absolute):
             target = _memory_database(scope, inner, absolute)
         else:
             scope.judge(check_read, absolute)
@@ -554,17 +558,23 @@ def _writable_database(scope: Scope, absolute: str) -> bool:
 
 def _memory_database(scope: Scope, inner: Callable[..., Any], absolute: str) -> str:
     """The request's in-memory database for ``absolute``: a shared-cache one, kept alive by
-    a connection of the library's own until the request ends, so each ``connect`` to the
-    path sees what the others wrote."""
-    databases = scope.extras.setdefault(SQLITE_DATABASES, {})
-    known = databases.get(absolute)
-    if known is not None:
-        return str(known[0])
+    a connection of the library's own as long as the request's in-memory files (the
+    request, or the ``Sandbox`` that keeps them), so each ``connect`` to the path sees what
+    the others wrote."""
+    memory = scope.memory
+    assert memory is not None
+    with memory._lock:  # one database per path, whichever thread connects first
+        known = memory.databases.get(absolute)
+        if known is None:
+            known = memory.databases[absolute] = _new_database(scope, inner, absolute)
+    return str(known[0])
+
+
+def _new_database(scope: Scope, inner: Callable[..., Any], absolute: str) -> tuple[str, Any]:
     import secrets
 
     target = f"file:gae-sandbox-{secrets.token_hex(8)}?mode=memory&cache=shared"
     keeper = _judged_connect(scope, inner, target, uri=True)
-    databases[absolute] = (target, keeper)
     if os.path.isfile(absolute) and check_read(scope.layers[-1], absolute) is None:
         source = _judged_connect(scope, inner, f"file:{urllib.parse.quote(absolute)}?mode=ro",
                                  uri=True)
@@ -572,13 +582,7 @@ def _memory_database(scope: Scope, inner: Callable[..., Any], absolute: str) -> 
             source.backup(keeper)  # the real file's tables, to start from
         finally:
             source.close()
-    return target
-
-
-def close_databases(scope: Scope) -> None:
-    """The request's in-memory databases end with it."""
-    for _target, keeper in scope.extras.pop(SQLITE_DATABASES, {}).values():
-        keeper.close()
+    return target, keeper
 
 
 def _fcntl_router(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:

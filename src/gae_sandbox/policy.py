@@ -30,6 +30,11 @@ OS_CONFINEMENTS: tuple[str, ...] = ("required", "best_effort")
 FILESYSTEMS: tuple[str, ...] = ("readonly", "memory", "tmp")
 #: The python3 runtime's request deadline with automatic scaling (10 minutes).
 PYTHON3_DEADLINE = 600.0
+#: System folders the python3 runtime's image has and apps read with ``open``: the public
+#: CA certificates (a bundle read by path when ``certifi`` is absent) and the time zone
+#: database. The python3 preset reads those of them this machine has.
+PYTHON3_SYSTEM_FOLDERS = ("/etc/ssl/certs", "/usr/share/ca-certificates",
+                          "/usr/share/zoneinfo")
 #: The python27 runtime's request deadline.
 PYTHON27_DEADLINE = 60.0
 _stat = os.stat  # captured before any sandbox patches it: validating a path is not the app's
@@ -188,7 +193,8 @@ class Policy:
         """App Engine's second-generation Python 3 runtime (python37 ... python314), as a
         portability profile: any module and C extension, outbound connections anywhere,
         processes and threads; the filesystem read-only except ``/tmp``, which is an
-        in-memory folder per ``Sandbox``; a 10-minute request deadline. Not a security
+        in-memory folder per ``Sandbox``, with the CA certificates and time zone folders
+        readable too (:data:`PYTHON3_SYSTEM_FOLDERS`); a 10-minute request deadline. Not a security
         boundary: C extensions and processes reach past every in-process check."""
         base: dict[str, Any] = {
             "blocked_modules": (),
@@ -200,6 +206,8 @@ class Policy:
             "join_threads": False,
             "deadline": PYTHON3_DEADLINE,
             "request_environ": False,
+            "readable_paths": tuple(folder for folder in PYTHON3_SYSTEM_FOLDERS
+                                    if os.path.isdir(folder)),
         }
         base.update(changes)
         return cls(app_root=app_root, **base)  # type: ignore[arg-type]

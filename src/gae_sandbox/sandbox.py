@@ -500,8 +500,6 @@ def close_scope(scope: Scope) -> None:
         if deadline is not None:
             deadline.cancel()
             recycle(deadline)  # this thread's next deadline reuses the record
-        if memoryfs.SQLITE_DATABASES in scope.extras:
-            memoryfs.close_databases(scope)
         if scope.memory is not None and not scope.extras.get("keep_memory"):
             scope.memory.discard()  # the request's files are gone with it
         if "left_objects" in scope.extras:  # sys.stdout = the app's object, left there

@@ -286,3 +286,17 @@ def test_a_captured_mkstemp_is_still_refused(policy: Policy, tempdir: Path) -> N
         with pytest.raises((TempfileRefused, FileWriteRefused)):
             original()
     assert listing(tempdir) == []
+
+
+def test_temporary_file_in_the_memory_presets_has_a_descriptor(tmp_path: Path) -> None:
+    """Under the python3 (and memory) preset ``TemporaryFile`` is a file of the in-memory
+    filesystem, with a ``fileno`` as on the runtime; nothing reaches the disk."""
+    with Sandbox(Policy.python3(app_root=tmp_path)):
+        file = tempfile.TemporaryFile()
+        file.write(b"abc")
+        file.seek(0)
+        assert file.read() == b"abc"
+        assert isinstance(file.fileno(), int)
+        name = file.name
+        file.close()
+    assert not os.path.exists(name)

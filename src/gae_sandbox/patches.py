@@ -557,6 +557,9 @@ def _temporary_file(original: Callable[..., Any]) -> Callable[..., Any]:
                                dir, errors=errors)
         if not isinstance(mode, str) or any(c not in "rwxab+t" for c in mode):
             raise ValueError(f"invalid mode: {mode!r}")
+        if scope.memory is not None:  # a file of the in-memory filesystem: it has a fileno
+            return tempfile.NamedTemporaryFile(mode, buffering, encoding, newline, suffix,
+                                               prefix, dir, errors=errors)
         buffer = _MemoryTemporaryFile()
         if "b" in mode:
             return buffer

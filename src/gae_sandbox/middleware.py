@@ -221,7 +221,9 @@ class _Request:
         if not isinstance(copy, BaseException):
             copy = None
         if type(reason) is not str or not reason:
-            reason = self._deadline_reason(kind) or type_name(error)
+            reason = type_name(error)
+        if issubclass(kind, (DeadlineExceededError, HardDeadlineExceeded)):
+            reason = self._deadline_reason(kind) or reason
         # the frames' locals (the app's objects) go now, in the scope: a reference cycle
         # through the error would leave them to a collection in host code
         exc_info = None
@@ -235,7 +237,7 @@ class _Request:
         return _Failure(None, "", reason)
 
     def _deadline_reason(self, kind: type) -> str:
-        """A deadline error raised asynchronously has no text of its own (it is raised as a
+        """A deadline error raised asynchronously has only a generic text (it is raised as a
         bare class): say which deadline it was."""
         deadline = self.scope.deadline
         if deadline is not None and issubclass(kind, HardDeadlineExceeded):

@@ -19,24 +19,40 @@ Guards, on top of RestrictedPython's own:
 * imports: the sandbox's import gate (as an app import, never as a trusted standard-library
   one), and of the standard library only :data:`RESTRICTED_STDLIB_MODULES` (an allow-list),
   others refused unless ``Policy.allowed_modules`` names them.
-* writes: ``full_write_guard`` (only ``dict``, ``list`` and the code's own classes).
+* writes: ``full_write_guard`` (only ``dict``, ``list``, the code's ``defaultdict`` and its
+  own classes). A mutable container read as an attribute of a module or of an object not
+  made by the code (``html.entities.html5``, ``urllib.parse.uses_relative``) is handed out
+  as a read-only view (mappingproxy, tuple, frozenset, bytes), its items too.
+* process-wide state: setters of offered modules (:data:`PROCESS_WIDE_SETTERS`:
+  ``random.seed``, ``csv.field_size_limit``...), ``register`` of abstract classes and
+  ``clear_flags``/``clear_traps`` of shared decimal contexts are refused.
 * functions: every ``def`` and ``lambda`` of the code, and every resumption of its
-  generators, first checks that a sandbox is active: a callback the code leaves with the
-  host (a logging handler, a hook, a generator) raises instead of running in host code.
+  generators and generator expressions, first checks that a sandbox is active: a callback
+  the code leaves with the host (a logging handler, a hook, a generator) raises instead of
+  running in host code. Built-ins that keep a callable for later (``map``, ``filter``,
+  ``property``, ``itertools.starmap``, ``defaultdict``... :data:`_LAZY_CONSTRUCTORS`) wrap a
+  callable not made by the code in the same check.
 
 This raises the cost of an escape; it is not a security boundary (see the README).
 """
 
 from __future__ import annotations
 
+import abc
+import array
 import ast
 import builtins
+import collections
+import collections.abc
+import decimal
 import importlib.util
+import itertools
 import operator
 import sys
 import threading
 import types
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from importlib.machinery import SourceFileLoader
 from typing import Any
 
@@ -196,6 +212,243 @@ def _require_sandbox(value: Any = None) -> Any:
     return value
 
 
+# --- what restricted code made ------------------------------------------------------------
+
+#: Classes made by restricted code (``_restricted_class`` adds them): their instances are the
+#: code's own, writable, and their callables check for a sandbox themselves.
+_RESTRICTED_CLASSES: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _restricted_namespace(namespace: Any) -> bool:
+    """Globals restricted code runs in (``Sandbox.exec``'s, a restricted module's): their
+    built-ins are a dict holding this module's ``_sandboxed_`` guard."""
+    built = namespace.get("__builtins__") if isinstance(namespace, dict) else None
+    return type(built) is dict and built.get("_sandboxed_") is _require_sandbox
+
+
+def _is_restricted_class(klass: Any) -> bool:
+    try:
+        return klass in _RESTRICTED_CLASSES
+    except TypeError:  # an unhashable metaclass
+        return False
+
+
+def _made_by_restricted_code(value: Any) -> bool:
+    """A function, method or class of restricted code, or an instance of such a class: it
+    checks for a sandbox itself (every ``def`` and ``lambda`` does)."""
+    if isinstance(value, types.MethodType):
+        value = value.__func__
+    if isinstance(value, types.FunctionType):
+        return _restricted_namespace(value.__globals__)
+    return _is_restricted_class(value) or _is_restricted_class(type(value))
+
+
+# --- lazy work the host may run later ----------------------------------------------------
+
+#: Callables harmless to call without a sandbox (pure built-in types): left unwrapped, so
+#: that ``defaultdict(int)`` or ``map(str, ...)`` handed to the host keep working there.
+_PURE_CALLABLES: frozenset[int] = frozenset(map(id, (
+    bool, int, float, complex, str, bytes, tuple, frozenset, list, dict, set, bytearray)))
+
+
+_SANDBOXED_CODE: Any = object()  # the wrapper's code, set below: never wrapped twice
+
+
+def _sandboxed_callable(function: Any) -> Any:
+    """``function`` if it checks for a sandbox itself (restricted code's own) or is pure;
+    otherwise a library function that checks first. A host callable kept by a lazy object
+    (``map(host_fn, ...)``) then runs only while a sandbox is active, not when the host
+    consumes the object after the request."""
+    if (function is None or id(function) in _PURE_CALLABLES or not callable(function)
+            or getattr(function, "__code__", None) is _SANDBOXED_CODE
+            or _made_by_restricted_code(function)):
+        return function
+
+    def sandboxed(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        _require_sandbox()
+        return function(*args, **kwargs)
+    return sandboxed
+
+
+_SANDBOXED_CODE = _sandboxed_callable(len).__code__
+
+
+def _sandboxed_iter(iterator: Iterator[Any]) -> Iterator[Any]:
+    """``_sandboxed_iter_(genexp)``, around every generator expression of restricted code (it
+    has no ``yield`` for :meth:`_SandboxedFunctions.visit_Yield` to check): each ``next``
+    first checks that a sandbox is active."""
+    while True:
+        _require_sandbox()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        yield item
+
+
+class _LazyConstructor:
+    """What restricted code gets for a built-in that keeps a callable and calls it later
+    (``map``, ``itertools.starmap``, ``property``...): the callable arguments are wrapped by
+    :func:`_sandboxed_callable`. ``isinstance`` and ``issubclass`` against it test the
+    original; other attributes are the original's (through the guards)."""
+
+    # underscore names: the attribute guard never hands them out
+    __slots__ = ("_original", "_positions", "_keywords", "_min_args", "_make")
+
+    def __init__(self, original: Any, positions: tuple[int, ...] = (),
+                 keywords: tuple[str, ...] = (), min_args: int = 0,
+                 make: Callable[..., Any] | None = None) -> None:
+        self._original = original
+        self._positions = positions
+        self._keywords = keywords
+        self._min_args = min_args
+        self._make = original if make is None else make
+
+    def _wrap(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+              ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if len(args) >= self._min_args:
+            args = tuple(_sandboxed_callable(arg) if index in self._positions else arg
+                         for index, arg in enumerate(args))
+        for name in self._keywords:
+            if name in kwargs:
+                kwargs = {**kwargs, name: _sandboxed_callable(kwargs[name])}
+        return args, kwargs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = self._wrap(args, kwargs)
+        return self._make(*args, **kwargs)
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        """``class Mine(json.JSONEncoder)``: the base is a subclass whose constructor wraps
+        the same arguments (the code's class never gets the original's)."""
+        if isinstance(self._make, type) and self._make is not self._original:
+            return (self._make,)
+        if self._make is not self._original or not isinstance(self._original, type):
+            raise TypeError(f"restricted code cannot subclass {self._original!r}")
+        return (_wrapping_subclass(self),)
+
+    def __instancecheck__(self, instance: Any) -> bool:
+        return isinstance(instance, self._original)
+
+    def __subclasscheck__(self, subclass: Any) -> bool:
+        return issubclass(subclass, self._original)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._original, name)
+
+    def __repr__(self) -> str:
+        return repr(self._original)
+
+
+class _RestrictedDefaultdict(collections.defaultdict):  # type: ignore[type-arg]
+    """The ``defaultdict`` restricted code makes: writable like a ``dict`` (the write guard
+    lets ``d[k] = v`` through), and a ``default_factory`` set later is wrapped too."""
+
+    __slots__ = ()
+    _guarded_writes = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args:
+            args = (_sandboxed_callable(args[0]),) + args[1:]
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def default_factory(self) -> Any:
+        return _DEFAULT_FACTORY.__get__(self)
+
+    @default_factory.setter
+    def default_factory(self, value: Any) -> None:
+        _DEFAULT_FACTORY.__set__(self, _sandboxed_callable(value))
+
+
+_DEFAULT_FACTORY: Any = collections.defaultdict.__dict__["default_factory"]
+_RestrictedDefaultdict.__name__ = "defaultdict"  # its repr; pickled by its qualified name
+
+
+_SUBCLASSES: dict[int, type] = {}
+_subclasses_lock = threading.Lock()
+
+
+def _wrapping_subclass(lazy: _LazyConstructor) -> type:
+    """A subclass of ``lazy``'s original whose ``__new__``/``__init__`` wrap the callable
+    arguments as ``lazy`` does (one per original, made on first use)."""
+    base: type = lazy._original
+    with _subclasses_lock:
+        found = _SUBCLASSES.get(id(base))
+        if found is not None:
+            return found
+        namespace: dict[str, Any] = {"__module__": base.__module__,
+                                     "__qualname__": base.__qualname__}
+        if base.__new__ is not object.__new__:
+            def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
+                args, kwargs = lazy._wrap(args, kwargs)
+                return base.__new__(cls, *args, **kwargs)  # type: ignore[call-overload]
+            namespace["__new__"] = __new__
+        if base.__init__ is not object.__init__:
+            def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+                args, kwargs = lazy._wrap(args, kwargs)
+                base.__init__(self, *args, **kwargs)
+            namespace["__init__"] = __init__
+        found = _SUBCLASSES[id(base)] = type(base.__name__, (base,), namespace)
+        return found
+
+
+def _sandboxed_scanner(lexicon: Any, *args: Any, **kwargs: Any) -> Any:
+    """``re.Scanner`` keeps the actions of its ``(pattern, action)`` pairs for ``scan``."""
+    import re
+
+    return re.Scanner([(pattern, _sandboxed_callable(action)) for pattern, action in lexicon],
+                      *args, **kwargs)
+
+
+def _lazy_constructors() -> dict[int, _LazyConstructor]:
+    """The built-ins (exact objects) that keep a callable argument and call it when the host
+    iterates or uses the result later, with which arguments are callables."""
+    import difflib
+    import heapq
+    import json
+    import re
+
+    table = [
+        _LazyConstructor(builtins.map, (0,)),
+        _LazyConstructor(builtins.filter, (0,)),
+        _LazyConstructor(builtins.iter, (0,), min_args=2),  # iter(callable, sentinel)
+        _LazyConstructor(builtins.property, (0, 1, 2), ("fget", "fset", "fdel")),
+        _LazyConstructor(builtins.staticmethod, (0,)),
+        _LazyConstructor(builtins.classmethod, (0,)),
+        _LazyConstructor(itertools.starmap, (0,)),
+        _LazyConstructor(itertools.takewhile, (0,)),
+        _LazyConstructor(itertools.dropwhile, (0,)),
+        _LazyConstructor(itertools.filterfalse, (0,)),
+        _LazyConstructor(itertools.groupby, (1,), ("key",)),
+        _LazyConstructor(itertools.accumulate, (1,), ("func",)),
+        _LazyConstructor(heapq.merge, (), ("key",)),
+        _LazyConstructor(collections.defaultdict, make=_RestrictedDefaultdict),  # it wraps
+        _LazyConstructor(json.JSONDecoder, (), ("object_hook", "parse_float", "parse_int",
+                                                "parse_constant", "object_pairs_hook")),
+        _LazyConstructor(json.JSONEncoder, (), ("default",)),
+        _LazyConstructor(difflib.SequenceMatcher, (0,), ("isjunk",)),
+        _LazyConstructor(difflib.Differ, (0, 1), ("linejunk", "charjunk")),
+        _LazyConstructor(difflib.HtmlDiff, (2, 3), ("linejunk", "charjunk")),
+        _LazyConstructor(difflib.ndiff, (2, 3), ("linejunk", "charjunk")),
+        _LazyConstructor(difflib.diff_bytes, (0,), ("dfunc",)),
+        _LazyConstructor(re.Scanner, make=_sandboxed_scanner),
+    ]
+    return {id(lazy._original): lazy for lazy in table}
+
+
+#: Built when restricted code first runs (:func:`_build_tables`): the modules these tables
+#: name (``difflib``, ``zoneinfo``, ``csv``...) are not imported into every host process.
+_LAZY_CONSTRUCTORS: dict[int, _LazyConstructor] = {}
+#: Methods of ``property`` that make a new property keeping the callable given: bound
+#: (``p.setter(f)``) or read off the class (``property.setter(p, f)``).
+_PROPERTY_METHODS = frozenset(("getter", "setter", "deleter"))
+_LAZY_PROPERTY: Any = None
+
+
 class _SandboxedFunctions(RestrictingNodeTransformer):
     """RestrictedPython's transformer, plus a ``_sandboxed_()`` check at the start of every
     ``def`` and ``lambda``: a function handed to host code (a handler, a hook, a default
@@ -214,6 +467,16 @@ class _SandboxedFunctions(RestrictingNodeTransformer):
 
     def visit_YieldFrom(self, node: ast.YieldFrom) -> Any:
         return self._check(node, super().visit_YieldFrom(node))
+
+    def visit_GeneratorExp(self, node: ast.GeneratorExp) -> Any:
+        """``_sandboxed_iter_(genexp)``: a generator expression the host consumes after the
+        request stops there, as a generator does."""
+        node = super().visit_GeneratorExp(node)
+        if not isinstance(node, ast.GeneratorExp):
+            return node
+        call = ast.Call(func=ast.Name(id="_sandboxed_iter_", ctx=ast.Load()), args=[node],
+                        keywords=[])
+        return ast.fix_missing_locations(ast.copy_location(call, node))
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
         node = super().visit_FunctionDef(node)
@@ -269,9 +532,15 @@ def _gadget_refusal(name: str) -> ImportRefused | None:
                                                                 else ""), "allowed_modules")
 
 
+#: Entries of :data:`RESTRICTED_STDLIB_MODULES` offered without their submodules
+#: (``urllib.request`` opens connections and installs the process-wide opener).
+_PACKAGE_ONLY: frozenset[str] = frozenset({"urllib"})
+
+
 def _offered(name: str) -> bool:
+    asked = name
     while name:
-        if name in RESTRICTED_STDLIB_MODULES:
+        if name in RESTRICTED_STDLIB_MODULES and (name == asked or name not in _PACKAGE_ONLY):
             return True
         name = name.rpartition(".")[0]
     return False
@@ -319,8 +588,187 @@ _GADGET_TYPES = (operator.attrgetter, operator.methodcaller, types.FrameType, ty
                  types.TracebackType)
 
 
+# --- process-wide state -------------------------------------------------------------------
+
+
+def _process_wide_setters() -> dict[int, tuple[Any, str]]:
+    """Functions of offered modules that change state the whole process shares (the host's
+    and every other request's): refused however the module was allowed. Keyed by the exact
+    object; the value keeps it alive (ids stay unique) and says what it changes."""
+    import calendar
+    import csv
+    import random
+    import re
+    import time
+    import urllib.parse
+    import zoneinfo
+
+    entries: list[tuple[Any, str, str]] = [
+        (random.seed, "random.seed", "the one hidden Random behind random's functions"),
+        (random.setstate, "random.setstate", "the one hidden Random behind random's functions"),
+        (decimal.setcontext, "decimal.setcontext", "the thread's decimal context (the host's)"),
+        (zoneinfo.reset_tzpath, "zoneinfo.reset_tzpath", "where every ZoneInfo is looked up"),
+        (calendar.setfirstweekday, "calendar.setfirstweekday",
+         "the first weekday of calendar's module-level functions"),
+        (calendar.different_locale, "calendar.different_locale", "the process's locale"),
+        (calendar.LocaleTextCalendar, "calendar.LocaleTextCalendar",
+         "the process's locale, while it formats"),
+        (calendar.LocaleHTMLCalendar, "calendar.LocaleHTMLCalendar",
+         "the process's locale, while it formats"),
+        (csv.field_size_limit, "csv.field_size_limit", "the limit of every csv reader"),
+        (csv.register_dialect, "csv.register_dialect", "the table of named csv dialects"),
+        (csv.unregister_dialect, "csv.unregister_dialect", "the table of named csv dialects"),
+        (time.tzset, "time.tzset", "the process's time zone"),
+        (re.purge, "re.purge", "re's compiled-pattern cache"),
+    ]
+    for name in ("clock_settime", "clock_settime_ns"):
+        if hasattr(time, name):
+            entries.append((getattr(time, name), f"time.{name}", "the system clock"))
+    if hasattr(urllib.parse, "clear_cache"):
+        entries.append((urllib.parse.clear_cache, "urllib.parse.clear_cache",
+                        "urllib.parse's caches"))
+    return {id(value): (value, f"{name} (it changes {why})") for value, name, why in entries}
+
+
+def _shared_methods() -> dict[tuple[int, str], tuple[Any, str]]:
+    """Methods of objects the whole process shares, by (owner, name): a fresh bound method
+    is made at each access, so the owner identifies them."""
+    import calendar
+    import zoneinfo
+
+    entries: list[tuple[Any, str, str, str]] = [
+        (calendar.c, "setfirstweekday", "calendar.c.setfirstweekday",
+         "the first weekday of calendar's module-level functions"),
+        (zoneinfo.ZoneInfo, "clear_cache", "zoneinfo.ZoneInfo.clear_cache",
+         "the cache every ZoneInfo(key) lookup shares"),
+    ]
+    return {(id(owner), name): (owner, f"{label} (it changes {why})")
+            for owner, name, label, why in entries}
+
+
+#: Process-wide setters restricted code is never handed (see :func:`_process_wide_setters`).
+PROCESS_WIDE_SETTERS: dict[int, tuple[Any, str]] = {}
+_SHARED_METHODS: dict[tuple[int, str], tuple[Any, str]] = {}
+_SHARED_METHOD_TYPES: tuple[type, ...] = ()
+_SPECIAL_IDS: frozenset[int] = frozenset()
+_tables_lock = threading.Lock()
+
+
+def _build_tables() -> None:
+    """Fill the lazy-constructor and process-wide tables (once, before any restricted code
+    runs: every run gets its built-ins from :func:`restricted_builtins`, which calls this)."""
+    global _LAZY_PROPERTY, _SHARED_METHOD_TYPES, _SPECIAL_IDS
+    with _tables_lock:
+        if _SPECIAL_IDS:
+            return
+        _LAZY_CONSTRUCTORS.update(_lazy_constructors())
+        _LAZY_PROPERTY = _LAZY_CONSTRUCTORS[id(property)]
+        PROCESS_WIDE_SETTERS.update(_process_wide_setters())
+        _SHARED_METHODS.update(_shared_methods())
+        _SHARED_METHOD_TYPES = tuple({type(getattr(owner, key[1]))
+                                      for key, (owner, _) in _SHARED_METHODS.items()})
+        _SPECIAL_IDS = frozenset(PROCESS_WIDE_SETTERS) | frozenset(_LAZY_CONSTRUCTORS)
+_SHARED_METHOD_NAMES = frozenset(("register", "clear_flags", "clear_traps"))
+_SHARED_DECIMAL_CONTEXTS = (decimal.DefaultContext, decimal.BasicContext,
+                            decimal.ExtendedContext)
+
+
+def _process_wide_refusal(what: str, label: str) -> AttributeRefused:
+    return AttributeRefused(what, f"restricted mode does not hand out {label}, state the "
+                                  "whole process shares (the host and every other request); "
+                                  "Policy.allowed_modules does not change this")
+
+
+def _refuse_shared_method(obj: Any, name: str, what: str) -> None:
+    """Process-wide changes made through a method of a shared object: ``register`` of an
+    abstract class (``collections.abc.Mapping.register(X)``: the host's ``isinstance`` checks;
+    registering with a subclass reaches its bases too), ``clear_flags``/``clear_traps`` of a
+    decimal context the host uses."""
+    if name == "register" and isinstance(obj, abc.ABCMeta):
+        _raise(_process_wide_refusal(what, "register of an abstract class (it changes the "
+                                           "isinstance checks of the host's abstract classes)"))
+    if name in ("clear_flags", "clear_traps") and isinstance(obj, decimal.Context) and (
+            any(obj is shared for shared in _SHARED_DECIMAL_CONTEXTS)
+            or obj is decimal.getcontext()):
+        _raise(_process_wide_refusal(what, f"{name} of a shared decimal context (it changes "
+                                           "the decimal arithmetic of the host's thread)"))
+
+
+# --- read-only views of host containers --------------------------------------------------
+
+_MUTABLE_CONTAINERS: tuple[type, ...] = (
+    dict, list, set, bytearray, collections.deque, array.array, collections.abc.MutableMapping,
+    collections.abc.MutableSequence, collections.abc.MutableSet)
+
+
+#: Types that are never mutable containers: skips the (slower) abstract-class checks.
+_PLAIN_TYPES: frozenset[type] = frozenset({
+    int, float, complex, bool, str, bytes, type(None), tuple, frozenset, range, type,
+    types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType,
+    types.MethodDescriptorType, types.WrapperDescriptorType, types.MethodWrapperType,
+    types.ClassMethodDescriptorType, types.GetSetDescriptorType, types.MemberDescriptorType,
+    types.MappingProxyType, property, staticmethod, classmethod, decimal.Decimal})
+
+
+class _HostTuple(tuple):  # type: ignore[type-arg]
+    """A read-only copy of a host list (or deque, array): its items, viewed on reading."""
+
+    __slots__ = ()
+
+
+class _HostFrozenset(frozenset):  # type: ignore[type-arg]
+    """A read-only copy of a host set."""
+
+    __slots__ = ()
+
+
+_VIEW_TYPES = (types.MappingProxyType, _HostTuple)
+
+
+def _read_only(value: Any) -> Any:
+    """A read-only view of a mutable host container: a live ``MappingProxyType`` of a dict
+    (a copy of other mappings: a ``defaultdict``'s view would still insert), a tuple of a
+    list, a frozenset of a set, bytes of a bytearray. The code's own objects stay as they
+    are."""
+    if (type(value) in _PLAIN_TYPES or not isinstance(value, _MUTABLE_CONTAINERS)
+            or _made_by_restricted_code(value)):
+        return value
+    if isinstance(value, dict) and not isinstance(value, collections.defaultdict):
+        return types.MappingProxyType(value)
+    if isinstance(value, collections.abc.Mapping):
+        return types.MappingProxyType(dict(value))
+    if isinstance(value, collections.abc.Set):
+        return _HostFrozenset(value)
+    if isinstance(value, bytearray):
+        return bytes(value)
+    return _HostTuple(value)
+
+
+def _owned_by_restricted_code(obj: Any, name: str) -> bool:
+    """Whether attribute ``name`` of ``obj`` is restricted code's own: a global of one of its
+    modules, or defined by one of its classes or on one of their instances."""
+    if isinstance(obj, types.ModuleType):
+        return _restricted_namespace(getattr(obj, "__dict__", None))
+    if isinstance(obj, type):
+        classes = obj.__mro__
+    elif _is_restricted_class(type(obj)):
+        try:
+            if name in object.__getattribute__(obj, "__dict__"):
+                return True
+        except (AttributeError, TypeError):
+            pass
+        classes = type(obj).__mro__
+    else:
+        return False
+    for klass in classes:
+        if name in klass.__dict__:
+            return _is_restricted_class(klass)
+    return not isinstance(obj, type)  # an instance's own (a slot, its __getattr__)
+
+
 def _check_result(value: Any, how: str) -> Any:
-    """Refuse values that would reopen what the guards close."""
+    """Refuse values that would reopen what the guards close, and hand out the restricted
+    version of a constructor that keeps callables (:data:`_LAZY_CONSTRUCTORS`)."""
     if isinstance(value, types.ModuleType):
         _judge_module(value, how)
     elif id(value) in _GADGET_CALLABLES and not isinstance(value, (int, str)):
@@ -329,6 +777,31 @@ def _check_result(value: Any, how: str) -> Any:
     elif isinstance(value, _GADGET_TYPES):
         _raise(AttributeRefused(how, f"restricted mode does not hand out "
                                      f"{type(value).__name__} objects"))
+    elif id(value) in _SPECIAL_IDS:
+        setter = PROCESS_WIDE_SETTERS.get(id(value))
+        if setter is not None and setter[0] is value:
+            _raise(_process_wide_refusal(how, setter[1]))
+        lazy = _LAZY_CONSTRUCTORS.get(id(value))
+        if lazy is not None and lazy._original is value:
+            return lazy
+    elif isinstance(value, _SHARED_METHOD_TYPES):
+        owner = getattr(value, "__self__", None)
+        method = _SHARED_METHODS.get((id(owner), getattr(value, "__name__", "")))
+        if method is not None and method[0] is owner:
+            _raise(_process_wide_refusal(how, method[1]))
+    return value
+
+
+def _attribute_result(obj: Any, name: str, value: Any, how: str) -> Any:
+    """The rules for ``obj.name`` once read: :func:`_check_result`, a read-only view of a
+    mutable container that is not restricted code's own (a module's table, a host class's
+    list), the wrapping methods of a ``property``."""
+    value = _check_result(value, how)
+    if (type(value) not in _PLAIN_TYPES and isinstance(value, _MUTABLE_CONTAINERS)
+            and not _owned_by_restricted_code(obj, name)):
+        return _read_only(value)
+    if name in _PROPERTY_METHODS and (isinstance(obj, property) or obj is _LAZY_PROPERTY):
+        return _LazyConstructor(value, (0, 1))  # the property itself is not callable: kept
     return value
 
 
@@ -351,6 +824,8 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
     if name == "obj" and isinstance(obj, BaseException):
         _raise(AttributeRefused(what, "an exception's obj hands out the object a failed "
                                       "lookup was made on"))
+    if name in _SHARED_METHOD_NAMES:
+        _refuse_shared_method(obj, name, what)
     try:
         value = safer_getattr(obj, name, _MISSING)
     except (AttributeError, NotImplementedError) as error:
@@ -358,9 +833,13 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
     if value is _MISSING:
         if default is not _MISSING:
             return default
+        if isinstance(obj, (*_VIEW_TYPES, _HostFrozenset)):
+            _raise(AttributeRefused(what, "a mutable container of a module or of an object "
+                                          "restricted code did not make is handed out as a "
+                                          "read-only view; change a copy (dict(x), list(x))"))
         # a fresh error: the one getattr raised carries the object in .obj
         raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
-    return _check_result(value, what)
+    return _attribute_result(obj, name, value, what)
 
 
 def guarded_getattr_builtin(obj: Any, name: str, default: Any = _MISSING) -> Any:
@@ -394,8 +873,17 @@ def guarded_delattr(obj: Any, name: str) -> None:
 
 
 def guarded_getitem(obj: Any, index: Any) -> Any:
-    """``_getitem_``: the item, unless it is a module or gadget the guards would refuse."""
-    return _check_result(obj[index], f"item of {type(obj).__name__}")
+    """``_getitem_``: the item, unless it is a module or gadget the guards would refuse; an
+    item of a read-only view of a host container is viewed too."""
+    value = _check_result(obj[index], f"item of {type(obj).__name__}")
+    return _read_only(value) if isinstance(obj, _VIEW_TYPES) else value
+
+
+def guarded_iter(obj: Any) -> Iterator[Any]:
+    """``_getiter_``: ``iter``; the items of a read-only view of a host list are viewed."""
+    if isinstance(obj, _HostTuple):
+        return builtins.map(_read_only, obj)
+    return iter(obj)
 
 
 def guarded_apply(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -429,7 +917,9 @@ def _restricted_class(name: str, bases: tuple[Any, ...], namespace: dict[str, An
         if issubclass(base_meta, meta):
             meta = base_meta
     namespace["_guarded_writes"] = True
-    return meta(name, bases, namespace, **kwargs)
+    klass = meta(name, bases, namespace, **kwargs)
+    _RESTRICTED_CLASSES.add(klass)
+    return klass
 
 
 class _SharedPrint(PrintCollector):
@@ -464,9 +954,20 @@ def _guarded_import(name: str, globals: Any = None, locals: Any = None,
     if refusal is not None:
         _raise(refusal)
     module = _untrusted_call(gated_import, name, globals, locals, fromlist, level)
+    names: dict[str, Any] = {}
     for item in fromlist or ():
         if isinstance(item, str) and item != "*":
-            _check_result(getattr(module, item, None), f"from {absolute} import {item}")
+            value = getattr(module, item, _MISSING)
+            if value is _MISSING:
+                _check_result(None, f"from {absolute} import {item}")
+                continue
+            names[item] = _attribute_result(module, item, value,
+                                            f"from {absolute} import {item}")
+    if any(names[item] is not getattr(module, item) for item in names):
+        # the from-import reads the names off what this returns, past the attribute guard
+        proxy = types.ModuleType(module.__name__)
+        proxy.__dict__.update(names)
+        return proxy
     return module
 
 
@@ -480,6 +981,8 @@ _untrusted_call: Callable[..., Any] = eval(  # noqa: S307 - a fixed trampoline
 def restricted_builtins(printed: list[str]) -> dict[str, Any]:
     """The built-ins and guards of one run: RestrictedPython's safe, limited and utility
     built-ins, common pure functions, refusing stubs, and the guard functions."""
+    if not _SPECIAL_IDS:
+        _build_tables()
     names: dict[str, Any] = dict(safe_builtins)
     names.update(utility_builtins)
     names.update(limited_builtins)
@@ -487,7 +990,8 @@ def restricted_builtins(printed: list[str]) -> dict[str, Any]:
     for name in ("all", "any", "bytes", "dict", "enumerate", "filter", "iter", "map", "max",
                  "min", "next", "reversed", "sorted", "sum", "zip", "NotImplemented",
                  "property", "staticmethod", "classmethod", "frozenset", "set"):
-        names[name] = getattr(builtins, name)
+        value = getattr(builtins, name)
+        names[name] = _LAZY_CONSTRUCTORS[id(value)] if id(value) in _LAZY_CONSTRUCTORS else value
     for name, why in REFUSED_BUILTINS.items():
         names[name] = _refused_builtin(name, why)
     names.update({
@@ -500,13 +1004,14 @@ def restricted_builtins(printed: list[str]) -> dict[str, Any]:
         "delattr": guarded_delattr,
         "_getitem_": guarded_getitem,
         "_write_": full_write_guard,
-        "_getiter_": iter,
+        "_getiter_": guarded_iter,
         "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
         "_unpack_sequence_": guarded_unpack_sequence,
         "_inplacevar_": guarded_inplacevar,
         "_apply_": guarded_apply,
         "_print_": lambda _getattr_=None: _SharedPrint(printed, _getattr_),
         "_sandboxed_": _require_sandbox,
+        "_sandboxed_iter_": _sandboxed_iter,
     })
     return names
 

@@ -928,3 +928,15 @@ def test_types_may_reach_the_socket_module_it_names_a_type_from(policy: Policy) 
             importlib.import_module("_socket")
         with pytest.raises(CExtensionRefused, match="does not offer this standard-library"):
             importlib.import_module("pwd")
+
+
+def test_the_sdks_bundled_services_are_missing_with_a_reason(policy: Policy) -> None:
+    """``google.appengine`` (ndb, users, memcache) is the SDK's, not the sandbox's: the
+    import fails as a missing module, saying so (unless a ``google`` package is there)."""
+    if importlib.util.find_spec("google") is not None:
+        pytest.skip("a google package is installed here")
+    with Sandbox(policy), pytest.raises(ModuleNotFoundError, match="bundled services"):
+        from google.appengine.ext import ndb  # type: ignore[import-not-found]  # noqa: F401
+    with pytest.raises(ModuleNotFoundError) as plain:  # outside: Python's own message
+        importlib.import_module("google.appengine.ext")
+    assert "bundled services" not in str(plain.value)

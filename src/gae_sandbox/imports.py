@@ -739,6 +739,14 @@ class ImportGateFinder:
                 scope.reported_imports.add(fullname)
                 return _noted(scope, _find_elsewhere(self, fullname, path, target))
         spec, finder = _find_elsewhere(self, fullname, path, target)
+        if spec is None and (fullname in ("google", "google.appengine")
+                             or fullname.startswith("google.appengine.")):
+            raise ModuleNotFoundError(
+                f"No module named {fullname!r}; if the app wants the App Engine SDK's "
+                "google.appengine (ndb, users, memcache, taskqueue...): gae_sandbox emulates "
+                "the runtime's sandbox, not its bundled services; install the SDK's package "
+                "for them, or use the Cloud client libraries (google-cloud-ndb, ...)",
+                name=fullname)
         # (judged once: check_spec resolves the module's file, a walk of its path)
         if spec is not None and not _allowed_untrusted(scope, check_spec, fullname, spec):
             source = _pure_python_sibling(fullname, spec)

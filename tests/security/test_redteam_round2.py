@@ -1947,6 +1947,21 @@ _PEER_GOT_DATA = ("try:\n"
                   "if b'INJECTED' in received:\n"
                   "    print('EFFECT: the app wrote into the host connection')\n")
 
+#: host code after the request: run a coroutine on this thread's event loop, if any
+_RUN_HOST_LOOP = ("import asyncio, warnings\n"
+                  "with warnings.catch_warnings():\n"
+                  "    warnings.simplefilter('ignore')\n"
+                  "    try:\n"
+                  "        loop = asyncio.get_event_loop()\n"
+                  "    except RuntimeError:\n"
+                  "        loop = None\n"
+                  "if loop is not None:\n"
+                  "    async def nothing():\n"
+                  "        return None\n"
+                  "    try:\n"
+                  "        loop.run_until_complete(nothing())\n"
+                  "    except Exception:\n"
+                  "        pass\n")
 ROUND3_REVIEW = [
     Attempt(
         "descriptor_whose_index_changes_reads_a_host_file", 3,
@@ -2004,18 +2019,7 @@ ROUND3_REVIEW = [
         "        later()\n"
         "        return super().run_until_complete(future)\n"
         "asyncio.set_event_loop(Loop())\n",
-        after="import asyncio, warnings\n"
-              "with warnings.catch_warnings():\n"
-              "    warnings.simplefilter('ignore')\n"
-              "    try:\n"
-              "        loop = asyncio.get_event_loop()\n"
-              "    except RuntimeError:\n"
-              "        loop = None\n"
-              "if loop is not None:\n"
-              "    async def nothing():\n"
-              "        return None\n"
-              "    loop.run_until_complete(nothing())\n",
-        effect=_target_written,),
+        after=_RUN_HOST_LOOP, effect=_target_written,),
     Attempt(
         "hard_deadline_callback_read_through_a_property", 5,
         LATER +
@@ -2056,20 +2060,6 @@ ROUND3_REVIEW = [
         requires="pwd"),
 ]
 
-_RUN_HOST_LOOP = ("import asyncio, warnings\n"
-                  "with warnings.catch_warnings():\n"
-                  "    warnings.simplefilter('ignore')\n"
-                  "    try:\n"
-                  "        loop = asyncio.get_event_loop()\n"
-                  "    except RuntimeError:\n"
-                  "        loop = None\n"
-                  "if loop is not None:\n"
-                  "    async def nothing():\n"
-                  "        return None\n"
-                  "    try:\n"
-                  "        loop.run_until_complete(nothing())\n"
-                  "    except Exception:\n"
-                  "        pass\n")
 #: app code: a stand-in event loop whose run_until_complete writes the target
 _APP_LOOP = (LATER +
              "import asyncio\n"

@@ -177,6 +177,8 @@ class RequestWorker(base.Worker):
         self._selector: selectors.BaseSelector | None = None
         self._listening = False
         self._stopping = False
+        self._looping = False
+        self._quitting = False
         self._fork_failed_at = 0.0
         self._early_deaths = 0
         self._fork_ms: deque[float] = deque(maxlen=2000)  # CPU per fork, the worker's
@@ -319,6 +321,17 @@ class RequestWorker(base.Worker):
             self._end_children()
             self._log_totals()
 
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """SIGQUIT/SIGINT: a quick stop. gunicorn's handler raises ``SystemExit`` wherever the
+        worker is, which could drop a child's report records between reading and keeping them;
+        once the loop runs, it ends at its next turn instead (the signal wakes its select)."""
+        if not self._looping:
+            super().handle_quit(sig, frame)
+            return
+        self.alive = False
+        self._quitting = True
+        self.cfg.worker_int(self)
+
     def _first_spare(self) -> None:
         """Fork the first child and wait until it is confined: a kernel or policy that cannot
         confine a child stops the worker at boot (gunicorn reports it), not at a request."""
@@ -351,7 +364,8 @@ class RequestWorker(base.Worker):
     def _loop(self) -> None:
         heartbeat = max(0.05, min(1.0, (self.timeout or 2) / 4))
         assert self._selector is not None
-        while self.alive or self._running:
+        self._looping = True
+        while (self.alive or self._running) and not self._quitting:
             self.notify()
             if self.alive:
                 self._fill_spares()

@@ -505,25 +505,25 @@ def _negative(timeout: float) -> bool:
     return timeout < 0
 
 
-def _poll_patches() -> list[tuple[Any, str, Any, Callable[..., Any]]]:
-    """(owner, name, original, bounded call) for the waits of ``select``."""
+def _poll_patches() -> list[tuple[Any, str, Any, Callable[..., Any], bool]]:
+    """(owner, name, original, bounded call, is a static attribute) for the waits of
+    ``select``."""
     import select
     import selectors
 
     bounded_select = _bounded_poll(select.select, 3, 1.0, lambda timeout: False)
-    found: list[tuple[Any, str, Any, Callable[..., Any]]] = [
-        (select, "select", select.select, bounded_select)]
+    found = [(select, "select", select.select, bounded_select, False)]
     if vars(selectors.SelectSelector).get("_select") is select.select:
         # the class took the function itself at import (as a static attribute)
-        found.append((selectors.SelectSelector, "_select", select.select,
-                      staticmethod(bounded_select)))
+        found.append((selectors.SelectSelector, "_select", select.select, bounded_select, True))
     kinds = [(getattr(select, "epoll", None), 1.0)]
     if hasattr(select, "poll"):
         kinds.append((type(select.poll()), 0.001))
     for kind, unit in kinds:
         if isinstance(kind, type) and "poll" in vars(kind):
             original = vars(kind)["poll"]
-            found.append((kind, "poll", original, _bounded_poll(original, 1, unit, _negative)))
+            found.append((kind, "poll", original, _bounded_poll(original, 1, unit, _negative),
+                          False))
     return found
 
 
@@ -550,12 +550,9 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
         original = getattr(socket.socket, name, None)
         if original is not None:
             bounded(socket.socket, name, original, _bounded_socket_call(original))
-    for owner, name, original, replacement in _poll_patches():
-        if isinstance(replacement, staticmethod):
-            patches.append((owner, name, original,
-                            staticmethod(_guarded(replacement.__func__, original))))
-        else:
-            bounded(owner, name, original, replacement)
+    for owner, name, original, replacement, static in _poll_patches():
+        guarded = _guarded(replacement, original)
+        patches.append((owner, name, original, staticmethod(guarded) if static else guarded))
     patches.extend(_c_signal_patches())
     return patches
 

@@ -561,10 +561,10 @@ def _load_forgetting_orphans(spec: Any) -> Any:
     return module
 
 
-#: Modules the sandbox patches only once they are imported (registrations.LATE_BUILDERS),
-#: and what sandbox.py does when a request has loaded one of them.
-LATE_MODULES: frozenset[str] = frozenset({"asyncio.events", "urllib.request", "mimetypes",
-                                          "unittest.case", "sqlite3"})
+#: Modules the sandbox patches only once they are imported, and what sandbox.py does when a
+#: request has loaded one of them: both set by sandbox.py (the names are the keys of
+#: registrations.LATE_BUILDERS).
+LATE_MODULES: frozenset[str] = frozenset()
 after_load: Any = None
 
 

@@ -122,6 +122,7 @@ def _apply_late_patches() -> None:
             _patches.extend(found)
 
 
+imports.LATE_MODULES = frozenset(registrations.LATE_BUILDERS)
 imports.after_load = _apply_late_patches
 
 

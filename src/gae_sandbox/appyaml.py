@@ -932,9 +932,9 @@ def _env_variables(value: Any, line: int, fail: Any) -> tuple[tuple[str, str], .
     for key, item in value.items():
         if not isinstance(key, str) or not key or "=" in key or "\0" in key:
             raise fail(f"env_variables name {_show(key)} is not a valid variable name", line)
-        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+        if not isinstance(item, (str, int, float)):  # bool is an int
             raise fail(f"env_variables {key} must be a string, got {_show(item)}", line)
-        text = str(item)
+        text = str(item)  # as the SDK's validator: `DEBUG: true` is "True", `N: 1.50` "1.5"
         if "\0" in text:
             raise fail(f"env_variables {key} contains a NUL byte", line)
         pairs.append((key, text))

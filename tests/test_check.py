@@ -189,9 +189,17 @@ def test_imports_follow_the_runtime_gate(app: Path) -> None:
             import termios
         except ImportError:
             termios = None
+        from google.appengine.ext import ndb  # expect: import google.appengine.ext
+        import google.cloud.storage
+        try:
+            from google.appengine.api import users
+        except ImportError:
+            users = None
         """)
     findings = scan(app)
     assert keys(findings) == expected(app, "main.py")
+    services = next(f for f in findings if f.target.startswith("google"))
+    assert "not its bundled services" in services.rule and "google-cloud-ndb" in services.fix
     assert libraries_needed(findings) == ["PIL", "lxml", "numpy", "pycrypto"]
     crypto = next(f for f in findings if f.target.startswith("Crypto"))
     assert crypto.fix == "add to app.yaml libraries: - name: pycrypto"

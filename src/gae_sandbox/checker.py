@@ -17,6 +17,8 @@ from __future__ import annotations
 import ast
 import csv
 import fnmatch
+import functools
+import importlib.util
 import io
 import os
 import posixpath
@@ -621,6 +623,15 @@ def _read_metadata(path: str, root: str) -> str | None:
         return None
 
 
+@functools.cache
+def _bundled_services_installed() -> bool:
+    """Whether this Python has a ``google.appengine`` (the SDK's package) to import."""
+    try:
+        return importlib.util.find_spec("google.appengine") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _library_of(module: str) -> str | None:
     """The app.yaml library that provides ``module`` (or a package on its path)."""
     for part in module.split("."):
@@ -1202,6 +1213,14 @@ class _ModuleScan:
                 return
         top = name.partition(".")[0]
         if top in self.own:
+            return
+        if (name == "google.appengine" or name.startswith("google.appengine.")) and (
+                not _bundled_services_installed()):
+            self._add(node, "import", name,
+                      "gae_sandbox emulates the runtime's sandbox, not its bundled services "
+                      "(google.appengine: ndb, users, memcache, taskqueue...)",
+                      "install the SDK's package for them (appengine-python-standard), or use "
+                      "the Cloud client libraries (google-cloud-ndb, ...)")
             return
         offered = LIBRARY_MODULES.get(top)
         if offered is not None:  # standard-library modules the runtime offered on request

@@ -559,3 +559,24 @@ def test_python3_reads_the_ca_certificates_and_time_zones_by_path(app_root: Path
             assert file.read() == expected
     with Sandbox(Policy.python27(app_root=app_root)), pytest.raises(FileReadRefused):
         open(files[0], "rb")  # noqa: SIM115
+
+
+@pytest.mark.parametrize("preset", ["memory", "python3"])
+def test_disk_usage_of_the_in_memory_tmp(app_root: Path, outside: Path, preset: str) -> None:
+    """``shutil.disk_usage("/tmp")`` (``os.statvfs``) answers from the in-memory filesystem
+    (pyfakefs has no ``statvfs``: it was refused as a read of the real /tmp); a folder outside
+    the readable ones stays refused, as reading it is."""
+    policy = (Policy.python3(app_root=app_root) if preset == "python3" else
+              Policy.python27(app_root=app_root, filesystem="memory"))
+    with Sandbox(policy):
+        usage = shutil.disk_usage("/tmp")
+        with open("/tmp/disk-usage.txt", "wb") as file:
+            file.write(b"x" * 10)
+            by_descriptor = os.fstatvfs(file.fileno())
+        with pytest.raises(FileNotFoundError):
+            os.statvfs("/tmp/no-such-file")
+        with pytest.raises(FileReadRefused):
+            os.statvfs(outside)
+    assert usage.total > 0 and usage.free > 0 and by_descriptor.f_bsize == 4096
+    assert not os.path.exists("/tmp/disk-usage.txt")
+    assert os.statvfs(outside).f_blocks > 0  # the control: the host's call reads the disk

@@ -302,6 +302,35 @@ def _lseek(fs: Any, fd: int, position: int, whence: int) -> int:
     return int(handle.tell())
 
 
+def _statvfs_router(inner: Callable[..., Any]) -> Callable[..., Any]:
+    """``os.statvfs`` / ``os.fstatvfs`` (so ``shutil.disk_usage``) of an in-memory file: the
+    in-memory filesystem's own figures (pyfakefs has no ``statvfs``)."""
+
+    def statvfs(path: Any) -> Any:
+        scope = active_scope()
+        memory = _memory_of(scope)
+        if memory is None or (type(path) is int and not memory.owns_fd(path)):
+            return inner(path)
+
+        def call(fs: Any, fake_os: Any, fake_open: Any) -> Any:
+            if type(path) is int:
+                fake_os.fstat(path)
+                where = fs.get_open_file(path).file_path
+            else:
+                fake_os.stat(path)  # a missing path fails as os.stat does
+                where = fs.resolve_path(os.fsdecode(path))
+                if not is_inside(where, TMP_FOLDERS):  # outside /tmp: the read rule's
+                    scope.judge(check_read, where)
+            total, _, free = fs.get_disk_usage(where)
+            block = 4096
+            return os.statvfs_result((block, block, total // block, free // block,
+                                      free // block, 1 << 20, 1 << 20, 1 << 20, 0, 255))
+
+        return memory.run(scope, call, path)
+
+    return _named(statvfs, inner)
+
+
 def _open_router(inner: Callable[..., Any]) -> Callable[..., Any]:
     """``builtins.open`` / ``io.open``."""
 
@@ -464,6 +493,8 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
         add(os, name, lambda inner, name=name: _fd_router(name, inner))
     add(os, "open", _os_open_router)
     add(os, "sendfile", _sendfile_router)
+    add(os, "statvfs", _statvfs_router)
+    add(os, "fstatvfs", _statvfs_router)
     add(builtins, "open", _open_router)
     add(io, "open", _open_router)
     accessor = getattr(pathlib, "_NormalAccessor", None)  # 3.10 captured os functions here

@@ -37,6 +37,7 @@ from .filesystem import (
     checked_opener,
     describe,
     is_devnull,
+    stable_path,
 )
 from .patches import _hidden_names, _named
 from .paths import is_inside
@@ -311,6 +312,11 @@ def _statvfs_router(inner: Callable[..., Any]) -> Callable[..., Any]:
         memory = _memory_of(scope)
         if memory is None or (type(path) is int and not memory.owns_fd(path)):
             return inner(path)
+        if type(path) is not int:
+            value = stable_path(path)  # one exact value: stat'ed and judged alike
+            if value is None:
+                return inner(path)
+            path = value
 
         def call(fs: Any, fake_os: Any, fake_open: Any) -> Any:
             if type(path) is int:

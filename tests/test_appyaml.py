@@ -2102,3 +2102,34 @@ def test_non_ascii_urls_match_handlers_and_files(tmp_path: Path) -> None:
     status, headers, _ = get(app, "/café".encode().decode("latin-1"))
     assert status == "302 Found"  # the login: required handler, not the catch-all
     assert headers["Location"] == "/_ah/login?continue=%2Fcaf%25C3%25A9"
+
+
+def test_static_handlers_do_not_serve_what_skip_files_hides(tmp_path: Path) -> None:
+    """The SDK uploaded no file skip_files matches, static ones included: the dev server
+    answers 404 for them (a .env beside the styles was served), and for a NUL in the path
+    (it was a 500 from realpath)."""
+    root = tmp_path / "app"
+    write(root, MINIMAL.replace("handlers:\n", "skip_files:\n- ^(.*/)?\\..*$\n"
+                                "- ^static/private/.*$\nhandlers:\n- url: /static\n"
+                                "  static_dir: static\n- url: /files/(.*)\n"
+                                "  static_files: static/\\1\n  upload: static/.*\n"))
+    from gae_sandbox.devserver import DevServerApp
+
+    (root / "static" / "private").mkdir(parents=True)
+    (root / "static" / ".env").write_text("SECRET=1\n")
+    (root / "static" / "private" / "key.txt").write_text("SECRET=2\n")
+    (root / "static" / "site.css").write_text("body {}\n")
+    (root / "main.py").write_text("def app(environ, start_response):\n"
+                                  "    start_response('200 OK', [])\n    return [b'app']\n")
+    app = DevServerApp(load_app_yaml(root))
+    assert get(app, "/static/site.css")[::2] == ("200 OK", b"body {}\n")
+    assert get(app, "/files/site.css")[::2] == ("200 OK", b"body {}\n")
+    for path in ("/static/.env", "/files/.env", "/static/private/key.txt",
+                 "/files/private/key.txt", "/static/a\0b", "/files/a\0b"):
+        status, _, body = get(app, path)
+        assert status == "404 Not Found" and b"SECRET" not in body, path
+    # the control: without that skip_files entry the private file is served
+    (root / "app.yaml").write_text((root / "app.yaml").read_text().replace(
+        "- ^static/private/.*$\n", ""))
+    assert get(DevServerApp(load_app_yaml(root)), "/files/private/key.txt")[::2] == (
+        "200 OK", b"SECRET=2\n")

@@ -182,6 +182,13 @@ class DevServerApp:
 
     def _static(self, handler: Handler, match: Any, environ: dict[str, Any],
                 start_response: StartResponse) -> Any:
+        try:
+            return self._serve_static(handler, match, environ, start_response)
+        except ValueError:  # a NUL in the path: no such file
+            return _plain(start_response, "404 Not Found", b"Not found\n")
+
+    def _serve_static(self, handler: Handler, match: Any, environ: dict[str, Any],
+                      start_response: StartResponse) -> Any:
         root = os.path.realpath(self.config.app_root)  # as the targets: through any symlink
         if handler.static_dir is not None:
             base = os.path.realpath(os.path.join(root, handler.static_dir))
@@ -200,7 +207,8 @@ class DevServerApp:
             allowed = target != root and is_within(root, target) and (
                 handler.upload is None or _matches(handler.upload, os.path.relpath(target, root))
             )
-        if not allowed or not os.path.isfile(target):
+        # skip_files hides static files too: the SDK never uploaded them
+        if not allowed or self.policy.skipped(target) or not os.path.isfile(target):
             return _plain(start_response, "404 Not Found", b"Not found\n")
         mime = handler.mime_type or mimetypes.guess_type(target)[0]
         # the process-wide table the app can add to: an exact str copy, no method of its own

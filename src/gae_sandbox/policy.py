@@ -246,18 +246,23 @@ class Policy:
         for hidden in self.unreadable_paths:
             if resolved == hidden or resolved.startswith(hidden + "/"):
                 return "unreadable_paths"
+        return "skip_files" if self.skipped(resolved) else None
+
+    def skipped(self, resolved: str) -> bool:
+        """Whether ``skip_files`` hides a resolved path under ``app_root`` (the SDK never
+        deployed it: not to the app, not as a static file)."""
+        root = self.app_root
         pattern = self.skip_pattern
-        if pattern is not None:
-            relative = resolved[len(root) + 1:]
-            # a skipped folder hides what is inside it (the SDK never deployed it)
-            end = relative.find("/")
-            while end != -1:
-                if pattern.match(relative[:end]) is not None:
-                    return "skip_files"
-                end = relative.find("/", end + 1)
-            if pattern.match(relative) is not None:
-                return "skip_files"
-        return None
+        if pattern is None or not resolved.startswith(root + "/"):
+            return False
+        relative = resolved[len(root) + 1:]
+        # a skipped folder hides what is inside it
+        end = relative.find("/")
+        while end != -1:
+            if pattern.match(relative[:end]) is not None:
+                return True
+            end = relative.find("/", end + 1)
+        return pattern.match(relative) is not None
 
 
 def module_matches(name: str, patterns: tuple[str, ...]) -> bool:

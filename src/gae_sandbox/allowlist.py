@@ -160,11 +160,64 @@ def _exact_int(value: Any) -> Any:
         return value
 
 
+#: What may be done to standard input, which is not the request's: read it (as ``input()``
+#: does). Its flags (``set_blocking``), offset and ``fcntl``/``ioctl`` are the host's, and
+#: the open file is shared with the process that started the host.
+_STDIN_READS = frozenset({"posix.read()", "posix.readv()"})
+
+
 def check_descriptor(layer: Layer, scope: Scope, fd: Any,
-                      what: str) -> SandboxViolation | None:
-    if type(fd) is int and (fd == 0 or fd in scope.opened_fds):  # (context.exact_fd's)
+                     what: str) -> SandboxViolation | None:
+    if type(fd) is int and (fd in scope.opened_fds  # (context.exact_fd's)
+                            or (fd == 0 and what in _STDIN_READS)):
         return None
     return SystemCallRefused(f"{what} on fd {fd!r}", _DESCRIPTOR_RULE, None)
+
+
+def _constants(module: Any, names: str) -> frozenset[int]:
+    return frozenset(getattr(module, name) for name in names.split() if hasattr(module, name))
+
+
+def _fcntl_commands() -> tuple[frozenset[int], frozenset[int], int, int]:
+    try:
+        import fcntl
+        import termios
+    except ImportError:  # not POSIX
+        return frozenset(), frozenset(), -1, 0
+    commands = _constants(fcntl, """
+        F_GETFD F_SETFD F_GETFL F_SETFL F_GETLK F_SETLK F_SETLKW F_OFD_GETLK F_OFD_SETLK
+        F_OFD_SETLKW F_GETPIPE_SZ F_GET_SEALS F_ADD_SEALS""")
+    requests = _constants(termios, "FIONREAD FIONBIO FIOCLEX FIONCLEX")
+    return commands, requests, getattr(fcntl, "F_SETFL", -1), getattr(os, "O_ASYNC", 0)
+
+
+#: ``fcntl.fcntl`` commands and ``fcntl.ioctl`` requests a request may use on its own
+#: descriptors: locks, flags, sizes. Not on the list (refused): the signal-driven ones
+#: (``F_SETOWN`` with ``F_SETSIG`` and ``O_ASYNC`` make the kernel signal any process of the
+#: user's), leases and notifications, descriptor duplication, terminal and device control.
+FCNTL_COMMANDS, IOCTL_REQUESTS, _F_SETFL, _O_ASYNC = _fcntl_commands()
+_FCNTL_RULE = ("only locks, descriptor flags (without O_ASYNC) and sizes may be used; the "
+               "other fcntl commands and ioctl requests reach past the request (signals to "
+               "other processes, leases, devices)")
+
+
+def check_descriptor_control(layer: Layer, scope: Scope, event: str,
+                             args: tuple[Any, ...]) -> SandboxViolation | None:
+    """The ``fcntl.fcntl``/``fcntl.ioctl`` audit events (fd, command, argument): the
+    request's own descriptor, and a command of :data:`FCNTL_COMMANDS` /
+    :data:`IOCTL_REQUESTS`."""
+    fd = args[0] if args else None
+    refused = check_descriptor(layer, scope, fd, f"{event}()")
+    if refused is not None:
+        return refused
+    command = args[1] if len(args) > 1 else None
+    argument = args[2] if len(args) > 2 else None
+    listed = FCNTL_COMMANDS if event == "fcntl.fcntl" else IOCTL_REQUESTS
+    if type(command) is int and command in listed and not (
+            event == "fcntl.fcntl" and command == _F_SETFL
+            and (type(argument) is not int or argument & _O_ASYNC)):
+        return None
+    return SystemCallRefused(f"{event}() command {command!r} on fd {fd!r}", _FCNTL_RULE, None)
 
 
 def _guarded(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import patches
-from .allowlist import check_descriptor
+from .allowlist import check_descriptor, check_descriptor_control
 from .context import _ACTIVE, Scope, active_scope, host_call
 from .filesystem import check_open, check_read, check_write
 from .imports import (
@@ -117,6 +117,11 @@ def _on_descriptor_call(event: str) -> Handler:
     C call's int): the request's own only, as for the ``os`` functions on descriptors. (An
     in-memory file's are answered before the C call: ``memoryfs``.)"""
     what = f"{event}()"
+    if event in ("fcntl.fcntl", "fcntl.ioctl"):  # and the command: an allow-list
+        def control(scope: Scope, args: tuple[Any, ...]) -> None:
+            scope.judge(check_descriptor_control, scope, event, args)
+
+        return control
 
     def handler(scope: Scope, args: tuple[Any, ...]) -> None:
         scope.judge(check_descriptor, scope, args[0] if args else None, what)

@@ -124,3 +124,80 @@ def test_a_closed_number_reused_by_the_host_is_not_the_requests(policy: Policy,
     finally:
         close_scope(scope)
     assert host_file.read_bytes() == b""
+
+
+def _signal_owner_attempt(victim: int) -> None:
+    """The app's own pipe, set to signal ``victim`` with SIGKILL when data arrives."""
+    import fcntl
+
+    reader, writer = os.pipe()
+    try:
+        fcntl.fcntl(reader, fcntl.F_SETOWN, victim)
+        fcntl.fcntl(reader, fcntl.F_SETSIG, signal.SIGKILL)
+        fcntl.fcntl(reader, fcntl.F_SETFL, fcntl.fcntl(reader, fcntl.F_GETFL) | os.O_ASYNC)
+        os.write(writer, b"x")
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_SETSIG"), reason="Linux fcntl")
+def test_fcntl_signal_ownership_is_refused_on_the_requests_own_pipe(app_root: Path) -> None:
+    """F_SETOWN + F_SETSIG + O_ASYNC on a pipe of its own made the kernel kill any process
+    of the user's (os.kill is refused): fcntl commands are an allow-list (locks, flags)."""
+    policy = Policy.python3(app_root=app_root, allow_processes=False)
+    control = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _signal_owner_attempt(control.pid)
+        assert control.wait(timeout=30) == -signal.SIGKILL  # the plain control: killed
+    finally:
+        control.kill()
+        control.wait()
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with Sandbox(policy), pytest.raises(SystemCallRefused, match="fcntl.fcntl"):
+            _signal_owner_attempt(victim.pid)
+        assert victim.poll() is None  # refused before any signal could be set up
+        with Sandbox(policy):  # locks and flags on its own descriptors still work
+            import fcntl
+
+            reader, writer = os.pipe()
+            flags = fcntl.fcntl(reader, fcntl.F_GETFL)
+            fcntl.fcntl(reader, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            assert not os.get_blocking(reader)
+            os.close(reader)
+            os.close(writer)
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_standard_input_flags_are_the_hosts(app_root: Path) -> None:
+    """fd 0 may be read (input()), not reconfigured: O_NONBLOCK on it is set on the open file
+    the host shares with whoever started it."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        from gae_sandbox import Policy, Sandbox
+        sandboxed = sys.argv[1] == "1"
+        try:
+            if sandboxed:
+                with Sandbox(Policy.python27(app_root={str(app_root)!r})):
+                    os.set_blocking(0, False)
+            else:
+                os.set_blocking(0, False)
+        except Exception as error:
+            print("refused", type(error).__name__)
+        print("blocking", os.get_blocking(0))
+        """)
+    outputs = []
+    for sandboxed in ("0", "1"):
+        reader, writer = os.pipe()
+        try:
+            result = subprocess.run([sys.executable, "-c", script, sandboxed], stdin=reader,
+                                    capture_output=True, text=True, timeout=60, check=False)
+        finally:
+            os.close(reader)
+            os.close(writer)
+        outputs.append(result.stdout)
+    assert outputs[0] == "blocking False\n"  # the control
+    assert outputs[1] == "refused SystemCallRefused\nblocking True\n"

@@ -374,7 +374,9 @@ def test_sqlite_file_database_refused(policy: Policy, tmp_path: Path) -> None:
     with Sandbox(policy):
         with pytest.raises(SystemCallRefused, match="sqlite3.connect"):
             sqlite.connect(str(database))
-        sqlite.connect(":memory:").close()  # nothing on disk
+        # nor an in-memory one: made past sqlite3.connect, it would not refuse ATTACH
+        with pytest.raises(SystemCallRefused, match="made directly"):
+            sqlite.connect(":memory:")
     assert not database.exists()
     sqlite.connect(str(database)).close()  # control: the host may
     assert database.exists()

@@ -580,3 +580,40 @@ def test_disk_usage_of_the_in_memory_tmp(app_root: Path, outside: Path, preset: 
     assert usage.total > 0 and usage.free > 0 and by_descriptor.f_bsize == 4096
     assert not os.path.exists("/tmp/disk-usage.txt")
     assert os.statvfs(outside).f_blocks > 0  # the control: the host's call reads the disk
+
+
+def test_python3_sqlite_cannot_attach_or_vacuum_into_files(app_root: Path, outside: Path
+                                                          ) -> None:
+    """ATTACH and VACUUM INTO open database files by name in SQLite's C code: on a connection
+    made in a sandbox they are refused (an in-memory database may still be attached), and
+    a connection made past sqlite3.connect is refused."""
+    import sqlite3
+
+    secret = outside / "host.db"
+    with sqlite3.connect(secret) as host:
+        host.execute("CREATE TABLE t (v)")
+        host.execute("INSERT INTO t VALUES ('host secret')")
+    host.close()
+    attached, vacuumed = outside / "attached.db", outside / "vacuumed.db"
+    statements = [f"ATTACH DATABASE '{attached}' AS a", "CREATE TABLE a.t (v)",
+                  f"VACUUM INTO '{vacuumed}'"]
+    plain = sqlite3.connect(":memory:")  # the control: plain SQLite does all of it
+    for sql in statements:
+        plain.execute(sql)
+    assert plain.execute(f"ATTACH DATABASE '{secret}' AS s").fetchall() == []
+    assert plain.execute("SELECT v FROM s.t").fetchall() == [("host secret",)]
+    plain.close()
+    assert attached.exists() and vacuumed.exists()
+    attached.unlink()
+    vacuumed.unlink()
+    with Sandbox(Policy.python3(app_root=app_root)):
+        connection = sqlite3.connect("/tmp/app.db")
+        for sql in (*statements, f"ATTACH DATABASE '{secret}' AS s"):
+            with pytest.raises(sqlite3.DatabaseError, match="not authorized|denied|unknown"):
+                connection.execute(sql)
+        connection.execute("ATTACH DATABASE ':memory:' AS scratch")
+        connection.execute("CREATE TABLE scratch.t (v)")
+        connection.close()
+        with pytest.raises(SystemCallRefused, match="made directly"):
+            sqlite3.Connection(":memory:")
+    assert not attached.exists() and not vacuumed.exists()

@@ -27,7 +27,7 @@ from .imports import (
     loading_files,
     trusted_import_context,
 )
-from .memoryfs import SQLITE_JUDGED
+from .memoryfs import SQLITE_CONNECTING, SQLITE_JUDGED
 from .network import check_connect, check_lookup, check_server, on_socket_new
 from .patches import (
     JUDGED_SPAWN,
@@ -222,6 +222,11 @@ def _on_sqlite_connect(scope: Scope, args: tuple[Any, ...]) -> None:
     in-memory database is let through (reached when a policy unblocks ``sqlite3``, or
     through an already loaded ``_sqlite3``)."""
     database = args[0] if args else None
+    if not scope.extras.get(SQLITE_CONNECTING):
+        scope.judge(_refuse_system, f"sqlite3.Connection({database!r}) made directly",
+                    "inside a sandbox a SQLite connection is made with sqlite3.connect, "
+                    "which judges its file and refuses ATTACH of files")
+        return
     judged = scope.extras.get(SQLITE_JUDGED)
     if judged is not None and (database == judged if type(database) is str else
                                type(database) is bytes and database == os.fsencode(judged)):

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .context import Layer, Scope, active_scope, host_call
-from .errors import FileWriteRefused, SandboxViolation
+from .errors import FileWriteRefused, SandboxViolation, SystemCallRefused
 from .filesystem import (
     SYSTEM_FILES,
     WRITE_FLAGS,
@@ -525,6 +525,11 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
 #: Scope.extras: the exact database name a judged ``sqlite3.connect`` passes on (the audit
 #: layer lets that one through).
 SQLITE_JUDGED = "gae_sandbox.sqlite_judged"
+#: Scope.extras: set while the patched ``sqlite3.connect`` makes a connection (the audit
+#: layer refuses one made any other way, which would not refuse ATTACH).
+SQLITE_CONNECTING = "gae_sandbox.sqlite_connecting"
+_ATTACH_RULE = ("SQLite opens an attached database (ATTACH, VACUUM INTO) in C, past the "
+                "sandbox's file checks: only in-memory ones may be attached")
 
 
 def sqlite_patches(module: Any) -> list[tuple[Any, str, Any, Any]]:
@@ -550,15 +555,17 @@ def _sqlite_connect(inner: Callable[..., Any]) -> Callable[..., Any]:
 
     def connect(database: Any, *args: Any, **kwargs: Any) -> Any:
         scope = active_scope()
-        uri = args[6] if len(args) > 6 else kwargs.get("uri", False)
-        if scope is None or uri:
+        if scope is None:
             return inner(database, *args, **kwargs)
+        uri = args[6] if len(args) > 6 else kwargs.get("uri", False)
+        if uri:
+            return _connecting(scope, inner, database, None, *args, **kwargs)
         try:
             name = os.fsdecode(os.fspath(database))
         except TypeError:
-            return inner(database, *args, **kwargs)
+            return _connecting(scope, inner, database, None, *args, **kwargs)
         if name in (":memory:", "") or "\0" in name:
-            return inner(name, *args, **kwargs)
+            return _connecting(scope, inner, name, None, *args, **kwargs)
         absolute = os.path.normpath(os.path.join(scope.cwd or posix.getcwd(), name))
         if scope.memory is not None and _writable_database(scope, absolute):
             target = _memory_database(scope, inner, absolute)
@@ -576,11 +583,52 @@ def _sqlite_connect(inner: Callable[..., Any]) -> Callable[..., Any]:
 
 def _judged_connect(scope: Scope, inner: Callable[..., Any], target: str, *args: Any,
                     **kwargs: Any) -> Any:
-    scope.extras[SQLITE_JUDGED] = target
+    return _connecting(scope, inner, target, target, *args, **kwargs)
+
+
+def _connecting(scope: Scope, inner: Callable[..., Any], database: Any, judged: str | None,
+                *args: Any, **kwargs: Any) -> Any:
+    """``inner(database, ...)`` marked as this library's connect (``judged``: the name it
+    decided, let through as it is), then made to refuse ATTACH of a file."""
+    extras = scope.extras
+    extras[SQLITE_CONNECTING] = True
+    if judged is not None:
+        extras[SQLITE_JUDGED] = judged
     try:
-        return inner(target, *args, **kwargs)
+        connection = inner(database, *args, **kwargs)
     finally:
-        scope.extras.pop(SQLITE_JUDGED, None)
+        extras.pop(SQLITE_JUDGED, None)
+        extras.pop(SQLITE_CONNECTING, None)
+    import sqlite3
+
+    if isinstance(connection, sqlite3.Connection):  # (a factory's subclass too)
+        sqlite3.Connection.set_authorizer(connection, _refusing_attach(scope))
+    return connection
+
+
+def _refusing_attach(made_in: Scope) -> Callable[..., int]:
+    """An authorizer: ``ATTACH`` (and ``VACUUM INTO``, which attaches its target) of a
+    database file is refused; of an in-memory one allowed. SQL opens those files in C, past
+    every file check. The app can replace it with ``set_authorizer`` (README: known gaps)."""
+    import sqlite3
+
+    attach, deny, allow = sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DENY, sqlite3.SQLITE_OK
+
+    def authorize(action: int, name: Any, *_: Any) -> int:
+        if action != attach or name in ("", ":memory:"):
+            return allow
+        scope = active_scope() or made_in  # host code using the connection: judged alike
+        try:
+            scope.judge(_refuse_attach, f"sqlite3 ATTACH {name!r}")
+        except SandboxViolation:  # SQLite then says "not authorized"
+            return deny
+        return allow  # report mode: recorded and let through
+
+    return authorize
+
+
+def _refuse_attach(layer: Layer, what: str) -> SandboxViolation:
+    return SystemCallRefused(what, _ATTACH_RULE, None)
 
 
 def _writable_database(scope: Scope, absolute: str) -> bool:

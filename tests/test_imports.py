@@ -940,3 +940,17 @@ def test_the_sdks_bundled_services_are_missing_with_a_reason(policy: Policy) -> 
     with pytest.raises(ModuleNotFoundError) as plain:  # outside: Python's own message
         importlib.import_module("google.appengine.ext")
     assert "bundled services" not in str(plain.value)
+
+
+def test_a_refused_module_is_a_missing_one_for_optional_imports(policy: Policy) -> None:
+    """Libraries guard optional dependencies with ``except ModuleNotFoundError`` (pyjwt,
+    sqlalchemy, babel, pandas): on the runtime the module was absent, so a refusal is one
+    too, named after the module, with its message."""
+    with Sandbox(policy):
+        try:
+            import ctypes  # noqa: F401
+        except ModuleNotFoundError as error:
+            assert isinstance(error, ImportRefused) and error.name == "ctypes"
+            assert "blocked_modules" in str(error)
+        else:
+            pytest.fail("ctypes was imported")

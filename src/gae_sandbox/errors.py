@@ -81,13 +81,15 @@ def format_refusal(kind: str, target: str, rule: str, setting: str | None) -> st
         f"{describe_setting(setting)}"
 
 
-class ImportRefused(SandboxViolation, ImportError):
-    """A module outside the policy's allow-list (the runtime raised ImportError)."""
+class ImportRefused(SandboxViolation, ModuleNotFoundError):
+    """A module outside the policy's allow-list. On the runtime such a module was absent:
+    a ``ModuleNotFoundError`` (an ``ImportError``), which optional imports guard against
+    (``except ModuleNotFoundError:``)."""
 
     kind = "import"
 
     def _init_builtin(self) -> None:
-        ImportError.__init__(self, self.message, name=self.target.split(" ")[0])
+        ModuleNotFoundError.__init__(self, self.message, name=self.target.split(" ")[0])
 
 
 class CExtensionRefused(ImportRefused):

@@ -527,10 +527,26 @@ def gated_lock_unlock_module(name: str) -> None:
     return original_lock_unlock_module(name)
 
 
+def _refusals_kept(import_: Any) -> Any:
+    """``import_`` for ``_handle_fromlist``, which takes a ``ModuleNotFoundError`` named
+    after the submodule for "no such submodule" and says only "cannot import name": a
+    refusal (one, since it is what the runtime's missing module raised) keeps its message."""
+
+    def import_submodule(name: Any) -> Any:
+        try:
+            return import_(name)
+        except ImportRefused as refusal:
+            refusal.name = None
+            raise
+
+    return import_submodule
+
+
 def _fromlist_judged(module: Any, fromlist: Any, import_: Any, *, recursive: bool = False) -> Any:
     """``_bootstrap._handle_fromlist`` inside a scope: ``from package import name`` of a
     submodule already in ``sys.modules`` is judged (fresh ones met the finder)."""
-    result = original_handle_fromlist(module, fromlist, import_, recursive=recursive)
+    result = original_handle_fromlist(module, fromlist, _refusals_kept(import_),
+                                      recursive=recursive)
     scope = active_scope()
     base = getattr(module, "__name__", None)
     if scope is not None and isinstance(base, str) and not isinstance(fromlist, str):

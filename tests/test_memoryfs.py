@@ -617,3 +617,28 @@ def test_python3_sqlite_cannot_attach_or_vacuum_into_files(app_root: Path, outsi
         with pytest.raises(SystemCallRefused, match="made directly"):
             sqlite3.Connection(":memory:")
     assert not attached.exists() and not vacuumed.exists()
+
+
+def test_in_memory_descriptors_never_name_a_file_of_the_host(app_root: Path,
+                                                             tmp_path: Path) -> None:
+    """An in-memory file's fileno() handed to C code or a child process (Pillow's encoders,
+    subprocess stdout=) was a made-up number from 1024 up: where the host had that
+    descriptor open, the bytes went into the host's file. It is now a placeholder
+    descriptor the filesystem holds (O_PATH of /dev/null): the kernel refuses the write."""
+    host_log = tmp_path / "host.log"
+    control = tmp_path / "control.txt"
+    with open(control, "w") as file:  # the control: a child writes through a real fileno()
+        subprocess.run([sys.executable, "-c", "print('child output')"], stdout=file,
+                       check=True, timeout=60)
+    assert control.read_text() == "child output\n"
+    with open(host_log, "w") as host_file, Sandbox(Policy.python3(app_root=app_root)):
+        with open("/tmp/child-output.txt", "w") as file:
+            assert file.fileno() != host_file.fileno()
+            result = subprocess.run([sys.executable, "-c", "print('child output')"],
+                                    stdout=file, stderr=subprocess.DEVNULL, timeout=60,
+                                    check=False)
+            assert result.returncode != 0  # its write failed (EBADF)
+        with open("/tmp/child-output.txt") as file:
+            assert file.read() == ""
+    assert host_log.read_text() == ""
+    assert not os.path.exists("/tmp/child-output.txt")

@@ -42,9 +42,13 @@ from .filesystem import (
 from .patches import _hidden_names, _named
 from .paths import is_inside
 
-#: pyfakefs numbers its descriptors from 0; ours start here so that they are told apart from
-#: the process's real descriptors (below the usual 1024 open-files limit).
-FD_BASE = 1024
+#: An in-memory file's descriptor is the number of a real ``O_PATH`` descriptor of
+#: ``/dev/null`` the filesystem holds while the file is open (a "placeholder"): no other file
+#: of the process has that number, so C code or a child process handed ``fileno()`` (Pillow,
+#: ``subprocess`` ``stdout=``) gets ``EBADF`` from the kernel, never another file the host has
+#: open, and no data goes anywhere unseen.
+_PLACEHOLDER_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_CLOEXEC
+_close_placeholder = posix.close  # the C function: captured before any layer replaces it
 
 #: ``os`` functions whose first argument is a path (or ``None``/``"."`` for the cwd).
 PATH_FUNCTIONS = (
@@ -64,18 +68,42 @@ class MemoryFilesystem:
         self._lock = threading.RLock()
         self._owner: int | None = None  # the thread inside pyfakefs right now
         self._fake: Any = None
+        #: the descriptors of the open in-memory files (placeholders: see _PLACEHOLDER_FLAGS)
+        self._placeholders: set[int] = set()
         #: path -> (name, keeping connection): the SQLite databases of these files
         self.databases: dict[str, tuple[str, Any]] = {}
 
     # -- lifetime ------------------------------------------------------------------------
 
     def _build(self) -> Any:
+        from pyfakefs.fake_file import StandardStreamWrapper
         from pyfakefs.fake_filesystem import FakeFilesystem  # imported by build_patches
         from pyfakefs.fake_open import FakeFileOpen
         from pyfakefs.fake_os import FakeOsModule
 
-        fs = host_call(FakeFilesystem)  # it reads the umask (set and reset)
-        fs.open_files.extend([None] * (FD_BASE - len(fs.open_files)))
+        placeholders = self._placeholders
+        # (pyfakefs 6 names it add_open_file, 5 _add_open_file)
+        adder = "add_open_file" if hasattr(FakeFilesystem, "add_open_file") else (
+            "_add_open_file")
+        add = getattr(FakeFilesystem, adder)
+
+        def add_open_file(fs: Any, file_obj: Any, new_fd: int = -1) -> int:
+            """Numbers each open file by a placeholder descriptor of its own (the standard
+            streams keep pyfakefs's 0, 1 and 2, which no router takes for a file of its)."""
+            if new_fd < 0 and not isinstance(file_obj, StandardStreamWrapper):
+                new_fd = host_call(posix.open, os.devnull, _PLACEHOLDER_FLAGS)
+                placeholders.add(new_fd)
+            return int(add(fs, file_obj, new_fd))
+
+        def close_open_file(fs: Any, file_des: int) -> None:
+            FakeFilesystem.close_open_file(fs, file_des)
+            if file_des in placeholders:
+                placeholders.discard(file_des)
+                _close_placeholder(file_des)
+
+        placed = type("PlacedFilesystem", (FakeFilesystem,),
+                      {adder: add_open_file, "close_open_file": close_open_file})
+        fs = host_call(placed)  # it reads the umask (set and reset)
         fs.shuffle_listdir_results = False
         fs.cwd = os.getcwd()
         mapped: list[str] = []
@@ -98,6 +126,10 @@ class MemoryFilesystem:
         with self._lock:
             self._fake = None
             databases, self.databases = self.databases, {}
+            placeholders = list(self._placeholders)
+            self._placeholders.clear()
+        for fd in placeholders:  # files left open: their numbers go back to the process
+            _close_placeholder(fd)
         for _name, keeper in databases.values():
             keeper.close()
 
@@ -141,11 +173,7 @@ class MemoryFilesystem:
         return call
 
     def owns_fd(self, fd: Any) -> bool:
-        fake = self._fake
-        if fake is None or type(fd) is not int or fd < FD_BASE:
-            return False
-        open_files = fake[0].open_files
-        return fd < len(open_files) and bool(open_files[fd])
+        return type(fd) is int and fd in self._placeholders
 
 
 def _refuse_unmapped(scope: Scope, fs: Any, path: Any) -> None:

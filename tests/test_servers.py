@@ -163,3 +163,23 @@ def test_real_server_under_concurrent_load(server: str, e2e_app: tuple[Path, Pat
     output = log.read_text(errors="replace")
     assert "FileWriteRefused" in output  # the refusal was logged with its traceback
     assert "written-by-app.txt" in output
+
+
+def test_the_console_scripts_folder_is_not_on_the_apps_path(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Run as the gae-sandbox console script, Python puts its folder (the environment's bin,
+    where pip also puts script copies such as bottle.py) first on sys.path; the command
+    drops it before it loads the app. Another first entry stays."""
+    from gae_sandbox.cli import _drop_script_folder
+
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    (bin_folder / "bottle.py").write_text("SCRIPT_COPY = True\n")
+    monkeypatch.setattr(sys, "argv", [str(bin_folder / "gae-sandbox"), "serve", "app"])
+    monkeypatch.setattr(sys, "path", [str(bin_folder), "/elsewhere"])
+    _drop_script_folder()
+    assert sys.path == ["/elsewhere"]
+    monkeypatch.setattr(sys, "path", [str(tmp_path), "/elsewhere"])
+    _drop_script_folder()
+    assert sys.path == [str(tmp_path), "/elsewhere"]

@@ -7,6 +7,7 @@ Each subcommand lives in its own module with ``add_arguments(parser)`` and
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,7 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _drop_script_folder() -> None:
+    """Run as the ``gae-sandbox`` console script, Python put the script's own folder (the
+    environment's ``bin``) first on ``sys.path``: the app would import pip's script copies
+    there (``bottle.py``) instead of its packages, and read a folder outside its own."""
+    script = sys.argv[0] if sys.argv else ""
+    if not script or os.path.basename(script) != "gae-sandbox" or not sys.path:
+        return
+    if os.path.realpath(sys.path[0] or ".") == os.path.dirname(os.path.realpath(script)):
+        del sys.path[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _drop_script_folder()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

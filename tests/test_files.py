@@ -1068,3 +1068,21 @@ def test_a_read_hands_its_descriptor_to_io_open_in_its_own_thread_only(
         assert isinstance(seen["other"], SystemCallRefused)
     finally:
         os.close(host_fd)
+
+
+def test_the_file_mode_mask_is_the_requests_own(policy: Policy, app_root: Path) -> None:
+    """os.umask is process-wide (every file the host creates): a request sets a mask of its
+    own, read back by it (shelve and dbm.dumb do umask(0); umask(previous)), and the
+    process's mask is what it was."""
+    process = os.umask(0o027)
+    os.umask(process)  # (the control: os.umask sets the process's mask)
+    try:
+        with Sandbox(policy):
+            assert os.umask(0) == process
+            assert os.umask(0o077) == 0
+            assert os.umask(0o022) == 0o077
+        with Sandbox(policy):  # the next request starts from the process's again
+            assert os.umask(0o002) == process
+        assert os.umask(process) == process  # unchanged by the requests
+    finally:
+        os.umask(process)

@@ -13,6 +13,7 @@ here sits behind a C ``Guard`` that makes the host-code call itself (:func:`_gua
 from __future__ import annotations
 
 import io
+import operator
 import os
 import re
 import signal
@@ -1013,8 +1014,8 @@ def build_patches() -> list[Patch]:
     add(os, "closerange", _os_closerange)
     for name in ("mkfifo", "mknod"):
         add(os, name, lambda original, name=name: _path_writer(original, name))
+    add(os, "umask", _umask)
     for name, rule in (
-        ("umask", "the file mode mask is process-wide"),
         ("memfd_create", "anonymous files are not part of the runtime"),
         ("setsid", "the process session is the host's"),
     ):
@@ -1063,6 +1064,40 @@ def build_patches() -> list[Patch]:
                     if owner is os and getattr(posix, attribute, None) is original
                     and attribute not in kept]
     return patches
+
+
+_UMASK = "gae_sandbox.umask"  # Scope.extras: the request's file mode mask
+
+
+def _process_umask() -> int:
+    """The process's mask, read without setting it (``/proc/self/status``; else 0o022)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _umask(original: Callable[[int], int]) -> Callable[[int], int]:
+    """``os.umask``: the mask is process-wide (the host's files too), so a request sets its
+    own, answered back to it (``shelve``/``dbm.dumb`` read the mask with
+    ``umask(0); umask(previous)``); the process's stays as it is."""
+
+    def umask(mask: Any) -> int:
+        scope = active_scope()
+        if scope is None:
+            return original(mask)
+        value = operator.index(mask)  # an exact int (TypeError as os.umask's)
+        previous = scope.extras.get(_UMASK)
+        if previous is None:
+            previous = context.host_call(_process_umask)
+        scope.extras[_UMASK] = value & 0o777
+        return int(previous)
+
+    return _guarded(umask, original)
 
 
 def _path_writer(original: Callable[..., Any], name: str) -> Callable[..., Any]:

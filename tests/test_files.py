@@ -1086,3 +1086,36 @@ def test_the_file_mode_mask_is_the_requests_own(policy: Policy, app_root: Path) 
         assert os.umask(process) == process  # unchanged by the requests
     finally:
         os.umask(process)
+
+
+def test_read_only_and_anonymous_memory_maps(policy: Policy, app_root: Path,
+                                             outside: Path) -> None:
+    """mmap is refused by the python27 preset; where a policy lets it load (numpy.load with
+    mmap_mode="r"), anonymous maps and read-only or copy-on-write maps of a file the request
+    may read are allowed, a shared writable map (it writes the file past every check) and a
+    map of a file it may not read are refused."""
+    import mmap
+
+    unblocked = policy.replace(blocked_modules=tuple(
+        name for name in policy.blocked_modules if name != "mmap"))
+    data = app_root / "data.txt"
+    before = data.read_bytes()
+    with open(outside / "secret.txt", "rb") as host_file:  # a descriptor of the host's
+        with open(data, "r+b") as file:  # the control: a writable map writes the file
+            with mmap.mmap(file.fileno(), 0) as shared:
+                shared[:1] = b"X"
+        assert data.read_bytes()[:1] == b"X"
+        data.write_bytes(before)
+        with Sandbox(unblocked):
+            with open(data, "rb") as file:
+                with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                    assert view[:] == before
+                with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY) as private:
+                    private[:1] = b"X"
+            with mmap.mmap(-1, 16) as anonymous:
+                anonymous[:2] = b"ok"
+            with open(data, "rb") as file, pytest.raises(SystemCallRefused, match="mmap"):
+                mmap.mmap(file.fileno(), 0)  # shared and writable (fails, read-only fd)
+            with pytest.raises(FileReadRefused):
+                mmap.mmap(host_file.fileno(), 0, access=mmap.ACCESS_READ)
+    assert data.read_bytes() == before

@@ -18,7 +18,7 @@ from typing import Any
 from . import patches
 from .allowlist import check_descriptor, check_descriptor_control
 from .context import _ACTIVE, Scope, active_scope, host_call
-from .filesystem import check_open, check_read, check_write
+from .filesystem import _opened_path, check_open, check_read, check_write
 from .imports import (
     HOST_IMPORTS,
     check_extension_file,
@@ -236,6 +236,37 @@ def _on_sqlite_connect(scope: Scope, args: tuple[Any, ...]) -> None:
                     "SQLite opens its database file in C, past the sandbox's file checks")
 
 
+_MMAP_RULE = ("a shared writable map writes its file outside Python's checks; anonymous maps "
+              "and maps of files the request may read with access=ACCESS_READ or ACCESS_COPY "
+              "are allowed")
+_ACCESS_READ, _ACCESS_COPY = 1, 3  # mmap's ACCESS_READ and ACCESS_COPY (fixed since 2.x)
+
+
+def _on_mmap(scope: Scope, args: tuple[Any, ...]) -> None:
+    """``mmap.mmap(fileno, length, ..., access)``: anonymous memory (``fileno`` -1), or a
+    read-only or copy-on-write map of a file the request may read (``numpy.load`` with
+    ``mmap_mode="r"``; judged by where the descriptor's file is); a shared writable map of a
+    file is refused (``access`` is the event's: CPython refuses it with ``prot``/``flags``)."""
+    fd = args[0] if args else None
+    access = args[2] if len(args) > 2 else None
+    if type(fd) is not int:
+        pass
+    elif fd == -1:
+        return
+    elif scope.memory is not None and scope.memory.owns_fd(fd):
+        scope.judge(_refuse_system, f"mmap.mmap(fd {fd})", "an in-memory file is not on disk "
+                    "to be mapped (read it, or map anonymous memory)")
+        return
+    elif type(access) is int and access in (_ACCESS_READ, _ACCESS_COPY):
+        if fd in scope.opened_fds:
+            return
+        opened = _opened_path(fd)  # a file open() gave it: one it may read, judged so
+        if opened is not None:
+            scope.judge(check_read, opened)
+            return
+    scope.judge(_refuse_system, f"mmap.mmap(fd {fd!r}, access {access!r})", _MMAP_RULE)
+
+
 def _on_connect(scope: Scope, args: tuple[Any, ...]) -> None:
     scope.judge(check_connect, scope, args[1])
 
@@ -346,8 +377,7 @@ def _handlers() -> dict[str, Handler]:
         "socket.getnameinfo": _on_host_lookup,
         "socket.sethostname": _system(lambda a: "socket.sethostname()",
                                       "the host name is the host's"),
-        "mmap.__new__": _system(lambda a: "mmap.mmap()",
-                                "memory maps write outside Python's checks"),
+        "mmap.__new__": _on_mmap,
         "resource.setrlimit": _system(lambda a: "resource.setrlimit()", "limits are process-wide"),
         "resource.prlimit": _system(lambda a: "resource.prlimit()", "limits are process-wide"),
         "sys.addaudithook": _system(lambda a: "sys.addaudithook()",

@@ -26,7 +26,6 @@ from gae_sandbox import (
     Policy,
     ProcessRefused,
     Sandbox,
-    SandboxViolation,
     SystemCallRefused,
 )
 

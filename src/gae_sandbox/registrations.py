@@ -842,41 +842,58 @@ _OBJECT_GET = object.__getattribute__
 
 def event_loop_state(events: Any) -> tuple[Any, ...]:
     """What asyncio keeps for this thread and for the process, read with built-in methods
-    only: the policy, its thread-local, that local's loop and flag, and the running loop.
-    A request can change each of them in many ways (``set_event_loop``, the policy's method,
-    ``_set_running_loop``, the module's variable); the host's threads then hand their next
-    coroutine to the app's loop. So the state is read as a scope opens, and
-    :func:`restore_event_loop_state` puts it back as it closes."""
+    only: the policy, its attributes (a child watcher is kept there), its thread-local, that
+    local's loop and flag, and the running loop. A request can change each of them in many
+    ways (``set_event_loop``, the policy's method, ``_set_running_loop``, the module's
+    variable); the host's threads then hand their next coroutine to the app's loop. So the
+    state is read as a scope opens, and :func:`restore_event_loop_state` puts it back as it
+    closes. Meanwhile the thread has no event loop, set or running: the request makes its
+    own (``asyncio.run``), as a request thread of the runtime would, and the host's loop is
+    not handed to it (its task factory, exception handler and callbacks would run the app's
+    functions as host code)."""
     policy = vars(events).get("_event_loop_policy")
-    local = loop = called = None
+    local = loop = called = attributes = None
     if policy is not None:
         try:
-            local = _OBJECT_GET(policy, "__dict__").get("_local")
+            values = _OBJECT_GET(policy, "__dict__")
+            attributes = dict(values)
+            local = values.get("_local")
             if isinstance(local, _thread._local):
                 loop = _LOCAL_GET(local, "_loop")
                 called = _LOCAL_GET(local, "_set_called")
+                if loop is not None:
+                    _LOCAL_SET(local, "_loop", None)  # (the flag stays: no loop is made
+                    # for the request by get_event_loop where the host had set one)
         except Exception:  # noqa: BLE001 - a policy without these: nothing more to keep
             local = None
-    running = _LOOP_SLOT[0]() if _LOOP_SLOT and _LOOP_SLOT[0] is not None else None
-    return (_get_ident(), policy, local, loop, called, running)
+    running = None
+    if len(_LOOP_SLOT) == 2 and _LOOP_SLOT[0] is not None:
+        running = _LOOP_SLOT[0]()
+        if running is not None and _LOOP_SLOT[1] is not None:
+            _LOOP_SLOT[1](None)
+    return (_get_ident(), policy, attributes, local, loop, called, running)
 
 
 def restore_event_loop_state(events: Any, state: tuple[Any, ...] | None) -> None:
     """Put back what :func:`event_loop_state` read (``None``: asyncio was first imported by
     the request, so nothing was set), on the thread that read it."""
-    thread, policy, local, loop, called, running = state or (_get_ident(), None, None, None,
-                                                             None, None)
+    thread, policy, attributes, local, loop, called, running = state or (
+        _get_ident(), None, None, None, None, None, None)
     if thread != _get_ident():
         return
     module_vars = vars(events)
     if module_vars.get("_event_loop_policy") is not policy:
         module_vars["_event_loop_policy"] = policy
-    if policy is not None and isinstance(local, _thread._local):
+    if policy is not None and attributes is not None:
         try:
             values = _OBJECT_GET(policy, "__dict__")
-            if values.get("_local") is not local:
-                values["_local"] = local
-            if _LOCAL_GET(local, "_loop") is not loop:
+            if values.keys() != attributes.keys() or any(
+                    values[name] is not value for name, value in attributes.items()):
+                values.clear()
+                values.update(attributes)
+            if isinstance(local, _thread._local) and (
+                    _LOCAL_GET(local, "_loop") is not loop
+                    or _LOCAL_GET(local, "_set_called") is not called):
                 _LOCAL_SET(local, "_loop", loop)
                 _LOCAL_SET(local, "_set_called", called)
         except Exception:  # noqa: BLE001, S110 - a policy without these: nothing to restore

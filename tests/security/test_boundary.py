@@ -326,3 +326,59 @@ def test_context_variables_of_sandbox_call_are_let_go_of_in_the_sandbox(
     Sandbox(policy).call(app)
     gc.collect()
     assert not target.exists()
+
+
+#: The app reaches the host's event loop (set on the request's thread before the request)
+#: and leaves a function of its own where the host's asyncio calls it later.
+_HOST_LOOP_ATTEMPTS = {
+    "task_factory": "asyncio.get_event_loop().set_task_factory("
+                    "lambda loop, coro, **kw: (write(), asyncio.Task(coro, loop=loop))[1])",
+    "exception_handler": "asyncio.get_event_loop().set_exception_handler("
+                         "lambda loop, context: write())",
+    "callback_in_an_empty_context": "asyncio.get_event_loop().call_soon(write, "
+                                    "context=contextvars.Context())",
+    "callback": "asyncio.get_event_loop().call_soon(write)",
+}
+_HOST_LOOP_SCRIPT = """
+import asyncio, contextvars, sys
+from gae_sandbox import Policy, Sandbox
+target, root, how, sandboxed = sys.argv[1:5]
+def write():
+    with open(target, "w") as file:
+        file.write("app code ran in host code")
+loop = asyncio.new_event_loop()
+asyncio.set_event_loop(loop)
+try:
+    if sandboxed == "1":
+        with Sandbox(Policy.python27(app_root=root)):
+            exec(ATTEMPT, {"asyncio": asyncio, "contextvars": contextvars, "write": write})
+    else:
+        exec(ATTEMPT, {"asyncio": asyncio, "contextvars": contextvars, "write": write})
+except Exception as error:
+    print("refused", type(error).__name__)
+async def host_work():
+    asyncio.get_running_loop().call_exception_handler({"message": "host"})
+    await asyncio.sleep(0)
+loop.run_until_complete(host_work())
+assert asyncio.get_event_loop() is loop  # the host's loop is set again after the request
+"""
+
+
+@pytest.mark.parametrize("how", sorted(_HOST_LOOP_ATTEMPTS))
+def test_the_hosts_event_loop_is_not_the_requests(how: str, tmp_path: Path,
+                                                  app_root: Path) -> None:
+    """A request thread has no event loop of the host's: asyncio.get_event_loop() does not
+    hand it the loop the host set on the thread, whose task factory, exception handler and
+    callbacks the host's asyncio calls as host code. The control runs the same attempt
+    without the sandbox and the file appears."""
+    import subprocess
+    import sys
+
+    script = _HOST_LOOP_SCRIPT.replace("ATTEMPT", repr(_HOST_LOOP_ATTEMPTS[how]))
+    for sandboxed in ("0", "1"):
+        target = tmp_path / f"written-{sandboxed}"
+        result = subprocess.run([sys.executable, "-c", script, str(target), str(app_root), how,
+                                 sandboxed], capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert result.returncode == 0, result.stderr
+        assert target.exists() == (sandboxed == "0"), (sandboxed, result.stdout)

@@ -2133,3 +2133,33 @@ def test_static_handlers_do_not_serve_what_skip_files_hides(tmp_path: Path) -> N
         "- ^static/private/.*$\n", ""))
     assert get(DevServerApp(load_app_yaml(root)), "/files/private/key.txt")[::2] == (
         "200 OK", b"SECRET=2\n")
+
+
+@pytest.mark.parametrize("options", ["--chdir src", "--chdir=src", "--pythonpath src,lib"])
+def test_entrypoint_chdir_and_pythonpath_are_where_the_app_is_imported_from(
+        tmp_path: Path, options: str) -> None:
+    """gunicorn's --chdir and --pythonpath put folders first on sys.path: the app in src/
+    was imported as a missing 'main' (every request a 500); one outside the app is an
+    error, as it was not deployed."""
+    from gae_sandbox.devserver import DevServerApp
+
+    root = tmp_path / "app"
+    (root / "src").mkdir(parents=True)
+    (root / "lib").mkdir()
+    name = f"main_{os.urandom(4).hex()}"  # a module no other test has imported
+    write(root, f"runtime: python312\nentrypoint: gunicorn -b :$PORT {options} {name}:app\n")
+    module = load_app_yaml(root).wsgi_app.partition(":")[0]
+    (root / "src" / f"{module}.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'from src']\n")
+    config = load_app_yaml(root)
+    assert config.module_paths[0] == os.path.realpath(root / "src")
+    saved = list(sys.path)
+    try:
+        assert get(DevServerApp(config), "/")[::2] == ("200 OK", b"from src")
+    finally:
+        sys.path[:] = saved
+    write(root, "runtime: python312\nentrypoint: gunicorn --chdir ../elsewhere main:app\n")
+    with pytest.raises(AppYamlError, match="outside the app"):
+        load_app_yaml(root)

@@ -192,6 +192,9 @@ class AppConfig:
     #: default, ``main:app``) serves, as ``module:attribute``.
     entrypoint: str | None = None
     wsgi_app: str | None = None
+    #: Folders the entrypoint's server puts first on ``sys.path`` (gunicorn's ``--chdir``
+    #: and ``--pythonpath``, uwsgi's ``--chdir``/``--pythonpath``), absolute, in the app.
+    module_paths: tuple[str, ...] = ()
 
     @property
     def preset(self) -> str:
@@ -467,7 +470,7 @@ def _parse(location: str, document: Any) -> AppConfig:
     if document.get("handlers") is not None or not document.get("includes"):
         handlers = _handlers(document.get("handlers"), lines.get("handlers", 0), app_root,
                              location, fail, python3, default_expiration)
-    entrypoint, wsgi_app = None, None
+    entrypoint, wsgi_app, module_paths = None, None, ()
     if python3:
         entrypoint = document.get("entrypoint")
         if entrypoint is not None and (not isinstance(entrypoint, str) or not entrypoint.strip()):
@@ -475,6 +478,9 @@ def _parse(location: str, document: Any) -> AppConfig:
                        lines.get("entrypoint", 0))
         wsgi_app = (wsgi_app_of_entrypoint(entrypoint, fail, lines.get("entrypoint", 0))
                     if entrypoint else DEFAULT_WSGI_APP)
+        if entrypoint:
+            module_paths = entrypoint_module_paths(entrypoint, app_root, fail,
+                                                   lines.get("entrypoint", 0))
         try:
             parse_wsgi_reference(wsgi_app)
         except ValueError as error:
@@ -508,6 +514,7 @@ def _parse(location: str, document: Any) -> AppConfig:
         api_version=None if api_version is None else str(api_version), threadsafe=threadsafe,
         handlers=handlers, libraries=libraries, skip_files=skip_files,
         env_variables=env_variables, extra=extra, entrypoint=entrypoint, wsgi_app=wsgi_app,
+        module_paths=module_paths,
     )
 
 
@@ -570,6 +577,39 @@ def wsgi_app_of_entrypoint(command: str, fail: Any, line: int) -> str:
                "gae_sandbox reads 'gunicorn [options] module:app', 'uwsgi --wsgi-file FILE.py "
                "--callable app' or 'python FILE.py' (for another server, name the app with "
                "serve --wsgi-app module:app)", line)
+
+
+def entrypoint_module_paths(command: str, app_root: str, fail: Any,
+                            line: int) -> tuple[str, ...]:
+    """The folders an entrypoint's gunicorn or uwsgi puts first on ``sys.path``: ``--chdir
+    DIR`` (the server changes into it and imports from it) and ``--pythonpath A,B``, relative
+    to the app's folder; one outside the app is an error (it was not deployed)."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return ()  # wsgi_app_of_entrypoint said so already
+    found: list[str] = []
+    root = os.path.realpath(app_root)
+    for index, word in enumerate(words):
+        name, equals, value = word.partition("=")
+        if name not in ("--chdir", "--pythonpath"):
+            continue
+        if not equals:
+            value = words[index + 1] if index + 1 < len(words) else ""
+        for part in value.split(",") if name == "--pythonpath" else [value]:
+            if not part:
+                continue
+            folder = os.path.realpath(os.path.join(root, part))
+            if folder != root and not folder.startswith(root + os.sep):
+                raise fail(f"entrypoint {_show(command)}: {name} {part!r} is outside the app's "
+                           "folder, which is all that is deployed", line)
+            if name == "--chdir":
+                found.insert(0, folder)
+            else:
+                found.append(folder)
+    return tuple(dict.fromkeys(found))
 
 
 #: Servers and gunicorn worker classes that call ``app(scope, receive, send)`` (ASGI).

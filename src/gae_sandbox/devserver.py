@@ -60,6 +60,9 @@ class DevServerApp:
             config_file) and self.policy.hidden_by(config_file) is None
         if config.app_root not in sys.path:
             sys.path.insert(0, config.app_root)
+        for folder in reversed(config.module_paths):  # the entrypoint's --chdir/--pythonpath
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
 
     @property
     def violations(self) -> list[Violation]:

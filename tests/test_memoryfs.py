@@ -642,3 +642,29 @@ def test_in_memory_descriptors_never_name_a_file_of_the_host(app_root: Path,
             assert file.read() == ""
     assert host_log.read_text() == ""
     assert not os.path.exists("/tmp/child-output.txt")
+
+
+def test_a_symlink_from_outside_into_a_readable_folder(app_root: Path, outside: Path,
+                                                       tmp_path: Path) -> None:
+    """/etc/localtime is a link into the time zone folder: the read-only mode reads through
+    such a link, and the memory filesystem, which maps only the readable folders, said the
+    file was missing; it maps it when its target may be read, and refuses it otherwise."""
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "to_app").symlink_to(app_root / "data.txt")
+    (links / "to_outside").symlink_to(outside / "secret.txt")
+    policy = Policy.python27(app_root=app_root, filesystem="memory")
+    for each in (Policy.python27(app_root=app_root), policy):  # read-only mode: the same
+        with Sandbox(each):
+            assert os.path.exists(links / "to_app")
+            with open(links / "to_app") as file:
+                assert file.read() == "app data\n"
+            with pytest.raises(FileReadRefused):
+                open(links / "to_outside")  # noqa: SIM115
+    localtime = "/etc/localtime"  # the python3 preset's case (its /tmp is all in memory)
+    if os.path.islink(localtime) and os.path.realpath(localtime).startswith(
+            "/usr/share/zoneinfo/"):
+        with open(localtime, "rb") as file:
+            expected = file.read()
+        with Sandbox(Policy.python3(app_root=app_root)), open(localtime, "rb") as file:
+            assert file.read() == expected

@@ -22,6 +22,7 @@ import io
 import os
 import pathlib
 import posix
+import stat
 import tempfile
 import threading
 import urllib.parse
@@ -153,9 +154,9 @@ class MemoryFilesystem:
                 try:
                     return call(*fake)
                 except FileNotFoundError:
-                    if path is not None:
-                        _refuse_unmapped(scope, fake[0], path)
-                    raise
+                    if path is None or not _refuse_unmapped(scope, fake[0], path, self.roots):
+                        raise
+                return call(*fake)  # mapped now: once more
             finally:
                 self._owner = None
 
@@ -176,16 +177,35 @@ class MemoryFilesystem:
         return type(fd) is int and fd in self._placeholders
 
 
-def _refuse_unmapped(scope: Scope, fs: Any, path: Any) -> None:
-    """A path missing from memory that exists on the real disk but is not readable (outside
-    the readable folders, or hidden by skip_files): refuse it as the read-only mode does,
-    rather than call it missing."""
+def _refuse_unmapped(scope: Scope, fs: Any, path: Any, roots: tuple[str, ...] = ()) -> bool:
+    """A path missing from memory that exists on the real disk: refuse it as the read-only
+    mode does when it is not readable (outside the readable folders, or hidden by
+    skip_files), rather than call it missing; map it when it is (a symlink outside the
+    readable folders into them, as ``/etc/localtime`` into the time zones): True. Never
+    beneath the mapped folders (or the python3 preset's /tmp), where the memory's answer
+    stands (a file the request removed stays removed)."""
     try:
         absolute = fs.resolve_path(os.fsdecode(path))  # symlinks made in memory followed
-        posix.lstat(absolute)
+        info = posix.lstat(absolute)
     except (TypeError, ValueError, OSError):
-        return
+        return False
     scope.judge(check_read, absolute)
+    private = TMP_FOLDERS if any(layer.policy.filesystem == "tmp" for layer in scope.layers) \
+        else ()  # the python3 preset's /tmp: all of it in memory
+    if not roots or is_inside(absolute, (*roots, *private)):
+        return False
+    try:
+        if stat.S_ISLNK(info.st_mode):
+            fs.add_real_symlink(absolute)
+        elif stat.S_ISREG(info.st_mode):
+            fs.add_real_file(absolute, read_only=True)
+        elif stat.S_ISDIR(info.st_mode):
+            fs.add_real_directory(absolute, read_only=True, lazy_read=True)
+        else:
+            return False
+    except OSError:  # (pyfakefs: already there, or it cannot map it)
+        return False
+    return True
 
 
 def scope_memory(layers: tuple[Layer, ...]) -> MemoryFilesystem | None:

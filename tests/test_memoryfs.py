@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -668,3 +669,24 @@ def test_a_symlink_from_outside_into_a_readable_folder(app_root: Path, outside: 
             expected = file.read()
         with Sandbox(Policy.python3(app_root=app_root)), open(localtime, "rb") as file:
             assert file.read() == expected
+
+
+def test_an_exit_handler_finds_the_python3_tmp_it_cleans(app_root: Path) -> None:
+    """matplotlib makes a scratch folder in /tmp and registers shutil.rmtree of it at exit:
+    the handler runs in the registering Sandbox's scope, whose /tmp lasts as long as the
+    Sandbox (it failed with FileNotFoundError, printed at exit); nothing reaches the disk."""
+    script = textwrap.dedent(f"""
+        import atexit, os, shutil, tempfile
+        from gae_sandbox import Policy, Sandbox
+        sandbox = Sandbox(Policy.python3(app_root={str(app_root)!r}))
+        with sandbox:
+            folder = tempfile.mkdtemp(prefix="gae-sandbox-scratch-")
+            atexit.register(shutil.rmtree, folder)
+        print(folder, os.path.exists(folder))
+        """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=False)
+    folder, exists = result.stdout.split()
+    assert result.returncode == 0 and exists == "False", result.stderr
+    assert "Exception ignored" not in result.stderr, result.stderr
+    assert not os.path.exists(folder)

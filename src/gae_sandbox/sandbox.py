@@ -539,7 +539,13 @@ def run_in_scope_of(registered: Scope, function: Callable[..., Any], *args: Any,
         _adopt(current, scope)
     scope.layers = (*(current.layers if current else ()), *registered.layers)
     scope.known_imports = scope.layers[0].imports_any if len(scope.layers) == 1 else None
-    scope.memory = memoryfs.scope_memory(scope.layers)
+    memory = memoryfs.scope_memory(scope.layers)
+    owner = registered.owner
+    kept = owner._kept_memory if type(owner) is Sandbox and current is None else None
+    if memory is not None and kept is not None:  # the Sandbox's lasting files (/tmp of the
+        memory = kept  # python3 preset): an exit handler removing its scratch folder finds it
+        scope.extras["keep_memory"] = True
+    scope.memory = memory
     policy = registered.policy
     if policy.deadline is not None:
         try:

@@ -797,6 +797,10 @@ def _attribute_result(obj: Any, name: str, value: Any, how: str) -> Any:
     mutable container that is not restricted code's own (a module's table, a host class's
     list), the wrapping methods of a ``property``."""
     value = _check_result(value, how)
+    if isinstance(value, type) and issubclass(value, type) and value is not type:
+        _raise(AttributeRefused(how, f"restricted mode does not hand out metaclasses "
+                                     f"({value.__name__}): a class they build reaches past "
+                                     "the class statement's checks"))
     if (type(value) not in _PLAIN_TYPES and isinstance(value, _MUTABLE_CONTAINERS)
             and not _owned_by_restricted_code(obj, name)):
         return _read_only(value)
@@ -830,6 +834,34 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
         value = safer_getattr(obj, name, _MISSING)
     except (AttributeError, NotImplementedError) as error:
         _raise(AttributeRefused(what, str(error)))
+    value = _guarded_getattr_value(obj, name, value, default, what)
+    if isinstance(obj, type) and name in _UNBOUND_SETTER_NAMES and callable(value):
+        return _unbound_setter(value, name, what)
+    return value
+
+
+#: Setter methods whose unbound form (read from the class: ``Context.clear_traps(ctx)``,
+#: ``ABCMeta.register(Mapping, X)``) is judged by the object passed as ``self``.
+_UNBOUND_SETTER_NAMES = frozenset(("register", "clear_flags", "clear_traps",
+                                   "setfirstweekday", "clear_cache"))
+
+
+def _unbound_setter(function: Any, name: str, what: str) -> Any:
+    """The unbound form of a setter method: refused when its first argument (the object it
+    changes) is shared by the whole process."""
+    def unbound(*args: Any, **kwargs: Any) -> Any:
+        if args:
+            target = args[0]
+            _refuse_shared_method(target, name, what)
+            method = _SHARED_METHODS.get((id(target), name))
+            if method is not None and method[0] is target:
+                _raise(_process_wide_refusal(what, method[1]))
+        return function(*args, **kwargs)
+    return unbound
+
+
+def _guarded_getattr_value(obj: Any, name: str, value: Any, default: Any, what: str) -> Any:
+    """The end of :func:`guarded_getattr`: a missing attribute, else the result rules."""
     if value is _MISSING:
         if default is not _MISSING:
             return default

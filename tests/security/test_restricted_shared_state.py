@@ -278,6 +278,12 @@ SHARED = [
            calendar.firstweekday),
     Shared("calendar_module_calendar", "import calendar\ncalendar.c.setfirstweekday(6)",
            calendar.firstweekday),
+    Shared("calendar_unbound_setfirstweekday",
+           "import calendar\ncalendar.TextCalendar.setfirstweekday(calendar.c, 6)",
+           calendar.firstweekday),
+    Shared("decimal_unbound_clear_traps",
+           "import decimal\ndecimal.Context.clear_traps(decimal.DefaultContext)",
+           _decimal_state),
     Shared("csv_field_size_limit", "import csv\ncsv.field_size_limit(10)",
            lambda: csv.field_size_limit()),
     Shared("csv_register_dialect",
@@ -488,3 +494,54 @@ def test_restricted_modules_keep_writing_each_others_tables(app_on_path: Path,
     import host_tables  # type: ignore[import-not-found]
 
     assert host_tables.ITEMS == []
+
+
+# --- round 5: unbound setters, metaclasses --------------------------------------------------
+
+
+def test_unbound_setters_still_change_the_codes_own_objects(sandbox: Sandbox) -> None:
+    namespace = sandbox.exec(
+        "import calendar, decimal\n"
+        "mine = calendar.TextCalendar()\n"
+        "calendar.TextCalendar.setfirstweekday(mine, 6)\n"
+        "day = mine.firstweekday\n"
+        "ctx = decimal.Context()\n"
+        "decimal.Context.clear_traps(ctx)\n"
+        "traps = sum(1 for v in ctx.traps.values() if v)\n")
+    assert namespace["day"] == 6
+    assert namespace["traps"] == 0
+
+
+def test_abc_register_through_the_metaclass_is_refused(sandbox: Sandbox) -> None:
+    source = ("import numbers, collections.abc\nclass Fake:\n    pass\n"
+              "numbers.ABCMeta.register(collections.abc.Mapping, Fake)\n")
+    control = plain(source, {})
+    assert isinstance(control["Fake"](), collections.abc.Mapping)
+
+    namespace: dict[str, Any] = {}
+    with pytest.raises(AttributeError, match="metaclasses"):
+        sandbox.exec(source, namespace)
+    if "Fake" in namespace:
+        assert not isinstance(namespace["Fake"](), collections.abc.Mapping)
+
+
+def test_view_comparison_through_a_metaclass_built_class_is_refused(sandbox: Sandbox) -> None:
+    source = ("import numbers, html.entities\n"
+              "def eq(self, other):\n"
+              "    other['amp;'] = 'PWNED'\n"
+              "    return True\n"
+              "P = numbers.ABCMeta('P', (), {'__eq__': eq})\n"
+              "html.entities.html5 == P()\n")
+    real = dict(html.entities.html5)
+    try:
+        plain(source, {})
+        assert html.unescape("a &amp; b") == "a PWNED b", "control: the real dict is written"
+    finally:
+        html.entities.html5.clear()
+        html.entities.html5.update(real)
+        html.unescape.__globals__["_charref"] = html.unescape.__globals__["_charref"]
+    assert html.unescape("a &amp; b") == "a & b"
+
+    with pytest.raises(AttributeError, match="metaclasses"):
+        sandbox.exec(source)
+    assert html.unescape("a &amp; b") == "a & b"

@@ -287,6 +287,77 @@ def _sandboxed_iter(iterator: Iterator[Any]) -> Iterator[Any]:
         yield item
 
 
+#: Generators of restricted code whose ``finally`` could not be run in their sandbox: kept,
+#: never closed as host code.
+_UNCLOSED: list[Any] = []
+
+
+class _SandboxedGenerator:
+    """What restricted code's generator functions return: their generator, resumed, thrown
+    into and closed only inside a sandbox. The check inside the generator
+    (``_sandboxed_((yield x))``) runs within the code's own ``try``, where an ``except`` can
+    catch it and a ``finally`` runs regardless; this one runs before the generator is
+    touched. Closed outside a sandbox (by the host, or when collected), it is closed in a
+    new scope of the one that made it, or kept."""
+
+    __slots__ = ("__inner", "__scope")
+
+    def __init__(self, inner: Any, scope: Any) -> None:
+        self.__inner = inner
+        self.__scope = scope
+
+    def __iter__(self) -> _SandboxedGenerator:
+        return self
+
+    def __next__(self) -> Any:
+        _require_sandbox()
+        return self.__inner.__next__()
+
+    def send(self, value: Any) -> Any:
+        _require_sandbox()
+        return self.__inner.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        _require_sandbox()
+        return self.__inner.throw(*args)
+
+    def close(self) -> None:
+        inner = self.__inner
+        if inner.gi_frame is None:
+            return  # finished or never started: nothing of the code's runs
+        if active_scope() is not None:
+            inner.close()
+            return
+        from . import registrations
+
+        try:
+            registrations._runner(self.__scope, inner.close)
+        except BaseException:  # noqa: BLE001 - no sandbox to run its finally in: keep it
+            if inner.gi_frame is not None:
+                _UNCLOSED.append(inner)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except BaseException:  # noqa: BLE001, S110 - a finalizer: its own error stays here
+            pass
+
+
+def _sandboxed_generator(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``@_sandboxed_generator_``, added to each generator function of restricted code: its
+    generators are :class:`_SandboxedGenerator`\\ s."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        scope = active_scope()
+        _require_sandbox()
+        return _SandboxedGenerator(function(*args, **kwargs), scope)
+
+    call.__name__ = getattr(function, "__name__", "generator")
+    call.__qualname__ = getattr(function, "__qualname__", call.__name__)
+    call.__doc__ = getattr(function, "__doc__", None)
+    return call
+
+
 class _LazyConstructor:
     """What restricted code gets for a built-in that keeps a callable and calls it later
     (``map``, ``itertools.starmap``, ``property``...): the callable arguments are wrapped by
@@ -449,6 +520,20 @@ _PROPERTY_METHODS = frozenset(("getter", "setter", "deleter"))
 _LAZY_PROPERTY: Any = None
 
 
+def _is_generator(function: ast.FunctionDef | ast.Lambda) -> bool:
+    """Whether ``function`` itself yields (not a function, lambda or class inside it)."""
+    body = function.body
+    pending: list[ast.AST] = list(body) if isinstance(body, list) else [body]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom)):
+            return True
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda,
+                                 ast.ClassDef)):
+            pending.extend(ast.iter_child_nodes(node))
+    return False
+
+
 class _SandboxedFunctions(RestrictingNodeTransformer):
     """RestrictedPython's transformer, plus a ``_sandboxed_()`` check at the start of every
     ``def`` and ``lambda``: a function handed to host code (a handler, a hook, a default
@@ -479,7 +564,11 @@ class _SandboxedFunctions(RestrictingNodeTransformer):
         return ast.fix_missing_locations(ast.copy_location(call, node))
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
+        generator = _is_generator(node)
         node = super().visit_FunctionDef(node)
+        if isinstance(node, ast.FunctionDef) and generator:
+            node.decorator_list.append(ast.copy_location(
+                ast.Name(id="_sandboxed_generator_", ctx=ast.Load()), node))
         if isinstance(node, ast.FunctionDef) and node.body:
             first = node.body[0]
             docstring = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
@@ -490,11 +579,16 @@ class _SandboxedFunctions(RestrictingNodeTransformer):
         return node
 
     def visit_Lambda(self, node: ast.Lambda) -> Any:
+        generator = _is_generator(node)
         node = super().visit_Lambda(node)
         if isinstance(node, ast.Lambda):  # (_sandboxed_() or body): the check returns None
             node.body = ast.copy_location(
                 ast.BoolOp(op=ast.Or(), values=[self._check(node.body), node.body]), node.body)
             ast.fix_missing_locations(node)
+            if generator:  # lambda: (yield x): its generators wrapped as a def's are
+                call = ast.Call(func=ast.Name(id="_sandboxed_generator_", ctx=ast.Load()),
+                                args=[node], keywords=[])
+                return ast.fix_missing_locations(ast.copy_location(call, node))
         return node
 
 
@@ -1044,6 +1138,7 @@ def restricted_builtins(printed: list[str]) -> dict[str, Any]:
         "_print_": lambda _getattr_=None: _SharedPrint(printed, _getattr_),
         "_sandboxed_": _require_sandbox,
         "_sandboxed_iter_": _sandboxed_iter,
+        "_sandboxed_generator_": _sandboxed_generator,
     })
     return names
 

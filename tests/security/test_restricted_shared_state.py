@@ -545,3 +545,85 @@ def test_view_comparison_through_a_metaclass_built_class_is_refused(sandbox: San
     with pytest.raises(AttributeError, match="metaclasses"):
         sandbox.exec(source)
     assert html.unescape("a &amp; b") == "a & b"
+
+
+#: A generator restricted code leaves with the host, and what the host does with it after the
+#: request: its ``finally`` or ``except`` would run the host's ``save`` with no sandbox.
+GENERATORS = {
+    "closed_by_the_host": ("def gen():\n    try:\n        yield 1\n    finally:\n"
+                           "        save()\nlazy = gen()\nnext(lazy)\n",
+                           lambda lazy: lazy.close()),
+    "thrown_into_by_the_host": ("def gen():\n    try:\n        yield 1\n    except BaseException:\n"
+                                "        save()\n        yield 2\nlazy = gen()\nnext(lazy)\n",
+                                lambda lazy: lazy.throw(ValueError("host"))),
+    # (the sandboxed run's own check raised inside the code's try, and it carried on)
+    "resumed_check_caught": ("def gen():\n    while True:\n        try:\n            yield 1\n"
+                             "        except Exception:\n            save()\n            return\n"
+                             "lazy = gen()\nnext(lazy)\n", lambda lazy: next(lazy)),
+    "collected_by_the_host": ("def gen():\n    try:\n        yield 1\n    finally:\n"
+                              "        save()\nlazy = gen()\nnext(lazy)\n",
+                              lambda lazy: None),
+    "lambda_generator": ("gen = lambda: ((yield 1), save())\nlazy = gen()\nnext(lazy)\n",
+                         lambda lazy: next(lazy)),
+}
+
+
+CONTROL_USES = {"resumed_check_caught": lambda lazy: lazy.throw(RuntimeError("at the yield"))}
+
+
+@pytest.mark.parametrize("case", sorted(GENERATORS))
+def test_generators_left_with_the_host_run_nothing_outside(case: str, sandbox: Sandbox,
+                                                           tmp_path: Path) -> None:
+    """A generator of restricted code is resumed, thrown into and closed only inside a
+    sandbox: outside, the host's call is refused before the generator runs, and closing it
+    (or collecting it) runs its ``finally`` in a scope of the request's, where the host
+    callable it calls is still sandboxed code's call."""
+    import gc
+
+    source, use = GENERATORS[case]
+    calls: list[Any] = []
+
+    def save() -> None:
+        from gae_sandbox.sandbox import active_scope
+
+        calls.append(active_scope())
+
+    control = plain(source, {"save": save})
+    try:  # (an error raised where the generator waits: what the host's throw does)
+        (CONTROL_USES.get(case) or use)(control["lazy"])
+    except (StopIteration, ValueError):
+        pass
+    del control["lazy"]
+    gc.collect()
+    assert calls == [None], "control: the host's use runs the code's save as host code"
+    calls.clear()
+
+    namespace = sandbox.exec(source, {"save": save})
+    lazy = namespace.pop("lazy")
+    try:
+        use(lazy)
+    except (OutsideSandboxRefused, StopIteration):
+        pass
+    del lazy
+    namespace.clear()
+    gc.collect()
+    assert None not in calls  # never called as host code (in the request's scope, or not)
+
+
+def test_generators_keep_working_inside_the_sandbox(sandbox: Sandbox) -> None:
+    namespace = sandbox.exec(
+        "def numbers(n):\n    for i in range(n):\n        yield i\n"
+        "def relay():\n    yield from numbers(3)\n"
+        "def echo():\n    got = yield 'ready'\n    yield got * 2\n"
+        "log = []\n"
+        "def managed():\n    log.append('in')\n    try:\n"
+        "        yield 'value'\n    finally:\n        log.append('out')\n"
+        "m = managed()\nlog.append(next(m))\nm.close()\n"
+        "e = echo()\nfirst = next(e)\nsecond = e.send(21)\n"
+        "total = sum(numbers(4))\nrelayed = list(relay())\n"
+        "lam = list((lambda: (yield 7))())\n"
+        "g = numbers(5)\nnext(g)\ng.close()\n")
+    assert namespace["log"] == ["in", "value", "out"]
+    assert (namespace["first"], namespace["second"]) == ("ready", 42)
+    assert namespace["total"] == 6 and namespace["relayed"] == [0, 1, 2]
+    assert namespace["lam"] == [7]

@@ -564,3 +564,87 @@ def test_threads_and_doctests_run_under_a_host_tracer_like_a_coverage_tool(
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == "[1, 2, 4, 'refused'] 0 1 True None", result.stdout
     assert "Exception" not in result.stderr, result.stderr
+
+
+_HOST_HOOK_ATTEMPTS = textwrap.dedent("""
+    import sys, threading
+    from gae_sandbox import Policy, Sandbox, SandboxViolation
+
+    root, target, sandboxed = sys.argv[1], sys.argv[2], sys.argv[3] == "sandboxed"
+
+    def host_hook(frame, event, arg):
+        frame.f_code  # reads the frame it is given, as a coverage tool's hook does
+        return None
+
+    threading.settrace(host_hook)  # host code, before any request
+
+    def write(*args):
+        with open(target, "a") as file:
+            file.write("app code ran as host code\\n")
+        return None
+
+    class FakeFrame:
+        @property
+        def f_code(self):
+            return write()
+
+    seen = []
+
+    def attempts():
+        hook = sys.gettrace()  # what threading's start-up put on this thread
+        seen.append(hook is not None)
+        tries = [lambda: hook(FakeFrame(), "call", None)]
+        if type(hook) is not type(host_hook):
+            tries.append(lambda: type(hook)(write)(sys._getframe(0), "call", None))
+            for name in getattr(type(hook), "__slots__", ()):
+                tries.append(lambda name=name: (object.__setattr__(hook, name, write),
+                                                hook(sys._getframe(0), "call", None)))
+        for attempt in tries:
+            try:
+                attempt()
+            except Exception as error:
+                seen.append(type(error).__name__)
+
+    def on_request_thread():
+        try:
+            sys.settrace(threading._trace_hook)  # the host's hook on the request's thread
+        except SandboxViolation:
+            seen.append("refused")
+        seen.append(sys.gettrace() is None)
+
+    if sandboxed:
+        with Sandbox(Policy(app_root=root)):
+            thread = threading.Thread(target=attempts)
+            thread.start()
+            thread.join()
+            on_request_thread()
+    else:
+        thread = threading.Thread(target=attempts)
+        thread.start()
+        thread.join()
+    print(seen)
+""")
+
+
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["plain", "sandboxed"])
+def test_the_hosts_hook_for_new_threads_runs_no_app_code_as_host_code(
+        sandboxed: bool, app_root: Path, tmp_path: Path) -> None:
+    """A thread a request starts takes the host's hook for new threads (a coverage tool's);
+    the app reaches what was put on the thread (``sys.gettrace()``) and calls it with a frame
+    of its own making, makes another of its kind around its own function, or sets its
+    attribute: none runs app code as host code. The request's own thread cannot take the
+    host's hook. Control: in plain Python the host's hook reads the app's fake frame, whose
+    property writes the file."""
+    target = tmp_path / "escaped.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", _HOST_HOOK_ATTEMPTS, str(app_root), str(target),
+         "sandboxed" if sandboxed else "plain"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    seen = result.stdout.strip()
+    assert seen.startswith("[True"), seen  # the thread had the host's hook on it
+    if sandboxed:
+        assert not target.exists(), target.read_text()
+        assert seen.endswith("'refused', True]"), seen
+    else:
+        assert target.read_text() == "app code ran as host code\n"

@@ -107,9 +107,12 @@ def _carried(tracked: TrackedThread, scope: Scope, context: contextvars.Context,
 
     def run() -> None:
         ident = tracked.ident = _get_ident()
+        awaiting = ((ident, "settrace"), (ident, "setprofile"))
+        _AWAITING_HOST_HOOK.update(awaiting)
         try:
             run_marked(ticket, _run_work, work)
         finally:
+            _AWAITING_HOST_HOOK.difference_update(awaiting)
             _close_left_on_thread(scope, ident)
             tracked.finished()
 
@@ -363,16 +366,20 @@ def _tracer_setter(original: Callable[..., Any], getter: Callable[[], Any],
     """``sys.settrace``/``setprofile`` inside a sandbox: a change is judged by the audit
     hook (refused: the function would outlive the request on this thread). Two calls change
     nothing the host did not choose, and go through: putting back the function already set
-    (``doctest`` restores the tracer it saved, ``None`` included), and putting on the thread
-    the host's own hook for new threads (``threading``'s start-up of a thread the request
-    started, under a coverage tool)."""
+    (``doctest`` restores the tracer it saved, ``None`` included), and, once per thread a
+    request started, putting on it the host's own hook for new threads (``threading``'s
+    start-up of that thread, under a coverage tool). The request's own thread cannot take
+    the host's hook: it would run as host code on the app's frames."""
 
     def set_tracer(function: Any) -> Any:
         if active_scope() is not None:
             if function is getter():
                 return None
             if function is not None and function is HOST_THREAD_HOOKS[kind]:
-                return host_call(original, _HostHook(function))
+                key = (_get_ident(), kind)
+                if key in _AWAITING_HOST_HOOK:
+                    _AWAITING_HOST_HOOK.discard(key)
+                    return host_call(original, _HOST_HOOK_CALLERS[kind])
         return original(function)
 
     return set_tracer
@@ -381,12 +388,35 @@ def _tracer_setter(original: Callable[..., Any], getter: Callable[[], Any],
 class _HostHook:
     """The host's hook for new threads, put on a thread a request started: the interpreter
     calls it in the request's context, and it is host code (a coverage tool's first call
-    installs its real tracer with ``sys.settrace``), so each call runs as host code."""
+    installs its real tracer with ``sys.settrace``), so each call runs as host code.
 
-    __slots__ = ("_hook",)
+    App code can reach this object (``sys.gettrace()``) and call it, make another of its
+    class, or set its attribute; so it holds no callable: the hook is looked up where only
+    host code sets it, and it runs only for the interpreter's own call, a real frame (the
+    caller's: the traced one) and an exact ``str`` event, never for objects the app made."""
 
-    def __init__(self, hook: Any) -> None:
-        self._hook = hook
+    __slots__ = ("_kind",)
 
-    def __call__(self, frame: Any, event: str, arg: Any) -> Any:
-        return host_call(self._hook, frame, event, arg)
+    def __init__(self, kind: str) -> None:
+        self._kind = kind
+
+    def __call__(self, frame: Any, event: Any, arg: Any) -> Any:
+        kind = self._kind
+        if type(kind) is not str or kind not in _HOST_HOOK_KINDS:
+            return None
+        if type(frame) is not types.FrameType or type(event) is not str or (
+                frame is not sys._getframe(1)):
+            return None
+        hook = HOST_THREAD_HOOKS[kind]
+        if hook is None:
+            return None
+        return host_call(hook, frame, event, arg)
+
+
+_HOST_HOOK_KINDS = ("settrace", "setprofile")
+_HOST_HOOK_CALLERS = {kind: _HostHook(kind) for kind in _HOST_HOOK_KINDS}
+
+#: ``(thread ident, kind)`` of the threads a request started that may still put the host's
+#: hook for new threads on themselves: once each, as ``threading``'s start-up does before
+#: the thread's target runs.
+_AWAITING_HOST_HOOK: set[tuple[int, str]] = set()

@@ -743,3 +743,83 @@ def test_a_finalizer_the_body_adds_runs_in_its_sandbox(pytester: pytest.Pytester
     else:
         result.assert_outcomes(passed=1)
     assert (pytester.path / "fin.txt").exists() is not sandboxed
+
+
+#: A test body hands pytest something to call after the body: each runs the body's
+#: ``write`` as host code in a plain run (the control), never in a sandboxed one.
+HANDS_PYTEST_A_CALLBACK = {
+    "forged_fixture_teardown": """
+        import functools, pytest
+
+        def write():
+            with open("escaped.txt", "w") as handle:
+                handle.write("x")
+
+        class Forged:  # what pytest's own teardown of a fixture is handed, of the app's making
+            @property
+            def node(self):
+                write()
+                raise RuntimeError("forged")
+
+        @pytest.fixture
+        def thing():
+            return 1
+
+        def test_body(request, thing):
+            fixturedef = request._fixture_defs["thing"]
+            request.addfinalizer(functools.partial(fixturedef.finish, request=Forged()))
+    """,
+    "config_cleanup": """
+        def write():
+            with open("escaped.txt", "w") as handle:
+                handle.write("x")
+
+        def test_body(request):
+            request.config.add_cleanup(write)
+    """,
+    "plugin_registered": """
+        def write():
+            with open("escaped.txt", "w") as handle:
+                handle.write("x")
+
+        class Plugin:
+            def pytest_runtest_teardown(self, item):
+                write()
+
+        def test_body(request):
+            request.config.pluginmanager.register(Plugin(), "the-apps")
+    """,
+}
+
+
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["plain", "sandboxed"])
+@pytest.mark.parametrize("case", sorted(HANDS_PYTEST_A_CALLBACK))
+def test_what_the_body_hands_pytest_never_runs_as_host_code(
+        pytester: pytest.Pytester, case: str, sandboxed: bool) -> None:
+    """A forged ``partial(fixturedef.finish, request=...)`` finalizer (the shape of pytest's
+    own teardown of a fixture), a config cleanup and a plugin: in a plain run each writes
+    the file after the body; from a sandboxed body the first two run in its sandbox (the
+    write refused) and the plugin is refused."""
+    pytester.makepyfile(HANDS_PYTEST_A_CALLBACK[case])
+    result = pytester.runpytest(*(["--gae-sandbox"] if sandboxed else []))
+    assert (pytester.path / "escaped.txt").exists() is not sandboxed, result.stdout.str()
+    if sandboxed and case == "plugin_registered":
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*SystemCallRefused*register*conftest.py*"])
+
+
+GETS_A_FIXTURE_ITSELF = """
+    import os
+
+    def test_body(request):
+        path = request.getfixturevalue("tmp_path")  # set up as host code: mkdir works
+        assert path.name.startswith("test_body")
+        request.getfixturevalue("monkeypatch").setattr(os, "sep", os.sep)
+"""
+
+
+def test_a_fixture_the_body_requests_is_set_up_and_torn_down_as_host_code(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(GETS_A_FIXTURE_ITSELF)
+    result = pytester.runpytest("--gae-sandbox")
+    result.assert_outcomes(passed=1)

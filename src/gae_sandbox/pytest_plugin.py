@@ -37,14 +37,12 @@ printed by the process that prints the reports: the pytest-xdist controller as w
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import json
 import os
 import sys
 import threading
 import time
-import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -537,6 +535,8 @@ def _sandboxed(item: pytest.Item, sandbox: Sandbox, wait: float,
         dont_write_bytecode = sys.dont_write_bytecode
         sys.dont_write_bytecode = True
         finders = list(sys.meta_path)
+        request = vars(item).get("_request")  # the body's own, as pytest made it
+        _BODY_REQUESTS.append(request)
         try:
             with sandbox:
                 try:
@@ -546,6 +546,10 @@ def _sandboxed(item: pytest.Item, sandbox: Sandbox, wait: float,
                     if waited is not None:
                         item.stash[_WAITED] = waited
         finally:
+            for index, known in enumerate(_BODY_REQUESTS):
+                if known is request:
+                    del _BODY_REQUESTS[index]
+                    break
             sys.dont_write_bytecode = dont_write_bytecode
             _gate_back_in_place(finders)
 
@@ -605,42 +609,71 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 _FINALIZERS_WRAPPED: list[bool] = []
 
+#: The request object each running sandboxed body was handed (the item's own, read by host
+#: code before the body starts): its ``getfixturevalue`` sets fixtures up as host code. A
+#: request the app made itself is not one of these, however it looks.
+_BODY_REQUESTS: list[Any] = []
+
 
 def _wrap_finalizers() -> None:
-    """A finalizer the sandboxed body adds (``request.addfinalizer(f)``) runs at teardown,
-    in host code: it is wrapped to run in the test's sandbox instead, as every callback
-    registered from inside a sandbox (``registrations.sandboxed``). Done once, at the first
-    sandboxed test; outside a sandbox the methods pass their argument on as it is."""
-    from _pytest.fixtures import FixtureDef
+    """What the sandboxed body hands pytest to call later runs in the test's sandbox or not
+    at all: a finalizer it adds (``request.addfinalizer(f)``) and a cleanup
+    (``config.add_cleanup(f)``) are wrapped to run in the test's sandbox, as every callback
+    registered from inside a sandbox (``registrations.sandboxed``); a plugin
+    (``pluginmanager.register``) is refused, its hooks would run as host code for every
+    later test. A fixture the body asks its own request for is set up as host code, with the
+    teardown pytest schedules for it. Done once, at the first sandboxed test; outside a
+    sandbox the methods pass their arguments on as they are."""
+    import pluggy
+    from _pytest.config import Config, PytestPluginManager
+    from _pytest.fixtures import FixtureDef, FixtureRequest
     from _pytest.nodes import Node
 
+    from .context import host_call, passthrough
+    from .patches import _named, _refuse_system
     from .registrations import sandboxed
-
-    finish = vars(FixtureDef).get("finish")
-
-    def pytests_own(finalizer: Any) -> bool:
-        """A fixture's own teardown (``partial(fixturedef.finish, request=...)``), which
-        pytest schedules when the body asks for a fixture: host code, as the fixture."""
-        if type(finalizer) is not functools.partial:
-            return False
-        method = finalizer.func
-        return type(method) is types.MethodType and method.__func__ is finish and (
-            isinstance(method.__self__, FixtureDef))
 
     def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
         def addfinalizer(self: Any, finalizer: Any, *args: Any, **kwargs: Any) -> Any:
-            if active_scope() is not None and not pytests_own(finalizer):
+            if active_scope() is not None:
                 finalizer = sandboxed(finalizer)
             return original(self, finalizer, *args, **kwargs)
 
-        addfinalizer.__name__ = original.__name__
-        addfinalizer.__doc__ = original.__doc__
-        return addfinalizer
+        return _named(addfinalizer, original)
 
-    for owner in (Node, FixtureDef):
-        original = vars(owner).get("addfinalizer")
+    def host_fixture(original: Callable[..., Any]) -> Callable[..., Any]:
+        def getfixturevalue(self: Any, argname: Any) -> Any:
+            if active_scope() is not None and isinstance(argname, str) and any(
+                    self is request for request in _BODY_REQUESTS):
+                return host_call(original, self, str.__str__(argname))
+            return original(self, argname)
+
+        return _named(getfixturevalue, original)
+
+    def refused(original: Callable[..., Any]) -> Callable[..., Any]:
+        what = f"pytest's {original.__qualname__}()"
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            scope = active_scope()
+            if scope is not None:
+                scope.judge(_refuse_system, what, "a plugin's hooks would run as host code "
+                            "for every later test: register it in conftest.py")
+                return passthrough(original, *args, **kwargs)  # report mode
+            return original(*args, **kwargs)
+
+        return _named(refuse, original)
+
+    changes: list[tuple[type, str, Callable[[Callable[..., Any]], Callable[..., Any]]]] = [
+        (Node, "addfinalizer", wrap), (FixtureDef, "addfinalizer", wrap),
+        (Config, "add_cleanup", wrap), (FixtureRequest, "getfixturevalue", host_fixture)]
+    for owner in (pluggy.PluginManager, PytestPluginManager):
+        for name in ("register", "add_hookcall_monitoring", "add_hookspecs",
+                     "enable_tracing"):
+            changes.append((owner, name, refused))
+    for owner, name, make in changes:
+        original = vars(owner).get(name)
         if callable(original):
-            owner.addfinalizer = wrap(original)  # type: ignore[method-assign]
+            setattr(owner, name, make(original))
     _FINALIZERS_WRAPPED.append(True)
 
 

@@ -564,12 +564,14 @@ audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
     if (PyInterpreterState_Get() != hook_interpreter) {
         return 0;
     }
-    int host = is_host(hook_var);
+    PyObject *scope = NULL;
+    int host = classify(hook_var, &scope);
     if (host != 0) {
         return host < 0 ? -1 : 0;  /* 1: host code */
     }
     PyObject *name = PyUnicode_FromString(event);
     if (name == NULL) {
+        Py_XDECREF(scope);
         return -1;
     }
     if (hook_passed != NULL) {
@@ -578,12 +580,16 @@ audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
         int passed = PySet_Contains(hook_passed, name);
         if (passed != 0) {
             Py_DECREF(name);
+            Py_XDECREF(scope);
             return passed < 0 ? -1 : 0;
         }
     }
-    PyObject *call_args[2] = {name, args};
-    PyObject *result = PyObject_Vectorcall(hook_function, call_args, 2, NULL);
+    /* the governing Scope where classify found it without nesting: the Python hook then
+     * skips its own lookup (hook(event, args, scope)); else it looks (hook(event, args)) */
+    PyObject *call_args[3] = {name, args, scope};
+    PyObject *result = PyObject_Vectorcall(hook_function, call_args, scope ? 3 : 2, NULL);
     Py_DECREF(name);
+    Py_XDECREF(scope);
     if (result == NULL) {
         return -1;
     }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import gc
 import inspect
+import io
 import os
 import pickle
 import socket
@@ -490,3 +491,74 @@ def test_same_items_compares_by_identity_only(kind: str) -> None:
     assert called == []
     with pytest.raises(TypeError):
         same([entry])
+
+
+def _open_outcome(opener: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """What ``opener(*args, **kwargs)`` gave: the content and name, or the error's class
+    and filename (a refusal is a ``PermissionError``)."""
+    try:
+        with opener(*args, **kwargs) as file:
+            raw = file if isinstance(file, io.FileIO) else getattr(file, "raw", None) or (
+                file.buffer.raw)
+            return ("read", file.read(), raw.name)
+    except OSError as error:
+        return (type(error).__name__, error.filename)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_open_made_in_c_is_the_checked_answer(kind: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sandboxed read is made by the C ``OpenGuard`` with no Python frame where the scope's
+    one layer hides nothing (the Python kind goes through ``open_for_reading`` each time),
+    with the same answers: the content and the name the app gave, relative paths against
+    the request's working directory, the error naming the path, and the refusals of a
+    symlink or ``..`` leading out, of a file ``skip_files`` hides, and of a nested sandbox
+    that cannot read it. Control: host code reads the files refused inside."""
+    from gae_sandbox import context, emulation, filesystem
+
+    if kind == "c" and (context.SPEEDUPS is None or not hasattr(_speedups, "OpenGuard")):
+        pytest.skip("the C open is wired where the accelerator is active, on Linux")
+    opener = build(kind, emulation._open, io.open)
+    assert isinstance(opener, _speedups.OpenGuard) if kind == "c" else not is_guard(opener)
+    app, outside = tmp_path / "app", tmp_path / "outside"
+    (app / "sub").mkdir(parents=True)
+    (app / "private").mkdir()
+    outside.mkdir()
+    (app / "data.txt").write_text("x\n")
+    (app / "private" / "key.txt").write_text("k\n")
+    (outside / "secret.txt").write_text("s\n")
+    (app / "out").symlink_to(outside / "secret.txt")
+    (app / "in").symlink_to("data.txt")  # relative: followed beneath the folder
+    policy = Policy.python27(app_root=str(app), deadline=None)
+    hiding = policy.replace(skip_files=(r"^private/.*",))
+    data, key = str(app / "data.txt"), str(app / "private" / "key.txt")
+    escapes = [str(app / "out"), f"{app}/../outside/secret.txt"]
+    for path in (*escapes, key):  # host control: each is readable without a sandbox
+        assert _open_outcome(opener, path)[0] == "read"
+    calls: list[Any] = []
+    real = filesystem.open_for_reading
+    monkeypatch.setattr(filesystem, "open_for_reading",
+                        lambda *args: calls.append(args[1]) or real(*args))
+
+    def body() -> list[Any]:
+        _open_outcome(opener, data, "rb")  # the scope's first read: Python, which says so
+        del calls[:]
+        seen = [_open_outcome(opener, data, "rb"),
+                _open_outcome(opener, "data.txt", encoding="utf-8"),
+                _open_outcome(opener, str(app / "in"), "r", newline=None),
+                len(calls)]
+        seen += [_open_outcome(opener, str(app / "sub")),
+                 _open_outcome(opener, str(app / "missing.txt"), "rb")]
+        seen += [_open_outcome(opener, path) for path in escapes]
+        with Sandbox(hiding):
+            seen.append(_open_outcome(opener, key))
+        return seen
+
+    seen = Sandbox(policy).call(body)
+    assert seen == [("read", b"x\n", data), ("read", "x\n", "data.txt"),
+                    ("read", "x\n", str(app / "in")), 0 if kind == "c" else 3,
+                    ("IsADirectoryError", str(app / "sub")),
+                    ("FileNotFoundError", str(app / "missing.txt")),
+                    *[("FileReadRefused", path) for path in escapes],
+                    ("FileReadRefused", key)]
+    assert Sandbox(hiding).call(_open_outcome, opener, key) == ("FileReadRefused", key)

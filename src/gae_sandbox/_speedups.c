@@ -22,6 +22,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>  /* offsetof */
+#include <string.h>  /* strcmp */
 
 /* --- Guard ------------------------------------------------------------------------------ */
 
@@ -552,6 +553,10 @@ static PyTypeObject StatGuardType = {
 
 /* Set once (audit hooks cannot be removed); the references are kept for the process's life. */
 static PyObject *hook_function = NULL;
+/* The descriptor OpenGuard is handing to io.open on this thread (-1: none): the audit hook
+ * lets the "open" event of exactly that number through, as check_open does in Python for
+ * open_file's descriptor (set only by OpenGuard, around that one call). */
+static _Thread_local int handing_fd = -1;
 static PyObject *hook_var = NULL;
 static PyObject *hook_passed = NULL;  /* frozenset of events needing no decision, or NULL */
 static PyInterpreterState *hook_interpreter = NULL;
@@ -568,6 +573,16 @@ audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
     int host = classify(hook_var, &scope);
     if (host != 0) {
         return host < 0 ? -1 : 0;  /* 1: host code */
+    }
+    if (handing_fd >= 0 && strcmp(event, "open") == 0 && PyTuple_GET_SIZE(args) > 0
+            && PyLong_CheckExact(PyTuple_GET_ITEM(args, 0))) {
+        int overflow = 0;
+        long number = PyLong_AsLongAndOverflow(PyTuple_GET_ITEM(args, 0), &overflow);
+        if (!overflow && number == handing_fd) {
+            Py_XDECREF(scope);
+            return 0;
+        }
+        PyErr_Clear();
     }
     PyObject *name = PyUnicode_FromString(event);
     if (name == NULL) {
@@ -807,6 +822,7 @@ static PyTypeObject AttributeType = {
 
 #if defined(__linux__) && (defined(__x86_64__) || defined(__aarch64__))
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
@@ -857,6 +873,300 @@ openat2_call(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(fd < 0 ? -error : fd);
 }
+
+/* --- OpenGuard ---------------------------------------------------------------------------- */
+
+/* A Guard for builtins.open/io.open that also makes, in C, the usual sandboxed read: a
+ * path beneath the first readable folder it is spelt under, opened with
+ * openat2(folder_fd, rest, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS) as
+ * filesystem.open_for_reading does, then handed to io.open as a descriptor and named as the
+ * app spelt it. Only where Python has said that is the whole rule (Scope.open_roots: one
+ * layer hiding nothing, no in-memory files), for the folder descriptors this scope has
+ * checked (Scope.extras), with filesystem.RACE_FREE_OPENS still true, and for
+ * open(path[, mode]) with a read mode and str/None encoding, errors or newline. Anything
+ * else, a failed openat2 included, goes to the Python wrapper, which does it all again and
+ * gives the usual answer (the error, the refusal). */
+typedef struct {
+    GuardObject guard;
+    PyObject *globals;   /* filesystem's module dict: RACE_FREE_OPENS, read on each call */
+} OpenGuardObject;
+
+static PyObject *open_roots_name, *cwd_name, *extras_name, *roots_key, *race_free_name,
+    *raw_name, *buffer_name, *name_attribute, *encoding_name, *errors_name, *newline_name;
+
+#define FAST_RESOLVE (0x08 | 0x02)  /* RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS */
+
+/* 1: a text read mode; 2: a binary one; 0: another mode (or not an exact str) */
+static int
+read_mode(PyObject *mode)
+{
+    if (!PyUnicode_CheckExact(mode)) {
+        return 0;
+    }
+    const char *text = PyUnicode_AsUTF8(mode);
+    if (text == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (!strcmp(text, "r") || !strcmp(text, "rt") || !strcmp(text, "tr")) {
+        return 1;
+    }
+    return !strcmp(text, "rb") || !strcmp(text, "br") ? 2 : 0;
+}
+
+/* 1: the keyword arguments are only encoding/errors/newline, each an exact str or None */
+static int
+plain_keywords(PyObject *const *values, PyObject *kwnames)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i), *value = values[i];
+        if (PyUnicode_Compare(name, encoding_name) != 0
+                && PyUnicode_Compare(name, errors_name) != 0
+                && PyUnicode_Compare(name, newline_name) != 0) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (value != Py_None && !PyUnicode_CheckExact(value)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The descriptor of `text` opened beneath the first readable folder it is spelt under, or
+ * -1 (no such folder, an unchecked folder descriptor, or the kernel would not open it) */
+static int
+open_beneath(PyObject *scope, PyObject *roots, PyObject *text)
+{
+    Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(roots); i++) {
+        PyObject *root = PyTuple_GET_ITEM(roots, i);
+        if (!PyUnicode_CheckExact(root)) {
+            return -1;
+        }
+        Py_ssize_t size = PyUnicode_GET_LENGTH(root);
+        if (size == 0 || size > length
+                || PyUnicode_Tailmatch(text, root, 0, PY_SSIZE_T_MAX, -1) != 1) {
+            PyErr_Clear();
+            continue;
+        }
+        if (!(length == size || PyUnicode_READ_CHAR(text, size) == '/' || size == 1)) {
+            continue;
+        }
+        /* the first folder the path is spelt under decides, as in open_for_reading */
+        int fd = -1;
+        Py_ssize_t start = size + (size > 1);
+        PyObject *rest = start >= length ? PyUnicode_FromString(".")
+                                         : PyUnicode_Substring(text, start, length);
+        PyObject *encoded = rest == NULL ? NULL : PyUnicode_EncodeFSDefault(rest);
+        PyObject *extras = PyObject_GetAttr(scope, extras_name);
+        PyObject *checked = extras != NULL && PyDict_CheckExact(extras)
+                            ? PyDict_GetItemWithError(extras, roots_key) : NULL;
+        PyObject *held = checked != NULL && PyDict_CheckExact(checked)
+                         ? PyDict_GetItemWithError(checked, root) : NULL;
+        int overflow = 0;
+        long root_fd = held != NULL && PyLong_CheckExact(held)
+                       ? PyLong_AsLongAndOverflow(held, &overflow) : -1;
+        if (encoded != NULL && !overflow && root_fd >= 0 && root_fd <= INT_MAX
+                && (Py_ssize_t)strlen(PyBytes_AS_STRING(encoded)) == PyBytes_GET_SIZE(encoded)) {
+            struct open_how_args how = {O_RDONLY | O_CLOEXEC, 0, FAST_RESOLVE};
+            const char *path = PyBytes_AS_STRING(encoded);
+            long opened;
+            Py_BEGIN_ALLOW_THREADS
+            opened = syscall(OPENAT2_NUMBER, (int)root_fd, path, &how, sizeof how);
+            Py_END_ALLOW_THREADS
+            fd = opened < 0 || opened > INT_MAX ? -1 : (int)opened;
+        }
+        Py_XDECREF(extras);
+        Py_XDECREF(encoded);
+        Py_XDECREF(rest);
+        PyErr_Clear();
+        return fd;
+    }
+    return -1;
+}
+
+/* The file object, or NULL: with an error set (io.open failed after taking the descriptor)
+ * or with none (the Python wrapper answers) */
+static PyObject *
+fast_open(OpenGuardObject *self, PyObject *scope, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
+{
+    Py_ssize_t keywords = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (hook_function == NULL || nargs < 1 || nargs > 2) {
+        return NULL;
+    }
+    int mode = nargs == 2 ? read_mode(args[1]) : 1;
+    if (mode == 0 || (mode == 2 && keywords > 0)
+            || (keywords > 0 && !plain_keywords(args + nargs, kwnames))) {
+        return NULL;
+    }
+    PyObject *path = args[0];
+    if (!PyUnicode_CheckExact(path)) {
+        return NULL;
+    }
+    Py_ssize_t length = PyUnicode_GET_LENGTH(path);
+    if (length == 0 || PyUnicode_FindChar(path, 0, 0, length, 1) != -1) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (PyDict_GetItemWithError(self->globals, race_free_name) != Py_True) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *roots = PyObject_GetAttr(scope, open_roots_name);
+    if (roots == NULL || !PyTuple_CheckExact(roots) || PyTuple_GET_SIZE(roots) == 0) {
+        Py_XDECREF(roots);
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *text = NULL;
+    if (PyUnicode_READ_CHAR(path, 0) == '/') {
+        Py_INCREF(path);
+        text = path;
+    }
+    else {  /* relative: against the request's working directory, as in_scope_cwd */
+        PyObject *cwd = PyObject_GetAttr(scope, cwd_name);
+        if (cwd != NULL && PyUnicode_CheckExact(cwd) && PyUnicode_GET_LENGTH(cwd) > 0
+                && PyUnicode_READ_CHAR(cwd, 0) == '/') {
+            text = PyUnicode_FromFormat("%U/%U", cwd, path);
+        }
+        Py_XDECREF(cwd);
+    }
+    int fd = text == NULL ? -1 : open_beneath(scope, roots, text);
+    Py_XDECREF(text);
+    Py_DECREF(roots);
+    PyErr_Clear();
+    if (fd < 0) {
+        return NULL;
+    }
+    PyObject *number = PyLong_FromLong(fd);
+    if (number == NULL) {
+        close(fd);
+        return NULL;
+    }
+    PyObject *call_args[4];
+    call_args[0] = number;
+    for (Py_ssize_t i = 1; i < nargs + keywords; i++) {
+        call_args[i] = args[i];
+    }
+    int outer = handing_fd;  /* a finalizer run in io.open may open a file too */
+    handing_fd = fd;
+    PyObject *file = PyObject_Vectorcall(self->guard.original, call_args, nargs, kwnames);
+    handing_fd = outer;
+    Py_DECREF(number);
+    if (file == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_IsADirectoryError)) {
+            /* FileIO refused a folder before taking the descriptor: Python says it again */
+            close(fd);
+            PyErr_Clear();
+        }
+        return NULL;  /* otherwise io.open closed the descriptor with the file object */
+    }
+    /* text -> buffered -> FileIO, named as io.open(path) names it */
+    PyObject *raw = NULL;
+    if (mode == 2) {
+        raw = PyObject_GetAttr(file, raw_name);
+    }
+    else {
+        PyObject *buffer = PyObject_GetAttr(file, buffer_name);
+        raw = buffer == NULL ? NULL : PyObject_GetAttr(buffer, raw_name);
+        Py_XDECREF(buffer);
+    }
+    if (raw == NULL || PyObject_SetAttr(raw, name_attribute, path) < 0) {
+        Py_XDECREF(raw);
+        Py_DECREF(file);
+        return NULL;
+    }
+    Py_DECREF(raw);
+    return file;
+}
+
+static PyObject *
+open_guard_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                      PyObject *kwnames)
+{
+    OpenGuardObject *self = (OpenGuardObject *)callable;
+    if (self->guard.var == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "gae_sandbox guard used after it was cleared");
+        return NULL;
+    }
+    PyObject *scope = NULL;
+    int host = classify(self->guard.var, &scope);
+    if (host < 0) {
+        return NULL;
+    }
+    if (host) {
+        return PyObject_Vectorcall(self->guard.original, args, nargsf, kwnames);
+    }
+    if (scope != NULL) {
+        PyObject *file = fast_open(self, scope, args, PyVectorcall_NARGS(nargsf), kwnames);
+        Py_DECREF(scope);
+        if (file != NULL || PyErr_Occurred()) {
+            return file;
+        }
+    }
+    return PyObject_Vectorcall(self->guard.checked, args, nargsf, kwnames);
+}
+
+static PyObject *
+open_guard_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *original, *checked, *var, *globals;
+    static char *keywords[] = {"original", "checked", "var", "globals", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO!:OpenGuard", keywords, &original,
+                                     &checked, &var, &PyDict_Type, &globals)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(original) || !PyCallable_Check(checked)
+            || !PyContextVar_CheckExact(var)) {
+        PyErr_SetString(PyExc_TypeError, "OpenGuard: two callables, a ContextVar and a dict");
+        return NULL;
+    }
+    OpenGuardObject *self = (OpenGuardObject *)guard_alloc(type, original, checked, var,
+                                                           open_guard_vectorcall);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(globals);
+    self->globals = globals;
+    return (PyObject *)self;
+}
+
+static int
+open_guard_traverse(OpenGuardObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->globals);
+    return guard_traverse(&self->guard, visit, arg);
+}
+
+static int
+open_guard_clear(OpenGuardObject *self)
+{
+    Py_CLEAR(self->globals);
+    return guard_clear(&self->guard);
+}
+
+static PyTypeObject OpenGuardType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gae_sandbox._speedups.OpenGuard",
+    .tp_doc = PyDoc_STR("OpenGuard(original, checked, var, globals): a Guard for open() that "
+                        "makes the usual sandboxed read in C."),
+    .tp_basicsize = sizeof(OpenGuardObject),
+    .tp_base = &GuardType,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = open_guard_new,
+    .tp_dealloc = (destructor)guard_dealloc,
+    .tp_traverse = (traverseproc)open_guard_traverse,
+    .tp_clear = (inquiry)open_guard_clear,
+    .tp_vectorcall_offset = offsetof(OpenGuardObject, guard.vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = guard_descr_get,
+    .tp_repr = (reprfunc)guard_repr,
+    .tp_dictoffset = offsetof(OpenGuardObject, guard.dict),
+    .tp_weaklistoffset = offsetof(OpenGuardObject, guard.weakrefs),
+};
 #endif
 
 /* --- same_items --------------------------------------------------------------------------- */
@@ -928,12 +1238,23 @@ PyInit__speedups(void)
             || PyType_Ready(&StatGuardType) < 0) {
         return NULL;
     }
+#ifdef HAVE_OPENAT2_CALL
+    if (PyType_Ready(&OpenGuardType) < 0) {
+        return NULL;
+    }
+#endif
     /* the attribute names the C fast paths read, made once */
     struct { PyObject **slot; const char *text; } names[] = {
         {&known_imports_name, "known_imports"}, {&spec_name_key, "name"},
         {&layers_name, "layers"}, {&readable_name, "readable"}, {&st_dev_name, "st_dev"},
         {&st_ino_name, "st_ino"}, {&st_mode_name, "st_mode"},
         {&st_ctime_ns_name, "st_ctime_ns"},
+#ifdef HAVE_OPENAT2_CALL
+        {&open_roots_name, "open_roots"}, {&cwd_name, "cwd"}, {&extras_name, "extras"},
+        {&roots_key, "gae_sandbox.root_descriptors"}, {&race_free_name, "RACE_FREE_OPENS"},
+        {&raw_name, "raw"}, {&buffer_name, "buffer"}, {&name_attribute, "name"},
+        {&encoding_name, "encoding"}, {&errors_name, "errors"}, {&newline_name, "newline"},
+#endif
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (*names[i].slot == NULL) {
@@ -965,5 +1286,13 @@ PyInit__speedups(void)
         Py_DECREF(module);
         return NULL;
     }
+#ifdef HAVE_OPENAT2_CALL
+    Py_INCREF(&OpenGuardType);
+    if (PyModule_AddObject(module, "OpenGuard", (PyObject *)&OpenGuardType) < 0) {
+        Py_DECREF(&OpenGuardType);
+        Py_DECREF(module);
+        return NULL;
+    }
+#endif
     return module;
 }

@@ -360,7 +360,7 @@ class Scope:
     __slots__ = ("layers", "parent", "owner", "resolved_hosts", "opened_fds", "extras",
                  "deadline", "threads", "token", "closed", "reported_imports", "thread",
                  "memory", "cwd", "known_imports", "_ticket", "_ticket_reference",
-                 "previous_mark", "children")
+                 "previous_mark", "children", "open_roots")
 
     def __init__(self, layer: Layer, parent: Scope | None, owner: Any) -> None:
         self.layers: tuple[Layer, ...] = (*parent.layers, layer) if parent else (layer,)
@@ -387,6 +387,9 @@ class Scope:
         #: working_directory="host" the enclosing scope's (None: the process's own).
         #: With one layer, its ``Layer.imports_any``: a repeated import is one set lookup.
         self.known_imports: set[str] | None = None if parent else layer.imports_any
+        #: The folders a read beneath which is the whole rule (filesystem.open_roots), worked
+        #: out at the scope's first open: ``()`` where it is not (the C open answers then).
+        self.open_roots: tuple[str, ...] | None = None
         policy = layer.policy
         self.cwd: str | None = policy.app_root if policy.working_directory == "app_root" else (
             parent.cwd if parent else None)

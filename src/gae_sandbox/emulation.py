@@ -47,6 +47,7 @@ from .patches import (
     Patch,
     _check_path_object,
     _guarded,
+    _open_guarded,
     _refuse_tempfile,
     _refused_call,
     _respell,
@@ -174,7 +175,7 @@ def _open(original: Callable[..., Any]) -> Callable[..., Any]:
             pass
         return handle
 
-    return _guarded(open, original)
+    return _open_guarded(open, original)
 
 
 #: ``os`` functions that change the filesystem, and which of their arguments are paths: made

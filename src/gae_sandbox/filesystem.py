@@ -780,6 +780,21 @@ _HANDING = "gae_sandbox.handing"
 _get_ident = threading.get_ident
 
 
+def open_roots(scope: Scope) -> tuple[str, ...]:
+    """The readable folders of ``scope`` beneath which a read is allowed with no other
+    check: those of its one layer, when that layer hides nothing inside them (no
+    ``skip_files``, no ``unreadable_paths``) and reads go to the real files (no in-memory
+    filesystem); else ``()``. The C ``OpenGuard`` opens beneath these alone, race-free, as
+    :func:`open_for_reading` does."""
+    layers = scope.layers
+    if len(layers) != 1 or scope.memory is not None:
+        return ()
+    policy = layers[0].policy
+    if policy.skip_files or policy.unreadable_paths:
+        return ()
+    return tuple(str.__str__(root) for root in layers[0].readable_roots)
+
+
 def open_file(scope: Scope, value: str | bytes, mode: Any, buffering: Any, encoding: Any,
               errors: Any, newline: Any, io_open: Callable[..., Any]) -> Any:
     """``builtins.open``/``io.open`` of ``value`` for reading: opened by
@@ -799,6 +814,8 @@ def open_file(scope: Scope, value: str | bytes, mode: Any, buffering: Any, encod
                                 and (errors is None or type(errors) is str)
                                 and (newline is None or type(newline) is str)):
         return None
+    if scope.open_roots is None:
+        scope.open_roots = open_roots(scope)
     used = in_scope_cwd(scope, value)
     try:
         fd = open_for_reading(scope, used, os.O_RDONLY)

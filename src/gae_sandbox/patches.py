@@ -454,6 +454,18 @@ def _guarded(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Calla
     return _named(SPEEDUPS.Guard(original, wrapper, _ACTIVE), original)
 
 
+def _open_guarded(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`_guarded` for ``open``: the C ``OpenGuard`` also makes the usual sandboxed read
+    with no Python frame (``openat2`` beneath the readable folder the path is spelt under,
+    where the scope's ``open_roots`` say that is the whole rule: see
+    ``filesystem.open_roots``); everything else calls ``wrapper``."""
+    wrapper = _named(wrapper, original)
+    open_guard = getattr(SPEEDUPS, "OpenGuard", None)
+    if open_guard is None:
+        return _guarded(wrapper, original)
+    return _named(open_guard(original, wrapper, _ACTIVE, vars(filesystem)), original)
+
+
 def _stat_guarded(wrapper: Callable[..., Any], original: Callable[..., Any], *,
                   follow: bool) -> Callable[..., Any]:
     """:func:`_guarded` for ``os.stat`` (``follow``) and ``os.lstat``: the C ``StatGuard``

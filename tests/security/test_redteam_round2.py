@@ -1435,7 +1435,7 @@ W6 = [
               "hit = []\n"
               "def host_work():\n"
               "    try:\n"
-              "        for step in range(40):\n"
+              "        for step in range(100):\n"
               "            time.sleep(0.02)\n"
               "    except BaseException as error:\n"
               "        hit.append(type(error).__name__)\n"

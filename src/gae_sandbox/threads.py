@@ -392,8 +392,11 @@ class _HostHook:
 
     App code can reach this object (``sys.gettrace()``) and call it, make another of its
     class, or set its attribute; so it holds no callable: the hook is looked up where only
-    host code sets it, and it runs only for the interpreter's own call, a real frame (the
-    caller's: the traced one) and an exact ``str`` event, never for objects the app made."""
+    host code sets it, and it runs only for a real frame that is the caller's (the traced
+    one), an exact ``str`` event, and a frame of ``threading.Thread.run`` itself, the first
+    code a started thread runs (the host's hook reads the frame it is given: an app frame's
+    globals and locals are the app's objects). A thread whose ``run`` the app overrode is
+    not traced by the host's hook."""
 
     __slots__ = ("_kind",)
 
@@ -405,7 +408,7 @@ class _HostHook:
         if type(kind) is not str or kind not in _HOST_HOOK_KINDS:
             return None
         if type(frame) is not types.FrameType or type(event) is not str or (
-                frame is not sys._getframe(1)):
+                frame is not sys._getframe(1)) or frame.f_code is not _THREAD_RUN_CODE:
             return None
         hook = HOST_THREAD_HOOKS[kind]
         if hook is None:
@@ -414,6 +417,7 @@ class _HostHook:
 
 
 _HOST_HOOK_KINDS = ("settrace", "setprofile")
+_THREAD_RUN_CODE = threading.Thread.run.__code__
 _HOST_HOOK_CALLERS = {kind: _HostHook(kind) for kind in _HOST_HOOK_KINDS}
 
 #: ``(thread ident, kind)`` of the threads a request started that may still put the host's

@@ -49,45 +49,26 @@ _get_ident = _thread.get_ident
 _runner: Callable[..., Any] | None = None
 
 
-def _own_stdlib_callback(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """A standard-library function, or a method bound to a standard-library class or module
-    (``weakref.finalize._exitfunc``), registered with no arguments: the interpreter's own
-    code, with nothing of the app's to run."""
+#: The standard library's own argument-less callbacks a request may register as they are,
+#: by identity, captured as this module loads: ``weakref.finalize`` registers its class's
+#: ``_exitfunc`` with ``atexit`` at its first use, ``logging`` its ``shutdown``. A function or
+#: method found by name, module or file instead would be the app's to forge (a module
+#: attribute it sets, a classmethod bound to its own class, code with a library file name).
+_FINALIZE = weakref.finalize
+_FINALIZE_EXIT = vars(_FINALIZE)["_exitfunc"].__func__
+_STDLIB_CALLBACKS = (logging.shutdown,)
 
+
+def _own_stdlib_callback(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """One of the standard library's own callbacks (:data:`_STDLIB_CALLBACKS`, or
+    ``weakref.finalize._exitfunc`` bound to ``weakref.finalize`` itself), registered with no
+    arguments: the interpreter's own code, with nothing of the app's to run. Anything else a
+    request registers runs in its sandbox."""
     if args or kwargs:
         return False
-    if type(function) is types.MethodType:  # weakref.finalize._exitfunc: a classmethod
-        owner, method = function.__self__, function.__func__
-        if type(owner) is not type or type(method) is not types.FunctionType:
-            return False  # bound to an instance, or a class made by a metaclass
-        module = sys.modules.get(type.__getattribute__(owner, "__module__"))
-        found = vars(owner).get(method.__name__)
-        return (_is_stdlib_module(module) and getattr(module, owner.__name__, None) is owner
-                and getattr(found, "__func__", None) is method and _is_stdlib_function(method))
-    if type(function) is not types.FunctionType:
-        return False
-    module = sys.modules.get(function.__globals__.get("__name__"))  # type: ignore[arg-type]
-    # the very function the standard-library module holds under that name (a function the
-    # app builds from a library function's code has the app's defaults and globals)
-    return (_is_stdlib_module(module) and function.__globals__ is vars(module)
-            and vars(module).get(function.__name__) is function
-            and _is_stdlib_function(function))
-
-
-def _is_stdlib_module(module: Any) -> bool:
-    from .imports import is_stdlib_code
-
-    if type(module) is not types.ModuleType:
-        return False
-    filename = vars(module).get("__file__")
-    return type(filename) is str and is_stdlib_code(filename)
-
-
-def _is_stdlib_function(function: types.FunctionType) -> bool:
-    from .imports import is_stdlib_code
-
-    filename = function.__code__.co_filename
-    return type(filename) is str and not filename.startswith("<") and is_stdlib_code(filename)
+    if type(function) is types.MethodType:
+        return function.__self__ is _FINALIZE and function.__func__ is _FINALIZE_EXIT
+    return any(function is known for known in _STDLIB_CALLBACKS)
 
 
 class SandboxedCallback:
@@ -923,14 +904,25 @@ def _mime_types(module: Any) -> list[Patch]:
 
 
 def _module_cleanups(module: Any) -> list[Patch]:
-    """``unittest.addModuleCleanup``: a test runner (host code) calls the functions later."""
+    """``unittest.addModuleCleanup``, ``TestCase.addClassCleanup`` and ``addCleanup`` (and the
+    ``enter*Context`` methods, which call them): a test runner (host code) calls the
+    functions later, at the module's, the class's or the test's end."""
+    found: list[Patch] = []
     original = vars(module).get("addModuleCleanup")
-    if original is None:
-        return []
-    found = [(module, "addModuleCleanup", original, _wrapping(original, 0))]
-    package = sys.modules.get("unittest")
-    if package is not None and vars(package).get("addModuleCleanup") is original:
-        found.append((package, "addModuleCleanup", original, found[0][3]))
+    if original is not None:
+        found.append((module, "addModuleCleanup", original, _wrapping(original, 0)))
+        package = sys.modules.get("unittest")
+        if package is not None and vars(package).get("addModuleCleanup") is original:
+            found.append((package, "addModuleCleanup", original, found[0][3]))
+    case = vars(module).get("TestCase")
+    if isinstance(case, type):
+        method = vars(case).get("addCleanup")
+        if callable(method):
+            found.append((case, "addCleanup", method, _wrapping(method, 1)))
+        held = vars(case).get("addClassCleanup")
+        if type(held) is classmethod:
+            found.append((case, "addClassCleanup", held,
+                          classmethod(_wrapping(held.__func__, 1))))
     return found
 
 

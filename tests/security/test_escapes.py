@@ -251,6 +251,21 @@ CASES: list[Case] = [
          "def later():\n"
          "    open(target, 'w').close()\n"
          "atexit.register(later)\n"),
+    # the standard library's own exit method, bound to the app's class under a library
+    # module's name: trusted by name, it would run the class's methods as host code at exit
+    Case("atexit_forged_stdlib_exit_method", "atexit",
+         "import atexit, weakref\n"
+         "class Forged:\n"
+         "    _registry = {1: 1}\n"
+         "    @classmethod\n"
+         "    def _select_for_exit(cls):\n"
+         "        open(target, 'w').close()\n"
+         "        return []\n"
+         "Forged._exitfunc = classmethod(vars(weakref.finalize)['_exitfunc'].__func__)\n"
+         "Forged.__module__ = 'weakref'\n"
+         "Forged.__name__ = Forged.__qualname__ = '_Forged'\n"
+         "weakref._Forged = Forged\n"
+         "atexit.register(Forged._exitfunc)\n"),
     Case("sys_settrace", "settrace",
          "import sys\n"
          "def tracer(frame, event, arg):\n"

@@ -10,6 +10,7 @@ for pytest-xdist.
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 
@@ -777,6 +778,56 @@ HANDS_PYTEST_A_CALLBACK = {
         def test_body(request):
             request.config.add_cleanup(write)
     """,
+    "fixture_setup_called_by_the_body": """
+        def write():
+            with open("escaped.txt", "w") as handle:
+                handle.write("x")
+
+        def test_body(request):
+            from _pytest.fixtures import FixtureDef
+            made = FixtureDef(config=request.config, baseid="", argname="made", func=write,
+                              scope="function", params=None, ids=None, _ispytest=True)
+            request.config.hook.pytest_fixture_setup(fixturedef=made, request=request)
+    """,
+    "fixture_definition_the_body_added": """
+        def write():
+            with open("escaped.txt", "w") as handle:
+                handle.write("x")
+
+        def test_body(request):
+            from _pytest.fixtures import FixtureDef
+            made = FixtureDef(config=request.config, baseid="", argname="made", func=write,
+                              scope="function", params=None, ids=None, _ispytest=True)
+            request._arg2fixturedefs["made"] = [made]
+            request.getfixturevalue("made")
+    """,
+    "fixture_function_the_body_changed": """
+        import pytest
+
+        def write():
+            with open("escaped.txt", "w") as handle:
+                handle.write("x")
+
+        @pytest.fixture
+        def thing():
+            return 1
+
+        def test_body(request):
+            definitions = request._fixturemanager.getfixturedefs("thing", request.node)
+            definitions[-1].func = write
+            request.getfixturevalue("thing")
+    """,
+    "unittest_class_cleanup": """
+        import unittest
+
+        def write():
+            with open("escaped.txt", "w") as handle:
+                handle.write("x")
+
+        class Case(unittest.TestCase):
+            def test_body(self):
+                self.addClassCleanup(write)
+    """,
     "plugin_registered": """
         def write():
             with open("escaped.txt", "w") as handle:
@@ -797,9 +848,11 @@ HANDS_PYTEST_A_CALLBACK = {
 def test_what_the_body_hands_pytest_never_runs_as_host_code(
         pytester: pytest.Pytester, case: str, sandboxed: bool) -> None:
     """A forged ``partial(fixturedef.finish, request=...)`` finalizer (the shape of pytest's
-    own teardown of a fixture), a config cleanup and a plugin: in a plain run each writes
-    the file after the body; from a sandboxed body the first two run in its sandbox (the
-    write refused) and the plugin is refused."""
+    own teardown of a fixture), a config cleanup, a unittest class cleanup, a plugin, and
+    fixtures the body set up itself, defined itself or changed: in a plain run each writes
+    the file; from a sandboxed body the callbacks run in its sandbox (the write refused),
+    the plugin and the host setup of a fixture the body made or changed are refused, and a
+    setup the body calls itself stays in its sandbox."""
     pytester.makepyfile(HANDS_PYTEST_A_CALLBACK[case])
     result = pytester.runpytest(*(["--gae-sandbox"] if sandboxed else []))
     assert (pytester.path / "escaped.txt").exists() is not sandboxed, result.stdout.str()
@@ -823,3 +876,39 @@ def test_a_fixture_the_body_requests_is_set_up_and_torn_down_as_host_code(
     pytester.makepyfile(GETS_A_FIXTURE_ITSELF)
     result = pytester.runpytest("--gae-sandbox")
     result.assert_outcomes(passed=1)
+
+
+def test_the_summary_reads_only_exact_strings_of_user_properties() -> None:
+    """A body appends its own object to ``user_properties``: the plugin's summary (host
+    code) reads the list without running any of its methods. Control: comparing it with the
+    property name, as a plain reader does, runs the app's ``__eq__``."""
+    from gae_sandbox.pytest_plugin import PROPERTY, _Summary
+
+    ran: list[str] = []
+
+    class Name:
+        def __eq__(self, other: object) -> bool:
+            ran.append("app code")
+            return False
+
+        __hash__ = object.__hash__
+
+    class Text(str):
+        def __eq__(self, other: object) -> bool:
+            ran.append("app code")
+            return False
+
+        __hash__ = str.__hash__
+
+    assert not (Name() == PROPERTY) and ran == ["app code"]  # control
+    del ran[:]
+    config = types.SimpleNamespace(stash={})
+    from gae_sandbox import pytest_plugin
+
+    config.stash[pytest_plugin._RESULTS] = pytest_plugin._Results()
+    report = types.SimpleNamespace(when="call", nodeid="t", user_properties=[
+        (Name(), "[]"), (Text(PROPERTY), "[]"), (PROPERTY, Text("[]")), [PROPERTY, "[]"],
+        (PROPERTY, '[{"kind": "file_read"}]')])
+    _Summary(config).pytest_runtest_logreport(report)  # type: ignore[arg-type]
+    assert ran == []
+    assert config.stash[pytest_plugin._RESULTS].by_test == {"t": [{"kind": "file_read"}]}

@@ -50,7 +50,7 @@ from typing import Any
 
 import pytest
 
-from .context import active_scope, unsandboxed
+from .context import active_scope
 from .policy import Policy
 from .sandbox import Sandbox
 
@@ -455,13 +455,53 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_fixture_setup(fixturedef: Any, request: Any) -> Iterator[None]:
-    """A fixture the body requests itself (``request.getfixturevalue("capfd")``) is set up as
-    host code, like every other fixture: a refusal never leaves it half set up."""
-    if active_scope() is None:
-        yield
-        return
-    with unsandboxed():
-        yield
+    """A fixture the body asks its own request for (``request.getfixturevalue("capfd")``)
+    is set up as host code, like every other fixture (a refusal never leaves it half set
+    up), but only one pytest collected before the body ran, with the function it had then:
+    a fixture definition the body made or changed is refused. A setup the body calls
+    itself (``config.hook.pytest_fixture_setup``) stays in its sandbox."""
+    known = _HOST_SETUPS.get(threading.get_ident())
+    if known is not None and active_scope() is None:
+        entry = known.get(id(fixturedef))
+        if entry is None or entry[0] is not fixturedef or (
+                getattr(fixturedef, "func", None) is not entry[1]):
+            from .errors import SystemCallRefused
+
+            name = getattr(fixturedef, "argname", None)
+            raise SystemCallRefused(
+                f"fixture {name if type(name) is str else '?'!r} set up as host code",
+                "the test body made or changed this fixture's definition: only fixtures "
+                "pytest collected before the body ran are set up outside its sandbox", None)
+    yield
+
+
+def _known_fixtures(request: Any) -> dict[int, tuple[Any, Any]]:
+    """id -> (definition, its function) of every fixture definition pytest has collected
+    (the session's fixture manager's tables, whatever their shape in this pytest version,
+    and the request's own), read by host code before the body runs: the definitions a
+    body's ``getfixturevalue`` may set up as host code."""
+    from _pytest.fixtures import FixtureDef
+
+    known: dict[int, tuple[Any, Any]] = {}
+    manager = getattr(request, "_fixturemanager", None)
+    pending = [*(vars(manager).values() if hasattr(manager, "__dict__") else ()),
+               getattr(request, "_arg2fixturedefs", None)]
+    depth = {id(value): 0 for value in pending}
+    while pending:
+        value = pending.pop()
+        if isinstance(value, FixtureDef):
+            known[id(value)] = (value, getattr(value, "func", None))
+        elif type(value) in (dict, list, tuple) and depth.get(id(value), 3) < 3:
+            items = value.values() if type(value) is dict else value
+            for item in items:
+                depth[id(item)] = depth[id(value)] + 1
+                pending.append(item)
+    return known
+
+
+#: Thread ident -> the fixture definitions known before the body (:func:`_known_fixtures`)
+#: while that thread sets up, as host code, a fixture a body asked its own request for.
+_HOST_SETUPS: dict[int, dict[int, tuple[Any, Any]]] = {}
 
 
 @pytest.fixture
@@ -536,7 +576,7 @@ def _sandboxed(item: pytest.Item, sandbox: Sandbox, wait: float,
         sys.dont_write_bytecode = True
         finders = list(sys.meta_path)
         request = vars(item).get("_request")  # the body's own, as pytest made it
-        _BODY_REQUESTS.append(request)
+        _BODY_REQUESTS.append((request, _known_fixtures(request)))
         try:
             with sandbox:
                 try:
@@ -546,7 +586,7 @@ def _sandboxed(item: pytest.Item, sandbox: Sandbox, wait: float,
                     if waited is not None:
                         item.stash[_WAITED] = waited
         finally:
-            for index, known in enumerate(_BODY_REQUESTS):
+            for index, (known, _) in enumerate(_BODY_REQUESTS):
                 if known is request:
                     del _BODY_REQUESTS[index]
                     break
@@ -610,9 +650,10 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 _FINALIZERS_WRAPPED: list[bool] = []
 
 #: The request object each running sandboxed body was handed (the item's own, read by host
-#: code before the body starts): its ``getfixturevalue`` sets fixtures up as host code. A
-#: request the app made itself is not one of these, however it looks.
-_BODY_REQUESTS: list[Any] = []
+#: code before the body starts), with the fixture definitions known then: its
+#: ``getfixturevalue`` sets those up as host code. A request the app made itself is not one
+#: of these, however it looks.
+_BODY_REQUESTS: list[tuple[Any, dict[int, tuple[Any, Any]]]] = []
 
 
 def _wrap_finalizers() -> None:
@@ -643,10 +684,22 @@ def _wrap_finalizers() -> None:
 
     def host_fixture(original: Callable[..., Any]) -> Callable[..., Any]:
         def getfixturevalue(self: Any, argname: Any) -> Any:
-            if active_scope() is not None and isinstance(argname, str) and any(
-                    self is request for request in _BODY_REQUESTS):
+            if active_scope() is None or not isinstance(argname, str):
+                return original(self, argname)
+            known = next((fixtures for request, fixtures in _BODY_REQUESTS
+                          if request is self), None)
+            if known is None:  # a request the body made: its fixtures are the body's
+                return original(self, argname)
+            thread = threading.get_ident()
+            outer = _HOST_SETUPS.get(thread)
+            _HOST_SETUPS[thread] = known
+            try:
                 return host_call(original, self, str.__str__(argname))
-            return original(self, argname)
+            finally:
+                if outer is None:
+                    _HOST_SETUPS.pop(thread, None)
+                else:
+                    _HOST_SETUPS[thread] = outer
 
         return _named(getfixturevalue, original)
 
@@ -797,10 +850,20 @@ class _Summary:
         if report.when != "call":
             return
         results = self.config.stash[_RESULTS]
-        for name, value in report.user_properties:
-            if name == PROPERTY and isinstance(value, str):
+        properties = report.user_properties
+        if type(properties) is not list:
+            return
+        # what a test body appended is there too: only exact tuples of exact str are read,
+        # so no method of the app's runs here (a str subclass's __eq__)
+        for entry in list(properties):
+            if type(entry) is not tuple or len(entry) != 2:
+                continue
+            name, value = entry
+            if type(name) is not str or type(value) is not str:
+                continue
+            if name == PROPERTY:
                 results.by_test[report.nodeid] = json.loads(value)
-            elif name == THREADS_PROPERTY and isinstance(value, str):
+            elif name == THREADS_PROPERTY:
                 results.threads[report.nodeid] = json.loads(value)
 
     def _root(self) -> str:

@@ -87,6 +87,8 @@ class SandboxMiddleware:
         # would be app code running in the server's formatting. (No local name holds the
         # copy: the request lets go of it in the scope.)
         request = _Request(self, scope, dict(environ), start_response)
+        # what a failure's log line names, read now from the server's own dict
+        request.logged = (_plain(environ.get("REQUEST_METHOD")), _plain(environ.get("PATH_INFO")))
         request.wrap_streams()
         if self.sandbox.policy.request_environ:  # read if the app reads os.environ
             scope.extras["cgi_environ"] = request.environ
@@ -117,6 +119,7 @@ class _Request:
         self.iterable: Any = None
         self.iterator: Iterator[bytes] | None = None
         self.error_body: list[bytes] | None = None
+        self.logged: tuple[str | None, str | None] = (None, None)
 
     def wrap_streams(self) -> None:
         """The server's own objects in environ (``wsgi.input``, ``wsgi.errors``) reach the
@@ -129,10 +132,10 @@ class _Request:
         assert environ is not None
         stream = environ.get("wsgi.input")
         if stream is not None:
-            environ["wsgi.input"] = _InputStream(_server_caller(self, stream))
+            environ["wsgi.input"] = _InputStream(_server_caller(self, stream, _INPUT_CALLS))
         errors = environ.get("wsgi.errors")
         if errors is not None:
-            environ["wsgi.errors"] = _ErrorStream(_server_caller(self, errors))
+            environ["wsgi.errors"] = _ErrorStream(_server_caller(self, errors, _ERRORS_CALLS))
         if "wsgi.file_wrapper" in environ:
             environ["wsgi.file_wrapper"] = FileWrapper
 
@@ -308,12 +311,13 @@ class _Request:
     def log_failure(self, failure: _Failure) -> None:
         """Log the error with its traceback, both read in the scope (an app exception's
         ``__str__`` is app code), the traceback without this library's frames."""
-        environ = self.environ or {}
-        method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
-        # the record carries the text only: log handlers never get the app's exception
+        # the method and path as the server gave them (a key the app put in its copy of the
+        # environ would run its __eq__ in the lookup); the record carries the text only:
+        # log handlers never get the app's exception
+        method, path = self.logged
         record = logger.makeRecord(
             logger.name, logging.ERROR, __file__, 0, "gae_sandbox: request %s %s failed: %s",
-            (_plain(method), _plain(path), failure.reason), None)
+            (method, path, failure.reason), None)
         record.exc_text = failure.text.rstrip("\n") or f"{failure.reason} (not formattable)"
         if logger.isEnabledFor(logging.ERROR):
             logger.handle(record)
@@ -374,13 +378,33 @@ def _server_call(stream: Any, name: str, *args: Any) -> Any:
     return getattr(stream, name)(*args)
 
 
-def _server_caller(request: _Request, stream: Any) -> Callable[..., Any]:
-    """A function that calls a method of the server's ``stream`` as host code. The stand-ins
-    below hold only this (the stream is in its closure: no attribute of theirs leads to
-    it; introspection does, as to all of the library's objects in the default mode)."""
+def _text(value: Any) -> str:
+    return _exact_str(value, "wsgi.errors text")
 
-    def call(name: str, *args: Any) -> Any:
-        return request.to_server(_server_call, stream, name, *args)
+
+#: The methods of the server's streams the stand-ins call, each with what its arguments are
+#: made into first (in the scope): the most it takes, and the conversion of each.
+_INPUT_CALLS: dict[str, tuple[int, Callable[[Any], Any]]] = {
+    "read": (1, _size), "readline": (1, _size), "readlines": (1, _size)}
+_ERRORS_CALLS: dict[str, tuple[int, Callable[[Any], Any]]] = {
+    "write": (1, _text), "flush": (0, _size)}
+
+
+def _server_caller(request: _Request, stream: Any,
+                   calls: dict[str, tuple[int, Callable[[Any], Any]]]) -> Callable[..., Any]:
+    """A function that calls a method of the server's ``stream`` as host code: only one of
+    ``calls``, with its arguments made exact values in the scope first (app code reaches
+    this function as the stand-in's attribute, and would otherwise choose the method and
+    hand the server's C code objects whose methods then run as host code). The stand-ins
+    below hold only this (the stream is in its closure: no attribute of theirs leads to it;
+    introspection does, as to all of the library's objects in the default mode)."""
+
+    def call(name: Any, *args: Any) -> Any:
+        known = calls.get(name) if type(name) is str else None
+        if known is None or len(args) > known[0]:
+            raise TypeError(f"the server's stream is called only for {', '.join(calls)}")
+        convert = known[1]
+        return request.to_server(_server_call, stream, name, *[convert(a) for a in args])
 
     return call
 

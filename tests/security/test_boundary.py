@@ -110,6 +110,34 @@ def _apps(target: Path) -> dict[str, Callable[..., Iterable[bytes]]]:
     def class_name_property(environ: dict, start_response: Any) -> Iterable[bytes]:
         raise Unprintable()
 
+    class Key(str):  # the environ key the log looks up, with the app's __eq__
+        def __eq__(self, other: object) -> bool:
+            write()
+            return str.__eq__(self, other)
+
+        __hash__ = str.__hash__
+
+    def environ_key_replaced(environ: dict, start_response: Any) -> Iterable[bytes]:
+        environ[Key("REQUEST_METHOD")] = environ.pop("REQUEST_METHOD")
+        raise ValueError("app failure")  # the middleware logs the method and path
+
+    class Size:
+        def __index__(self) -> int:
+            write()
+            return 1
+
+    def input_call_with_app_arguments(environ: dict,
+                                      start_response: Any) -> Iterable[bytes]:
+        stream = environ["wsgi.input"]
+        call = vars(stream).get("_call") if hasattr(stream, "__dict__") else None
+        for name in ("read", "__init__", "seek"):
+            try:  # the stand-in's caller, with arguments the server's C code would convert
+                call(name, Size()) if call is not None else getattr(stream, name)(Size())
+            except Exception:
+                pass
+        start_response("200 OK", [])
+        return [b"ok"]
+
     def failing_after_the_body(environ: dict, start_response: Any) -> Iterable[bytes]:
         start_response("200 OK", [])
         yield b"first"
@@ -119,11 +147,14 @@ def _apps(target: Path) -> dict[str, Callable[..., Iterable[bytes]]]:
             "sized_body": sized_body, "generator_chunks": generator_chunks,
             "failing": failing, "environ_values_replaced": environ_values_replaced,
             "class_name_property": class_name_property,
+            "environ_key_replaced": environ_key_replaced,
+            "input_call_with_app_arguments": input_call_with_app_arguments,
             "failing_after_the_body": failing_after_the_body}
 
 
 CASES = ["status_subclass", "chunk_subclass", "sized_body", "generator_chunks", "failing",
-         "environ_values_replaced", "class_name_property", "failing_after_the_body"]
+         "environ_values_replaced", "class_name_property", "environ_key_replaced",
+         "input_call_with_app_arguments", "failing_after_the_body"]
 
 
 def serve_once(app: Callable[..., Iterable[bytes]]) -> None:
@@ -138,7 +169,7 @@ def serve_once(app: Callable[..., Iterable[bytes]]) -> None:
         status.encode("latin-1")
         return lambda data: None
 
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO(b"body")}
     try:
         try:
             result = app(environ, start_response)

@@ -10,6 +10,7 @@ for pytest-xdist.
 from __future__ import annotations
 
 import json
+import textwrap
 import types
 
 import pytest
@@ -746,15 +747,24 @@ def test_a_finalizer_the_body_adds_runs_in_its_sandbox(pytester: pytest.Pytester
     assert (pytester.path / "fin.txt").exists() is not sandboxed
 
 
+#: What every test file below starts with: the body's ``write``, and a fixture definition
+#: of the body's making whose function is ``write``.
+_CALLBACK_PRELUDE = """
+    def write():
+        with open("escaped.txt", "w") as handle:
+            handle.write("x")
+
+    def made_fixture(request):
+        from _pytest.fixtures import FixtureDef
+        return FixtureDef(config=request.config, baseid="", argname="made", func=write,
+                          scope="function", params=None, ids=None, _ispytest=True)
+"""
+
 #: A test body hands pytest something to call after the body: each runs the body's
 #: ``write`` as host code in a plain run (the control), never in a sandboxed one.
 HANDS_PYTEST_A_CALLBACK = {
     "forged_fixture_teardown": """
         import functools, pytest
-
-        def write():
-            with open("escaped.txt", "w") as handle:
-                handle.write("x")
 
         class Forged:  # what pytest's own teardown of a fixture is handed, of the app's making
             @property
@@ -771,42 +781,22 @@ HANDS_PYTEST_A_CALLBACK = {
             request.addfinalizer(functools.partial(fixturedef.finish, request=Forged()))
     """,
     "config_cleanup": """
-        def write():
-            with open("escaped.txt", "w") as handle:
-                handle.write("x")
-
         def test_body(request):
             request.config.add_cleanup(write)
     """,
     "fixture_setup_called_by_the_body": """
-        def write():
-            with open("escaped.txt", "w") as handle:
-                handle.write("x")
-
         def test_body(request):
-            from _pytest.fixtures import FixtureDef
-            made = FixtureDef(config=request.config, baseid="", argname="made", func=write,
-                              scope="function", params=None, ids=None, _ispytest=True)
+            made = made_fixture(request)
             request.config.hook.pytest_fixture_setup(fixturedef=made, request=request)
     """,
     "fixture_definition_the_body_added": """
-        def write():
-            with open("escaped.txt", "w") as handle:
-                handle.write("x")
-
         def test_body(request):
-            from _pytest.fixtures import FixtureDef
-            made = FixtureDef(config=request.config, baseid="", argname="made", func=write,
-                              scope="function", params=None, ids=None, _ispytest=True)
+            made = made_fixture(request)
             request._arg2fixturedefs["made"] = [made]
             request.getfixturevalue("made")
     """,
     "fixture_function_the_body_changed": """
         import pytest
-
-        def write():
-            with open("escaped.txt", "w") as handle:
-                handle.write("x")
 
         @pytest.fixture
         def thing():
@@ -820,19 +810,11 @@ HANDS_PYTEST_A_CALLBACK = {
     "unittest_class_cleanup": """
         import unittest
 
-        def write():
-            with open("escaped.txt", "w") as handle:
-                handle.write("x")
-
         class Case(unittest.TestCase):
             def test_body(self):
                 self.addClassCleanup(write)
     """,
     "plugin_registered": """
-        def write():
-            with open("escaped.txt", "w") as handle:
-                handle.write("x")
-
         class Plugin:
             def pytest_runtest_teardown(self, item):
                 write()
@@ -853,7 +835,8 @@ def test_what_the_body_hands_pytest_never_runs_as_host_code(
     the file; from a sandboxed body the callbacks run in its sandbox (the write refused),
     the plugin and the host setup of a fixture the body made or changed are refused, and a
     setup the body calls itself stays in its sandbox."""
-    pytester.makepyfile(HANDS_PYTEST_A_CALLBACK[case])
+    pytester.makepyfile(textwrap.dedent(_CALLBACK_PRELUDE)
+                        + textwrap.dedent(HANDS_PYTEST_A_CALLBACK[case]))
     result = pytester.runpytest(*(["--gae-sandbox"] if sandboxed else []))
     assert (pytester.path / "escaped.txt").exists() is not sandboxed, result.stdout.str()
     if sandboxed and case == "plugin_registered":

@@ -109,7 +109,7 @@ CASES: list[Case] = [
          "wrap.__init__.__globals__['system'](cmd)\n"),
     Case("gc_get_objects_finds_posix", "process",
          "import gc\n"
-         "found = [o for o in gc.get_objects() if isinstance(o, dict)\n"
+         "found = [o for o in gc.get_objects() if type(o) is dict\n"
          "         and o.get('__name__') == 'posix' and 'system' in o]\n"
          "found[0]['system'](cmd)\n"),
     Case("gc_finds_captured_posix_write", "hostlog",

@@ -562,3 +562,65 @@ def test_open_made_in_c_is_the_checked_answer(kind: str, tmp_path: Path,
                     *[("FileReadRefused", path) for path in escapes],
                     ("FileReadRefused", key)]
     assert Sandbox(hiding).call(_open_outcome, opener, key) == ("FileReadRefused", key)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_descriptor_open_hands_io_open_is_the_scopes_alone(kind: str,
+                                                               tmp_path: Path) -> None:
+    """While ``open`` hands its new descriptor to ``io.open``, code of another scope that
+    runs meanwhile (here a codec search function a nested sandbox that hides the file
+    registered, called by ``io.open`` for the encoding) is judged as always: ``FileIO`` of
+    that number is refused to it. Control: without a sandbox the function reads the file
+    through the number."""
+    import codecs
+
+    from gae_sandbox import context, emulation
+
+    if kind == "c" and (context.SPEEDUPS is None or not hasattr(_speedups, "OpenGuard")):
+        pytest.skip("the C open is wired where the accelerator is active, on Linux")
+    opener = build(kind, emulation._open, io.open)
+    app = tmp_path / "app"
+    (app / "hidden").mkdir(parents=True)
+    secret = app / "hidden" / "s.txt"
+    secret.write_text("the secret\n")
+    (app / "public.txt").write_text("public\n")
+    outer = Policy.python27(app_root=str(app), deadline=None)
+    inner = outer.replace(unreadable_paths=(str(app / "hidden"),))
+    free = os.dup(0)  # the number the control's open gets (it opens nothing meanwhile)
+    os.close(free)
+    read: list[Any] = []
+    numbers = [free]  # inside, the sandbox's own folder descriptors may come first
+
+    def search(name: str) -> Any:
+        if not name.startswith("gae_sandbox_test_"):
+            return None
+        for number in numbers:
+            try:
+                with io.FileIO(number, "r", closefd=False) as stolen:
+                    read.append(stolen.read())
+            except OSError as error:
+                read.append(type(error).__name__)
+        return codecs.lookup("utf-8")
+
+    def read_with(encoding: str) -> None:
+        with opener(str(secret), encoding=encoding) as file:
+            file.read()
+
+    def body() -> None:
+        with opener(str(app / "public.txt")) as file:  # the scope's first read: Python
+            file.read()
+        with Sandbox(inner):
+            codecs.register(search)  # runs in the inner sandbox whoever calls it
+        read_with(f"gae_sandbox_test_{kind}_sandboxed")
+
+    try:
+        codecs.register(search)  # control: host code's own search function
+        read_with(f"gae_sandbox_test_{kind}_plain")
+        assert read == [b"the secret\n"]
+        codecs.unregister(search)
+        del read[:]
+        numbers[:] = range(free, free + 8)  # refused before any read, the handed one too
+        Sandbox(outer).call(body)
+    finally:
+        codecs.unregister(search)
+    assert len(read) == 8 and not any(type(value) is bytes for value in read), read

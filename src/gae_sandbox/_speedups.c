@@ -553,10 +553,14 @@ static PyTypeObject StatGuardType = {
 
 /* Set once (audit hooks cannot be removed); the references are kept for the process's life. */
 static PyObject *hook_function = NULL;
-/* The descriptor OpenGuard is handing to io.open on this thread (-1: none): the audit hook
- * lets the "open" event of exactly that number through, as check_open does in Python for
- * open_file's descriptor (set only by OpenGuard, around that one call). */
+/* The descriptor OpenGuard is handing to io.open on this thread (-1: none), and the Scope
+ * it opened it for (borrowed: OpenGuard holds it meanwhile): the audit hook lets the "open"
+ * event of exactly that number through, on this thread, under exactly that scope, as
+ * check_open does in Python for open_file's descriptor (kept in that scope's extras). Code
+ * of another scope run meanwhile (a finalizer the collector runs inside io.open, a nested
+ * sandbox's) is judged as usual. Set only by OpenGuard, around that one call. */
 static _Thread_local int handing_fd = -1;
+static _Thread_local PyObject *handing_scope = NULL;
 static PyObject *hook_var = NULL;
 static PyObject *hook_passed = NULL;  /* frozenset of events needing no decision, or NULL */
 static PyInterpreterState *hook_interpreter = NULL;
@@ -574,7 +578,8 @@ audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
     if (host != 0) {
         return host < 0 ? -1 : 0;  /* 1: host code */
     }
-    if (handing_fd >= 0 && strcmp(event, "open") == 0 && PyTuple_GET_SIZE(args) > 0
+    if (handing_fd >= 0 && scope != NULL && scope == handing_scope
+            && strcmp(event, "open") == 0 && PyTuple_GET_SIZE(args) > 0
             && PyLong_CheckExact(PyTuple_GET_ITEM(args, 0))) {
         int overflow = 0;
         long number = PyLong_AsLongAndOverflow(PyTuple_GET_ITEM(args, 0), &overflow);
@@ -1051,9 +1056,12 @@ fast_open(OpenGuardObject *self, PyObject *scope, PyObject *const *args, Py_ssiz
         call_args[i] = args[i];
     }
     int outer = handing_fd;  /* a finalizer run in io.open may open a file too */
+    PyObject *outer_scope = handing_scope;
     handing_fd = fd;
+    handing_scope = scope;
     PyObject *file = PyObject_Vectorcall(self->guard.original, call_args, nargs, kwnames);
     handing_fd = outer;
+    handing_scope = outer_scope;
     Py_DECREF(number);
     if (file == NULL) {
         if (PyErr_ExceptionMatches(PyExc_IsADirectoryError)) {

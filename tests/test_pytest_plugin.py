@@ -807,6 +807,16 @@ HANDS_PYTEST_A_CALLBACK = {
             definitions[-1].func = write
             request.getfixturevalue("thing")
     """,
+    "request_table_replaced": """
+        class Table(dict):  # read by pytest's own code while it sets a fixture up
+            def get(self, *args):
+                write()
+                return dict.get(self, *args)
+
+        def test_body(request):
+            request._fixture_defs = Table(request._fixture_defs)
+            request.getfixturevalue("tmp_path")
+    """,
     "unittest_class_cleanup": """
         import unittest
 
@@ -833,8 +843,9 @@ def test_what_the_body_hands_pytest_never_runs_as_host_code(
     own teardown of a fixture), a config cleanup, a unittest class cleanup, a plugin, and
     fixtures the body set up itself, defined itself or changed: in a plain run each writes
     the file; from a sandboxed body the callbacks run in its sandbox (the write refused),
-    the plugin and the host setup of a fixture the body made or changed are refused, and a
-    setup the body calls itself stays in its sandbox."""
+    the plugin and the host setup of a fixture the body made or changed (or asked of a
+    request whose attributes it replaced) are refused, and a setup the body calls itself
+    stays in its sandbox."""
     pytester.makepyfile(textwrap.dedent(_CALLBACK_PRELUDE)
                         + textwrap.dedent(HANDS_PYTEST_A_CALLBACK[case]))
     result = pytester.runpytest(*(["--gae-sandbox"] if sandboxed else []))

@@ -499,6 +499,33 @@ def _known_fixtures(request: Any) -> dict[int, tuple[Any, Any]]:
     return known
 
 
+def _request_state(request: Any) -> dict[str, Any]:
+    """The body's request's own attributes as pytest left them before the body ran."""
+    held = getattr(request, "__dict__", None)
+    return dict(held) if type(held) is dict else {}
+
+
+def _same_state(request: Any, state: dict[str, Any]) -> bool:
+    """Whether ``request`` still has exactly the attributes of ``state`` (the very objects),
+    and its tables (dicts) only ``str`` keys: pytest's own code reads them as host code when
+    the body asks for a fixture, so a replaced attribute or an odd key would be app code run
+    there. Checked in the body's sandbox (a key's ``__eq__`` runs as app code)."""
+    held = getattr(request, "__dict__", None)
+    if type(held) is not dict or len(held) != len(state):
+        return False
+    for name, value in list(held.items()):
+        if type(name) is not str or state.get(name, _MISSING) is not value:
+            return False
+        if type(value) is dict and not all(type(key) is str for key in list(value)):
+            return False
+        if isinstance(value, dict) and type(value) is not dict:
+            return False
+    return True
+
+
+_MISSING = object()
+
+
 #: Thread ident -> the fixture definitions known before the body (:func:`_known_fixtures`)
 #: while that thread sets up, as host code, a fixture a body asked its own request for.
 _HOST_SETUPS: dict[int, dict[int, tuple[Any, Any]]] = {}
@@ -576,7 +603,7 @@ def _sandboxed(item: pytest.Item, sandbox: Sandbox, wait: float,
         sys.dont_write_bytecode = True
         finders = list(sys.meta_path)
         request = vars(item).get("_request")  # the body's own, as pytest made it
-        _BODY_REQUESTS.append((request, _known_fixtures(request)))
+        _BODY_REQUESTS.append((request, _known_fixtures(request), _request_state(request)))
         try:
             with sandbox:
                 try:
@@ -586,7 +613,7 @@ def _sandboxed(item: pytest.Item, sandbox: Sandbox, wait: float,
                     if waited is not None:
                         item.stash[_WAITED] = waited
         finally:
-            for index, (known, _) in enumerate(_BODY_REQUESTS):
+            for index, (known, _, _) in enumerate(_BODY_REQUESTS):
                 if known is request:
                     del _BODY_REQUESTS[index]
                     break
@@ -650,10 +677,11 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 _FINALIZERS_WRAPPED: list[bool] = []
 
 #: The request object each running sandboxed body was handed (the item's own, read by host
-#: code before the body starts), with the fixture definitions known then: its
-#: ``getfixturevalue`` sets those up as host code. A request the app made itself is not one
+#: code before the body starts), with the fixture definitions known then and its own
+#: attributes then: its ``getfixturevalue`` sets those fixtures up as host code while the
+#: attributes are unchanged. A request the app made itself is not one
 #: of these, however it looks.
-_BODY_REQUESTS: list[tuple[Any, dict[int, tuple[Any, Any]]]] = []
+_BODY_REQUESTS: list[tuple[Any, dict[int, tuple[Any, Any]], dict[str, Any]]] = []
 
 
 def _wrap_finalizers() -> None:
@@ -686,10 +714,18 @@ def _wrap_finalizers() -> None:
         def getfixturevalue(self: Any, argname: Any) -> Any:
             if active_scope() is None or not isinstance(argname, str):
                 return original(self, argname)
-            known = next((fixtures for request, fixtures in _BODY_REQUESTS
-                          if request is self), None)
-            if known is None:  # a request the body made: its fixtures are the body's
+            found = next((entry for entry in _BODY_REQUESTS if entry[0] is self), None)
+            if found is None:  # a request the body made: its fixtures are the body's
                 return original(self, argname)
+            _, known, state = found
+            if not _same_state(self, state):
+                from .errors import SystemCallRefused
+
+                raise SystemCallRefused(
+                    f"request.getfixturevalue({str.__str__(argname)!r})",
+                    "the test body changed its request object (an attribute replaced, or "
+                    "a key that is not a str added to one of its tables), which pytest reads "
+                    "as host code while it sets the fixture up", None)
             thread = threading.get_ident()
             outer = _HOST_SETUPS.get(thread)
             _HOST_SETUPS[thread] = known

@@ -573,25 +573,12 @@ audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
     if (PyInterpreterState_Get() != hook_interpreter) {
         return 0;
     }
-    PyObject *scope = NULL;
-    int host = classify(hook_var, &scope);
+    int host = is_host(hook_var);
     if (host != 0) {
         return host < 0 ? -1 : 0;  /* 1: host code */
     }
-    if (handing_fd >= 0 && scope != NULL && scope == handing_scope
-            && strcmp(event, "open") == 0 && PyTuple_GET_SIZE(args) > 0
-            && PyLong_CheckExact(PyTuple_GET_ITEM(args, 0))) {
-        int overflow = 0;
-        long number = PyLong_AsLongAndOverflow(PyTuple_GET_ITEM(args, 0), &overflow);
-        if (!overflow && number == handing_fd) {
-            Py_XDECREF(scope);
-            return 0;
-        }
-        PyErr_Clear();
-    }
     PyObject *name = PyUnicode_FromString(event);
     if (name == NULL) {
-        Py_XDECREF(scope);
         return -1;
     }
     if (hook_passed != NULL) {
@@ -600,9 +587,25 @@ audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
         int passed = PySet_Contains(hook_passed, name);
         if (passed != 0) {
             Py_DECREF(name);
-            Py_XDECREF(scope);
             return passed < 0 ? -1 : 0;
         }
+    }
+    PyObject *scope = NULL;
+    if (classify(hook_var, &scope) < 0) {
+        Py_DECREF(name);
+        return -1;
+    }
+    if (handing_fd >= 0 && scope != NULL && scope == handing_scope
+            && strcmp(event, "open") == 0 && PyTuple_GET_SIZE(args) > 0
+            && PyLong_CheckExact(PyTuple_GET_ITEM(args, 0))) {
+        int overflow = 0;
+        long number = PyLong_AsLongAndOverflow(PyTuple_GET_ITEM(args, 0), &overflow);
+        if (!overflow && number == handing_fd) {
+            Py_DECREF(name);
+            Py_DECREF(scope);
+            return 0;
+        }
+        PyErr_Clear();
     }
     /* the governing Scope where classify found it without nesting: the Python hook then
      * skips its own lookup (hook(event, args, scope)); else it looks (hook(event, args)) */

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import types
 from collections.abc import Callable
 from types import MappingProxyType
@@ -19,7 +18,7 @@ from typing import Any
 from . import patches
 from .allowlist import check_descriptor, check_descriptor_control
 from .context import _ACTIVE, Scope, active_scope, host_call
-from .filesystem import _HANDING, _opened_path, check_open, check_read, check_write
+from .filesystem import _opened_path, check_open, check_read, check_write, handed_to_io_open
 from .imports import (
     HOST_IMPORTS,
     check_extension_file,
@@ -44,7 +43,6 @@ from .threads import is_carried
 Handler = Callable[[Scope, tuple[Any, ...]], None]
 
 _IMPORT_MACHINERY = "<frozen importlib._bootstrap_external>"
-_get_ident = threading.get_ident
 
 
 def _caller_is_import_machinery() -> bool:
@@ -55,10 +53,8 @@ def _caller_is_import_machinery() -> bool:
 
 def _on_open(scope: Scope, args: tuple[Any, ...]) -> None:
     path, mode, flags = args
-    if type(path) is int:  # the usual case first: open() handing its descriptor to io.open
-        handing = scope.extras.get(_HANDING)
-        if handing is not None and handing.get(_get_ident()) == path:
-            return  # as check_open would answer, without the judging around it
+    if handed_to_io_open(scope, path):  # the usual case: open() handing its descriptor
+        return  # as check_open would answer, without the judging around it
     writes = isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
     if writes and _caller_is_import_machinery():
         # importlib caching bytecode: refused as every write is, but not the app's doing

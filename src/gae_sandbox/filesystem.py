@@ -359,9 +359,8 @@ def check_open(layer: Layer, scope: Scope, path: Any, mode: Any,
     """The ``open`` audit event: writes refused, reads limited to the readable folders, and
     file descriptors only those the request opened itself (``open(fd)`` can close it)."""
     if isinstance(path, int):
-        handing = scope.extras.get(_HANDING)
-        if handing is not None and type(path) is int and handing.get(_get_ident()) == path:
-            return None  # open_file handing its own descriptor to io.open, in this thread
+        if handed_to_io_open(scope, path):
+            return None
         if path in scope.opened_fds:
             return None
         return SystemCallRefused(
@@ -778,6 +777,13 @@ _READ_MODES = frozenset({"r", "rt", "tr", "rb", "br"})
 #: Scope.extras: thread ident -> the descriptor :func:`open_file` is handing to ``io.open``.
 _HANDING = "gae_sandbox.handing"
 _get_ident = threading.get_ident
+
+
+def handed_to_io_open(scope: Scope, path: Any) -> bool:
+    """Whether ``path`` is the descriptor :func:`open_file` is handing to ``io.open`` in this
+    thread, for ``scope``: its ``open`` audit event is let through."""
+    handing = scope.extras.get(_HANDING)
+    return handing is not None and type(path) is int and handing.get(_get_ident()) == path
 
 
 def open_roots(scope: Scope) -> tuple[str, ...]:

@@ -417,8 +417,7 @@ class _InputStream:
         self._call = call
 
     def _read(self, name: str, size: Any) -> Any:
-        args = () if size is _UNSET else (_size(size),)
-        return self._call(name, *args)
+        return self._call(name) if size is _UNSET else self._call(name, size)
 
     def read(self, size: Any = _UNSET) -> bytes:
         return _exact_bytes(self._read("read", size))
@@ -448,7 +447,7 @@ class _ErrorStream:
         self._call = call
 
     def write(self, text: Any) -> Any:
-        return self._call("write", _exact_str(text, "wsgi.errors text"))
+        return self._call("write", text)
 
     def writelines(self, lines: Any) -> None:
         for line in lines:

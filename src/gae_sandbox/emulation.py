@@ -42,7 +42,14 @@ from .errors import (
     SandboxViolation,
     SystemCallRefused,
 )
-from .filesystem import check_read, checked_opener, in_scope_cwd, open_file, stable_path
+from .filesystem import (
+    check_read,
+    check_resolved,
+    checked_opener,
+    in_scope_cwd,
+    open_file,
+    stable_path,
+)
 from .patches import (
     Patch,
     _check_path_object,
@@ -104,7 +111,12 @@ def _chdir(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
             raise
         if not stat.S_ISDIR(info.st_mode):
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-        scope.cwd = _resolved_folder(scope, os.fsdecode(used))
+        folder = _resolved_folder(scope, os.fsdecode(used))
+        if scope.memory is None:
+            # the folder stored is the one judged: a link swapped after the stat above must
+            # not leave the request's working directory outside what it may read
+            scope.judge(check_resolved, folder, folder)
+        scope.cwd = folder
         return None
 
     return _guarded(chdir, original)

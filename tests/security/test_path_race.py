@@ -674,3 +674,37 @@ def test_relative_stats_follow_the_requests_working_directory(
     with Sandbox(policy):
         assert os.stat("data.txt").st_ino == (app_root / "data.txt").stat().st_ino
     assert "data.txt" not in filesystem._RESOLVED
+
+
+# --- the working directory ------------------------------------------------------------------
+
+
+def _chdir_through(outside: Path) -> Callable[[Path], str]:
+    """``os.chdir`` into a folder symlink a host thread flips: the working directory that
+    came of it, ``SECRET`` when it is ``outside`` (compared as strings: no file is read)."""
+    def chdir(link: Path) -> str:
+        os.chdir(link)
+        cwd = os.getcwd()
+        return SECRET if cwd == str(outside) else cwd
+    return chdir
+
+
+def test_a_flipped_folder_link_never_leaves_the_working_directory_outside(
+        policy: Policy, app_root: Path, outside: Path) -> None:
+    """``os.chdir`` stats the folder, then resolves it: the folder it stores is judged
+    itself, so a link swapped between the two cannot leave the request's working directory
+    (which relative reads and ``getcwd`` use) outside what it may read."""
+    _, link, targets = _folder_link(app_root, outside)
+    seen, refusals = race(_chdir_through(outside), link, link, targets, (Sandbox(policy),))
+    assert seen[SECRET] == 0, seen
+    assert seen[str(app_root / "public")] > 0 and seen["refused"] > 0, seen
+    for refusal in refusals:
+        assert refusal.setting == "readable_paths"
+
+
+def test_control_the_same_chdir_loop_without_the_sandbox_ends_outside(
+        app_root: Path, outside: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(app_root)  # the process's working directory is put back after
+    _, link, targets = _folder_link(app_root, outside)
+    seen, _ = race(_chdir_through(outside), link, link, targets, ())
+    assert seen[SECRET] > 0, seen

@@ -31,7 +31,6 @@ from .context import (
     _thread_tickets,
     active_scope,
     contained,
-    mark_thread,
     restore_mark,
     run_marked,
 )
@@ -217,12 +216,12 @@ class Sandbox:
         # found from this thread's mark, which app code cannot change (the context variable
         # it can: the reset below undoes whatever it set); sandboxes the app entered inside
         # this one and left open end with it
-        ticket = _thread_tickets.get(threading.get_ident())
+        ident = _get_ident()
+        ticket = _thread_tickets.get(ident)
         innermost = scope = _scopes.get(hash(ticket)) if ticket is not None else None
         while scope is not None and (scope.owner is not self or scope.token is None):
             scope = scope.parent
-        if (scope is None or scope.token is None
-                or scope.thread != threading.get_ident()):
+        if scope is None or scope.token is None or scope.thread != ident:
             raise RuntimeError(
                 "Sandbox exited out of order: leave nested sandboxes innermost first, "
                 "in the thread or task that entered them"
@@ -434,10 +433,11 @@ def attach(scope: Scope) -> None:
         raise RuntimeError("this sandbox scope has already ended")
     ticket = scope.ticket
     scope.token = _ACTIVE.set(ticket)
-    scope.thread = threading.get_ident()
-    scope.previous_mark = mark_thread(ticket)
-    deadline = _own_deadline(scope)
-    if deadline is not None:
+    ident = scope.thread = _get_ident()
+    scope.previous_mark = _thread_tickets.get(ident)
+    _thread_tickets[ident] = ticket  # mark_thread, inline
+    deadline = scope.deadline
+    if deadline is not None and deadline.owner is scope:  # _own_deadline, inline
         try:
             deadline.attach()
         except BaseException:
@@ -457,10 +457,14 @@ def detach(scope: Scope) -> None:
                 "a sandbox scope must be left in the context (thread or task) that entered it"
             ) from None
         scope.token = None
-        restore_mark(scope.previous_mark)
+        previous = scope.previous_mark
+        if previous is None:  # restore_mark, inline
+            _thread_tickets.pop(_get_ident(), None)
+        else:
+            _thread_tickets[_get_ident()] = previous
         scope.previous_mark = None
-    deadline = _own_deadline(scope)
-    if deadline is not None:
+    deadline = scope.deadline
+    if deadline is not None and deadline.owner is scope:  # _own_deadline, inline
         deadline.detach()
 
 
@@ -519,7 +523,7 @@ def close_scope(scope: Scope) -> None:
         scope.release_ticket()
         if not _HOST_IMPORTS.unchanged():  # while still open: no host look in between
             _HOST_IMPORTS.sandbox_ended()  # what it added to the import lists is the app's
-        _count(scope, False)
+        _open_scopes.discard(scope)  # _count, inline
 
 
 def _joins_threads(scope: Scope) -> bool:

@@ -1,6 +1,7 @@
-"""The C functions of ``os``/``posix``, ``sys``, ``signal``, ``gc`` and ``socket`` that
-sandboxed code may call: an allow-list, as the runtime's own per-module override policies
-were (allowed names, replaced names, everything else a stub that raises).
+"""The C functions of ``os``/``posix``, ``sys``, ``signal``, ``gc``, ``socket``, ``time`` (and
+the other modules of ``_HOLDERS``) that sandboxed code may call: an allow-list, as the
+runtime's own per-module override policies were (allowed names, replaced names, everything
+else a stub that raises).
 
 Each such function is either listed here as allowed, replaced by another layer (patches,
 emulation, registrations, threads: they judge it themselves, and are no longer the C function
@@ -11,6 +12,7 @@ calls the original through one ContextVar read; the listed functions are not wra
 
 from __future__ import annotations
 
+import _imp
 import _locale
 import _socket
 import _thread
@@ -25,6 +27,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import tracemalloc  # noqa: F401 - its re-exports of _tracemalloc are patched too
 import types
 from _thread import get_ident as _get_ident
@@ -100,6 +103,23 @@ ALLOWED: dict[str, frozenset[str]] = {
         _get_locale_encoding
         """.split()),
     "atexit": frozenset({"_ncallbacks", "register", "unregister"}),
+    # not clock_settime(_ns): the machine's clock (with CAP_SYS_TIME); tzset reads the
+    # process's own TZ (a request's os.environ is its own), so it changes nothing
+    "time": frozenset("""
+        asctime clock_getres clock_gettime clock_gettime_ns ctime get_clock_info gmtime
+        localtime mktime monotonic monotonic_ns perf_counter perf_counter_ns process_time
+        process_time_ns pthread_getcpuclockid sleep strftime strptime thread_time
+        thread_time_ns time time_ns tzset
+        """.split()),
+    # the import system's own (the import gate judges what it loads; imports.py counts the
+    # import lock a request takes and releases it when the request's thread leaves); not
+    # _override_frozen_modules_for_tests, _override_multi_interp_extensions_check: the
+    # whole process's import settings
+    "_imp": frozenset("""
+        extension_suffixes find_frozen get_frozen_object init_frozen is_builtin is_frozen
+        is_frozen_package exec_builtin exec_dynamic lock_held source_hash _frozen_module_names
+        acquire_lock release_lock create_builtin create_dynamic _fix_co_filename
+        """.split()),
 }
 
 #: Allowed on the request's own descriptors only (and reading standard input): another
@@ -136,6 +156,8 @@ _HOLDERS: dict[str, tuple[Any, ...]] = {
     "_tracemalloc": (_tracemalloc, *_loaded("tracemalloc")),
     "_locale": (_locale, *_loaded("locale")),
     "atexit": (atexit,),
+    "time": (time,),
+    "_imp": (_imp, *_loaded("imp")),
 }
 
 _UNLISTED_RULE = ("not on the list of {module} functions sandboxed code may call "
@@ -172,6 +194,20 @@ def check_descriptor(layer: Layer, scope: Scope, fd: Any,
                             or (fd == 0 and what in _STDIN_READS)):
         return None
     return SystemCallRefused(f"{what} on fd {fd!r}", _DESCRIPTOR_RULE, None)
+
+
+_HELD_RULE = ("an object of the request (a socket, an event loop, a file object) holds this "
+              "descriptor: close it with the object's close(); closed by its number, the "
+              "object would go on using the number after the host reuses it")
+
+
+def check_not_held(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxViolation | None:
+    """Closing a descriptor by its number: not one an object of the request still holds."""
+    holder = scope.opened_fds.holder(fd)
+    if holder is None:
+        return None
+    return SystemCallRefused(f"{what} on fd {fd!r} (held by a {type(holder).__name__})",
+                             _HELD_RULE, None)
 
 
 def _constants(module: Any, names: str) -> frozenset[int]:
@@ -250,6 +286,8 @@ def _own_descriptor(original: Callable[..., Any], module: str,
         if scope is not None:
             exact = exact_fd(fd)  # judged and used: the same int (None: refused)
             scope.judge(check_descriptor, scope, exact, what)
+            if name == "close":
+                scope.judge(check_not_held, scope, exact, what)
             if exact is not None:
                 fd = exact
             result = passthrough(original, fd, *args, **kwargs)
@@ -335,12 +373,23 @@ def _socket_adoption() -> list[Patch]:
         finally:
             SOCKET_INITS.pop(thread, None)
         if scope is not None:
-            try:
-                scope.opened_fds.add(self.fileno())
+            try:  # the request's own while this socket holds it
+                scope.opened_fds.add(_socket_fileno(self), self, _socket_fileno)
             except OSError:
                 pass
 
     __init__.__doc__ = original.__doc__
+    detach = socket.socket.detach
+
+    def socket_detach(self: socket.socket) -> Any:
+        """``detach()`` gives the descriptor up without closing it: it is the request's by
+        its number again (``os.close``, ``socket(fileno=)``)."""
+        fd = detach(self)
+        scope = active_scope()
+        if scope is not None:
+            scope.opened_fds.let_go(fd, self)
+        return fd
+
     pair = _socket.socketpair
 
     def socketpair(*args: Any, **kwargs: Any) -> Any:
@@ -357,8 +406,11 @@ def _socket_adoption() -> list[Patch]:
         return made
 
     return [(socket.socket, "__init__", original, _guarded(__init__, original)),
+            (socket.socket, "detach", detach, _guarded(socket_detach, detach)),
             (_socket, "socketpair", pair, _guarded(socketpair, pair))]
 
+
+_socket_fileno = _socket.socket.fileno
 
 #: The event-loop types whose ``fromfd`` adopts a descriptor given as a number.
 _POLLER_TYPES = ("epoll", "kqueue", "devpoll")
@@ -390,7 +442,7 @@ def _descriptor_adoption() -> list[Patch]:
             continue
         patches.append((kind, "fromfd", raw, classmethod(_adopting(raw, what))))
         patches.append((kind, "__init__", vars(kind).get("__init__", object.__init__),
-                        _poller_made(name)))
+                        _poller_made(name, vars(kind)["fileno"])))
         close = vars(kind).get("close")
         if close is not None:
             patches.append((kind, "close", close, _poller_closed(close)))
@@ -418,16 +470,17 @@ def _check_adopted(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxVio
     return SystemCallRefused(f"{what} of fd {fd!r}", _DESCRIPTOR_RULE, None)
 
 
-def _poller_made(name: str) -> Callable[..., None]:
-    """``__init__`` of an event loop: one made in a request is the request's own. (A plain
-    function: the type's ``__init__`` slot calls it, with ``self``, for every new object.)"""
+def _poller_made(name: str, fileno: Any) -> Callable[..., None]:
+    """``__init__`` of an event loop: one made in a request is the request's own while the
+    object holds it (``fileno``: the type's C method). (A plain function: the type's
+    ``__init__`` slot calls it, with ``self``, for every new object.)"""
     get = active_scope
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         scope = get()
         if scope is not None:
             try:
-                scope.opened_fds.add(self.fileno())
+                scope.opened_fds.add(fileno(self), self, fileno)
             except (OSError, ValueError):
                 pass
 

@@ -80,6 +80,17 @@ def _on_listdir(scope: Scope, args: tuple[Any, ...]) -> None:
     scope.judge(check_read, path)
 
 
+def _on_metadata_read(scope: Scope, args: tuple[Any, ...]) -> None:
+    """``os.getxattr``/``listxattr`` (also raised by ``posix``'s own, which nothing else
+    wraps): the attributes of a file the request may read, or of its own descriptor."""
+    path = args[0] if args else None
+    if isinstance(path, int):
+        if path not in scope.opened_fds:  # a descriptor the host holds
+            scope.judge(check_read, f"<fd {path}>")
+        return
+    scope.judge(check_read, path)
+
+
 def _writes(operation: str) -> Handler:
     def on_write(scope: Scope, args: tuple[Any, ...]) -> None:
         scope.judge(check_write, args[0] if args else "", operation)
@@ -339,6 +350,8 @@ def _handlers() -> dict[str, Handler]:
         "os.utime": _writes("utime"),
         "os.chflags": _writes("chflags"),
         "os.lchflags": _writes("chflags"),
+        "os.getxattr": _on_metadata_read,
+        "os.listxattr": _on_metadata_read,
         "os.setxattr": _writes("setxattr"),
         "os.removexattr": _writes("removexattr"),
         "shutil.rmtree": _writes("shutil.rmtree"),
@@ -417,7 +430,7 @@ ALLOWED_EVENTS: frozenset[str] = frozenset({
     "cpython.run_command", "cpython.run_file", "cpython.run_interactivehook",
     "cpython.run_module", "cpython.run_startup", "cpython.run_stdin",
     "glob.glob", "glob.glob/2", "os.walk", "os.fwalk", "pathlib.Path.glob",
-    "pathlib.Path.rglob", "pathlib.Path.walk", "os.getxattr", "os.listxattr", "os.lockf",
+    "pathlib.Path.rglob", "pathlib.Path.walk", "os.lockf",
     "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.copytree", "shutil.move",
     "shutil.chown", "sqlite3.connect/handle",
     "socket.gethostname", "socket.getservbyname", "socket.getservbyport",

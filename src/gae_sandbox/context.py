@@ -314,19 +314,39 @@ _index = operator.index
 
 class OwnedFds:
     """The descriptors a request opened, known by the open file itself, not by its number:
-    a number the request closed and the host then reused is the host's again."""
+    a number the request closed and the host then reused is the host's again.
 
-    __slots__ = ("_files",)
+    A number an object of the request holds (a socket, an event loop, a file object made
+    with ``open(fd)``) is its own only while that object still holds it, read with the C
+    type's own ``fileno``: once the object closes it (``close()``, or when it is collected),
+    the number is free for the host, even where the open file cannot tell the two apart
+    (event loops, ``eventfd``, ``pidfd`` and ``timerfd`` share one anonymous inode). Such a
+    number cannot be closed by number (``os.close``) either: the object would go on using
+    it after the host reuses it (:meth:`holder`)."""
+
+    __slots__ = ("_files", "_holders")
 
     def __init__(self) -> None:
         self._files: dict[int, tuple[int, int]] = {}
+        #: fd -> (a weak reference of the object holding it, or the object itself where the
+        #: type takes no weak reference; the C ``fileno`` of its type)
+        self._holders: dict[int, tuple[Any, Callable[[Any], int]]] = {}
 
-    def add(self, fd: int) -> None:
+    def add(self, fd: int, holder: Any = None, fileno: Any = None) -> None:
+        """``fd`` is the request's; ``holder`` (with its type's C ``fileno``) holds it."""
         try:
             info = _fstat(fd)
         except (OSError, TypeError, ValueError, OverflowError):
             return
         self._files[fd] = (info.st_dev, info.st_ino)
+        if holder is None:
+            self._holders.pop(fd, None)
+            return
+        try:
+            kept: Any = _weak_reference(holder)
+        except TypeError:  # (select.epoll takes none: held until the scope goes)
+            kept = _partial(_same, holder)
+        self._holders[fd] = (kept, fileno)
 
     def update(self, fds: Any) -> None:
         for fd in fds:
@@ -334,6 +354,28 @@ class OwnedFds:
 
     def discard(self, fd: Any) -> None:
         self._files.pop(fd, None)
+        self._holders.pop(fd, None)
+
+    def holder(self, fd: Any) -> Any:
+        """The object of the request that holds ``fd`` now, or None."""
+        held = self._holders.get(fd) if type(fd) is int else None
+        if held is None:
+            return None
+        kept, fileno = held
+        owner = kept()
+        if owner is None:
+            return None
+        try:
+            return owner if fileno(owner) == fd else None
+        except (OSError, ValueError):  # closed
+            return None
+
+    def let_go(self, fd: Any, holder: Any) -> None:
+        """``holder`` gave ``fd`` up without closing it (``socket.detach()``): the number is
+        the request's by itself again."""
+        held = self._holders.get(fd) if type(fd) is int else None
+        if held is not None and held[0]() is holder:
+            del self._holders[fd]
 
     def __contains__(self, fd: object) -> bool:
         if type(fd) is not int:
@@ -341,6 +383,8 @@ class OwnedFds:
         known = self._files.get(fd)
         if known is None:
             return False
+        if fd in self._holders and self.holder(fd) is None:
+            return False  # the object that held it closed it
         try:
             info = _fstat(fd)
         except OSError:
@@ -349,6 +393,10 @@ class OwnedFds:
 
     def __iter__(self) -> Any:
         return iter(list(self._files))
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 _fstat = os.fstat

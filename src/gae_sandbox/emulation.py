@@ -135,6 +135,21 @@ def _fchdir(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return _guarded(fchdir, original)
 
 
+def _held_by_file(scope: Scope, fd: int, handle: Any) -> None:
+    """``open(fd)`` (``os.fdopen``): the file object now holds the request's descriptor and
+    closes it, unseen, when it is closed or collected (context.OwnedFds)."""
+    raw = handle
+    if type(raw) is io.TextIOWrapper:
+        raw = raw.buffer
+    if type(raw) in (io.BufferedReader, io.BufferedWriter, io.BufferedRandom):
+        raw = raw.raw
+    if type(raw) is io.FileIO and fd in scope.opened_fds:
+        scope.opened_fds.add(fd, raw, _fileio_fileno)
+
+
+_fileio_fileno = io.FileIO.fileno
+
+
 def _resolved_folder(scope: Scope, folder: str) -> str:
     """``folder`` (absolute, or relative to the process's working directory) as ``getcwd``
     answers it: absolute, symlinks resolved, in the filesystem the request sees."""
@@ -156,8 +171,14 @@ def _open(original: Callable[..., Any]) -> Callable[..., Any]:
              encoding: str | None = None, errors: str | None = None,
              newline: str | None = None, closefd: bool = True, opener: Any = None) -> Any:
         scope = get()
-        if scope is None or isinstance(file, int):
+        if scope is None:
             return original(file, mode, buffering, encoding, errors, newline, closefd, opener)
+        if isinstance(file, int):  # judged by the open audit event
+            handle = original(file, mode, buffering, encoding, errors, newline, closefd,
+                              opener)
+            if closefd and type(file) is int:
+                _held_by_file(scope, file, handle)
+            return handle
         if opener is not None:  # FileIO adopts whatever it returns: judged (filesystem.py)
             opener = checked_opener(scope, opener)
         if closefd is True and opener is None and scope.memory is None:

@@ -31,6 +31,7 @@ import re
 import stat
 import sys
 import types
+from _thread import get_ident as _get_ident
 from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, ExtensionFileLoader
 from typing import Any
 
@@ -656,6 +657,64 @@ def _code_renamer(original: Any) -> Any:
     return _guarded(fix_co_filename, original)
 
 
+#: Scope.extras: thread ident -> how many times that thread took the interpreter's import
+#: lock (``_imp.acquire_lock``) in the scope and has not released it.
+IMPORT_LOCK_HOLDS = "gae_sandbox.import_lock_holds"
+_release_import_lock = _imp.release_lock
+
+
+def _import_lock_taker(original: Any) -> Any:
+    """``_imp.acquire_lock``: the interpreter's one import lock, which every fresh import,
+    ``fork`` and ``subprocess`` of every thread takes. The import system takes and releases
+    it around each import; a request may take it too (``imp.acquire_lock``), but what it
+    still holds when its thread leaves the request is released then
+    (:func:`release_import_lock`), so it cannot hang the host's imports for good."""
+
+    def acquire_lock() -> Any:
+        scope = active_scope()
+        if scope is not None:
+            holds = scope.extras.get(IMPORT_LOCK_HOLDS)
+            if holds is None:
+                holds = scope.extras[IMPORT_LOCK_HOLDS] = {}
+            ident = _get_ident()
+            holds[ident] = holds.get(ident, 0) + 1  # counted first: an error in between
+        return original()  # can only make the release at the end find nothing held
+
+    from .patches import _guarded
+
+    return _guarded(acquire_lock, original)
+
+
+def _import_lock_giver(original: Any) -> Any:
+    """``_imp.release_lock``, counted for :func:`release_import_lock`."""
+
+    def release_lock() -> Any:
+        result = original()
+        scope = active_scope()
+        if scope is not None:
+            holds = scope.extras.get(IMPORT_LOCK_HOLDS)
+            ident = _get_ident()
+            if holds and holds.get(ident):
+                holds[ident] -= 1
+        return result
+
+    from .patches import _guarded
+
+    return _guarded(release_lock, original)
+
+
+def release_import_lock(scope: Any, ident: int) -> None:
+    """Thread ``ident`` leaves ``scope`` (the request ends, or a thread it started does):
+    release the import lock as many times as it took it there and kept it."""
+    holds = scope.extras.get(IMPORT_LOCK_HOLDS)
+    count = holds.pop(ident, 0) if holds else 0
+    for _ in range(count):
+        try:
+            _release_import_lock()
+        except RuntimeError:  # not held by this thread (after all)
+            break
+
+
 def _refuse_rename(layer: Layer, path: Any) -> SandboxViolation:
     return SystemCallRefused(
         f"_imp._fix_co_filename(code, {path!r})",
@@ -676,6 +735,12 @@ def build_patches(speedups: Any = None) -> list[tuple[Any, str, Any, Any]]:
             if speedups is None else speedups.Attribute(
                 "_initializing", _spec_initializing, _set_spec_initializing,
                 _del_spec_initializing, _ACTIVE))
+    taker = _import_lock_taker(_imp.acquire_lock)
+    giver = _import_lock_giver(_imp.release_lock)
+    # (the deprecated ``imp`` re-exports them, on 3.10 and 3.11, when it is loaded already)
+    lock_holders = [holder for holder in (_imp, sys.modules.get("imp"))
+                    if holder is not None and holder.__dict__.get("acquire_lock") is (
+                        _imp.acquire_lock)]
     return [
         (_imp, "create_builtin", _imp.create_builtin,
          _module_maker(_imp.create_builtin, "_imp.create_builtin")),
@@ -683,6 +748,8 @@ def build_patches(speedups: Any = None) -> list[tuple[Any, str, Any, Any]]:
          _module_maker(_imp.create_dynamic, "_imp.create_dynamic")),
         (_imp, "_fix_co_filename", _imp._fix_co_filename,
          _code_renamer(_imp._fix_co_filename)),
+        *[(holder, "acquire_lock", _imp.acquire_lock, taker) for holder in lock_holders],
+        *[(holder, "release_lock", _imp.release_lock, giver) for holder in lock_holders],
         (_bootstrap.ModuleSpec, "_initializing", None, flag),
         (_bootstrap, "_lock_unlock_module", original_lock_unlock_module,
          gated_lock_unlock_module),

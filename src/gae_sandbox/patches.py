@@ -113,7 +113,9 @@ def _check_fd_write(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxVi
 
 def _check_fd_close(layer: Layer, scope: Scope, fd: Any) -> SandboxViolation | None:
     if fd in scope.opened_fds:
-        return None
+        from .allowlist import check_not_held
+
+        return check_not_held(layer, scope, fd, "os.close()")
     return _refuse_system(
         layer, f"os.close(fd {fd})", "only file descriptors the request opened may be closed"
     )

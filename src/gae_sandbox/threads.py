@@ -24,7 +24,7 @@ from typing import Any
 from .context import _ACTIVE, Layer, Scope, active_scope, host_call, run_marked, type_name
 from .deadline import raise_in_thread
 from .errors import DeadlineExceededError, SandboxViolation, ThreadRefused
-from .imports import HOST_IMPORTS
+from .imports import HOST_IMPORTS, IMPORT_LOCK_HOLDS, release_import_lock
 
 _allocate_lock = _thread.allocate_lock
 _get_ident = _thread.get_ident
@@ -114,6 +114,8 @@ def _carried(tracked: TrackedThread, scope: Scope, context: contextvars.Context,
         finally:
             _AWAITING_HOST_HOOK.difference_update(awaiting)
             _close_left_on_thread(scope, ident)
+            if IMPORT_LOCK_HOLDS in scope.extras:  # the import lock the thread took
+                release_import_lock(scope, ident)
             tracked.finished()
 
     return run

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,3 +202,190 @@ def test_standard_input_flags_are_the_hosts(app_root: Path) -> None:
         outputs.append(result.stdout)
     assert outputs[0] == "blocking False\n"  # the control
     assert outputs[1] == "refused SystemCallRefused\nblocking True\n"
+
+
+# --- objects that hold a descriptor; more functions on the lists ---------------------------
+
+
+def _host_reuses_after(app_step: Any, sandboxed: bool, policy: Policy) -> tuple[bytes, str]:
+    """The app makes a socket and runs ``app_step(sock)``; the host then accepts a user's
+    connection (which gets the lowest free number) and the app sends on its socket. What the
+    user's client received, and what the app step raised."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    client.settimeout(0.5)
+    refused = ""
+    conn = None
+    try:
+        def app() -> Any:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                app_step(sock)
+            except SystemCallRefused as error:
+                return sock, type(error).__name__
+            return sock, ""
+
+        if sandboxed:
+            sandbox = Sandbox(policy)
+            scope = sandbox.open_scope()
+            try:
+                sock, refused = call_in_scope(scope, app)
+                conn, _ = listener.accept()  # the host's connection to a user
+                try:
+                    call_in_scope(scope, sock.send, b"INJECTED")
+                except OSError:
+                    pass
+                call_in_scope(scope, sock.close)
+            finally:
+                close_scope(scope)
+        else:
+            sock, refused = app()
+            conn, _ = listener.accept()
+            try:
+                sock.send(b"INJECTED")
+            except OSError:
+                pass
+        try:
+            received = client.recv(100)
+        except TimeoutError:
+            received = b""
+        return received, refused
+    finally:
+        for item in (conn, client, listener):
+            if item is not None:
+                item.close()
+
+
+def test_a_socket_closed_by_number_cannot_write_into_a_host_connection(policy: Policy) -> None:
+    """``os.close(sock.fileno())`` leaves the socket object holding the number; once the host
+    reuses it for a user's connection the object's ``send`` (no audit event) would write
+    into it. Closing a number an object of the request holds is refused (control: without
+    the sandbox the user receives the app's bytes)."""
+    def close_by_number(sock: socket.socket) -> None:
+        os.close(sock.fileno())
+
+    plain, _ = _host_reuses_after(close_by_number, False, policy)
+    assert plain == b"INJECTED"
+    received, refused = _host_reuses_after(close_by_number, True, policy)
+    assert refused == "SystemCallRefused" and received == b""
+
+
+def test_detach_gives_the_number_back_to_the_request(policy: Policy) -> None:
+    with Sandbox(policy):
+        sock = socket.socket()
+        fd = sock.detach()
+        again = socket.socket(fileno=fd)  # the request's own number, adopted again
+        again.close()
+
+
+def test_an_event_loop_closed_through_a_file_object_is_no_longer_the_requests(
+        policy: Policy) -> None:
+    """Event loops share one anonymous inode, so the open file cannot tell them apart: the
+    request's epoll, closed through ``open(fd)`` (unseen by the sandbox), then the host's
+    selector with the same number: ``epoll.fromfd`` of it is refused, and the host's
+    selector keeps working (control: without the sandbox the app closes it)."""
+    import select
+    import selectors
+
+    def attempt(sandboxed: bool) -> tuple[str, bool]:
+        made: dict[str, Any] = {}
+        host: dict[str, Any] = {}
+
+        def close_unseen() -> None:
+            loop = made["loop"] = select.epoll()
+            open(loop.fileno(), "rb", buffering=0).close()  # noqa: SIM115
+
+        def adopt() -> str:
+            try:
+                stolen = select.epoll.fromfd(made["loop"].fileno())
+            except SystemCallRefused:
+                return "refused"
+            stolen.close()  # the host's selector, closed by the app
+            return "adopted"
+
+        reader, writer = os.pipe()
+        try:
+            if sandboxed:
+                scope = Sandbox(policy).open_scope()
+                try:
+                    call_in_scope(scope, close_unseen)
+                    host["selector"] = selectors.EpollSelector()  # gets the same number
+                    assert host["selector"].fileno() == made["loop"].fileno()
+                    outcome = call_in_scope(scope, adopt)
+                finally:
+                    close_scope(scope)
+            else:
+                close_unseen()
+                host["selector"] = selectors.EpollSelector()
+                outcome = adopt()
+            try:
+                host["selector"].register(reader, selectors.EVENT_READ)
+                works = True
+            except OSError:
+                works = False
+            return outcome, works
+        finally:
+            os.close(reader)
+            os.close(writer)
+
+    assert attempt(False) == ("adopted", False)
+    assert attempt(True) == ("refused", True)
+
+
+def test_extended_attributes_outside_the_readable_folders(policy: Policy, app_root: Path,
+                                                          outside: Path) -> None:
+    """``posix.getxattr``/``listxattr`` (not the patched ``os`` ones): judged by their audit
+    event as reads (control: they read the outside file's attribute)."""
+    secret = outside / "secret.txt"
+    try:
+        os.setxattr(secret, "user.secret", b"XATTR")
+        os.setxattr(app_root / "data.txt", "user.note", b"ok")
+    except OSError as error:  # a filesystem without user attributes
+        pytest.skip(f"no user xattrs here: {error}")
+    posix = sys.modules[os.name]
+    assert posix.getxattr(str(secret), "user.secret") == b"XATTR"
+    with Sandbox(policy):
+        assert posix.getxattr(str(app_root / "data.txt"), "user.note") == b"ok"
+        for call in (lambda: posix.getxattr(str(secret), "user.secret"),
+                     lambda: posix.listxattr(str(secret)),
+                     lambda: os.getxattr(secret, "user.secret")):
+            with pytest.raises(PermissionError, match="outside the readable folders"):
+                call()
+
+
+def test_the_clock_is_not_the_requests(policy: Policy) -> None:
+    """``time.clock_settime`` is not on the list of ``time`` functions: it never reaches the
+    kernel. (Control: the kernel answers this call itself, refusing the monotonic clock.)"""
+    import time
+
+    with pytest.raises(OSError) as kernel:
+        time.clock_settime(time.CLOCK_MONOTONIC, 0.0)
+    assert not isinstance(kernel.value, SystemCallRefused)
+    with Sandbox(policy):
+        for call in (lambda: time.clock_settime(time.CLOCK_MONOTONIC, 0.0),
+                     lambda: time.clock_settime_ns(time.CLOCK_MONOTONIC, 0)):
+            with pytest.raises(SystemCallRefused, match="list of time functions"):
+                call()
+        assert time.time() > 0 and time.strftime("%Y")
+
+
+_IMPORT_LOCK_PROBE = """
+import threading
+done = []
+worker = threading.Thread(target=lambda: (__import__("xmlrpc.client"), done.append(1)),
+                          daemon=True)
+worker.start()
+worker.join(5)
+print("host import done" if done else "host import hung")
+"""
+
+
+def test_the_import_lock_a_request_keeps_is_released_when_it_ends(app_root: Path) -> None:
+    """``_imp.acquire_lock()`` taken and never released hangs every later fresh import of
+    the host's other threads (control); the sandbox releases what the request still holds
+    as it ends, and imports inside the request still work."""
+    code = "import _imp\n_imp.acquire_lock()\n_imp.acquire_lock()\nimport json, csv\n"
+    _, plain_out = _child(code, _IMPORT_LOCK_PROBE, False, app_root)
+    assert "host import hung" in plain_out
+    status, out = _child(code, _IMPORT_LOCK_PROBE, True, app_root)
+    assert status == 0 and "host import done" in out, out

@@ -138,6 +138,36 @@ PROCESS_FUNCTIONS: dict[str, frozenset[str]] = {
     "posix": frozenset({"wait", "wait3", "wait4", "waitid", "waitpid", "pidfd_open"}),
 }
 
+#: Allowed in a process the request forked (the policy allows processes), which is the
+#: request's own: ending it. In the host's process they would end the host.
+CHILD_EXITS: dict[str, frozenset[str]] = {"posix": frozenset({"_exit", "abort"})}
+
+#: Whether this process is a child a request forked (set in the child by the fork hook).
+_FORKED_BY_REQUEST = [False]
+
+
+def _after_fork_in_child() -> None:
+    if active_scope() is not None:
+        _FORKED_BY_REQUEST[0] = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _child_exit(original: Callable[..., Any], module: str, name: str) -> Callable[..., Any]:
+    """``os._exit``/``os.abort``: refused in the host's process, the original in a child the
+    request forked (``multiprocessing``'s fork start method ends its workers this way)."""
+    refused = _refused(original, module, name)
+
+    def child_exit(*args: Any, **kwargs: Any) -> Any:
+        if _FORKED_BY_REQUEST[0]:
+            return original(*args, **kwargs)
+        return refused(*args, **kwargs)
+
+    return _guarded(child_exit, original)
+
+
 def _loaded(name: str) -> tuple[Any, ...]:
     module = sys.modules.get(name)
     return (module,) if module is not None else ()
@@ -332,6 +362,8 @@ def build_patches() -> list[Patch]:
                 replacement = _own_descriptor(original, module, name)
             elif name in PROCESS_FUNCTIONS.get(module, ()):
                 replacement = _process(original, f"{module.lstrip('_')}.{name}()")
+            elif name in CHILD_EXITS.get(module, ()):
+                replacement = _child_exit(original, module, name)
             else:
                 replacement = _refused(original, module, name)
             for holder in holders:

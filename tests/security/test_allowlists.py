@@ -389,3 +389,33 @@ def test_the_import_lock_a_request_keeps_is_released_when_it_ends(app_root: Path
     assert "host import hung" in plain_out
     status, out = _child(code, _IMPORT_LOCK_PROBE, True, app_root)
     assert status == 0 and "host import done" in out, out
+
+
+_FORK_SCRIPT = """
+import os, sys
+from gae_sandbox import Policy, Sandbox
+me = os.getpid()
+with Sandbox(Policy.python3(app_root=sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    print("child status", os.waitstatus_to_exitcode(status))
+    try:
+        os._exit(9)
+    except Exception as error:
+        print("parent refused", type(error).__name__)
+print("end of the host's code in", "the parent" if os.getpid() == me else "THE CHILD")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_a_child_the_request_forked_may_end_itself(app_root: Path) -> None:
+    """Where the policy allows processes, a child the request forks is the request's: its
+    ``os._exit`` ends it (before, refused, the error unwound into the host's code in the
+    child). In the host's process ``os._exit`` is still refused."""
+    result = subprocess.run([sys.executable, "-c", _FORK_SCRIPT, str(app_root)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.stdout.splitlines() == [
+        "child status 3", "parent refused SystemCallRefused",
+        "end of the host's code in the parent"], (result.stdout, result.stderr)

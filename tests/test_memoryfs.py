@@ -690,3 +690,23 @@ def test_an_exit_handler_finds_the_python3_tmp_it_cleans(app_root: Path) -> None
     assert result.returncode == 0 and exists == "False", result.stderr
     assert "Exception ignored" not in result.stderr, result.stderr
     assert not os.path.exists(folder)
+
+
+def test_python3_reads_the_images_programs_and_release_file(app_root: Path) -> None:
+    """The python3 runtime's filesystem is readable but for /tmp: ``shutil.which`` finds a
+    program (processes run there, so ``X_OK`` is the host's answer) and the OS release file
+    is read; the rest of ``/etc`` stays the host's. The python27 preset finds neither."""
+    import platform
+
+    if not os.path.isfile("/usr/lib/os-release") or shutil.which("ls") is None:
+        pytest.skip("this machine has no /usr/lib/os-release or ls")
+    expected = platform.freedesktop_os_release()["ID"]
+    with Sandbox(Policy.python3(app_root=app_root)):
+        assert shutil.which("ls") is not None
+        assert platform.freedesktop_os_release()["ID"] == expected
+        with pytest.raises(FileReadRefused):
+            open("/etc/shadow", "rb")  # noqa: SIM115
+    with Sandbox(Policy.python27(app_root=app_root)):
+        assert shutil.which("ls") is None
+        with pytest.raises(FileReadRefused):
+            open("/usr/lib/os-release", "rb")  # noqa: SIM115

@@ -310,11 +310,10 @@ def _captured_patches() -> list[Patch]:
 
 
 def _access(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``os.access``: ``False`` for a path the request may not read and for ``W_OK`` and
-    ``X_OK`` (the filesystem is read-only and nothing runs), never an error; answered by every
-    enforcing layer (report mode answers as the host would)."""
+    """``os.access``: ``False`` for a path the request may not read, for ``W_OK`` (the
+    filesystem is read-only) and for ``X_OK`` unless the policy runs processes, never an
+    error; answered by every enforcing layer (report mode answers as the host would)."""
     get = active_scope
-    refused_bits = os.W_OK | os.X_OK
 
     def access(path: Any, mode: Any, *, dir_fd: Any = None, effective_ids: bool = False,
                follow_symlinks: bool = True) -> bool:
@@ -335,8 +334,10 @@ def _access(original: Callable[..., Any]) -> Callable[..., Any]:
         elif enforcing and not os.fsdecode(value).startswith("/"):
             return False  # relative to a descriptor: not checked by the sandbox
         bits = int.__index__(mode)
-        if enforcing and (bits & refused_bits or any(
-                check_read(layer, value) is not None for layer in enforcing)):
+        if enforcing and (bits & os.W_OK or any(
+                check_read(layer, value) is not None
+                or bits & os.X_OK and not layer.policy.allow_processes
+                for layer in enforcing)):
             return False
         return original(value, bits, dir_fd=dir_fd, effective_ids=effective_ids,
                         follow_symlinks=follow_symlinks)

@@ -177,6 +177,21 @@ class MemoryFilesystem:
         return type(fd) is int and fd in self._placeholders
 
 
+def _unmapped_link_above(fs: Any, absolute: str) -> tuple[str, Any] | None:
+    """The outermost folder above ``absolute`` that is a symlink on the real disk and not in
+    memory yet, with its ``lstat``: mapped first, the path then leads where the disk's does."""
+    prefix = ""
+    for part in absolute.split("/")[1:-1]:
+        prefix = f"{prefix}/{part}"
+        try:
+            info = posix.lstat(prefix)
+        except OSError:
+            return None
+        if stat.S_ISLNK(info.st_mode) and not fs.islink(prefix):
+            return prefix, info
+    return None
+
+
 def _refuse_unmapped(scope: Scope, fs: Any, path: Any, roots: tuple[str, ...] = ()) -> bool:
     """A path missing from memory that exists on the real disk: refuse it as the read-only
     mode does when it is not readable (outside the readable folders, or hidden by
@@ -194,6 +209,9 @@ def _refuse_unmapped(scope: Scope, fs: Any, path: Any, roots: tuple[str, ...] = 
         else ()  # the python3 preset's /tmp: all of it in memory
     if not roots or is_inside(absolute, (*roots, *private)):
         return False
+    linked = _unmapped_link_above(fs, absolute)
+    if linked is not None:  # a folder symlink on the way (/bin -> usr/bin): that link first
+        absolute, info = linked
     try:
         if stat.S_ISLNK(info.st_mode):
             fs.add_real_symlink(absolute)

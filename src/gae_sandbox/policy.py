@@ -30,11 +30,14 @@ OS_CONFINEMENTS: tuple[str, ...] = ("required", "best_effort")
 FILESYSTEMS: tuple[str, ...] = ("readonly", "memory", "tmp")
 #: The python3 runtime's request deadline with automatic scaling (10 minutes).
 PYTHON3_DEADLINE = 600.0
-#: System folders the python3 runtime's image has and apps read with ``open``: the public
-#: CA certificates (a bundle read by path when ``certifi`` is absent) and the time zone
-#: database. The python3 preset reads those of them this machine has.
-PYTHON3_SYSTEM_FOLDERS = ("/etc/ssl/certs", "/usr/share/ca-certificates",
-                          "/usr/share/zoneinfo")
+#: System folders of the python3 runtime's image that apps read (its filesystem is readable
+#: but for /tmp): the programs and libraries under ``/usr`` (``shutil.which``, the OS release
+#: file, the time zone database, shared data) and the public CA certificates (a bundle read
+#: by path when ``certifi`` is absent). Not ``/etc`` as a whole (its secrets are the host's
+#: here), ``/proc`` (the host process's environment) or ``/dev``. The python3 preset reads
+#: those of them this machine has.
+PYTHON3_SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc/ssl/certs",
+                          "/usr/share/ca-certificates", "/usr/share/zoneinfo")
 #: The python27 runtime's request deadline.
 PYTHON27_DEADLINE = 60.0
 _stat = os.stat  # captured before any sandbox patches it: validating a path is not the app's
@@ -193,8 +196,8 @@ class Policy:
         """App Engine's second-generation Python 3 runtime (python37 ... python314), as a
         portability profile: any module and C extension, outbound connections anywhere,
         processes and threads; the filesystem read-only except ``/tmp``, which is an
-        in-memory folder per ``Sandbox``, with the CA certificates and time zone folders
-        readable too (:data:`PYTHON3_SYSTEM_FOLDERS`); a 10-minute request deadline. Not a security
+        in-memory folder per ``Sandbox``, with the image's system folders readable too
+        (:data:`PYTHON3_SYSTEM_FOLDERS`); a 10-minute request deadline. Not a security
         boundary: C extensions and processes reach past every in-process check."""
         base: dict[str, Any] = {
             "blocked_modules": (),

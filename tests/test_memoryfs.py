@@ -710,3 +710,32 @@ def test_python3_reads_the_images_programs_and_release_file(app_root: Path) -> N
         assert shutil.which("ls") is None
         with pytest.raises(FileReadRefused):
             open("/usr/lib/os-release", "rb")  # noqa: SIM115
+
+
+def test_python3_sqlite_in_memory_uris_open_no_file(app_root: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``file::memory:?cache=shared`` and ``file:NAME?mode=memory&cache=shared`` (Django's
+    test databases) open no file: allowed, shared between the request's connections. A URI
+    with any other parameter, or percent-encoded, keeps the rule (a file URI is refused),
+    and no file appears (control: the file URI, unsandboxed, makes its file)."""
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    with Sandbox(Policy.python3(app_root=app_root)):
+        first = sqlite3.connect("file:memdb1?mode=memory&cache=shared", uri=True)
+        first.execute("CREATE TABLE t (v)")
+        first.execute("INSERT INTO t VALUES (1)")
+        first.commit()
+        second = sqlite3.connect("file:memdb1?mode=memory&cache=shared", uri=True)
+        assert second.execute("SELECT v FROM t").fetchall() == [(1,)]
+        sqlite3.connect("file::memory:?cache=shared", uri=True).execute("CREATE TABLE u (v)")
+        for refused in ("file:made.db?mode=memory&vfs=unix", "file:made.db?mo%64e=memory",
+                        "file:made.db?mode=memory&mode=rwc", "file:made.db"):
+            with pytest.raises(SandboxViolation):
+                sqlite3.connect(refused, uri=True)
+        for connection in (first, second):
+            connection.close()
+    assert snapshot(tmp_path) == before
+    sqlite3.connect("file:made.db", uri=True).close()  # control: that URI makes a file
+    assert (tmp_path / "made.db").exists()

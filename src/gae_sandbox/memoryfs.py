@@ -616,8 +616,9 @@ def _sqlite_connect(inner: Callable[..., Any]) -> Callable[..., Any]:
     under the python3 preset, anywhere in the memory preset) is a private in-memory database
     of the request's, shared by its connections to that path as long as its in-memory files
     live (a readable real file of that name is copied in first); any other readable file is opened
-    read-only, as on the runtime's read-only disk; others are refused as reads are. URIs and
-    other forms keep the audit layer's rule (``:memory:`` only)."""
+    read-only, as on the runtime's read-only disk; others are refused as reads are. A URI of
+    an in-memory database (``mode=memory``, ``file::memory:``) is let through; other URIs and
+    forms keep the audit layer's rule (``:memory:`` only)."""
 
     def connect(database: Any, *args: Any, **kwargs: Any) -> Any:
         scope = active_scope()
@@ -625,7 +626,8 @@ def _sqlite_connect(inner: Callable[..., Any]) -> Callable[..., Any]:
             return inner(database, *args, **kwargs)
         uri = args[6] if len(args) > 6 else kwargs.get("uri", False)
         if uri:
-            return _connecting(scope, inner, database, None, *args, **kwargs)
+            memory = database if _in_memory_uri(database) else None
+            return _connecting(scope, inner, database, memory, *args, **kwargs)
         try:
             name = os.fsdecode(os.fspath(database))
         except TypeError:
@@ -645,6 +647,27 @@ def _sqlite_connect(inner: Callable[..., Any]) -> Callable[..., Any]:
         return _judged_connect(scope, inner, target, *args, **kwargs)
 
     return _named(connect, inner)
+
+
+#: The URI parameters an in-memory database may carry (any other could name a file or a
+#: virtual filesystem).
+_MEMORY_URI_KEYS = frozenset({"mode", "cache"})
+
+
+def _in_memory_uri(database: Any) -> bool:
+    """An SQLite URI that opens no file: ``file::memory:?cache=shared`` or any name with
+    ``mode=memory`` (Django's test databases), with no other parameter and nothing
+    percent-encoded (SQLite decodes names and values)."""
+    if type(database) is not str or not database.startswith("file:") or (
+            "%" in database or "#" in database):
+        return False
+    name, _, query = database[5:].partition("?")
+    pairs = [part.partition("=") for part in query.split("&")] if query else []
+    keys = [key for key, _, _ in pairs]
+    if len(set(keys)) != len(keys) or not set(keys) <= _MEMORY_URI_KEYS:
+        return False
+    mode = dict((key, value) for key, _, value in pairs).get("mode")
+    return mode == "memory" or (mode is None and name == ":memory:")
 
 
 def _judged_connect(scope: Scope, inner: Callable[..., Any], target: str, *args: Any,

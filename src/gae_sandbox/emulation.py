@@ -20,6 +20,8 @@ host's, whatever a request does.
   raise ``OSError(ENOSYS)``; report mode records them and does not carry them out.
 - ``os.access`` answers ``False`` for a path the request may not read and for ``W_OK`` and
   ``X_OK``, without raising; ``tempfile.gettempdir()`` is refused in read-only mode.
+- **The garbage collector**: ``gc.disable``/``enable`` switch the request's view
+  (``gc.isenabled``), never the process's collector.
 """
 
 from __future__ import annotations
@@ -394,6 +396,31 @@ FAKE_UNAME = os.uname_result(("Linux", "localhost", "4.4.0", "#1 SMP",
                               str.__add__(os.uname().machine, "")))
 
 
+#: Scope.extras: the request turned the collector off (``gc.disable``) and not back on.
+GC_DISABLED = "gae_sandbox.gc_disabled"
+
+
+def _gc_switch(original: Callable[[], Any], on: bool | None) -> Callable[[], Any]:
+    """``gc.disable``/``gc.enable`` (``on``) and ``gc.isenabled`` (``None``): the collector is
+    the whole process's, so a request switches only its own view of it (``timeit`` turns it
+    off around its loop and back on); the host's collector keeps running."""
+    get = active_scope
+
+    def switch() -> Any:
+        scope = get()
+        if scope is None:
+            return original()
+        if on is None:
+            return original() and not scope.extras.get(GC_DISABLED, False)
+        if on:
+            scope.extras.pop(GC_DISABLED, None)
+        else:
+            scope.extras[GC_DISABLED] = True
+        return None
+
+    return _guarded(switch, original)
+
+
 def _minus_one(original: Callable[[], Any]) -> Callable[[], Any]:
     """-1 for a request, as on the runtime, where signalling a process is refused; the real
     id where a ``kill`` would go through (``allow_processes``, the python3 preset, or report
@@ -513,6 +540,12 @@ def build_patches() -> list[Patch]:
             original, positions, name))
     patches += _captured_patches()
     add(os, "access", _access)
+
+    import gc
+
+    add(gc, "disable", lambda original: _gc_switch(original, False))
+    add(gc, "enable", lambda original: _gc_switch(original, True))
+    add(gc, "isenabled", lambda original: _gc_switch(original, None))
 
     add(locale, "_setlocale", _setlocale)
     locale_module = sys.modules.get("_locale")

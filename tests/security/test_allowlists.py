@@ -34,7 +34,6 @@ PROCESS_WIDE = {
                           "import sys\nprint(sys.getrecursionlimit())\n"),
     "setdefaulttimeout": ("import socket\nsocket.setdefaulttimeout(0.001)\n",
                           "import socket\nprint(socket.getdefaulttimeout())\n"),
-    "gc_disable": ("import gc\ngc.disable()\n", "import gc\nprint(gc.isenabled())\n"),
     "gc_threshold": ("import gc\ngc.set_threshold(1)\n", "import gc\nprint(gc.get_threshold())\n"),
 }
 
@@ -419,3 +418,15 @@ def test_a_child_the_request_forked_may_end_itself(app_root: Path) -> None:
     assert result.stdout.splitlines() == [
         "child status 3", "parent refused SystemCallRefused",
         "end of the host's code in the parent"], (result.stdout, result.stderr)
+
+
+def test_gc_disable_switches_only_the_requests_view(app_root: Path) -> None:
+    """``gc.disable()`` (``timeit`` calls it) is answered in the request (``isenabled``
+    says False there) and the process's collector keeps running (control: unsandboxed, the
+    process's collector is off)."""
+    code = "import gc\ngc.disable()\nprint('in the request', gc.isenabled())\n"
+    probe = "import gc\nprint('after', gc.isenabled())\n"
+    _, plain_out = _child(code, probe, False, app_root)
+    assert "after False" in plain_out
+    status, out = _child(code, probe, True, app_root)
+    assert status == 0 and "in the request False" in out and "after True" in out, out

@@ -452,3 +452,31 @@ def test_control_signal_outside_sandbox() -> None:
         assert signal.getsignal(signal.SIGUSR1) is _handler
     finally:
         signal.signal(signal.SIGUSR1, before)
+
+
+_MULTIPROCESSING = """
+import multiprocessing, sys
+from gae_sandbox import Policy, Sandbox
+
+def main():
+    with Sandbox(Policy.python3(app_root=sys.argv[1])):
+        for method in ("spawn", "fork"):
+            context = multiprocessing.get_context(method)
+            with context.Pool(1) as pool:
+                print(method, pool.apply(pow, (2, 5)))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_python3_multiprocessing_spawn_and_fork_pools(app_root: Path, tmp_path: Path) -> None:
+    """Where the policy runs processes (the python3 preset), ``multiprocessing``'s spawn pool
+    (which blocks signals around the start, a thread's own mask) and fork pool (whose workers
+    end with ``os._exit``) work."""
+    script = tmp_path / "pools.py"
+    script.write_text(_MULTIPROCESSING)
+    result = subprocess.run([sys.executable, str(script), str(app_root)], capture_output=True,
+                            text=True, timeout=120, check=False, cwd=tmp_path)
+    assert result.stdout.split() == ["spawn", "32", "fork", "32"], (result.stdout,
+                                                                    result.stderr[-2000:])

@@ -559,7 +559,7 @@ def build_patches() -> list[tuple[Any, str, Any, Any]]:
 
 #: ``signal`` functions that set handlers and timers (the patches layer refuses them on
 #: ``signal`` itself).
-SIGNAL_FUNCTIONS = ("signal", "alarm", "setitimer", "pthread_sigmask", "siginterrupt",
+SIGNAL_FUNCTIONS = ("signal", "alarm", "setitimer", "siginterrupt",
                     "set_wakeup_fd", "pause", "sigwait", "sigwaitinfo", "sigtimedwait")
 
 
@@ -567,12 +567,15 @@ def _c_signal_patches() -> list[tuple[Any, str, Any, Any]]:
     """The same refusals on ``_signal``, the C module ``signal.py`` wraps: reached as
     ``signal._signal``, or by a fresh copy or a reload of ``signal.py`` (its functions call
     ``_signal``'s), a handler or timer would cancel or outlive the request."""
-    from .patches import _refuse_signal, _refused_call
+    from .patches import _refuse_signal, _refused_call, _thread_signal_mask
 
     c_signal = sys.modules.get("_signal")
     if c_signal is None:
         return []
     found = []
+    mask = getattr(c_signal, "pthread_sigmask", None)
+    if mask is not None:  # the thread's own: changed, and put back as the request ends
+        found.append((c_signal, "pthread_sigmask", mask, _thread_signal_mask(mask)))
     for name in SIGNAL_FUNCTIONS:
         original = getattr(c_signal, name, None)
         if original is not None:

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import types
 import warnings
+from _thread import get_ident as _get_ident
 from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
@@ -96,6 +97,43 @@ def _refuse_signal(layer: Layer, what: str) -> SandboxViolation:
     return NotAvailableRefused(
         what, "signal handlers and timers are process-wide; the runtime removed them", None
     )
+
+
+#: Scope.extras: thread ident -> that thread's signal mask before the request first changed
+#: it (``signal.pthread_sigmask``), put back when the thread leaves the request.
+SIGNAL_MASKS = "gae_sandbox.signal_masks"
+
+
+def _thread_signal_mask(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``signal.pthread_sigmask``: the mask is the calling thread's own (``multiprocessing``
+    blocks signals around starting a process), so a request may change it; what it was is
+    kept and put back when the thread leaves the request (:func:`restore_signal_mask`)."""
+    get = active_scope
+
+    def pthread_sigmask(how: Any, mask: Any) -> Any:
+        scope = get()
+        if scope is None:
+            return original(how, mask)
+        old = original(how, mask)
+        masks = scope.extras.get(SIGNAL_MASKS)
+        if masks is None:
+            masks = scope.extras[SIGNAL_MASKS] = {}
+        masks.setdefault(_get_ident(), frozenset(int(number) for number in old))
+        return old
+
+    return _guarded(pthread_sigmask, original)
+
+
+def restore_signal_mask(scope: Scope, ident: int) -> None:
+    """Thread ``ident`` leaves ``scope``: its signal mask as it was before the request."""
+    masks = scope.extras.get(SIGNAL_MASKS)
+    old = masks.pop(ident, None) if masks else None
+    if old is not None:
+        _set_signal_mask(signal.SIG_SETMASK, old)
+
+
+_set_signal_mask: Callable[..., Any] = getattr(
+    sys.modules.get("_signal", signal), "pthread_sigmask", lambda how, mask: None)
 
 
 def _fd_write_allowed(scope: Scope, fd: Any) -> bool:
@@ -1051,10 +1089,11 @@ def build_patches() -> list[Patch]:
     add(socket.socket, "listen", _listen)
     add(socket, "getaddrinfo", _getaddrinfo)
 
-    for name in ("signal", "alarm", "setitimer", "pthread_sigmask", "siginterrupt",
+    for name in ("signal", "alarm", "setitimer", "siginterrupt",
                  "set_wakeup_fd", "pause", "sigwait", "sigwaitinfo", "sigtimedwait"):
         add(signal, name, lambda original, name=name: _refused_call(
             original, _refuse_signal, f"signal.{name}()"))
+    add(signal, "pthread_sigmask", _thread_signal_mask)
 
     posixsubprocess = sys.modules.get("_posixsubprocess")
     if posixsubprocess is None:

@@ -509,6 +509,8 @@ def close_scope(scope: Scope) -> None:
             scope.memory.discard()  # the request's files are gone with it
         if imports.IMPORT_LOCK_HOLDS in scope.extras:  # the import lock the request took
             imports.release_import_lock(scope, _get_ident())
+        if patches.SIGNAL_MASKS in scope.extras:  # the thread's signal mask, as it was
+            patches.restore_signal_mask(scope, _get_ident())
         if "left_objects" in scope.extras:  # sys.stdout = the app's object, left there
             registrations.wrap_left_objects(scope)
         events = _modules.get("asyncio.events")

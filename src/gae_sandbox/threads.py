@@ -25,6 +25,7 @@ from .context import _ACTIVE, Layer, Scope, active_scope, host_call, run_marked,
 from .deadline import raise_in_thread
 from .errors import DeadlineExceededError, SandboxViolation, ThreadRefused
 from .imports import HOST_IMPORTS, IMPORT_LOCK_HOLDS, release_import_lock
+from .patches import SIGNAL_MASKS, restore_signal_mask
 
 _allocate_lock = _thread.allocate_lock
 _get_ident = _thread.get_ident
@@ -116,6 +117,8 @@ def _carried(tracked: TrackedThread, scope: Scope, context: contextvars.Context,
             _close_left_on_thread(scope, ident)
             if IMPORT_LOCK_HOLDS in scope.extras:  # the import lock the thread took
                 release_import_lock(scope, ident)
+            if SIGNAL_MASKS in scope.extras:  # its signal mask, as it was
+                restore_signal_mask(scope, ident)
             tracked.finished()
 
     return run

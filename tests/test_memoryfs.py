@@ -715,14 +715,25 @@ def test_python3_reads_the_images_programs_and_release_file(app_root: Path) -> N
 def test_python3_sqlite_in_memory_uris_open_no_file(app_root: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """``file::memory:?cache=shared`` and ``file:NAME?mode=memory&cache=shared`` (Django's
-    test databases) open no file: allowed, shared between the request's connections. A URI
+    test databases) open no file: allowed, shared between the request's connections and
+    never with the host's database of the same name (renamed into the Sandbox's own). A URI
     with any other parameter, or percent-encoded, keeps the rule (a file URI is refused),
     and no file appears (control: the file URI, unsandboxed, makes its file)."""
     import sqlite3
 
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path)
+    # the host's own shared-cache database of the same name: the whole process's, not the
+    # request's to read or change (control: another connection of the host's sees it)
+    shared = "file:memdb1?mode=memory&cache=shared"
+    host = sqlite3.connect(shared, uri=True)
+    host.execute("CREATE TABLE secrets (v)")
+    host.execute("INSERT INTO secrets VALUES ('host secret')")
+    host.commit()
+    assert sqlite3.connect(shared, uri=True).execute("SELECT v FROM secrets").fetchall()
     with Sandbox(Policy.python3(app_root=app_root)):
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            sqlite3.connect(shared, uri=True).execute("SELECT v FROM secrets")
         first = sqlite3.connect("file:memdb1?mode=memory&cache=shared", uri=True)
         first.execute("CREATE TABLE t (v)")
         first.execute("INSERT INTO t VALUES (1)")
@@ -737,5 +748,8 @@ def test_python3_sqlite_in_memory_uris_open_no_file(app_root: Path, tmp_path: Pa
         for connection in (first, second):
             connection.close()
     assert snapshot(tmp_path) == before
+    assert host.execute("SELECT v FROM secrets").fetchall() == [("host secret",)]
+    assert host.execute("SELECT name FROM sqlite_master").fetchall() == [("secrets",)]
+    host.close()
     sqlite3.connect("file:made.db", uri=True).close()  # control: that URI makes a file
     assert (tmp_path / "made.db").exists()

@@ -22,10 +22,12 @@ import io
 import os
 import pathlib
 import posix
+import secrets
 import stat
 import tempfile
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -624,10 +626,16 @@ def _sqlite_connect(inner: Callable[..., Any]) -> Callable[..., Any]:
         scope = active_scope()
         if scope is None:
             return inner(database, *args, **kwargs)
-        uri = args[6] if len(args) > 6 else kwargs.get("uri", False)
+        uri = bool(args[6] if len(args) > 6 else kwargs.get("uri", False))  # read once
+        if len(args) > 6:
+            args = (*args[:6], uri, *args[7:])
+        else:
+            kwargs["uri"] = uri
         if uri:
-            memory = database if _in_memory_uri(database) else None
-            return _connecting(scope, inner, database, memory, *args, **kwargs)
+            if _in_memory_uri(database):  # the request's own name (shared caches are
+                database = _private_memory_uri(scope, database)  # the whole process's)
+                return _connecting(scope, inner, database, database, *args, **kwargs)
+            return _connecting(scope, inner, database, None, *args, **kwargs)
         try:
             name = os.fsdecode(os.fspath(database))
         except TypeError:
@@ -668,6 +676,31 @@ def _in_memory_uri(database: Any) -> bool:
         return False
     mode = dict((key, value) for key, _, value in pairs).get("mode")
     return mode == "memory" or (mode is None and name == ":memory:")
+
+
+#: Sandbox (by id, held weakly) -> the prefix of its in-memory SQLite databases' names.
+_MEMORY_DATABASE_PREFIXES: dict[int, tuple[Any, str]] = {}
+
+
+def _private_memory_uri(scope: Scope, database: str) -> str:
+    """An in-memory URI renamed into the ``Sandbox``'s own namespace: a shared-cache
+    in-memory database is shared by every connection of the process with its name (the
+    host's, another app's), so the request's names get a random prefix of its ``Sandbox``'s
+    (its requests share them, as an instance's would)."""
+    owner = scope.owner
+    known = _MEMORY_DATABASE_PREFIXES.get(id(owner))
+    if known is None or known[0]() is not owner:
+        if len(_MEMORY_DATABASE_PREFIXES) > 1024:
+            for key, (reference, _) in list(_MEMORY_DATABASE_PREFIXES.items()):
+                if reference() is None:
+                    del _MEMORY_DATABASE_PREFIXES[key]
+        known = (weakref.ref(owner), f"gae-sandbox-{secrets.token_hex(8)}-")
+        _MEMORY_DATABASE_PREFIXES[id(owner)] = known
+    name, _, query = database[5:].partition("?")
+    if name == ":memory:":
+        name = "memory"
+        query = f"{query}&mode=memory" if query else "mode=memory"
+    return f"file:{known[1]}{name}?{query}"
 
 
 def _judged_connect(scope: Scope, inner: Callable[..., Any], target: str, *args: Any,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import select
 import selectors
@@ -777,3 +778,39 @@ def test_the_timers_error_says_what_happened(short: Policy) -> None:
     assert isinstance(error, DeadlineExceededError)
     assert "past its deadline" in str(error)
     assert "hard_deadline_grace" in str(HardDeadlineExceeded())
+
+
+_TIMER_MASK = """
+import signal, sys, threading
+from gae_sandbox import Policy, Sandbox
+
+def blocked(thread):
+    with open(f"/proc/self/task/{thread.native_id}/status") as status:
+        line = next(line for line in status if line.startswith("SigBlk:"))
+    return bool(int(line.split()[1], 16) & (1 << (signal.SIGUSR2 - 1)))
+
+def started():
+    control = threading.Thread(target=threading.Event().wait, args=(2,), daemon=True)
+    control.start()
+    return control
+
+before = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+control = started()  # a plain thread inherits the mask (the control)
+signal.pthread_sigmask(signal.SIG_SETMASK, before)
+with Sandbox(Policy.python27(app_root=sys.argv[1], deadline=None)):
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+    with Sandbox(Policy.python27(app_root=sys.argv[1], deadline=30)):
+        pass  # starts the deadline timer's thread
+timer = next(t for t in threading.enumerate() if t.name == "gae_sandbox-deadline")
+print("control", blocked(control), "timer", blocked(timer))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux /proc")
+def test_the_timer_thread_never_inherits_a_requests_signal_mask(app_root: Path) -> None:
+    """The deadline timer's thread, started by the first request with a deadline, starts
+    with no signal blocked, whatever mask that request set on its thread (the library's
+    long-lived thread would keep it for the process's life)."""
+    result = subprocess.run([sys.executable, "-c", _TIMER_MASK, str(app_root)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.stdout.split() == ["control", "True", "timer", "False"], result.stderr

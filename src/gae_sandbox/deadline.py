@@ -18,6 +18,7 @@ import heapq
 import itertools
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -232,6 +233,10 @@ class Deadline:
                 logger.exception("gae_sandbox: the hard-deadline callback failed")
 
 
+#: The C ``pthread_sigmask``, captured before any sandbox patches it (None: no such call).
+_signal_mask: Any = getattr(sys.modules.get("_signal"), "pthread_sigmask", None)
+
+
 class DeadlineTimer:
     """The one timer thread: a heap of (time, sequence, deadline)."""
 
@@ -297,7 +302,13 @@ class DeadlineTimer:
         # Started in an empty context: the timer must never run inside a sandbox.
         self._compact()
         thread = threading.Thread(target=self._run, name="gae_sandbox-deadline", daemon=True)
-        _host_call(thread.start)
+        # nor with a signal mask a request set on this thread (a new thread inherits it)
+        blocked = _signal_mask(signal.SIG_SETMASK, ()) if _signal_mask else None
+        try:
+            _host_call(thread.start)
+        finally:
+            if blocked is not None:
+                _signal_mask(signal.SIG_SETMASK, blocked)
         self._thread = thread
 
     def _run(self) -> None:

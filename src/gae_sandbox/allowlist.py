@@ -34,7 +34,7 @@ from _thread import get_ident as _get_ident
 from collections.abc import Callable
 from typing import Any
 
-from .context import Layer, Scope, active_scope, exact_fd, passthrough
+from .context import Layer, Scope, active_scope, check_not_held, exact_fd, passthrough
 from .errors import SandboxViolation, SystemCallRefused
 from .network import SOCKET_INITS
 
@@ -139,8 +139,11 @@ PROCESS_FUNCTIONS: dict[str, frozenset[str]] = {
 }
 
 #: Allowed in a process the request forked (the policy allows processes), which is the
-#: request's own: ending it. In the host's process they would end the host.
-CHILD_EXITS: dict[str, frozenset[str]] = {"posix": frozenset({"_exit", "abort"})}
+#: request's own: ending it, and its exit callbacks (``multiprocessing``'s fork start clears
+#: and runs them in the child on 3.12+). In the host's process they would end the host or
+#: run or drop the host's exit callbacks.
+CHILD_EXITS: dict[str, frozenset[str]] = {"posix": frozenset({"_exit", "abort"}),
+                                          "atexit": frozenset({"_clear", "_run_exitfuncs"})}
 
 #: Whether this process is a child a request forked (set in the child by the fork hook).
 _FORKED_BY_REQUEST = [False]
@@ -224,20 +227,6 @@ def check_descriptor(layer: Layer, scope: Scope, fd: Any,
                             or (fd == 0 and what in _STDIN_READS)):
         return None
     return SystemCallRefused(f"{what} on fd {fd!r}", _DESCRIPTOR_RULE, None)
-
-
-_HELD_RULE = ("an object of the request (a socket, an event loop, a file object) holds this "
-              "descriptor: close it with the object's close(); closed by its number, the "
-              "object would go on using the number after the host reuses it")
-
-
-def check_not_held(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxViolation | None:
-    """Closing a descriptor by its number: not one an object of the request still holds."""
-    holder = scope.opened_fds.holder(fd)
-    if holder is None:
-        return None
-    return SystemCallRefused(f"{what} on fd {fd!r} (held by a {type(holder).__name__})",
-                             _HELD_RULE, None)
 
 
 def _constants(module: Any, names: str) -> frozenset[int]:
@@ -389,11 +378,15 @@ def _socket_adoption() -> list[Patch]:
         if scope is None:
             original(self, family, type, proto, fileno)
             return
+        previous = None
         if fileno is not None:
             exact = exact_fd(fileno)  # judged and used: the same int (None: refused)
             scope.judge(check_descriptor, scope, exact, "socket.socket(fileno=...)")
             if exact is not None:
                 fileno = exact
+                previous = scope.opened_fds.holder(exact)
+                if previous is not None and not isinstance(previous, _socket.socket):
+                    scope.judge(check_not_held, scope, exact, "socket.socket(fileno=...)")
         # the other arguments as exact ints too, read now: no app code may run (an
         # __index__ the C parser would call) while the initializer is expected below
         family, type, proto = (_exact_int(family), _exact_int(type),  # noqa: A001
@@ -404,6 +397,11 @@ def _socket_adoption() -> list[Patch]:
             original(self, family, type, proto, fileno)
         finally:
             SOCKET_INITS.pop(thread, None)
+        if previous is not None and previous is not self:
+            # (ssl.SSLSocket's way: the new socket takes the number over, the old one then
+            # detaches): the old socket lets go of it now, so that it can never act on the
+            # number once the new one has closed it and the host reuses it
+            _socket_detach(previous)
         if scope is not None:
             try:  # the request's own while this socket holds it
                 scope.opened_fds.add(_socket_fileno(self), self, _socket_fileno)
@@ -443,6 +441,7 @@ def _socket_adoption() -> list[Patch]:
 
 
 _socket_fileno = _socket.socket.fileno
+_socket_detach = _socket.socket.detach
 
 #: The event-loop types whose ``fromfd`` adopts a descriptor given as a number.
 _POLLER_TYPES = ("epoll", "kqueue", "devpoll")

@@ -17,8 +17,15 @@ from typing import Any
 
 from . import patches
 from .allowlist import check_descriptor, check_descriptor_control
-from .context import _ACTIVE, Scope, active_scope, host_call
-from .filesystem import _opened_path, check_open, check_read, check_write, handed_to_io_open
+from .context import _ACTIVE, Scope, active_scope, check_not_held, host_call
+from .filesystem import (
+    _opened_path,
+    adopted_by_open,
+    check_open,
+    check_read,
+    check_write,
+    handed_to_io_open,
+)
 from .imports import (
     HOST_IMPORTS,
     check_extension_file,
@@ -62,6 +69,12 @@ def _on_open(scope: Scope, args: tuple[Any, ...]) -> None:
     if type(path) is str and path in loading_files(scope)[0]:
         return  # the file of a module the import gate judged and is loading: not again
     scope.judge(check_open, scope, path, mode, flags)
+    if type(path) is int and not adopted_by_open(scope, path):
+        # a file object made on the number directly (_io.FileIO(fd)): one an object of the
+        # request holds is refused; another is that file object's from now on, which may
+        # close it unseen, so the number alone is no longer the request's
+        scope.judge(check_not_held, scope, path, "_io.FileIO()")
+        scope.opened_fds.discard(path)
 
 
 def _on_listdir(scope: Scope, args: tuple[Any, ...]) -> None:

@@ -329,11 +329,14 @@ class OwnedFds:
     def __init__(self) -> None:
         self._files: dict[int, tuple[int, int]] = {}
         #: fd -> (a weak reference of the object holding it, or the object itself where the
-        #: type takes no weak reference; the C ``fileno`` of its type)
-        self._holders: dict[int, tuple[Any, Callable[[Any], int]]] = {}
+        #: type takes no weak reference; the C ``fileno`` of its type; whether closing the
+        #: object closes the number)
+        self._holders: dict[int, tuple[Any, Callable[[Any], int], bool]] = {}
 
-    def add(self, fd: int, holder: Any = None, fileno: Any = None) -> None:
-        """``fd`` is the request's; ``holder`` (with its type's C ``fileno``) holds it."""
+    def add(self, fd: int, holder: Any = None, fileno: Any = None,
+            closes: bool = True) -> None:
+        """``fd`` is the request's; ``holder`` (with its type's C ``fileno``) holds it, and
+        ``closes`` it when it is closed (not a file object made with ``closefd=False``)."""
         try:
             info = _fstat(fd)
         except (OSError, TypeError, ValueError, OverflowError):
@@ -346,7 +349,7 @@ class OwnedFds:
             kept: Any = _weak_reference(holder)
         except TypeError:  # (select.epoll takes none: held until the scope goes)
             kept = _partial(_same, holder)
-        self._holders[fd] = (kept, fileno)
+        self._holders[fd] = (kept, fileno, closes)
 
     def update(self, fds: Any) -> None:
         for fd in fds:
@@ -361,7 +364,7 @@ class OwnedFds:
         held = self._holders.get(fd) if type(fd) is int else None
         if held is None:
             return None
-        kept, fileno = held
+        kept, fileno, _ = held
         owner = kept()
         if owner is None:
             return None
@@ -369,6 +372,14 @@ class OwnedFds:
             return owner if fileno(owner) == fd else None
         except (OSError, ValueError):  # closed
             return None
+
+    def refresh(self, fd: int) -> None:
+        """``fd`` now names another open file of the request's (``dup2`` onto it): its
+        identity anew, the object holding the number (if any) still holding it."""
+        held = self._holders.get(fd)
+        self.add(fd)
+        if held is not None and fd in self._files:
+            self._holders[fd] = held
 
     def let_go(self, fd: Any, holder: Any) -> None:
         """``holder`` gave ``fd`` up without closing it (``socket.detach()``): the number is
@@ -383,7 +394,8 @@ class OwnedFds:
         known = self._files.get(fd)
         if known is None:
             return False
-        if fd in self._holders and self.holder(fd) is None:
+        held = self._holders.get(fd)
+        if held is not None and held[2] and self.holder(fd) is None:
             return False  # the object that held it closed it
         try:
             info = _fstat(fd)
@@ -393,6 +405,22 @@ class OwnedFds:
 
     def __iter__(self) -> Any:
         return iter(list(self._files))
+
+
+_HELD_RULE = ("an object of the request (a socket, an event loop, a file object) holds this "
+              "descriptor: use and close it through that object (os.dup it for another); "
+              "closed by its number or by a second object, the first would go on using the "
+              "number after the host reuses it")
+
+
+def check_not_held(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxViolation | None:
+    """Closing a descriptor by its number: not one an object of the request still holds."""
+    holder = scope.opened_fds.holder(fd)
+    if holder is None:
+        return None
+    return errors.SystemCallRefused(
+        f"{what} on fd {fd!r} (held by a {type(holder).__name__})",
+        _HELD_RULE, None)
 
 
 def _same(value: Any) -> Any:

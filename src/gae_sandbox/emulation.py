@@ -37,7 +37,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from .context import Layer, Scope, active_scope
+from .context import Layer, Scope, active_scope, check_not_held, exact_fd
 from .errors import (
     FunctionNotImplementedRefused,
     LocaleRefused,
@@ -45,6 +45,7 @@ from .errors import (
     SystemCallRefused,
 )
 from .filesystem import (
+    adopting,
     check_read,
     check_resolved,
     checked_opener,
@@ -138,15 +139,16 @@ def _fchdir(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _held_by_file(scope: Scope, fd: int, handle: Any) -> None:
-    """``open(fd)`` (``os.fdopen``): the file object now holds the request's descriptor and
-    closes it, unseen, when it is closed or collected (context.OwnedFds)."""
+    """``open(fd)`` (``os.fdopen``): the file object now holds the request's descriptor (and
+    closes it, unseen, when it is closed or collected, unless ``closefd=False``): the number
+    is the request's while the object holds it (context.OwnedFds)."""
     raw = handle
     if type(raw) is io.TextIOWrapper:
         raw = raw.buffer
     if type(raw) in (io.BufferedReader, io.BufferedWriter, io.BufferedRandom):
         raw = raw.raw
     if type(raw) is io.FileIO and fd in scope.opened_fds:
-        scope.opened_fds.add(fd, raw, _fileio_fileno)
+        scope.opened_fds.add(fd, raw, _fileio_fileno, closes=bool(raw.closefd))
 
 
 _fileio_fileno = io.FileIO.fileno
@@ -176,10 +178,15 @@ def _open(original: Callable[..., Any]) -> Callable[..., Any]:
         if scope is None:
             return original(file, mode, buffering, encoding, errors, newline, closefd, opener)
         if isinstance(file, int):  # judged by the open audit event
-            handle = original(file, mode, buffering, encoding, errors, newline, closefd,
-                              opener)
-            if closefd and type(file) is int:
-                _held_by_file(scope, file, handle)
+            fd = exact_fd(file)
+            if fd is None:
+                return original(file, mode, buffering, encoding, errors, newline, closefd,
+                                opener)
+            scope.judge(check_not_held, scope, fd, "open()")
+            with adopting(scope, fd):
+                handle = original(fd, mode, buffering, encoding, errors, newline, closefd,
+                                  opener)
+            _held_by_file(scope, fd, handle)
             return handle
         if opener is not None:  # FileIO adopts whatever it returns: judged (filesystem.py)
             opener = checked_opener(scope, opener)

@@ -786,6 +786,40 @@ def handed_to_io_open(scope: Scope, path: Any) -> bool:
     return handing is not None and type(path) is int and handing.get(_get_ident()) == path
 
 
+#: Scope.extras: thread ident -> the descriptor the ``open()`` wrapper (emulation.py) is
+#: handing to a file object it then records as the number's holder.
+_ADOPTING = "gae_sandbox.adopting"
+
+
+class adopting:  # noqa: N801 - used as ``with adopting(scope, fd):``
+    """While ``open(fd)`` (``os.fdopen``) makes its file object in this thread: its ``open``
+    event for ``fd`` is the wrapper's, which records the object as the number's holder."""
+
+    __slots__ = ("table", "fd", "outer")
+
+    def __init__(self, scope: Scope, fd: int) -> None:
+        self.table = scope.extras.get(_ADOPTING)
+        if self.table is None:
+            self.table = scope.extras.setdefault(_ADOPTING, {})
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        self.outer = self.table.get(_get_ident())
+        self.table[_get_ident()] = self.fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.outer is None:
+            self.table.pop(_get_ident(), None)
+        else:
+            self.table[_get_ident()] = self.outer
+
+
+def adopted_by_open(scope: Scope, fd: int) -> bool:
+    """Whether ``fd``'s ``open`` event comes from the ``open()`` wrapper in this thread."""
+    table = scope.extras.get(_ADOPTING)
+    return table is not None and table.get(_get_ident()) == fd
+
+
 def open_roots(scope: Scope) -> tuple[str, ...]:
     """The readable folders of ``scope`` beneath which a read is allowed with no other
     check: those of its one layer, when that layer hides nothing inside them (no

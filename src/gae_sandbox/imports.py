@@ -657,62 +657,108 @@ def _code_renamer(original: Any) -> Any:
     return _guarded(fix_co_filename, original)
 
 
-#: Scope.extras: thread ident -> how many times that thread took the interpreter's import
-#: lock (``_imp.acquire_lock``) in the scope and has not released it.
-IMPORT_LOCK_HOLDS = "gae_sandbox.import_lock_holds"
+#: Thread ident -> the import locks that thread took inside a scope and holds still, oldest
+#: first, each with that scope: the interpreter's import lock (``_IMPORT_LOCK``) and the
+#: import system's per-module locks (``_bootstrap._ModuleLock``).
+HELD_IMPORT_LOCKS: dict[int, list[tuple[Any, Any]]] = {}
+_IMPORT_LOCK = object()
 _release_import_lock = _imp.release_lock
 
 
-def _import_lock_taker(original: Any) -> Any:
-    """``_imp.acquire_lock``: the interpreter's one import lock, which every fresh import,
-    ``fork`` and ``subprocess`` of every thread takes. The import system takes and releases
-    it around each import; a request may take it too (``imp.acquire_lock``), but what it
-    still holds when its thread leaves the request is released then
-    (:func:`release_import_lock`), so it cannot hang the host's imports for good."""
+def _lock_taker(original: Any, lock_of: Any) -> Any:
+    """``_imp.acquire_lock`` (the interpreter's one import lock, which every fresh import,
+    ``fork`` and ``subprocess`` of every thread takes) and ``_ModuleLock.acquire`` (one
+    module's, which every import of that module waits for). The import system takes and
+    releases them around each import; a request may take them too (``imp.acquire_lock``,
+    ``_bootstrap._get_module_lock(name).acquire()``), but what its thread still holds when
+    it leaves the request is released then (:func:`release_import_locks`): it cannot hang
+    the host's imports for good. ``lock_of(args)``: which lock a call takes."""
 
-    def acquire_lock() -> Any:
+    def acquire(*args: Any) -> Any:
         scope = active_scope()
-        if scope is not None:
-            holds = scope.extras.get(IMPORT_LOCK_HOLDS)
-            if holds is None:
-                holds = scope.extras[IMPORT_LOCK_HOLDS] = {}
-            ident = _get_ident()
-            holds[ident] = holds.get(ident, 0) + 1  # counted first: an error in between
-        return original()  # can only make the release at the end find nothing held
+        if scope is None:
+            return original(*args)
+        held = HELD_IMPORT_LOCKS.setdefault(_get_ident(), [])
+        entry = (scope, lock_of(args))
+        held.append(entry)  # listed first: an error in between can only make the release
+        try:  # at the end find nothing held (RuntimeError, ignored)
+            return original(*args)
+        except BaseException:
+            _forget(held, entry)
+            raise
 
     from .patches import _guarded
 
-    return _guarded(acquire_lock, original)
+    return _guarded(acquire, original)
 
 
-def _import_lock_giver(original: Any) -> Any:
-    """``_imp.release_lock``, counted for :func:`release_import_lock`."""
+def _lock_giver(original: Any, lock_of: Any) -> Any:
+    """``_imp.release_lock`` / ``_ModuleLock.release``, struck off the thread's list."""
 
-    def release_lock() -> Any:
-        result = original()
-        scope = active_scope()
-        if scope is not None:
-            holds = scope.extras.get(IMPORT_LOCK_HOLDS)
-            ident = _get_ident()
-            if holds and holds.get(ident):
-                holds[ident] -= 1
+    def release(*args: Any) -> Any:
+        result = original(*args)
+        if active_scope() is not None:
+            held = HELD_IMPORT_LOCKS.get(_get_ident())
+            if held:
+                lock = lock_of(args)
+                for index in range(len(held) - 1, -1, -1):
+                    if held[index][1] is lock:
+                        del held[index]
+                        break
         return result
 
     from .patches import _guarded
 
-    return _guarded(release_lock, original)
+    return _guarded(release, original)
 
 
-def release_import_lock(scope: Any, ident: int) -> None:
-    """Thread ``ident`` leaves ``scope`` (the request ends, or a thread it started does):
-    release the import lock as many times as it took it there and kept it."""
-    holds = scope.extras.get(IMPORT_LOCK_HOLDS)
-    count = holds.pop(ident, 0) if holds else 0
-    for _ in range(count):
+def _forget(held: list[tuple[Any, Any]], entry: tuple[Any, Any]) -> None:
+    for index in range(len(held) - 1, -1, -1):
+        if held[index] is entry:
+            del held[index]
+            return
+
+
+def _the_import_lock(args: tuple[Any, ...]) -> Any:
+    return _IMPORT_LOCK
+
+
+def _the_module_lock(args: tuple[Any, ...]) -> Any:
+    return args[0] if args else None
+
+
+def release_import_locks(ident: int, scope: Any = None) -> None:
+    """Thread ``ident`` (the calling thread) leaves ``scope`` (None: every scope, as the
+    thread ends): release the import locks it took inside that scope, or a scope nested in
+    it, and still holds, newest first."""
+    held = HELD_IMPORT_LOCKS.get(ident)
+    if not held:
+        return
+    keep: list[tuple[Any, Any]] = []
+    leaving: list[Any] = []
+    for entry in held:
+        taken_in = entry[0]
+        while scope is not None and taken_in is not None and taken_in is not scope:
+            taken_in = taken_in.parent  # a scope nested in the one being left
+        if scope is None or taken_in is scope:
+            leaving.append(entry[1])
+        else:
+            keep.append(entry)
+    if keep:
+        HELD_IMPORT_LOCKS[ident] = keep
+    else:
+        HELD_IMPORT_LOCKS.pop(ident, None)
+    for lock in reversed(leaving):
         try:
-            _release_import_lock()
+            if lock is _IMPORT_LOCK:
+                _release_import_lock()
+            else:
+                _module_lock_release(lock)
         except RuntimeError:  # not held by this thread (after all)
-            break
+            pass
+
+
+_module_lock_release = _bootstrap._ModuleLock.release
 
 
 def _refuse_rename(layer: Layer, path: Any) -> SandboxViolation:
@@ -735,8 +781,9 @@ def build_patches(speedups: Any = None) -> list[tuple[Any, str, Any, Any]]:
             if speedups is None else speedups.Attribute(
                 "_initializing", _spec_initializing, _set_spec_initializing,
                 _del_spec_initializing, _ACTIVE))
-    taker = _import_lock_taker(_imp.acquire_lock)
-    giver = _import_lock_giver(_imp.release_lock)
+    taker = _lock_taker(_imp.acquire_lock, _the_import_lock)
+    giver = _lock_giver(_imp.release_lock, _the_import_lock)
+    module_lock = _bootstrap._ModuleLock
     # (the deprecated ``imp`` re-exports them, on 3.10 and 3.11, when it is loaded already)
     lock_holders = [holder for holder in (_imp, sys.modules.get("imp"))
                     if holder is not None and holder.__dict__.get("acquire_lock") is (
@@ -750,6 +797,10 @@ def build_patches(speedups: Any = None) -> list[tuple[Any, str, Any, Any]]:
          _code_renamer(_imp._fix_co_filename)),
         *[(holder, "acquire_lock", _imp.acquire_lock, taker) for holder in lock_holders],
         *[(holder, "release_lock", _imp.release_lock, giver) for holder in lock_holders],
+        (module_lock, "acquire", module_lock.acquire,
+         _lock_taker(module_lock.acquire, _the_module_lock)),
+        (module_lock, "release", module_lock.release,
+         _lock_giver(module_lock.release, _the_module_lock)),
         (_bootstrap.ModuleSpec, "_initializing", None, flag),
         (_bootstrap, "_lock_unlock_module", original_lock_unlock_module,
          gated_lock_unlock_module),

@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from . import context, filesystem
-from .context import _ACTIVE, Layer, Scope, active_scope, exact_fd, passthrough
+from .context import _ACTIVE, Layer, Scope, active_scope, check_not_held, exact_fd, passthrough
 from .errors import (
     FileReadRefused,
     NotAvailableRefused,
@@ -151,8 +151,6 @@ def _check_fd_write(layer: Layer, scope: Scope, fd: Any, what: str) -> SandboxVi
 
 def _check_fd_close(layer: Layer, scope: Scope, fd: Any) -> SandboxViolation | None:
     if fd in scope.opened_fds:
-        from .allowlist import check_not_held
-
         return check_not_held(layer, scope, fd, "os.close()")
     return _refuse_system(
         layer, f"os.close(fd {fd})", "only file descriptors the request opened may be closed"
@@ -418,7 +416,10 @@ def _fd_writer(original: Callable[..., Any], what: str, target: FdParameter = (0
                     scope.judge(_check_fd_own, scope, fd, what)
                 else:
                     scope.judge(_check_fd_write, scope, fd, what)
-            return original(*values, **kwargs)
+            result = original(*values, **kwargs)
+            if replaces and type(result) is int:
+                scope.opened_fds.refresh(result)  # now a copy of the request's source
+            return result
         return original(*args, **kwargs)
 
     return _guarded(write_fd, original)

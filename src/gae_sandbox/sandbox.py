@@ -507,8 +507,8 @@ def close_scope(scope: Scope) -> None:
             recycle(deadline)  # this thread's next deadline reuses the record
         if scope.memory is not None and not scope.extras.get("keep_memory"):
             scope.memory.discard()  # the request's files are gone with it
-        if imports.IMPORT_LOCK_HOLDS in scope.extras:  # the import lock the request took
-            imports.release_import_lock(scope, _get_ident())
+        if imports.HELD_IMPORT_LOCKS:  # import locks this thread took in the scope
+            imports.release_import_locks(_get_ident(), scope)
         if patches.SIGNAL_MASKS in scope.extras:  # the thread's signal mask, as it was
             patches.restore_signal_mask(scope, _get_ident())
         if "left_objects" in scope.extras:  # sys.stdout = the app's object, left there

@@ -24,7 +24,7 @@ from typing import Any
 from .context import _ACTIVE, Layer, Scope, active_scope, host_call, run_marked, type_name
 from .deadline import raise_in_thread
 from .errors import DeadlineExceededError, SandboxViolation, ThreadRefused
-from .imports import HOST_IMPORTS, IMPORT_LOCK_HOLDS, release_import_lock
+from .imports import HELD_IMPORT_LOCKS, HOST_IMPORTS, release_import_locks
 from .patches import SIGNAL_MASKS, restore_signal_mask
 
 _allocate_lock = _thread.allocate_lock
@@ -115,8 +115,8 @@ def _carried(tracked: TrackedThread, scope: Scope, context: contextvars.Context,
         finally:
             _AWAITING_HOST_HOOK.difference_update(awaiting)
             _close_left_on_thread(scope, ident)
-            if IMPORT_LOCK_HOLDS in scope.extras:  # the import lock the thread took
-                release_import_lock(scope, ident)
+            if HELD_IMPORT_LOCKS:  # import locks the thread took and holds still
+                release_import_locks(ident)
             if SIGNAL_MASKS in scope.extras:  # its signal mask, as it was
                 restore_signal_mask(scope, ident)
             tracked.finished()

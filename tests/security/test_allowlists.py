@@ -255,18 +255,51 @@ def _host_reuses_after(app_step: Any, sandboxed: bool, policy: Policy) -> tuple[
                 item.close()
 
 
-def test_a_socket_closed_by_number_cannot_write_into_a_host_connection(policy: Policy) -> None:
-    """``os.close(sock.fileno())`` leaves the socket object holding the number; once the host
-    reuses it for a user's connection the object's ``send`` (no audit event) would write
-    into it. Closing a number an object of the request holds is refused (control: without
-    the sandbox the user receives the app's bytes)."""
-    def close_by_number(sock: socket.socket) -> None:
-        os.close(sock.fileno())
+def _fileio(fd: int) -> Any:
+    import _io
 
-    plain, _ = _host_reuses_after(close_by_number, False, policy)
+    return _io.FileIO(fd, "rb")
+
+
+#: Ways to close a socket's number behind the socket object's back, and whether the sandbox
+#: refuses the step itself (else the old socket lets go of the number: its send fails).
+CLOSED_BEHIND_THE_SOCKET: dict[str, tuple[Any, str]] = {
+    "os.close": (lambda sock: os.close(sock.fileno()), "SystemCallRefused"),
+    "a second socket": (lambda sock: socket.socket(fileno=sock.fileno()).close(), ""),
+    "open(fd)": (lambda sock: open(sock.fileno(), "rb", buffering=0).close(),  # noqa: SIM115
+                 "SystemCallRefused"),
+    "os.fdopen": (lambda sock: os.fdopen(sock.fileno(), "rb").close(), "SystemCallRefused"),
+    "_io.FileIO": (lambda sock: _fileio(sock.fileno()).close(), "SystemCallRefused"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLOSED_BEHIND_THE_SOCKET))
+def test_a_socket_closed_behind_its_back_cannot_write_into_a_host_connection(
+        policy: Policy, case: str) -> None:
+    """A number closed behind the socket object that holds it (by number, or by a second
+    object adopting it) leaves the object holding it; once the host reuses the number for a
+    user's connection the object's ``send`` (no audit event) would write into it. Closing
+    or adopting a number an object of the request holds is refused, and a second socket
+    taking it over (``ssl``'s way) makes the first let go (control: without the sandbox the
+    user receives the app's bytes)."""
+    step, refusal = CLOSED_BEHIND_THE_SOCKET[case]
+    plain, _ = _host_reuses_after(step, False, policy)
     assert plain == b"INJECTED"
-    received, refused = _host_reuses_after(close_by_number, True, policy)
-    assert refused == "SystemCallRefused" and received == b""
+    received, refused = _host_reuses_after(step, True, policy)
+    assert refused == refusal and received == b""
+
+
+def test_a_file_object_holds_its_number_even_with_closefd_false(policy: Policy) -> None:
+    """``open(fd, closefd=False)`` keeps using the number: closing it by number is refused
+    while the file object is open, allowed once it is closed."""
+    with Sandbox(policy):
+        reader, writer = os.pipe()
+        file = open(writer, "wb", buffering=0, closefd=False)  # noqa: SIM115
+        with pytest.raises(SystemCallRefused, match="held by a FileIO"):
+            os.close(writer)
+        file.close()
+        os.close(writer)
+        os.close(reader)
 
 
 def test_detach_gives_the_number_back_to_the_request(policy: Policy) -> None:
@@ -277,12 +310,23 @@ def test_detach_gives_the_number_back_to_the_request(policy: Policy) -> None:
         again.close()
 
 
-def test_an_event_loop_closed_through_a_file_object_is_no_longer_the_requests(
-        policy: Policy) -> None:
+def _close_through_open(loop: Any) -> None:
+    open(loop.fileno(), "rb", buffering=0).close()  # noqa: SIM115
+
+
+def _close_a_copy_through_fileio(loop: Any) -> None:
+    copy = os.dup(loop.fileno())  # the same anonymous inode, held by no object
+    loop.close()
+    _fileio(copy).close()
+
+
+@pytest.mark.parametrize("close", [_close_through_open, _close_a_copy_through_fileio])
+def test_an_event_loop_closed_unseen_is_not_the_requests(policy: Policy, close: Any) -> None:
     """Event loops share one anonymous inode, so the open file cannot tell them apart: the
-    request's epoll, closed through ``open(fd)`` (unseen by the sandbox), then the host's
-    selector with the same number: ``epoll.fromfd`` of it is refused, and the host's
-    selector keeps working (control: without the sandbox the app closes it)."""
+    request's epoll (or a copy of its number) closed through a file object, unseen by the
+    sandbox, then the host's selector with the same number: the adoption of the epoll's
+    number is refused, and ``epoll.fromfd`` of a number a file object took is refused; the
+    host's selector keeps working (control: without the sandbox the app closes it)."""
     import select
     import selectors
 
@@ -292,11 +336,12 @@ def test_an_event_loop_closed_through_a_file_object_is_no_longer_the_requests(
 
         def close_unseen() -> None:
             loop = made["loop"] = select.epoll()
-            open(loop.fileno(), "rb", buffering=0).close()  # noqa: SIM115
+            made["number"] = loop.fileno()
+            close(loop)
 
         def adopt() -> str:
             try:
-                stolen = select.epoll.fromfd(made["loop"].fileno())
+                stolen = select.epoll.fromfd(made["number"])
             except SystemCallRefused:
                 return "refused"
             stolen.close()  # the host's selector, closed by the app
@@ -307,10 +352,15 @@ def test_an_event_loop_closed_through_a_file_object_is_no_longer_the_requests(
             if sandboxed:
                 scope = Sandbox(policy).open_scope()
                 try:
-                    call_in_scope(scope, close_unseen)
-                    host["selector"] = selectors.EpollSelector()  # gets the same number
-                    assert host["selector"].fileno() == made["loop"].fileno()
-                    outcome = call_in_scope(scope, adopt)
+                    try:
+                        call_in_scope(scope, close_unseen)
+                    except SystemCallRefused:
+                        outcome = "refused"
+                        host["selector"] = selectors.EpollSelector()
+                    else:
+                        host["selector"] = selectors.EpollSelector()  # the same number
+                        assert host["selector"].fileno() == made["number"]
+                        outcome = call_in_scope(scope, adopt)
                 finally:
                     close_scope(scope)
             else:
@@ -322,6 +372,7 @@ def test_an_event_loop_closed_through_a_file_object_is_no_longer_the_requests(
                 works = True
             except OSError:
                 works = False
+            host["selector"].close()
             return outcome, works
         finally:
             os.close(reader)
@@ -379,11 +430,29 @@ print("host import done" if done else "host import hung")
 """
 
 
-def test_the_import_lock_a_request_keeps_is_released_when_it_ends(app_root: Path) -> None:
-    """``_imp.acquire_lock()`` taken and never released hangs every later fresh import of
-    the host's other threads (control); the sandbox releases what the request still holds
-    as it ends, and imports inside the request still work."""
-    code = "import _imp\n_imp.acquire_lock()\n_imp.acquire_lock()\nimport json, csv\n"
+IMPORT_LOCK_HOLDERS = {
+    "import_lock": "import _imp\n_imp.acquire_lock()\n_imp.acquire_lock()\nimport json, csv\n",
+    "module_lock": ("import importlib._bootstrap as bootstrap\n"
+                    "kept = bootstrap._get_module_lock('xmlrpc.client')\nkept.acquire()\n"),
+    # a thread of the request's, in a sandbox of its own that the request's end closes
+    "nested_in_a_thread": (
+        "import _imp, threading, time\nfrom gae_sandbox import Policy, Sandbox\n"
+        "taken = threading.Event()\n"
+        "def worker():\n"
+        "    Sandbox(Policy.python27(app_root='.', deadline=None)).__enter__()\n"
+        "    _imp.acquire_lock()\n    taken.set()\n    time.sleep(0.5)\n"
+        "threading.Thread(target=worker).start()\ntaken.wait(5)\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPORT_LOCK_HOLDERS))
+def test_import_locks_a_request_keeps_are_released_when_it_ends(app_root: Path,
+                                                                case: str) -> None:
+    """The interpreter's import lock (``_imp.acquire_lock``) or a module's lock taken and
+    never released hangs every later fresh import of that module by the host's threads
+    (control); the sandbox releases what a thread of the request still holds as it leaves
+    the request (or as the thread ends), and imports inside the request still work."""
+    code = IMPORT_LOCK_HOLDERS[case]
     _, plain_out = _child(code, _IMPORT_LOCK_PROBE, False, app_root)
     assert "host import hung" in plain_out
     status, out = _child(code, _IMPORT_LOCK_PROBE, True, app_root)

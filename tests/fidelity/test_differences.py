@@ -359,6 +359,21 @@ def test_difference_locale_is_never_set(policy: Policy) -> None:
     assert localeconv == locale.localeconv()
 
 
+def test_difference_time_zone_is_never_set(policy: Policy) -> None:
+    """Runtime: ``os.environ['TZ'] = ...; time.tzset()`` changed the app's own process's
+    zone. Here the request's ``os.environ`` is its own and ``tzset`` reads the process's: the
+    zone (which the host's threads read too) stays the process's."""
+    import time
+
+    before = (time.tzname, time.timezone, os.environ.get("TZ"))
+    with Sandbox(policy):
+        os.environ["TZ"] = "Asia/Tokyo"
+        time.tzset()
+        inside = (time.tzname, time.timezone)
+    assert inside == before[:2]
+    assert (time.tzname, time.timezone, os.environ.get("TZ")) == before
+
+
 def test_difference_uname(policy: Policy) -> None:
     """Runtime: ('Linux', '', '', '', ''). Here: no empty field, the real machine."""
     with Sandbox(policy):

@@ -81,21 +81,18 @@ def _on_listdir(scope: Scope, args: tuple[Any, ...]) -> None:
     path = args[0]
     if path is None:
         path = "."
-    if isinstance(path, int):
-        if path not in scope.opened_fds:  # a folder descriptor the host holds
-            scope.judge(check_read, f"<fd {path}>")
-        return
     if type(path) is str and (path in loading_files(scope)[1] or path in HOST_IMPORTS.paths
                               or path == ""):
         # the import system listing where the host's finders look for modules (a folder
         # the app put on sys.path is judged as any other)
         return
-    scope.judge(check_read, path)
+    _on_path_read(scope, (path,))
 
 
-def _on_metadata_read(scope: Scope, args: tuple[Any, ...]) -> None:
-    """``os.getxattr``/``listxattr`` (also raised by ``posix``'s own, which nothing else
-    wraps): the attributes of a file the request may read, or of its own descriptor."""
+def _on_path_read(scope: Scope, args: tuple[Any, ...]) -> None:
+    """A read of what ``args[0]`` names: a file or folder the request may read, or its own
+    descriptor (listings; ``os.getxattr``/``listxattr``, also raised by ``posix``'s own,
+    which nothing else wraps)."""
     path = args[0] if args else None
     if isinstance(path, int):
         if path not in scope.opened_fds:  # a descriptor the host holds
@@ -363,8 +360,8 @@ def _handlers() -> dict[str, Handler]:
         "os.utime": _writes("utime"),
         "os.chflags": _writes("chflags"),
         "os.lchflags": _writes("chflags"),
-        "os.getxattr": _on_metadata_read,
-        "os.listxattr": _on_metadata_read,
+        "os.getxattr": _on_path_read,
+        "os.listxattr": _on_path_read,
         "os.setxattr": _writes("setxattr"),
         "os.removexattr": _writes("removexattr"),
         "shutil.rmtree": _writes("shutil.rmtree"),

@@ -45,10 +45,12 @@ from .errors import (
     SystemCallRefused,
 )
 from .filesystem import (
-    adopting,
+    ADOPTING,
     check_read,
     check_resolved,
     checked_opener,
+    hand_back,
+    hand_over,
     in_scope_cwd,
     open_file,
     stable_path,
@@ -183,9 +185,12 @@ def _open(original: Callable[..., Any]) -> Callable[..., Any]:
                 return original(file, mode, buffering, encoding, errors, newline, closefd,
                                 opener)
             scope.judge(check_not_held, scope, fd, "open()")
-            with adopting(scope, fd):
+            handed = hand_over(scope, ADOPTING, fd)
+            try:
                 handle = original(fd, mode, buffering, encoding, errors, newline, closefd,
                                   opener)
+            finally:
+                hand_back(handed)
             _held_by_file(scope, fd, handle)
             return handle
         if opener is not None:  # FileIO adopts whatever it returns: judged (filesystem.py)

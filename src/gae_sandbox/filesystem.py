@@ -774,50 +774,52 @@ def _refuse_changed(layer: Layer, path: Any) -> SandboxViolation:
 
 
 _READ_MODES = frozenset({"r", "rt", "tr", "rb", "br"})
-#: Scope.extras: thread ident -> the descriptor :func:`open_file` is handing to ``io.open``.
+#: Scope.extras tables, thread ident -> the descriptor this library is handing to a file
+#: object in that thread (the ``open`` audit event for exactly that number is its own):
+#: :func:`open_file` to ``io.open`` (let through), the ``open()`` wrapper (emulation.py) to
+#: the file object it then records as the number's holder (judged, not taken away).
 _HANDING = "gae_sandbox.handing"
+ADOPTING = "gae_sandbox.adopting"
 _get_ident = threading.get_ident
+
+Handing = tuple[dict[int, int], int, "int | None"]
+
+
+def hand_over(scope: Scope, table: str, fd: int) -> Handing:
+    """Mark ``fd`` as handed to a file object in this thread (``table``: ``_HANDING`` or
+    :data:`ADOPTING`) until :func:`hand_back`; the mark it replaces is kept (a finalizer the
+    collector runs meanwhile may open a file too)."""
+    handing = scope.extras.get(table)
+    if handing is None:
+        handing = scope.extras.setdefault(table, {})
+    thread = _get_ident()
+    outer = handing.get(thread)
+    handing[thread] = fd
+    return handing, thread, outer
+
+
+def hand_back(handed: Handing) -> None:
+    handing, thread, outer = handed
+    if outer is None:
+        handing.pop(thread, None)
+    else:
+        handing[thread] = outer
+
+
+def _handing_now(scope: Scope, table: str, path: Any) -> bool:
+    handing = scope.extras.get(table)
+    return handing is not None and type(path) is int and handing.get(_get_ident()) == path
 
 
 def handed_to_io_open(scope: Scope, path: Any) -> bool:
     """Whether ``path`` is the descriptor :func:`open_file` is handing to ``io.open`` in this
     thread, for ``scope``: its ``open`` audit event is let through."""
-    handing = scope.extras.get(_HANDING)
-    return handing is not None and type(path) is int and handing.get(_get_ident()) == path
-
-
-#: Scope.extras: thread ident -> the descriptor the ``open()`` wrapper (emulation.py) is
-#: handing to a file object it then records as the number's holder.
-_ADOPTING = "gae_sandbox.adopting"
-
-
-class adopting:  # noqa: N801 - used as ``with adopting(scope, fd):``
-    """While ``open(fd)`` (``os.fdopen``) makes its file object in this thread: its ``open``
-    event for ``fd`` is the wrapper's, which records the object as the number's holder."""
-
-    __slots__ = ("table", "fd", "outer")
-
-    def __init__(self, scope: Scope, fd: int) -> None:
-        self.table = scope.extras.get(_ADOPTING)
-        if self.table is None:
-            self.table = scope.extras.setdefault(_ADOPTING, {})
-        self.fd = fd
-
-    def __enter__(self) -> None:
-        self.outer = self.table.get(_get_ident())
-        self.table[_get_ident()] = self.fd
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.outer is None:
-            self.table.pop(_get_ident(), None)
-        else:
-            self.table[_get_ident()] = self.outer
+    return _handing_now(scope, _HANDING, path)
 
 
 def adopted_by_open(scope: Scope, fd: int) -> bool:
     """Whether ``fd``'s ``open`` event comes from the ``open()`` wrapper in this thread."""
-    table = scope.extras.get(_ADOPTING)
-    return table is not None and table.get(_get_ident()) == fd
+    return _handing_now(scope, ADOPTING, fd)
 
 
 def open_roots(scope: Scope) -> tuple[str, ...]:
@@ -867,12 +869,7 @@ def open_file(scope: Scope, value: str | bytes, mode: Any, buffering: Any, encod
         return None
     # The descriptor is not the request's (its os.close is refused) while io_open takes
     # it; check_open lets this thread's ``open`` event for exactly this number through.
-    handing = scope.extras.get(_HANDING)
-    if handing is None:
-        handing = scope.extras.setdefault(_HANDING, {})
-    thread = _get_ident()
-    outer = handing.get(thread)  # a finalizer the collector runs here may open a file too
-    handing[thread] = fd
+    handed = hand_over(scope, _HANDING, fd)
     try:
         # The file object owns the descriptor from here on and closes it if it fails, except
         # where FileIO refuses it before taking it: a folder (or an asynchronous exception in
@@ -885,10 +882,7 @@ def open_file(scope: Scope, value: str | bytes, mode: Any, buffering: Any, encod
             error.filename = value
         raise
     finally:
-        if outer is None:
-            handing.pop(thread, None)
-        else:
-            handing[thread] = outer
+        hand_back(handed)
     # text -> buffered -> FileIO, named as io.open(value) names it
     raw = file if buffering == 0 else file.raw if "b" in mode else file.buffer.raw
     raw.name = value

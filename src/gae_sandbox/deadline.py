@@ -234,7 +234,7 @@ class Deadline:
 
 
 #: The C ``pthread_sigmask``, captured before any sandbox patches it (None: no such call).
-_signal_mask: Any = getattr(sys.modules.get("_signal"), "pthread_sigmask", None)
+signal_mask: Any = getattr(sys.modules.get("_signal"), "pthread_sigmask", None)
 
 
 class DeadlineTimer:
@@ -303,12 +303,12 @@ class DeadlineTimer:
         self._compact()
         thread = threading.Thread(target=self._run, name="gae_sandbox-deadline", daemon=True)
         # nor with a signal mask a request set on this thread (a new thread inherits it)
-        blocked = _signal_mask(signal.SIG_SETMASK, ()) if _signal_mask else None
+        blocked = signal_mask(signal.SIG_SETMASK, ()) if signal_mask else None
         try:
             _host_call(thread.start)
         finally:
             if blocked is not None:
-                _signal_mask(signal.SIG_SETMASK, blocked)
+                signal_mask(signal.SIG_SETMASK, blocked)
         self._thread = thread
 
     def _run(self) -> None:

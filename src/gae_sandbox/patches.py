@@ -30,6 +30,7 @@ from typing import Any
 
 from . import context, filesystem
 from .context import _ACTIVE, Layer, Scope, active_scope, check_not_held, exact_fd, passthrough
+from .deadline import signal_mask
 from .errors import (
     FileReadRefused,
     NotAvailableRefused,
@@ -128,12 +129,8 @@ def restore_signal_mask(scope: Scope, ident: int) -> None:
     """Thread ``ident`` leaves ``scope``: its signal mask as it was before the request."""
     masks = scope.extras.get(SIGNAL_MASKS)
     old = masks.pop(ident, None) if masks else None
-    if old is not None:
-        _set_signal_mask(signal.SIG_SETMASK, old)
-
-
-_set_signal_mask: Callable[..., Any] = getattr(
-    sys.modules.get("_signal", signal), "pthread_sigmask", lambda how, mask: None)
+    if old is not None and signal_mask is not None:
+        signal_mask(signal.SIG_SETMASK, old)
 
 
 def _fd_write_allowed(scope: Scope, fd: Any) -> bool:

@@ -38,7 +38,7 @@ from .deadline import Deadline, recycle, start_deadline
 from .errors import SandboxStateRefused
 from .policy import Policy
 from .report import Report, Violation
-from .threads import join_scope_threads
+from .threads import join_scope_threads, put_back_thread_state
 
 logger = logging.getLogger("gae_sandbox")
 
@@ -507,10 +507,7 @@ def close_scope(scope: Scope) -> None:
             recycle(deadline)  # this thread's next deadline reuses the record
         if scope.memory is not None and not scope.extras.get("keep_memory"):
             scope.memory.discard()  # the request's files are gone with it
-        if imports.HELD_IMPORT_LOCKS:  # import locks this thread took in the scope
-            imports.release_import_locks(_get_ident(), scope)
-        if patches.SIGNAL_MASKS in scope.extras:  # the thread's signal mask, as it was
-            patches.restore_signal_mask(scope, _get_ident())
+        put_back_thread_state(scope, _get_ident())  # its import locks, signal mask
         if "left_objects" in scope.extras:  # sys.stdout = the app's object, left there
             registrations.wrap_left_objects(scope)
         events = _modules.get("asyncio.events")

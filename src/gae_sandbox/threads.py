@@ -115,13 +115,20 @@ def _carried(tracked: TrackedThread, scope: Scope, context: contextvars.Context,
         finally:
             _AWAITING_HOST_HOOK.difference_update(awaiting)
             _close_left_on_thread(scope, ident)
-            if HELD_IMPORT_LOCKS:  # import locks the thread took and holds still
-                release_import_locks(ident)
-            if SIGNAL_MASKS in scope.extras:  # its signal mask, as it was
-                restore_signal_mask(scope, ident)
+            put_back_thread_state(scope, ident, ending=True)
             tracked.finished()
 
     return run
+
+
+def put_back_thread_state(scope: Scope, ident: int, ending: bool = False) -> None:
+    """What thread ``ident`` (the calling thread) changed of its own in ``scope`` and must
+    not keep once it leaves it (``ending``: the thread ends, leaving every scope): the import
+    locks it still holds, its signal mask."""
+    if HELD_IMPORT_LOCKS:
+        release_import_locks(ident, None if ending else scope)
+    if SIGNAL_MASKS in scope.extras:
+        restore_signal_mask(scope, ident)
 
 
 def _run_work(work: list[Any]) -> None:

@@ -632,8 +632,9 @@ def _sqlite_connect(inner: Callable[..., Any]) -> Callable[..., Any]:
         else:
             kwargs["uri"] = uri
         if uri:
-            if _in_memory_uri(database):  # the request's own name (shared caches are
-                database = _private_memory_uri(scope, database)  # the whole process's)
+            parts = _in_memory_uri(database)
+            if parts is not None:  # the request's own name (shared caches are the process's)
+                database = _private_memory_uri(scope, *parts)
                 return _connecting(scope, inner, database, database, *args, **kwargs)
             return _connecting(scope, inner, database, None, *args, **kwargs)
         try:
@@ -662,27 +663,29 @@ def _sqlite_connect(inner: Callable[..., Any]) -> Callable[..., Any]:
 _MEMORY_URI_KEYS = frozenset({"mode", "cache"})
 
 
-def _in_memory_uri(database: Any) -> bool:
-    """An SQLite URI that opens no file: ``file::memory:?cache=shared`` or any name with
-    ``mode=memory`` (Django's test databases), with no other parameter and nothing
-    percent-encoded (SQLite decodes names and values)."""
+def _in_memory_uri(database: Any) -> tuple[str, str] | None:
+    """An SQLite URI that opens no file, as its name and query: ``file::memory:?cache=shared``
+    or any name with ``mode=memory`` (Django's test databases), with no other parameter and
+    nothing percent-encoded (SQLite decodes names and values); else None."""
     if type(database) is not str or not database.startswith("file:") or (
             "%" in database or "#" in database):
-        return False
+        return None
     name, _, query = database[5:].partition("?")
     pairs = [part.partition("=") for part in query.split("&")] if query else []
     keys = [key for key, _, _ in pairs]
     if len(set(keys)) != len(keys) or not set(keys) <= _MEMORY_URI_KEYS:
-        return False
+        return None
     mode = dict((key, value) for key, _, value in pairs).get("mode")
-    return mode == "memory" or (mode is None and name == ":memory:")
+    if mode == "memory" or (mode is None and name == ":memory:"):
+        return name, query
+    return None
 
 
 #: Sandbox (by id, held weakly) -> the prefix of its in-memory SQLite databases' names.
 _MEMORY_DATABASE_PREFIXES: dict[int, tuple[Any, str]] = {}
 
 
-def _private_memory_uri(scope: Scope, database: str) -> str:
+def _private_memory_uri(scope: Scope, name: str, query: str) -> str:
     """An in-memory URI renamed into the ``Sandbox``'s own namespace: a shared-cache
     in-memory database is shared by every connection of the process with its name (the
     host's, another app's), so the request's names get a random prefix of its ``Sandbox``'s
@@ -696,7 +699,6 @@ def _private_memory_uri(scope: Scope, database: str) -> str:
                     del _MEMORY_DATABASE_PREFIXES[key]
         known = (weakref.ref(owner), f"gae-sandbox-{secrets.token_hex(8)}-")
         _MEMORY_DATABASE_PREFIXES[id(owner)] = known
-    name, _, query = database[5:].partition("?")
     if name == ":memory:":
         name = "memory"
         query = f"{query}&mode=memory" if query else "mode=memory"

@@ -679,12 +679,12 @@ def _lock_taker(original: Any, lock_of: Any) -> Any:
         if scope is None:
             return original(*args)
         held = HELD_IMPORT_LOCKS.setdefault(_get_ident(), [])
-        entry = (scope, lock_of(args))
-        held.append(entry)  # listed first: an error in between can only make the release
-        try:  # at the end find nothing held (RuntimeError, ignored)
+        lock = lock_of(args)
+        held.append((scope, lock))  # listed first: an error in between can only make the
+        try:  # release at the end find nothing held (RuntimeError, ignored)
             return original(*args)
         except BaseException:
-            _forget(held, entry)
+            _strike(held, lock)
             raise
 
     from .patches import _guarded
@@ -700,11 +700,7 @@ def _lock_giver(original: Any, lock_of: Any) -> Any:
         if active_scope() is not None:
             held = HELD_IMPORT_LOCKS.get(_get_ident())
             if held:
-                lock = lock_of(args)
-                for index in range(len(held) - 1, -1, -1):
-                    if held[index][1] is lock:
-                        del held[index]
-                        break
+                _strike(held, lock_of(args))
         return result
 
     from .patches import _guarded
@@ -712,9 +708,10 @@ def _lock_giver(original: Any, lock_of: Any) -> Any:
     return _guarded(release, original)
 
 
-def _forget(held: list[tuple[Any, Any]], entry: tuple[Any, Any]) -> None:
+def _strike(held: list[tuple[Any, Any]], lock: Any) -> None:
+    """Strike the newest entry of ``lock`` off a thread's list."""
     for index in range(len(held) - 1, -1, -1):
-        if held[index] is entry:
+        if held[index][1] is lock:
             del held[index]
             return
 
